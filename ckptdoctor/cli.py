@@ -1,0 +1,176 @@
+"""The command line: a thin python-fire layer that calls the library and renders its reports.
+
+Exit codes: 0 nothing wrong, 1 an error-level finding (or checkpoints differ),
+2 the tool could not do its job (one line on stderr; ``--debug`` for the traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+
+__all__ = ["Commands", "main"]
+
+
+class Outcome:
+    """What a command prints (via ``__str__``) and the process's exit code."""
+
+    def __init__(self, text: str, exit_code: int):
+        self.text = text
+        self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _fmt(format: str) -> str:
+    format = str(format).lower()
+    if format not in ("table", "json"):
+        from .errors import CkptDoctorError
+
+        raise CkptDoctorError(f"--format must be table or json, received {format!r}")
+    return format
+
+
+def _render_inspect(report, format):
+    from .render import render_inspect, to_json
+
+    text = to_json(report.to_dict()) if format == "json" else render_inspect(report)
+    return Outcome(text, report.exit_code)
+
+
+class Commands:
+    """Inspect and repair TensorFlow checkpoints, above all their batch-norm statistics."""
+
+    def inspect(self, checkpoint: str, graph: str | None = None, stats: bool = True, match: str | None = None,
+                format: str = "table", report: str | None = None, force: bool = False):
+        """List every tensor, cross-reference the graph, diagnose BN statistics.
+
+        Args:
+            checkpoint: a prefix (model.ckpt), any file of it (.index, .data-*, .meta), or a
+                directory with a 'checkpoint' state file.
+            graph: the MetaGraphDef (.meta); default: <prefix>.meta when it exists; False: none.
+            stats: compute min/max/mean/std and NaN/Inf counts per tensor (reads every value).
+            match: a regular expression: list only matching tensors (the diagnosis covers all).
+            format: table or json.
+            report: also write the report as HDF5 to this path.
+            force: overwrite an existing --report file.
+
+        Exit code: 0 no error-level finding, 1 at least one, 2 the checkpoint could not be read.
+        """
+        from .inspection import inspect
+
+        format = _fmt(format)
+        result = inspect(str(checkpoint), graph=graph if graph in (None, False) else str(graph),
+                         stats=bool(stats), match=None if match is None else str(match))
+        if report:
+            from .h5report import write_report
+
+            write_report(result, str(report), force=bool(force))
+            print(f"report written to {report}", file=sys.stderr)
+        return _render_inspect(result, format)
+
+    def report(self, path: str, format: str = "table"):
+        """Print a report stored by `inspect --report` exactly as inspect printed it.
+
+        Args:
+            path: the HDF5 report.
+            format: table or json.
+        """
+        from .h5report import read_report
+
+        return _render_inspect(read_report(str(path)), _fmt(format))
+
+    def diff(self, a: str, b: str, format: str = "table"):
+        """Compare two checkpoints: tensors only in one, and dtype, shape or value differences.
+
+        Args:
+            a: first checkpoint.
+            b: second checkpoint.
+            format: table or json.
+
+        Exit code: 0 identical, 1 different, 2 error.
+        """
+        from .diffing import diff
+        from .render import render_diff, to_json
+
+        format = _fmt(format)
+        result = diff(str(a), str(b))
+        text = to_json(result.to_dict()) if format == "json" else render_diff(result)
+        return Outcome(text, result.exit_code)
+
+    def repair(self, checkpoint: str, data: str, graph: str | None = None, input: str | None = None,
+               training: str | None = None, feed: tuple = (), batch_size: int = 256,
+               max_samples: int | None = None, method: str = "train", output: str | None = None,
+               in_place: bool = False, dry_run: bool = False, force: bool = False,
+               report: str | None = None, format: str = "table", progress: bool = True):
+        """Recompute BN moving mean and variance from data and write a verified new checkpoint.
+
+        Args:
+            checkpoint: the checkpoint to repair (never modified, except with --in-place after verification).
+            data: X.npy, data.npz (keys = placeholder names), or FILE.h5:dataset.
+            graph: the MetaGraphDef; default <prefix>.meta.
+            input: the placeholder the data go to (default: the only float placeholder that fits).
+            training: the boolean training switch (default: found from the BN layers).
+            feed: NAME=VALUE constants for other placeholders (repeatable), e.g. keep_prob=1.0.
+            batch_size: samples per forward pass.
+            max_samples: use only the first N samples.
+            method: train (batch statistics in training mode) or sequential (layer by layer in inference mode).
+            output: output prefix (default <prefix>-repaired).
+            in_place: replace the input after verification, keeping a backup.
+            dry_run: compute and report, write nothing.
+            force: overwrite an existing output.
+            report: also write an HDF5 file with per-layer before/after arrays.
+            format: table or json.
+            progress: show a progress bar on stderr.
+
+        Exit code: 0 repaired (or dry run), 2 error.
+        """
+        from .render import render_repair, to_json
+        from .repairing import repair
+
+        format = _fmt(format)
+        feeds = [feed] if isinstance(feed, str) else list(feed or ())
+        result = repair(
+            str(checkpoint), str(data), graph=None if graph is None else str(graph),
+            input=None if input is None else str(input), training=None if training is None else str(training),
+            feed=[str(f) for f in feeds], batch_size=int(batch_size),
+            max_samples=None if max_samples is None else int(max_samples), method=str(method),
+            output=None if output is None else str(output), in_place=bool(in_place), dry_run=bool(dry_run),
+            force=bool(force), report=None if report is None else str(report), progress=bool(progress),
+        )
+        text = to_json(result.to_dict()) if format == "json" else render_repair(result)
+        return Outcome(text, 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ckptdoctor`` console script."""
+    import fire
+
+    from .errors import CkptDoctorError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        result = fire.Fire(Commands, command=argv, name="ckptdoctor")
+    except fire.core.FireExit as e:
+        return int(e.code or 0)
+    except CkptDoctorError as e:
+        if debug:
+            raise
+        print(f"ckptdoctor: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ckptdoctor: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # the CLI boundary: a bug must still not print a traceback
+        if debug:
+            raise
+        print(f"ckptdoctor: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 2
+    return result.exit_code if isinstance(result, Outcome) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,557 @@
+"""Graph analysis: what a MetaGraphDef says about the variables a checkpoint should hold.
+
+The MetaGraphDef is imported into a fresh ``tf.Graph``. From it we read
+GLOBAL_VARIABLES, UPDATE_OPS and TRAIN_OP, the Saver's own key for every variable,
+and the batch-normalization layers. BN layers are found from the graph's
+structure, not from names:
+
+* fused BN: every ``FusedBatchNorm*`` op; its inputs 1-4 lead to gamma, beta,
+  moving mean and moving variance;
+* non-fused BN (``tf.nn.batch_normalization``): ``Rsqrt(variance + eps)`` whose
+  variance leads to a variable, multiplied by gamma, then by the input and by
+  the mean, the mean leading to a variable, and ``beta - mean * scale``.
+
+"Leads to" means: following only ops that pass a value through unchanged
+(Identity, ReadVariableOp, Switch/Merge of control flow v1, the branches of an
+``If`` op of control flow v2, function calls), never through a computation. So
+in a layer whose mode is chosen by a training flag, the inference branch leads
+to the moving statistics while the training branch (batch moments) leads
+nowhere. The predicates met on the way give the training flag.
+
+TensorFlow is imported here, lazily: this module is loaded only when a graph is
+analysed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from . import constants as C
+from .errors import GraphError
+from .tfcompat import import_tensorflow
+
+__all__ = ["GraphVariable", "BNLayer", "GraphInfo", "analyze_graph", "load_graph"]
+
+
+@dataclass(frozen=True)
+class GraphVariable:
+    """A variable of GLOBAL_VARIABLES, under the key a Saver stores it by."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...] | None
+    trainable: bool
+    saved_by_saver: bool | None  # None when the graph has no Saver
+
+
+@dataclass(frozen=True)
+class BNLayer:
+    """One batch-normalization layer found in the graph.
+
+    Attributes:
+        layer: the layer's name (common name scope of its variables).
+        moving_mean, moving_variance, gamma, beta: checkpoint keys or None.
+        channels: number of normalized channels, when known.
+        fused: True for a ``FusedBatchNorm*`` layer.
+        axis: channel axis of the layer's input (-1 for channels last).
+        input_tensor: name of a tensor of the outer graph holding the layer's input.
+        training_flags: boolean placeholders the layer's mode depends on.
+        mode: ``switch`` (chosen at run time), ``training`` or ``inference``.
+        epsilon: the variance epsilon, when known.
+    """
+
+    layer: str
+    moving_mean: str | None
+    moving_variance: str | None
+    gamma: str | None
+    beta: str | None
+    channels: int | None
+    fused: bool
+    axis: int
+    input_tensor: str | None
+    training_flags: tuple[str, ...]
+    mode: str
+    epsilon: float | None = None
+    output_tensor: str | None = None
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """What the graph says, as plain data."""
+
+    path: str
+    variables: dict[str, GraphVariable]
+    update_ops: tuple[str, ...]
+    train_ops: tuple[str, ...]
+    bn_layers: tuple[BNLayer, ...]
+    roles: dict[str, str]
+    update_ops_unused: bool | None
+    bn_update_ops: tuple[str, ...] = field(default=())
+    keys_by_op: dict[str, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_graph(meta_path: str):
+    """Import a MetaGraphDef into a new ``tf.Graph``; return ``(graph, saver, meta_graph_def)``.
+
+    Raises:
+        GraphError: the file is missing or is not a MetaGraphDef TensorFlow can import.
+    """
+    tf = import_tensorflow()
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    if not os.path.isfile(meta_path):
+        raise GraphError(f"no graph at {meta_path}: pass --graph with the .meta file written beside the checkpoint")
+    meta = meta_graph_pb2.MetaGraphDef()
+    try:
+        with open(meta_path, "rb") as f:
+            meta.ParseFromString(f.read())
+    except (DecodeError, OSError, ValueError) as e:
+        raise GraphError(f"{meta_path} is not a MetaGraphDef ({e}): pass --graph with the .meta file the Saver wrote") from e
+    if not meta.graph_def.node:
+        raise GraphError(f"{meta_path} holds no graph (no nodes): pass --graph with the .meta file the Saver wrote")
+    graph = tf.Graph()
+    try:
+        with graph.as_default():
+            saver = tf.compat.v1.train.import_meta_graph(meta, clear_devices=True)
+    except (ValueError, KeyError, TypeError, tf.errors.OpError) as e:
+        raise GraphError(f"TensorFlow cannot import the graph in {meta_path}: {str(e).splitlines()[0]}") from e
+    return graph, saver, meta
+
+
+# --------------------------------------------------------------------------- tracing
+
+
+class _Tracer:
+    """Follows tensors through pass-through ops and into and out of functions.
+
+    A *frame* is a tuple of ``(function_graph, caller_op)`` pairs, outermost first.
+    """
+
+    def __init__(self, graph):
+        self.graph = graph
+        self._library = {f.signature.name: f for f in graph.as_graph_def().library.function}
+        self._funcs: dict[str, object] = {}
+
+    def function_graph(self, name: str):
+        if name not in self._funcs:
+            from tensorflow.python.framework.function_def_to_graph import function_def_to_graph
+
+            fdef = self._library.get(name)
+            self._funcs[name] = None if fdef is None else function_def_to_graph(fdef)
+        return self._funcs[name]
+
+    def branches(self, op) -> list[str]:
+        names = []
+        for attr in ("then_branch", "else_branch", "f"):
+            try:
+                names.append(op.get_attr(attr).name)
+            except ValueError:
+                pass
+        return names
+
+    def walk(self, graph=None, frame=()):
+        """Every op of the graph and of the functions it calls, with its frame."""
+        graph = self.graph if graph is None else graph
+        for op in graph.get_operations():
+            yield op, frame
+            if op.type in C.IF_OPS or op.type in C.CALL_OPS:
+                for name in self.branches(op):
+                    fg = self.function_graph(name)
+                    if fg is not None and all(fg is not f for f, _ in frame):
+                        yield from self.walk(fg, frame + ((fg, op),))
+
+    def outer(self, tensor, frame):
+        """The same value as a tensor of an enclosing graph, as far out as it goes."""
+        while True:
+            op = tensor.op
+            if op.type in ("Identity", "Switch", "RefSwitch", "Enter", "RefEnter") and op.inputs:
+                tensor = op.inputs[0]
+                continue
+            if frame and op.type == "Placeholder":
+                fg, caller = frame[-1]
+                idx = _index_of(fg.inputs, tensor)
+                if idx is None:
+                    return tensor, frame
+                offset = 1 if caller.type in C.IF_OPS else 0
+                tensor, frame = caller.inputs[idx + offset], frame[:-1]
+                continue
+            return tensor, frame
+
+    def sources(self, tensor, frame, preds=None, _depth=0):
+        """Variable ops whose value reaches ``tensor`` unchanged (through any branch).
+
+        Predicates of the conds passed on the way are added to ``preds``.
+        """
+        if _depth > 200:
+            return set()
+        op = tensor.op
+        if op.type in C.VARIABLE_OPS:
+            return {op.name} if not frame else set()
+        found = set()
+        if op.type in C.PASS_THROUGH_OPS:
+            inputs = list(op.inputs)
+            if op.type in ("Switch", "RefSwitch"):
+                if preds is not None:
+                    preds.append((op.inputs[1], frame))
+                inputs = inputs[:1]
+            elif op.type in ("Reshape", "Enter", "RefEnter", "Identity", "ReadVariableOp", "Snapshot", "RefIdentity"):
+                inputs = inputs[:1]
+            elif op.type == "IdentityN":
+                inputs = [op.inputs[tensor.value_index]]
+            for t in inputs:
+                found |= self.sources(t, frame, preds, _depth + 1)
+            return found
+        if op.type in C.IF_OPS or op.type in C.CALL_OPS:
+            if op.type in C.IF_OPS and preds is not None:
+                preds.append((op.inputs[0], frame))
+            for name in self.branches(op):
+                fg = self.function_graph(name)
+                if fg is None or tensor.value_index >= len(fg.outputs):
+                    continue
+                found |= self.sources(fg.outputs[tensor.value_index], frame + ((fg, op),), preds, _depth + 1)
+            return found
+        if frame and op.type == "Placeholder":
+            outer, outer_frame = self.outer(tensor, frame)
+            if outer is not tensor:
+                return self.sources(outer, outer_frame, preds, _depth + 1)
+        return found
+
+    def one_source(self, tensor, frame, preds=None):
+        found = self.sources(tensor, frame, preds)
+        return next(iter(found)) if len(found) == 1 else None
+
+    def ancestors(self, ops):
+        """All ops that ``ops`` depend on in the outer graph, by data or control."""
+        seen = set()
+        stack = list(ops)
+        while stack:
+            op = stack.pop()
+            if op.name in seen:
+                continue
+            seen.add(op.name)
+            stack.extend(t.op for t in op.inputs)
+            stack.extend(op.control_inputs)
+        return seen
+
+
+def _index_of(tensors, tensor):
+    for i, t in enumerate(tensors):
+        if t is tensor:
+            return i
+    return None
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def _saver_keys(graph, tracer) -> dict[str, str]:
+    """Variable op name -> checkpoint key, from the Saver's save ops."""
+    keys: dict[str, str] = {}
+    for op in graph.get_operations():
+        if op.type not in C.SAVE_OPS:
+            continue
+        try:
+            names_op = op.inputs[1].op
+            names = [n.decode() for n in names_op.get_attr("value").string_val] if names_op.type == "Const" else []
+        except (ValueError, IndexError):
+            continue
+        start = 3 if op.type == "SaveV2" else 2
+        for key, tensor in zip(names, op.inputs[start:]):
+            var = tracer.one_source(tensor, ())
+            if var is not None:
+                keys.setdefault(var, key)
+    return keys
+
+
+def _layer_name(keys: list[str]) -> str:
+    parts = [k.split("/")[:-1] for k in keys if k]
+    if not parts:
+        return "?"
+    common = parts[0]
+    for p in parts[1:]:
+        n = 0
+        while n < min(len(common), len(p)) and common[n] == p[n]:
+            n += 1
+        common = common[:n]
+    return "/".join(common) if common else keys[0].rsplit("/", 1)[0]
+
+
+def _const_value(tensor):
+    op = tensor.op
+    while op.type == "Identity":
+        op = op.inputs[0].op
+    if op.type != "Const":
+        return None
+    from tensorflow.python.framework import tensor_util
+
+    return tensor_util.MakeNdarray(op.get_attr("value"))
+
+
+def _flags_from_preds(tracer, preds) -> tuple[str, ...]:
+    flags = set()
+    for pred, frame in preds:
+        outer, _ = tracer.outer(pred, frame)
+        for name in tracer.ancestors([outer.op]):
+            op = tracer.graph.get_operation_by_name(name)
+            if op.type in ("Placeholder", "PlaceholderWithDefault") and op.outputs[0].dtype.name == "bool":
+                flags.add(op.outputs[0].name)
+    return tuple(sorted(flags))
+
+
+def _find_fused(tracer):
+    layers = {}
+    for op, frame in tracer.walk():
+        if op.type not in C.FUSED_BN_OPS:
+            continue
+        preds: list = []
+        mean = tracer.one_source(op.inputs[3], frame, preds)
+        var = tracer.one_source(op.inputs[4], frame, preds)
+        if mean is None or var is None:
+            continue
+        gamma = tracer.one_source(op.inputs[1], frame)
+        beta = tracer.one_source(op.inputs[2], frame)
+        x, _ = tracer.outer(op.inputs[0], frame)
+        try:
+            fmt = op.get_attr("data_format").decode()
+        except ValueError:
+            fmt = "NHWC"
+        training = bool(op.get_attr("is_training"))
+        for f, caller in frame:
+            if caller.type in C.IF_OPS:
+                preds.append((caller.inputs[0], ()))
+        entry = layers.setdefault((mean, var), {
+            "gamma": gamma, "beta": beta, "x": x, "axis": 1 if fmt.startswith("NC") else -1,
+            "modes": set(), "preds": [], "eps": float(op.get_attr("epsilon")), "out": None,
+        })
+        entry["modes"].add(training)
+        entry["preds"].extend(preds)
+        if frame:
+            result = frame[0][1].outputs[0]
+        else:
+            merges = [c for c in op.outputs[0].consumers() if c.type in ("Merge", "RefMerge")]
+            result = merges[0].outputs[0] if merges else op.outputs[0]
+        entry["out"] = entry["out"] or result.name
+    out = []
+    for (mean, var), e in layers.items():
+        flags = _flags_from_preds(tracer, e["preds"])
+        mode = "switch" if len(e["modes"]) > 1 or flags else ("training" if True in e["modes"] else "inference")
+        out.append((mean, var, e["gamma"], e["beta"], e["x"], e["axis"], True, flags, mode, e["eps"], e["out"]))
+    return out
+
+
+def _find_nonfused(tracer):
+    layers = []
+    for op, frame in tracer.walk():
+        if op.type != "Rsqrt" or op.inputs[0].op.type not in ("Add", "AddV2"):
+            continue
+        add = op.inputs[0].op
+        preds: list = []
+        var = None
+        eps = None
+        for i in (0, 1):
+            var = tracer.one_source(add.inputs[i], frame, preds)
+            if var is not None:
+                c = _const_value(add.inputs[1 - i])
+                eps = float(c) if c is not None and c.size == 1 else None
+                break
+        if var is None:
+            continue
+        rsqrt = op.outputs[0]
+        gamma = None
+        scale = rsqrt
+        for consumer in rsqrt.consumers():
+            if consumer.type == "Mul":
+                other = consumer.inputs[1] if consumer.inputs[0] is rsqrt else consumer.inputs[0]
+                g = tracer.one_source(other, frame)
+                if g is not None and g != var:
+                    gamma, scale = g, consumer.outputs[0]
+                    break
+        mean = x = beta = None
+        axis = -1
+        out = None
+        mean_mul = None
+        for consumer in scale.consumers():
+            if consumer.type != "Mul":
+                continue
+            other = consumer.inputs[1] if consumer.inputs[0] is scale else consumer.inputs[0]
+            m = tracer.one_source(other, frame, preds)
+            if m is not None:
+                mean, mean_mul = m, consumer
+                shape = _reshape_target(other)
+                if shape is not None:
+                    axis = next((i for i, d in enumerate(shape) if d != 1), -1)
+                break
+        if mean is None:
+            continue
+        # beta - mean * scale, then x * scale + that: the forward path, not the gradient graph's.
+        for sub in mean_mul.outputs[0].consumers():
+            if sub.type in ("Sub", "Neg"):
+                if sub.type == "Sub":
+                    beta = tracer.one_source(sub.inputs[0], frame)
+                for add_op in sub.outputs[0].consumers():
+                    if add_op.type not in ("Add", "AddV2"):
+                        continue
+                    x_mul = add_op.inputs[0] if add_op.inputs[1] is sub.outputs[0] else add_op.inputs[1]
+                    if x_mul.op.type == "Mul" and scale in (x_mul.op.inputs[0], x_mul.op.inputs[1]):
+                        raw = x_mul.op.inputs[1] if x_mul.op.inputs[0] is scale else x_mul.op.inputs[0]
+                        x = tracer.outer(raw, frame)[0]
+                        out = add_op.outputs[0].name
+        if mean is None:
+            continue
+        flags = _flags_from_preds(tracer, preds)
+        mode = "switch" if flags else "inference"
+        layers.append((mean, var, gamma, beta, x, axis, False, flags, mode, eps, out))
+    return layers
+
+
+def _reshape_target(tensor):
+    op = tensor.op
+    while op.type in ("Identity", "Reshape"):
+        if op.type == "Reshape":
+            value = _const_value(op.inputs[1])
+            return None if value is None else [int(v) for v in value.ravel()]
+        op = op.inputs[0].op
+    return None
+
+
+def analyze_graph(meta_path: str) -> GraphInfo:
+    """Read a MetaGraphDef and describe its variables, update ops and BN layers.
+
+    Raises:
+        GraphError: the graph cannot be read.
+    """
+    graph, _saver, _meta = load_graph(meta_path)
+    return describe_graph(graph, meta_path)
+
+
+def describe_graph(graph, path: str) -> GraphInfo:
+    """``analyze_graph`` on an already imported graph."""
+    tracer = _Tracer(graph)
+    saver_keys = _saver_keys(graph, tracer)
+    has_saver = bool(saver_keys)
+
+    global_vars = graph.get_collection("variables")
+    trainable_ops = {v.op.name for v in graph.get_collection("trainable_variables")}
+
+    def key_of(op_name: str) -> str:
+        return saver_keys.get(op_name, op_name)
+
+    variables: dict[str, GraphVariable] = {}
+    op_to_key: dict[str, str] = {}
+    for v in global_vars:
+        info = getattr(v, "_save_slice_info", None)
+        if info is not None:
+            key, shape = info.full_name, tuple(int(d) for d in info.full_shape)
+        else:
+            key = key_of(v.op.name)
+            shape = tuple(v.shape.as_list()) if v.shape.rank is not None and None not in v.shape.as_list() else None
+        op_to_key[v.op.name] = key
+        if key in variables:
+            continue
+        variables[key] = GraphVariable(
+            name=key,
+            dtype=v.dtype.base_dtype.name,
+            shape=shape,
+            trainable=v.op.name in trainable_ops,
+            saved_by_saver=(v.op.name in saver_keys) if has_saver else None,
+        )
+
+    def k(op_name):
+        return None if op_name is None else op_to_key.get(op_name, key_of(op_name))
+
+    found = _find_fused(tracer) + _find_nonfused(tracer)
+    bn_layers = []
+    seen = set()
+    for mean, var, gamma, beta, x, axis, fused, flags, mode, eps, out in found:
+        if (mean, var) in seen:
+            continue
+        seen.add((mean, var))
+        keys = [k(n) for n in (mean, var, gamma, beta) if n]
+        v = variables.get(k(mean))
+        channels = v.shape[0] if v is not None and v.shape else None
+        bn_layers.append(BNLayer(
+            layer=_layer_name(keys), moving_mean=k(mean), moving_variance=k(var), gamma=k(gamma), beta=k(beta),
+            channels=channels, fused=fused, axis=axis, input_tensor=None if x is None else x.name,
+            training_flags=flags, mode=mode, epsilon=eps, output_tensor=out,
+        ))
+    bn_layers.sort(key=lambda layer: layer.layer)
+
+    moving = {op for m, v, *_ in found for op in (m, v)}
+    update_ops = tuple(op.name for op in graph.get_collection("update_ops"))
+    bn_update_ops = set()
+    for op, frame in tracer.walk():
+        if op.type in C.ASSIGN_OPS and op.inputs and not op.name.endswith("/Assign"):
+            target = tracer.one_source(op.inputs[0], frame)
+            if target in moving and not _is_initializer(op) and not _is_restore(op):
+                bn_update_ops.add(frame[0][1].name if frame else op.name)
+    bn_update_ops |= {name for name in update_ops}
+
+    apply_ops = [op for op in graph.get_operations() if _is_apply(op.type)]
+    train_ops = [op for op in graph.get_collection("train_op") if hasattr(op, "type")]
+    train_ops = [getattr(t, "op", t) for t in train_ops] or apply_ops
+    update_ops_unused = None
+    if bn_update_ops and train_ops:
+        upstream = tracer.ancestors(train_ops)
+        update_ops_unused = not (bn_update_ops & upstream)
+
+    roles = _roles(graph, tracer, variables, bn_layers, apply_ops, op_to_key)
+    return GraphInfo(
+        path=path,
+        variables=variables,
+        update_ops=update_ops,
+        train_ops=tuple(op.name for op in train_ops),
+        bn_layers=tuple(bn_layers),
+        roles=roles,
+        update_ops_unused=update_ops_unused,
+        bn_update_ops=tuple(sorted(bn_update_ops)),
+        keys_by_op=op_to_key,
+    )
+
+
+def _is_initializer(op) -> bool:
+    return any("Initializer" in t.op.name for t in op.inputs[1:2])
+
+
+def _is_restore(op) -> bool:
+    value = op.inputs[1] if len(op.inputs) > 1 else None
+    while value is not None and value.op.type == "Identity":
+        value = value.op.inputs[0]
+    return value is not None and value.op.type in ("RestoreV2", "Restore", "RestoreSlice")
+
+
+def _is_apply(op_type: str) -> bool:
+    return op_type.startswith(("Apply", "ResourceApply", "SparseApply", "ResourceSparseApply"))
+
+
+def _roles(graph, tracer, variables, bn_layers, apply_ops, op_to_key) -> dict[str, str]:
+    roles: dict[str, str] = {}
+    for layer in bn_layers:
+        for attr, role in (("moving_mean", "bn_moving_mean"), ("moving_variance", "bn_moving_variance"),
+                           ("gamma", "bn_gamma"), ("beta", "bn_beta")):
+            name = getattr(layer, attr)
+            if name:
+                roles[name] = role
+    for op in apply_ops:
+        for t in op.inputs[1:]:
+            src = tracer.one_source(t, ())
+            if src is not None:
+                key = op_to_key.get(src, src)
+                roles.setdefault(key, "optimizer_slot")
+    steps = {op_to_key.get(v.op.name, v.op.name) for v in graph.get_collection("global_step")}
+    for key, var in variables.items():
+        if key in roles:
+            continue
+        if key in steps or (C.STEP_PATTERN.search(key) and var.shape == ()):
+            roles[key] = "step"
+        elif var.trainable:
+            roles[key] = "weight"
+        elif C.OPTIMIZER_SLOT_PATTERN.search(key):
+            roles[key] = "optimizer_slot"
+        else:
+            roles[key] = "other"
+    return roles

@@ -1,0 +1,78 @@
+"""Per-tensor statistics computed chunk by chunk.
+
+Memory stays near one chunk, whatever the tensor's size. Means and variances of
+chunks are merged with Chan et al.'s pairwise update (float64 accumulators), so
+the result equals a one-pass numpy computation in float64 up to rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+__all__ = ["TensorStats", "compute_stats", "STATS_DTYPES"]
+
+#: dtypes whose values get min/max/mean/std (complex, strings, variants do not).
+STATS_DTYPES = frozenset(
+    "float16 bfloat16 float32 float64 float8_e5m2 float8_e4m3fn float8_e4m3fnuz float8_e4m3b11fnuz "
+    "float8_e5m2fnuz int4 uint4 int8 uint8 int16 uint16 int32 uint32 int64 uint64 bool "
+    "qint8 quint8 qint16 quint16 qint32".split()
+)
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """Statistics of a tensor's values.
+
+    min, max, mean and std (population, ddof=0) are over the finite values; NaN
+    and Inf are counted instead. They are None when no value is finite.
+    """
+
+    min: float | None
+    max: float | None
+    mean: float | None
+    std: float | None
+    nan: int
+    inf: int
+
+
+def compute_stats(chunks: Iterable[np.ndarray]) -> TensorStats:
+    """Statistics of the concatenation of ``chunks`` (1-D arrays of one dtype)."""
+    count = 0
+    mean = 0.0
+    m2 = 0.0
+    lo = math.inf
+    hi = -math.inf
+    nan = inf = 0
+    for chunk in chunks:
+        if chunk.size == 0:
+            continue
+        if chunk.dtype.kind not in "fiub":
+            # ml_dtypes (bfloat16, float8, int4) compute through float32.
+            chunk = chunk.astype(np.float32)
+        if chunk.dtype.kind == "f":
+            finite = np.isfinite(chunk)
+            if not finite.all():
+                isnan = np.isnan(chunk)
+                nan += int(isnan.sum())
+                inf += int((~finite).sum() - isnan.sum())
+                chunk = chunk[finite]
+                if chunk.size == 0:
+                    continue
+        values = chunk.astype(np.float64, copy=False)
+        n = values.size
+        cmean = float(values.mean())
+        cm2 = float(np.square(values - cmean).sum())
+        lo = min(lo, float(values.min()))
+        hi = max(hi, float(values.max()))
+        total = count + n
+        delta = cmean - mean
+        mean += delta * n / total
+        m2 += cm2 + delta * delta * count * n / total
+        count = total
+    if count == 0:
+        return TensorStats(None, None, None, None, nan, inf)
+    return TensorStats(lo, hi, mean, math.sqrt(m2 / count), nan, inf)
