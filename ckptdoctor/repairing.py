@@ -1,0 +1,473 @@
+"""``repair``: recompute BN moving statistics from data and write a verified new checkpoint.
+
+Only forward passes run; the train op never does, and no weight changes: the new
+checkpoint is written from the source checkpoint's own tensors, with only the
+moving means and variances replaced (or added when missing).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .data import check_data, load_data
+from .errors import BadDataError, CkptDoctorError, GraphError
+from .estimator import PooledMoments
+from .readers import open_reader
+from .resolve import resolve_checkpoint
+
+__all__ = ["LayerRepair", "RepairReport", "repair"]
+
+
+@dataclass(frozen=True)
+class LayerRepair:
+    """One BN layer's statistics before and after.
+
+    ``max_mean_shift`` is max |new mean - stored mean| / new std; variance
+    ratios are new / stored. ``gap_before``/``gap_after``: the largest difference
+    between the layer's inference-mode and training-mode outputs on the first
+    batch (None without a training flag).
+    """
+
+    layer: str
+    channels: int
+    samples: int
+    status_before: str
+    moving_mean: str
+    moving_variance: str
+    mean_before: tuple[float, ...] | None
+    variance_before: tuple[float, ...] | None
+    mean_after: tuple[float, ...]
+    variance_after: tuple[float, ...]
+    max_mean_shift: float | None
+    var_ratio_min: float | None
+    var_ratio_max: float | None
+    gap_before: float | None = None
+    gap_after: float | None = None
+
+
+@dataclass(frozen=True)
+class RepairReport:
+    """What ``repair`` did."""
+
+    checkpoint: str
+    graph: str
+    data: str
+    inputs: tuple[str, ...]
+    training_flag: str | None
+    method: str
+    batch_size: int
+    samples: int
+    layers: tuple[LayerRepair, ...]
+    output: str | None
+    backup: str | None
+    dry_run: bool
+    untouched: int
+    updated: int
+    notes: tuple[str, ...] = ()
+    gap_note: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["layers"] = [asdict(layer) for layer in self.layers]
+        return d
+
+
+# --------------------------------------------------------------------------- feeding
+
+
+def _placeholders(graph):
+    return [op for op in graph.get_operations() if op.type in ("Placeholder", "PlaceholderWithDefault")]
+
+
+def _shape_list(tensor):
+    shape = tensor.shape
+    return None if shape.rank is None else shape.as_list()
+
+
+def _tensor(graph, name: str, what: str):
+    full = name if ":" in name else name + ":0"
+    try:
+        return graph.get_tensor_by_name(full)
+    except (KeyError, ValueError) as e:
+        raise BadDataError(f"the graph has no {what} named {name!r}") from e
+
+
+def _choose_inputs(graph, data: dict, input_name: str | None, exclude: set[str]):
+    """Map each data array to the placeholder it feeds."""
+    if None not in data:  # .npz: keys are placeholder names
+        return {_tensor(graph, key, "placeholder"): arr for key, arr in data.items()}
+    array = data[None]
+    if input_name:
+        return {_tensor(graph, input_name, "placeholder (--input)"): array}
+    candidates = []
+    for op in _placeholders(graph):
+        t = op.outputs[0]
+        if t.name in exclude or not t.dtype.is_floating:
+            continue
+        shape = _shape_list(t)
+        if shape is None or (len(shape) == array.ndim and all(s is None or s == d for s, d in zip(shape[1:], array.shape[1:]))):
+            candidates.append(t)
+    if len(candidates) == 1:
+        return {candidates[0]: array}
+    if not candidates:
+        shapes = ", ".join(f"{op.outputs[0].name} {_shape_list(op.outputs[0])}" for op in _placeholders(graph)
+                           if op.outputs[0].dtype.is_floating) or "none"
+        raise BadDataError(f"no floating placeholder takes data of shape {list(array.shape)} (placeholders: {shapes}): "
+                           "reshape the data or pass --input")
+    raise BadDataError(f"several placeholders take data of shape {list(array.shape)} "
+                       f"({', '.join(t.name for t in candidates)}): pass --input NAME")
+
+
+def _parse_feeds(graph, feeds) -> dict:
+    out = {}
+    for item in feeds:
+        if "=" not in item:
+            raise BadDataError(f"--feed {item!r} is not NAME=VALUE (e.g. --feed keep_prob=1.0)")
+        name, text = item.split("=", 1)
+        tensor = _tensor(graph, name.strip(), "placeholder (--feed)")
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            value = text.strip()
+        try:
+            out[tensor] = np.asarray(value, dtype=tensor.dtype.as_numpy_dtype)
+        except (ValueError, TypeError) as e:
+            raise BadDataError(f"--feed {item!r}: {text!r} is not a {tensor.dtype.name}") from e
+    return out
+
+
+def _unfed(tracer_ancestors, graph, fetches, fed: set[str]) -> list[str]:
+    needed = tracer_ancestors([t.op for t in fetches])
+    missing = []
+    for name in sorted(needed):
+        op = graph.get_operation_by_name(name)
+        if op.type == "Placeholder" and op.outputs[0].name not in fed:
+            missing.append(op.outputs[0].name)
+    return missing
+
+
+# --------------------------------------------------------------------------- graph pieces
+
+
+def _moment_ops(tf, x, channels: int, axis: int):
+    """Per-batch count, per-channel mean and centred sum of squares, in float64, in the graph."""
+    x64 = tf.cast(x, tf.float64)
+    rank = x.shape.rank
+    axis = axis % rank
+    axes = [i for i in range(rank) if i != axis]
+    mean = tf.reduce_mean(x64, axis=axes, keepdims=True)
+    m2 = tf.reduce_sum(tf.square(x64 - mean), axis=axes)
+    count = tf.cast(tf.size(x64, out_type=tf.int64), tf.float64) / float(channels)
+    return count, tf.reshape(mean, [channels]), m2
+
+
+def _batches(arrays: dict, n: int, batch_size: int):
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        yield start, stop, {t: np.asarray(a[start:stop]).astype(t.dtype.as_numpy_dtype, copy=False)
+                            for t, a in arrays.items()}
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool, label: str):
+        self.total, self.enabled, self.label, self.done = total, enabled and sys.stderr.isatty() and total > 1, label, 0
+
+    def step(self, n: int = 1):
+        self.done += n
+        if self.enabled:
+            filled = int(30 * self.done / self.total)
+            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}")
+            if self.done >= self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _order_layers(tracer, graph, layers):
+    """Layers in topological order of their inputs (for --method sequential)."""
+    ancestry = {layer.layer: tracer.ancestors([graph.get_tensor_by_name(layer.input_tensor).op]) for layer in layers}
+    outputs = {layer.layer: (layer.output_tensor or "").split(":")[0] for layer in layers}
+    return sorted(layers, key=lambda layer: sum(outputs[o] in ancestry[layer.layer] for o in outputs if o))
+
+
+# --------------------------------------------------------------------------- repair
+
+
+def repair(checkpoint: str, data: str, graph: str | None = None, input: str | None = None,
+           training: str | None = None, feed=(), batch_size: int = 256, max_samples: int | None = None,
+           method: str = "train", output: str | None = None, in_place: bool = False, dry_run: bool = False,
+           force: bool = False, report: str | None = None, progress: bool = False) -> RepairReport:
+    """Recompute every BN layer's moving mean and variance from data.
+
+    With ``method="train"`` each batch runs in training mode, and each layer's
+    new statistics are the exact mean and population variance of its input over
+    every element seen (see ``estimator.PooledMoments``). With
+    ``method="sequential"`` layers are recalibrated one at a time in topological
+    order in inference mode, the layers before already recalibrated: for graphs
+    whose BN mode is fixed to inference.
+
+    Args:
+        checkpoint: the checkpoint to repair; never modified (``in_place`` swaps it
+            only after the new one is verified, keeping a backup).
+        data: ``X.npy``, ``data.npz`` (keys name placeholders) or ``FILE.h5:dataset``.
+        graph: the MetaGraphDef; default ``<prefix>.meta``.
+        input: the placeholder the data feed; default: the only floating one that fits.
+        training: the boolean training switch; default: the one the BN layers depend on.
+        feed: ``NAME=VALUE`` constants for other placeholders.
+        batch_size: samples per forward pass (consecutive, in file order; the last may be smaller).
+        max_samples: use only the first N samples.
+        method: ``train`` or ``sequential``.
+        output: output prefix; default ``<prefix>-repaired``.
+        in_place: replace the input after verification, keeping a backup.
+        dry_run: compute everything, write nothing.
+        force: overwrite an existing output.
+        report: an HDF5 path for per-layer before/after arrays.
+        progress: show a progress bar on stderr (when it is a terminal).
+
+    Returns:
+        A ``RepairReport``.
+    """
+    from .graph import _Tracer, describe_graph, load_graph
+    from .tfcompat import import_tensorflow
+    from .writer import ensure_writable, write_checkpoint
+
+    if method not in ("train", "sequential"):
+        raise CkptDoctorError(f"--method must be train or sequential, received {method!r}")
+    if batch_size < 1:
+        raise CkptDoctorError(f"--batch-size must be at least 1, received {batch_size}")
+    if in_place and output:
+        raise CkptDoctorError("pass either --output or --in-place, not both")
+    resolved = resolve_checkpoint(checkpoint)
+    if resolved.kind != "v2":
+        raise CkptDoctorError(f"{resolved.prefix} is not a V2 checkpoint: repair writes V2 checkpoints only")
+    meta = graph or resolved.prefix + ".meta"
+    if not os.path.isfile(meta):
+        raise GraphError(f"repair needs the graph: no {meta}; pass --graph with the MetaGraphDef (.meta) of this model")
+    out_prefix = resolved.prefix if in_place else (output or resolved.prefix + "-repaired")
+    if not dry_run and not in_place:
+        ensure_writable(out_prefix, force)
+    if report and os.path.exists(report) and not force:
+        from .errors import OutputExistsError
+
+        raise OutputExistsError(f"{report} exists: pass --force to overwrite it, or choose another --report path")
+    arrays_by_key = load_data(data)
+
+    tf = import_tensorflow()
+    g, _saver, _meta = load_graph(meta)
+    info = describe_graph(g, meta)
+    tracer = _Tracer(g)
+    layers = [layer for layer in info.bn_layers if layer.input_tensor and layer.moving_mean and layer.moving_variance]
+    if not layers:
+        raise GraphError(f"the graph {meta} has no batch-normalization layer whose input could be found: nothing to repair")
+
+    # What to feed.
+    flag = None
+    if training:
+        flag = _tensor(g, training, "training switch (--training)")
+    else:
+        flags = sorted({f for layer in layers for f in layer.training_flags})
+        if len(flags) == 1:
+            flag = g.get_tensor_by_name(flags[0])
+        elif len(flags) > 1:
+            raise BadDataError(f"the BN layers depend on several boolean switches ({', '.join(flags)}): pass --training NAME")
+    if method == "train" and flag is None:
+        modes = {layer.mode for layer in layers}
+        if modes != {"training"}:
+            raise BadDataError("no training switch found for the BN layers (their mode is fixed to inference): "
+                               "pass --training NAME, or use --method sequential")
+    feeds = _parse_feeds(g, feed)
+    exclude = {t.name for t in feeds} | ({flag.name} if flag is not None else set())
+    inputs = _choose_inputs(g, arrays_by_key, input, exclude)
+    n = min(int(a.shape[0]) for a in inputs.values())
+    if max_samples is not None:
+        if max_samples < 1:
+            raise BadDataError(f"--max-samples must be at least 1, received {max_samples}")
+        n = min(n, int(max_samples))
+    for t, a in inputs.items():
+        check_data(a[:n] if n < a.shape[0] else a, f"{data} ({t.name.split(':')[0]})", _shape_list(t), t.dtype.name)
+    xs = {layer.layer: g.get_tensor_by_name(layer.input_tensor) for layer in layers}
+    fed = {t.name for t in inputs} | {t.name for t in feeds} | ({flag.name} if flag is not None else set())
+    missing = _unfed(tracer.ancestors, g, list(xs.values()), fed)
+    if missing:
+        raise BadDataError(f"the forward pass needs placeholders nobody feeds: {', '.join(missing)}; "
+                           "supply them with --feed NAME=VALUE (e.g. --feed keep_prob=1.0)")
+
+    source = open_reader(resolved)
+    try:
+        entries = {e.name: e for e in source.entries()}
+        stored = {}
+        for layer in layers:
+            for key in (layer.moving_mean, layer.moving_variance):
+                if key in entries:
+                    stored[key] = source.read(key)
+
+        with g.as_default():
+            moment_ops = {layer.layer: _moment_ops(tf, xs[layer.layer], layer.channels, layer.axis) for layer in layers}
+        key_vars = _variables_by_key(g, info)
+        with tf.compat.v1.Session(graph=g) as sess:
+            _restore(tf, g, sess, key_vars, entries, resolved.prefix)
+            first = next(_batches(inputs, n, batch_size))[2]
+            base_feed = dict(feeds)
+
+            def mode_feed(batch, is_training):
+                d = dict(base_feed)
+                d.update(batch)
+                if flag is not None:
+                    d[flag] = is_training
+                return d
+
+            outs = {layer.layer: g.get_tensor_by_name(layer.output_tensor) for layer in layers if layer.output_tensor}
+            gaps_before = _gaps(sess, outs, mode_feed, first) if flag is not None else {}
+
+            pooled = {layer.layer: PooledMoments(layer.channels) for layer in layers}
+            batches = -(-n // batch_size)
+            if method == "train":
+                bar = _Progress(batches, progress, "repair")
+                for _, _, batch in _batches(inputs, n, batch_size):
+                    results = sess.run(moment_ops, mode_feed(batch, True))
+                    for name, (count, mean, m2) in results.items():
+                        pooled[name].add(count, mean, m2)
+                    bar.step()
+            else:
+                ordered = _order_layers(tracer, g, layers)
+                bar = _Progress(batches * len(ordered), progress, "repair")
+                for layer in ordered:
+                    for _, _, batch in _batches(inputs, n, batch_size):
+                        count, mean, m2 = sess.run(moment_ops[layer.layer], mode_feed(batch, False))
+                        pooled[layer.layer].add(count, mean, m2)
+                        bar.step()
+                    _load(sess, key_vars, layer, pooled[layer.layer], info)
+
+            replacements = {}
+            for layer in layers:
+                dtype = np.dtype(info.variables[layer.moving_mean].dtype) if layer.moving_mean in info.variables \
+                    else np.float32
+                replacements[layer.moving_mean] = pooled[layer.layer].mean.astype(dtype)
+                dtype = np.dtype(info.variables[layer.moving_variance].dtype) if layer.moving_variance in info.variables \
+                    else np.float32
+                replacements[layer.moving_variance] = pooled[layer.layer].variance.astype(dtype)
+            if method == "train":
+                for layer in layers:
+                    _load(sess, key_vars, layer, pooled[layer.layer], info)
+            gaps_after = _gaps(sess, outs, mode_feed, first) if flag is not None else {}
+
+        rows = []
+        for layer in layers:
+            rows.append(_layer_row(layer, pooled[layer.layer], stored, n, gaps_before, gaps_after))
+
+        written = {"untouched": 0, "updated": 0}
+        backup = None
+        if not dry_run:
+            if in_place:
+                import tempfile
+
+                from .writer import backup_checkpoint
+
+                staging = tempfile.mkdtemp(prefix=".ckptdoctor-tmp-", dir=os.path.dirname(os.path.abspath(resolved.prefix)))
+                try:
+                    staged = os.path.join(staging, os.path.basename(resolved.prefix))
+                    written = write_checkpoint(source, staged, replacements, meta)
+                    source.close()
+                    backup = backup_checkpoint(resolved.prefix)
+                    from .writer import _move_into_place
+
+                    _move_into_place(staged, resolved.prefix)
+                finally:
+                    import shutil
+
+                    shutil.rmtree(staging, ignore_errors=True)
+            else:
+                written = write_checkpoint(source, out_prefix, replacements, meta, force=force)
+    finally:
+        source.close()
+
+    notes = []
+    if flag is None:
+        notes.append("no training switch: inference-vs-training gaps not measured")
+    result = RepairReport(
+        checkpoint=resolved.prefix, graph=meta, data=data, inputs=tuple(t.name for t in inputs),
+        training_flag=None if flag is None else flag.name, method=method, batch_size=batch_size, samples=n,
+        layers=tuple(rows), output=None if dry_run else out_prefix, backup=backup, dry_run=dry_run,
+        untouched=written["untouched"], updated=written["updated"], notes=tuple(notes),
+        gap_note="gaps: largest |inference-mode output - training-mode output| of each BN layer on the first batch"
+        if flag is not None else "",
+    )
+    if report:
+        from .h5report import write_repair_report
+
+        write_repair_report(result, report, force=force)
+    return result
+
+
+def _variables_by_key(graph, info) -> dict[str, list]:
+    """Checkpoint key -> the graph's variables stored under it (several for a partitioned one)."""
+    by_key: dict[str, list] = {}
+    for v in graph.get_collection("variables"):
+        by_key.setdefault(info.keys_by_op.get(v.op.name, v.op.name), []).append(v)
+    return by_key
+
+
+def _restore(tf, graph, sess, key_vars, entries, prefix) -> None:
+    """Initialise every variable, then restore those the checkpoint holds."""
+    with graph.as_default():
+        sess.run(tf.compat.v1.global_variables_initializer())
+        var_list = {}
+        for key, variables in key_vars.items():
+            if key in entries:
+                var_list[key] = variables if len(variables) > 1 else variables[0]
+        if var_list:
+            try:
+                tf.compat.v1.train.Saver(var_list=var_list).restore(sess, prefix)
+            except (tf.errors.OpError, ValueError) as e:
+                raise GraphError(f"TensorFlow cannot restore {prefix} into the graph: {str(e).splitlines()[0]}") from e
+
+
+def _load(sess, key_vars, layer, pooled: PooledMoments, info) -> None:
+    for key, value in ((layer.moving_mean, pooled.mean), (layer.moving_variance, pooled.variance)):
+        for var in key_vars.get(key, []):
+            var.load(value.astype(var.dtype.base_dtype.as_numpy_dtype), sess)
+
+
+def _gaps(sess, outs, mode_feed, batch) -> dict[str, float]:
+    if not outs:
+        return {}
+    infer = sess.run(outs, mode_feed(batch, False))
+    train = sess.run(outs, mode_feed(batch, True))
+    return {name: float(np.max(np.abs(infer[name].astype(np.float64) - train[name]))) for name in outs}
+
+
+def _layer_row(layer, pooled, stored, n, gaps_before, gaps_after) -> LayerRepair:
+    mean_b = stored.get(layer.moving_mean)
+    var_b = stored.get(layer.moving_variance)
+    new_mean, new_var = pooled.mean, pooled.variance
+    shift = ratio_min = ratio_max = None
+    if mean_b is not None:
+        sd = np.sqrt(np.maximum(new_var, 1e-12))
+        shift = float(np.max(np.abs(new_mean - mean_b.astype(np.float64)) / sd))
+    if var_b is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = new_var / var_b.astype(np.float64)
+        ratio_min, ratio_max = float(np.min(ratio)), float(np.max(ratio))
+    if mean_b is None and var_b is None:
+        status = "missing"
+    elif mean_b is None or var_b is None:
+        status = "partial"
+    elif not (np.isfinite(mean_b).all() and np.isfinite(var_b).all()) or (var_b < 0).any():
+        status = "invalid"
+    elif np.all(mean_b == 0) and np.all(var_b == 1):
+        status = "at-init"
+    else:
+        status = "ok"
+    return LayerRepair(
+        layer=layer.layer, channels=int(layer.channels), samples=n, status_before=status,
+        moving_mean=layer.moving_mean, moving_variance=layer.moving_variance,
+        mean_before=None if mean_b is None else tuple(float(v) for v in mean_b),
+        variance_before=None if var_b is None else tuple(float(v) for v in var_b),
+        mean_after=tuple(float(v) for v in new_mean), variance_after=tuple(float(v) for v in new_var),
+        max_mean_shift=shift, var_ratio_min=ratio_min, var_ratio_max=ratio_max,
+        gap_before=gaps_before.get(layer.layer), gap_after=gaps_after.get(layer.layer),
+    )

@@ -1,0 +1,163 @@
+"""Writing a repaired checkpoint: temporary folder, verify, then rename into place.
+
+Every tensor of the source is written back with its dtype, shape and bytes,
+except those in ``replacements``; new tensors (missing statistics) are added.
+The files are written with TensorFlow's own ``SaveV2`` kernel into a hidden
+folder beside the output, read back with our reader and compared, and only then
+moved into place: data files first, the ``.meta`` next, the ``.index`` last, so a
+checkpoint (which is its ``.index``) appears only when everything it needs is
+there. A kill at any moment leaves no output or a whole one, plus at most a
+``.ckptdoctor-tmp-*`` folder that the next run removes.
+
+Partitioned tensors are written back whole (one entry, same values); TensorFlow
+restores partitioned variables from a whole entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from .atomic import TMP_MARK
+from .errors import CkptDoctorError, OutputExistsError
+
+__all__ = ["checkpoint_files", "ensure_writable", "write_checkpoint", "backup_checkpoint", "clean_stale_temporaries"]
+
+
+def checkpoint_files(prefix: str) -> list[str]:
+    """The files of the checkpoint at ``prefix`` (index, data shards, meta) that exist."""
+    files = [prefix + ".index", prefix + ".meta"] + sorted(glob.glob(glob.escape(prefix) + ".data-*-of-*"))
+    return [f for f in files if os.path.isfile(f)]
+
+
+def ensure_writable(prefix: str, force: bool) -> None:
+    """Refuse an existing output without ``force``; check the folder can be written."""
+    existing = checkpoint_files(prefix)
+    if existing and not force:
+        raise OutputExistsError(f"{existing[0]} exists: pass --force to overwrite it, or choose --output elsewhere")
+    directory = os.path.dirname(os.path.abspath(prefix))
+    if not os.path.isdir(directory):
+        raise CkptDoctorError(f"the output folder {directory} does not exist: create it or choose --output elsewhere")
+    if not os.access(directory, os.W_OK):
+        raise CkptDoctorError(f"the output folder {directory} is not writable: choose --output elsewhere")
+
+
+def clean_stale_temporaries(directory: str, max_age_s: float = 0.0) -> list[str]:
+    """Remove ``.ckptdoctor-tmp-*`` folders left by killed runs; return what was removed."""
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(directory), TMP_MARK + "*")):
+        if os.path.isdir(path) and time.time() - os.path.getmtime(path) >= max_age_s:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _save(tf, prefix: str, names: list[str], values: list[np.ndarray]) -> None:
+    tensors = [tf.constant(v) for v in values]
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.dtype.kind == "O":
+        return all(x == y for x, y in zip(a.ravel(), b.ravel()))
+    return a.tobytes() == b.tobytes()
+
+
+def write_checkpoint(source, output: str, replacements: dict[str, np.ndarray], meta_path: str | None,
+                     force: bool = False) -> dict:
+    """Write ``source``'s tensors with ``replacements`` to ``output``, verified and atomic.
+
+    Args:
+        source: an open ``CheckpointReader``.
+        output: the output prefix.
+        replacements: key -> new value (new keys are added).
+        meta_path: a MetaGraphDef copied to ``output + '.meta'`` (or None).
+        force: overwrite an existing output.
+
+    Returns:
+        ``{"untouched": n, "updated": m}``: counts of tensors verified bit-identical
+        to the source, and verified equal to their replacement.
+    """
+    from .readers.bundle import BundleReader
+    from .tfcompat import import_tensorflow
+
+    tf = import_tensorflow()
+    ensure_writable(output, force)
+    directory = os.path.dirname(os.path.abspath(output))
+    base = os.path.basename(output)
+    clean_stale_temporaries(directory, max_age_s=3600)
+    tmpdir = tempfile.mkdtemp(prefix=TMP_MARK, dir=directory)
+    try:
+        tmp_prefix = os.path.join(tmpdir, base)
+        entries = [e for e in source.entries()]
+        names = [e.name for e in entries if e.dtype != "variant"]
+        skipped = [e.name for e in entries if e.dtype == "variant"]
+        if skipped:
+            raise CkptDoctorError(f"{source.prefix} holds variant tensors ({skipped[0]}), which cannot be copied "
+                                  "bit for bit; nothing was written")
+        values = [replacements[n] if n in replacements else source.read(n) for n in names]
+        new = sorted(set(replacements) - set(names))
+        names += new
+        values += [replacements[n] for n in new]
+        try:
+            _save(tf, tmp_prefix, names, values)
+        except (tf.errors.OpError, ValueError, TypeError) as e:
+            raise CkptDoctorError(f"cannot write the repaired checkpoint in {directory}: "
+                                  f"{str(e).splitlines()[0]}; check free space and permissions") from e
+        if meta_path:
+            shutil.copyfile(meta_path, tmp_prefix + ".meta")
+        # Verify before anything becomes visible.
+        untouched = updated = 0
+        with BundleReader(tmp_prefix) as back:
+            stored = {e.name: e for e in back.entries()}
+            if set(stored) != set(names):
+                raise CkptDoctorError("the written checkpoint does not hold the expected tensors; nothing was kept")
+            for name, value in zip(names, values):
+                if not _same(np.asarray(value), back.read(name)):
+                    raise CkptDoctorError(f"verification failed: {name} does not read back as written; nothing was kept")
+                if name in replacements:
+                    updated += 1
+                else:
+                    untouched += 1
+        _move_into_place(tmp_prefix, output)
+        return {"untouched": untouched, "updated": updated}
+    except OSError as e:
+        raise CkptDoctorError(f"cannot write {output}: {e.strerror or e}; choose a writable place with free space") from e
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _move_into_place(tmp_prefix: str, output: str) -> None:
+    files = checkpoint_files(tmp_prefix)
+    # Data shards, then .meta, then .index: the checkpoint exists only once whole.
+    order = [f for f in files if ".data-" in f] + [f for f in files if f.endswith(".meta")] + \
+            [f for f in files if f.endswith(".index")]
+    old_data = set(glob.glob(glob.escape(output) + ".data-*-of-*"))
+    for f in order:
+        target = output + f[len(tmp_prefix):]
+        os.replace(f, target)
+        old_data.discard(target)
+    for stale in old_data:  # shards of an overwritten checkpoint with more shards
+        with contextlib.suppress(OSError):
+            os.remove(stale)
+
+
+def backup_checkpoint(prefix: str) -> str:
+    """Copy the checkpoint's files to ``<prefix>.backup-<UTC time>`` (hard links when possible)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    backup = f"{prefix}.backup-{stamp}"
+    for f in checkpoint_files(prefix):
+        target = backup + f[len(prefix):]
+        try:
+            os.link(f, target)
+        except OSError:
+            shutil.copy2(f, target)
+    return backup
