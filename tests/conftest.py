@@ -1,0 +1,90 @@
+"""Shared fixtures: real checkpoints built by real TensorFlow graphs, and the real CLI.
+
+Checkpoints are built by ``sample_ckpts/builders.py`` in a subprocess each (graph
+mode switches are process-wide), once per test session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILDERS = ROOT / "sample_ckpts" / "builders.py"
+SAMPLES = ROOT / "sample_ckpts"
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def cli_command() -> list[str]:
+    script = Path(sys.executable).with_name("ckptdoctor")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "ckptdoctor"]
+
+
+def run_cli(*args, check_codes=(0, 1, 2), **kwargs) -> subprocess.CompletedProcess:
+    """Run the installed ``ckptdoctor`` entry point and return the finished process."""
+    proc = subprocess.run(cli_command() + [str(a) for a in args], capture_output=True, text=True,
+                          timeout=600, **kwargs)
+    assert proc.returncode in check_codes, proc.stderr
+    return proc
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit 2, one line on stderr starting with 'ckptdoctor: error:', no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("ckptdoctor: error: "), lines
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+class Built:
+    """A checkpoint built by builders.py: its folder, prefix and info.json."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.prefix = str(folder / "model.ckpt")
+        self.info = json.loads((folder / "info.json").read_text())
+        self.X = str(folder / "X.npy")
+
+    def copy_to(self, target: Path) -> "Built":
+        shutil.copytree(self.folder, target)
+        return Built(target)
+
+
+@pytest.fixture(scope="session")
+def build(tmp_path_factory):
+    """``build(kind, control_flow='v1', steps=None)`` -> Built, cached per session."""
+    cache: dict = {}
+    root = tmp_path_factory.mktemp("built")
+
+    def _build(kind: str, control_flow: str = "v1", steps: int | None = None) -> Built:
+        key = (kind, control_flow, steps)
+        if key not in cache:
+            out = root / f"{kind}-{control_flow}-{steps}"
+            cmd = [sys.executable, str(BUILDERS), kind, str(out), "--control-flow", control_flow]
+            if steps is not None:
+                cmd += ["--steps", str(steps)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            cache[key] = Built(out)
+        return cache[key]
+
+    return _build
+
+
+def tf_reader_values(prefix: str) -> dict:
+    """Every tensor via TensorFlow's own reader (an independent source of truth)."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(prefix)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}

@@ -1,0 +1,192 @@
+"""inspect on real checkpoints built by real graphs (control flow v1 and v2), through the library and the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+import ckptdoctor
+from conftest import assert_one_line_error, run_cli, tf_reader_values
+
+CF = ["v1", "v2"]
+
+
+def codes(report, code):
+    return [f for f in report.findings if f.code == code]
+
+
+@pytest.mark.parametrize("cf", CF)
+def test_seed_as_written_is_healthy_with_three_bn_layers(build, cf):
+    b = build("seed", cf)
+    r = ckptdoctor.inspect(b.prefix)
+    assert r.exit_code == 0, [f for f in r.findings if f.severity == "error"]
+    assert len(r.bn_layers) == 3 and {l.status for l in r.bn_layers} == {"ok"}
+    assert r.graph == b.prefix + ".meta"
+    # The seed's Saver skips the dense layers' Adam slots: info only.
+    infos = codes(r, "missing-in-checkpoint")
+    assert infos and {f.severity for f in infos} == {"info"}
+
+
+@pytest.mark.parametrize("cf", CF)
+def test_saver_over_trainables_gives_six_bn_stats_missing(build, cf):
+    b = build("seed-trainables", cf)
+    r = ckptdoctor.inspect(b.prefix)
+    missing = codes(r, "bn-stats-missing")
+    assert len(missing) == 6
+    assert {f.tensor.rsplit("/", 1)[1] for f in missing} == {"moving_mean", "moving_variance"}
+    assert {l.status for l in r.bn_layers} == {"missing"}
+    assert r.exit_code == 1
+    proc = run_cli("inspect", b.prefix, "--format", "json")
+    assert proc.returncode == 1
+    assert sum(f["code"] == "bn-stats-missing" for f in json.loads(proc.stdout)["findings"]) == 6
+
+
+@pytest.mark.parametrize("cf", CF)
+def test_no_update_ops_gives_at_init_and_unused_update_ops(build, cf):
+    b = build("seed-no-update", cf)
+    r = ckptdoctor.inspect(b.prefix)
+    assert len(codes(r, "bn-stats-at-init")) == 3
+    assert len(codes(r, "bn-update-ops-unused")) == 1
+    assert codes(r, "bn-update-ops-unused")[0].severity == "warning"
+    assert {l.status for l in r.bn_layers} == {"at-init"}
+    assert r.exit_code == 1
+
+
+@pytest.mark.parametrize("kind,layers", [("convnet", 3), ("nobn", 0), ("custom-scope", 3), ("keras-v1-bn", 3)])
+def test_healthy_networks_exit_zero_with_their_bn_layers(build, kind, layers):
+    b = build(kind, "v1")
+    r = ckptdoctor.inspect(b.prefix)
+    assert r.exit_code == 0, [f for f in r.findings if f.severity == "error"]
+    assert len(r.bn_layers) == layers
+    assert not codes(r, "bn-update-ops-unused")
+
+
+def test_custom_scope_bn_found_by_structure_not_names(build):
+    b = build("custom-scope", "v2")
+    r = ckptdoctor.inspect(b.prefix)
+    roles = {t.name: t.role for t in r.tensors}
+    means = sorted(n for n, role in roles.items() if role == "bn_moving_mean")
+    assert len(means) == 3 and all("batch_normalization" not in n for n in means)
+    assert r.exit_code == 0
+
+
+@pytest.mark.parametrize("cf", CF)
+def test_every_tensor_listed_with_numpy_statistics(build, cf):
+    b = build("seed-full", cf)
+    r = ckptdoctor.inspect(b.prefix)
+    truth = tf_reader_values(b.prefix)
+    assert {t.name for t in r.tensors} == set(truth)
+    for t in r.tensors:
+        v = np.asarray(truth[t.name])
+        assert t.dtype == v.dtype.name and t.shape == v.shape and t.size == v.size
+        if v.dtype.kind == "f":
+            ref = v.astype(np.float64)
+            assert t.min == ref.min() and t.max == ref.max()
+            assert t.mean == pytest.approx(ref.mean(), rel=1e-9, abs=1e-12)
+            assert t.std == pytest.approx(ref.std(), rel=1e-9, abs=1e-12)
+            assert (t.nan, t.inf) == (0, 0)
+        assert t.in_graph is True
+
+
+def test_without_graph_bn_found_by_name(build, tmp_path):
+    b = build("seed-trainables", "v1").copy_to(tmp_path / "nograph")
+    (tmp_path / "nograph" / "model.ckpt.meta").unlink()
+    r = ckptdoctor.inspect(b.prefix)
+    assert r.graph is None and any("no graph" in n for n in r.notes)
+    assert len(r.bn_layers) == 3 and len(codes(r, "bn-stats-missing")) == 6
+    assert {t.in_graph for t in r.tensors} == {None}
+
+
+def test_match_limits_listing_not_diagnosis(build):
+    b = build("seed-trainables", "v1")
+    r = ckptdoctor.inspect(b.prefix, match=r"^dense/")
+    assert r.tensors and all(t.name.startswith("dense/") for t in r.tensors)
+    assert len(codes(r, "bn-stats-missing")) == 6 and r.total_tensors > len(r.tensors)
+
+
+def test_stats_false_reads_no_values_but_still_diagnoses(build):
+    b = build("seed-no-update", "v1")
+    r = ckptdoctor.inspect(b.prefix, stats=False)
+    assert all(t.mean is None for t in r.tensors)
+    assert len(codes(r, "bn-stats-at-init")) == 3
+
+
+def test_hdf5_report_holds_the_json_findings_and_report_reprints_it(build, tmp_path):
+    import h5py
+
+    b = build("seed-no-update", "v2")
+    out = tmp_path / "r.h5"
+    proc = run_cli("inspect", b.prefix, "--format", "json", "--report", out)
+    doc = json.loads(proc.stdout)
+    with h5py.File(out, "r") as f:
+        for key in ("ckptdoctor_version", "checkpoint", "format", "graph", "created"):
+            assert key in f.attrs
+        stored = [{k: f["findings"][k][i].decode() for k in ("code", "severity", "tensor", "message")}
+                  for i in range(f["findings"].shape[0])]
+        assert f["tensors"].shape[0] == len(doc["tensors"])
+        assert set(f["tensors"]["in_graph"]) == {1}
+        assert json.loads(f["tensors"]["shape"][0].decode()) == doc["tensors"][0]["shape"]
+        assert f["bn_layers"].shape[0] == 3
+    assert [(d["code"], d["severity"], d["tensor"] or "", d["message"]) for d in doc["findings"]] == \
+        [(s["code"], s["severity"], s["tensor"], s["message"]) for s in stored]
+    again = run_cli("report", out, "--format", "json")
+    assert json.loads(again.stdout) == doc and again.returncode == proc.returncode
+    table = run_cli("inspect", b.prefix)
+    assert run_cli("report", out).stdout == table.stdout
+    # Refuses to overwrite without --force.
+    assert_one_line_error(run_cli("inspect", b.prefix, "--report", out), "--force")
+    assert run_cli("inspect", b.prefix, "--report", out, "--force").returncode == 1
+
+
+def test_empty_tables_are_present_with_zero_rows(build, tmp_path):
+    import h5py
+
+    b = build("nobn", "v1")
+    out = tmp_path / "nobn.h5"
+    assert run_cli("inspect", b.prefix, "--report", out).returncode == 0
+    with h5py.File(out, "r") as f:
+        assert f["bn_layers"].shape == (0,) and "findings" in f
+
+
+def test_table_output_has_header_tables_and_findings(build):
+    b = build("seed-trainables", "v1")
+    proc = run_cli("inspect", b.prefix)
+    assert proc.returncode == 1
+    for text in ("checkpoint:", "graph:", "TENSORS", "BN LAYERS (3)", "FINDINGS", "bn-stats-missing",
+                 "batch_normalization/moving_mean"):
+        assert text in proc.stdout
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, build):
+    assert_one_line_error(run_cli("inspect", tmp_path / "nope.ckpt"), "no checkpoint at")
+    assert_one_line_error(run_cli("report", tmp_path / "nope.h5"), "no report")
+    (tmp_path / "not.h5").write_bytes(b"\x89PNG not hdf5")
+    assert_one_line_error(run_cli("report", tmp_path / "not.h5"), "not an HDF5 file")
+    b = build("seed", "v1")
+    garbage = tmp_path / "garbage.meta"
+    garbage.write_bytes(b"\x00\x01garbage" * 10)
+    assert_one_line_error(run_cli("inspect", b.prefix, "--graph", garbage), "garbage.meta")
+    assert_one_line_error(run_cli("inspect", b.prefix, "--match", "("), "regular expression")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = run_cli("inspect", tmp_path / "nope.ckpt", "--debug", check_codes=(1, 2))
+    assert "Traceback" in proc.stderr
+
+
+def test_diff_identical_and_different(build):
+    a = build("seed", "v1")
+    b = build("nobn", "v1")  # same dense shapes, other values, no BN tensors
+    same = run_cli("diff", a.prefix, a.prefix, "--format", "json")
+    assert same.returncode == 0 and json.loads(same.stdout)["identical"] is True
+    d = run_cli("diff", a.prefix, b.prefix, "--format", "json")
+    doc = json.loads(d.stdout)
+    assert d.returncode == 1
+    changed = {c["name"]: c for c in doc["changed"]}
+    assert "batch_normalization/moving_mean" in doc["only_in_a"]
+    ta, tb = tf_reader_values(a.prefix), tf_reader_values(b.prefix)
+    name = "dense/kernel"
+    expected = np.abs(ta[name].astype(np.float64) - tb[name]).max()
+    assert changed[name]["max_abs_diff"] == pytest.approx(expected)
+    assert set(doc["only_in_b"]) == set(tb) - set(ta)
+    assert set(doc["only_in_a"]) == set(ta) - set(tb)

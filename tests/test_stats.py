@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+
+from ckptdoctor.stats import compute_stats
+
+
+def chunks(a, n):
+    flat = a.ravel()
+    return [flat[i:i + n] for i in range(0, flat.size, n)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.uint8, np.float16])
+@pytest.mark.parametrize("chunk", [1, 7, 1000, 10 ** 6])
+def test_stats_equal_numpy_in_float64_for_any_chunking(dtype, chunk):
+    rng = np.random.RandomState(0)
+    a = (rng.randn(37, 29) * 50 + 1000).astype(dtype)
+    s = compute_stats(chunks(a, chunk))
+    ref = a.astype(np.float64)
+    assert s.min == ref.min() and s.max == ref.max()
+    assert s.mean == pytest.approx(ref.mean(), rel=1e-12)
+    assert s.std == pytest.approx(ref.std(), rel=1e-9)
+    assert (s.nan, s.inf) == (0, 0)
+
+
+def test_nan_and_inf_are_counted_and_excluded():
+    a = np.array([1.0, np.nan, 3.0, np.inf, -np.inf, np.nan, 5.0], np.float32)
+    s = compute_stats(chunks(a, 3))
+    assert (s.nan, s.inf) == (2, 2)
+    finite = np.array([1.0, 3.0, 5.0])
+    assert (s.min, s.max, s.mean) == (1.0, 5.0, 3.0)
+    assert s.std == pytest.approx(finite.std())
+
+
+def test_all_nonfinite_and_empty():
+    assert compute_stats([np.array([np.nan], np.float32)]).mean is None
+    s = compute_stats([np.zeros(0, np.float32)])
+    assert (s.min, s.nan, s.inf) == (None, 0, 0)
+
+
+def test_bfloat16_goes_through_float32():
+    import ml_dtypes
+
+    a = np.array([1.5, -2.25, 3.0], dtype=ml_dtypes.bfloat16)
+    s = compute_stats([a])
+    assert (s.min, s.max) == (-2.25, 3.0)
+    assert s.mean == pytest.approx(np.mean([1.5, -2.25, 3.0]))
