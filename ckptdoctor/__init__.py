@@ -14,7 +14,13 @@ __version__ = "0.1.0"
 __all__ = ["inspect", "diff", "repair", "read_report", "CkptDoctorError", "__version__"]
 
 from .errors import CkptDoctorError
-from .inspection import inspect
+
+
+def inspect(checkpoint, **kwargs):
+    """Inspect a checkpoint; see ``ckptdoctor.inspection.inspect``."""
+    from .inspection import inspect as _inspect
+
+    return _inspect(checkpoint, **kwargs)
 
 
 def diff(a, b, **kwargs):

@@ -142,7 +142,15 @@ class _Tracer:
             from tensorflow.python.framework.function_def_to_graph import function_def_to_graph
 
             fdef = self._library.get(name)
-            self._funcs[name] = None if fdef is None else function_def_to_graph(fdef)
+            fg = None
+            if fdef is not None:
+                try:
+                    # Nested functions are looked up in the imported graph's library.
+                    with self.graph.as_default():
+                        fg = function_def_to_graph(fdef)
+                except (ValueError, KeyError, TypeError):
+                    fg = None  # a function we cannot rebuild is not followed
+            self._funcs[name] = fg
         return self._funcs[name]
 
     def branches(self, op) -> list[str]:

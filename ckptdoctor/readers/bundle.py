@@ -1,0 +1,926 @@
+"""Read TensorFlow's V2 tensor bundle (``PREFIX.index`` + ``PREFIX.data-*``) without TensorFlow.
+
+A V2 checkpoint (what ``tf.train.Checkpoint``, ``tf.compat.v1.train.Saver``,
+``save_weights`` and SavedModel ``variables/`` write) is an SSTable index that
+maps each tensor name to a ``BundleEntryProto`` (dtype, shape, shard, offset,
+size, masked CRC32C), plus raw data files holding the tensors' bytes. The
+byte-level rules are in ``/work/shared/tf-checkpoint-format.md``; section
+numbers below refer to it.
+
+What this reader guarantees:
+
+* Nothing of TensorFlow or protobuf is imported: numpy, ml_dtypes,
+  google_crc32c and the standard library only.
+* Every SSTable block CRC is checked at open; every tensor CRC is checked on
+  every read (``read`` and ``iter_chunks``), like TensorFlow's own reader.
+* A damaged index gives ``CorruptCheckpointError`` at open, with one line that
+  names the file and the problem; a missing data file too (nothing in it is
+  readable, so better to know at once). Damage inside a data file only affects
+  the tensors stored there: reading one of them raises ``TensorReadError``
+  (``checksum-mismatch`` or ``tensor-unreadable``) and the others still read.
+
+Values are returned the way ``tf.train.load_checkpoint(p).get_tensor(name)``
+returns them (same dtype and bytes), with these choices:
+
+* numeric tensors are read-only numpy views of a memory map of the data file
+  (``np.frombuffer``), so reading a large tensor costs no copy; ``.copy()`` one
+  to modify it. A view keeps its file mapped even after :meth:`close`. As with
+  any memory map, a data file must not be truncated in place while it is
+  mapped (deleting or replacing it by rename is safe).
+* bfloat16, float8_*, int4, uint4, int2, uint2 and float4_e2m1fn come back as
+  ``ml_dtypes`` arrays. int4/uint4 are stored one element per byte, value in
+  the low nibble (§4.5), which is exactly ``ml_dtypes.int4``'s memory layout,
+  so they are views too (``tobytes()`` equals TensorFlow's).
+* quantized types (qint8, quint8, qint16, quint16, qint32) come back as the
+  plain integer dtype of the same width, as TensorFlow's reader does.
+* strings come back as numpy ``object`` arrays of ``bytes`` (a 0-d array for a
+  scalar, where TensorFlow returns a bare ``bytes``).
+* variant tensors are listed but reading one raises ``UnsupportedFormatError``.
+* big-endian bundles (header ``endianness = BIG``) are converted to native byte
+  order (a copy).
+"""
+
+from __future__ import annotations
+
+import glob
+import mmap
+import os
+import re
+import struct
+from collections import deque
+from typing import Iterator, NamedTuple, Sequence
+
+import google_crc32c
+import ml_dtypes
+import numpy as np
+
+from ckptdoctor.errors import (
+    CheckpointNotFoundError,
+    CkptDoctorError,
+    CorruptCheckpointError,
+    TensorReadError,
+    UnsupportedFormatError,
+)
+from ckptdoctor.readers.base import DEFAULT_CHUNK_BYTES, TensorEntry
+from ckptdoctor.readers.protowire import (
+    BundleEntry,
+    ObjectNode,
+    WireFormatError,
+    decode_bundle_entry,
+    decode_bundle_header,
+    decode_object_graph,
+    read_varint,
+)
+from ckptdoctor.readers.sstable import mask_crc, read_table, unmask_crc
+
+__all__ = [
+    "BundleReader",
+    "TensorNotFoundError",
+    "OBJECT_GRAPH_KEY",
+    "encode_slice_key",
+    "object_paths_from_graph",
+]
+
+#: Key of the serialized TrackableObjectGraph in TF2 checkpoints (§10.1).
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+#: Attribute name under which a variable saves its value (§10.2).
+VARIABLE_VALUE_ATTRIBUTE = "VARIABLE_VALUE"
+#: Marker segment of slot-variable keys, kept in object paths of slots (§10.2).
+OPTIMIZER_SLOT_SEGMENT = ".OPTIMIZER_SLOT"
+_ATTRIBUTES_SEGMENT = "/.ATTRIBUTES/"
+
+# CRCs are computed on bytes copies of at most this size: google_crc32c only
+# accepts `bytes`, and a bounded step keeps memory flat for huge tensors.
+_CRC_STEP = 8 * 1024 * 1024
+# Up to this many strings, decode length varints in Python; above, with numpy.
+_SMALL_STRING_COUNT = 64
+# Overlap checks between pieces of a partitioned tensor are pairwise.
+_MAX_PIECES_CHECKED = 4096
+
+
+class TensorNotFoundError(CkptDoctorError, KeyError):
+    """The checkpoint has no tensor of the requested name (also a ``KeyError``)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class _DType(NamedTuple):
+    name: str  # tf.dtypes.as_dtype(enum).name
+    np_dtype: np.dtype | None  # little-endian element layout; None: not a raw array
+
+
+def _dtype_table() -> dict[int, _DType]:
+    raw: dict[int, tuple[str, object]] = {
+        1: ("float32", "<f4"),
+        2: ("float64", "<f8"),
+        3: ("int32", "<i4"),
+        4: ("uint8", "u1"),
+        5: ("int16", "<i2"),
+        6: ("int8", "i1"),
+        7: ("string", None),
+        8: ("complex64", "<c8"),
+        9: ("int64", "<i8"),
+        10: ("bool", "?"),
+        11: ("qint8", "i1"),
+        12: ("quint8", "u1"),
+        13: ("qint32", "<i4"),
+        14: ("bfloat16", ml_dtypes.bfloat16),
+        15: ("qint16", "<i2"),
+        16: ("quint16", "<u2"),
+        17: ("uint16", "<u2"),
+        18: ("complex128", "<c16"),
+        19: ("float16", "<f2"),
+        20: ("resource", None),
+        21: ("variant", None),
+        22: ("uint32", "<u4"),
+        23: ("uint64", "<u8"),
+        24: ("float8_e5m2", ml_dtypes.float8_e5m2),
+        25: ("float8_e4m3fn", ml_dtypes.float8_e4m3fn),
+        26: ("float8_e4m3fnuz", ml_dtypes.float8_e4m3fnuz),
+        27: ("float8_e4m3b11fnuz", ml_dtypes.float8_e4m3b11fnuz),
+        28: ("float8_e5m2fnuz", ml_dtypes.float8_e5m2fnuz),
+        29: ("int4", ml_dtypes.int4),
+        30: ("uint4", ml_dtypes.uint4),
+        # In TF 2.21's enum; stored one element per byte like int4 (observed).
+        31: ("int2", getattr(ml_dtypes, "int2", None)),
+        32: ("uint2", getattr(ml_dtypes, "uint2", None)),
+        33: ("float4_e2m1fn", getattr(ml_dtypes, "float4_e2m1fn", None)),
+    }
+    return {k: _DType(name, None if dt is None else np.dtype(dt)) for k, (name, dt) in raw.items()}
+
+
+_DTYPES = _dtype_table()
+_DT_STRING, _DT_VARIANT = 7, 21
+
+
+def _dtype_name(enum: int) -> str:
+    dt = _DTYPES.get(enum)
+    return dt.name if dt else f"unknown({enum})"
+
+
+def _num_elements(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+# ----------------------------------------------------------------- slice keys (§6.2)
+
+
+def _ordered_string(b: bytes) -> bytes:
+    return b.replace(b"\xff", b"\xff\x00").replace(b"\x00", b"\x00\xff") + b"\x00\x01"
+
+
+def _ordered_unsigned(v: int) -> bytes:
+    body = v.to_bytes((v.bit_length() + 7) // 8, "big") if v else b""
+    return bytes([len(body)]) + body
+
+
+_SIGNED_HEADERS = [
+    (0x80, 0x00), (0xC0, 0x00), (0xE0, 0x00), (0xF0, 0x00), (0xF8, 0x00),
+    (0xFC, 0x00), (0xFE, 0x00), (0xFF, 0x00), (0xFF, 0x80), (0xFF, 0xC0),
+]  # fmt: skip
+
+
+def _ordered_signed(v: int) -> bytes:
+    x = ~v if v < 0 else v
+    if x < 64:
+        return bytes([(0x80 ^ v) & 0xFF])
+    length = x.bit_length() // 7 + 1
+    out = bytearray(v.to_bytes(length, "big", signed=True))
+    h0, h1 = _SIGNED_HEADERS[length - 1]
+    out[0] ^= h0
+    if length > 1:
+        out[1] ^= h1
+    return bytes(out)
+
+
+def _slice_key_tensor_name(key: bytes) -> str:
+    """The tensor name inside a slice key, for messages (best effort)."""
+    end = key.find(b"\x00\x01", 1)
+    raw = key[1:end] if end > 0 else key[1:]
+    return raw.replace(b"\x00\xff", b"\x00").replace(b"\xff\x00", b"\xff").decode("utf-8", "replace")
+
+
+def encode_slice_key(name: str, extents: Sequence[tuple[int, int | None]]) -> bytes:
+    """The index key of one stored piece of a partitioned tensor (OrderedCode).
+
+    Args:
+        name: the full tensor's name.
+        extents: ``(start, length)`` per dimension, length None (or -1) for a
+            whole dimension.
+    """
+    parts = [b"\x00", _ordered_string(name.encode("utf-8", "surrogateescape")), _ordered_unsigned(len(extents))]
+    for start, length in extents:
+        parts.append(_ordered_signed(start))
+        parts.append(_ordered_signed(-1 if length is None else length))
+    return b"".join(parts)
+
+
+# ------------------------------------------------------------- object paths (§10)
+
+
+def object_paths_from_graph(nodes: Sequence[ObjectNode], keys: Sequence[str]) -> dict[str, str]:
+    """Map checkpoint keys to readable object paths using a TF2 object graph.
+
+    The rule:
+
+    1. Each object gets the path of its breadth-first shortest route from the
+       root (node 0) over ``children`` edges, ties going to the first edge in
+       stored order (TensorFlow's own rule, §10.2, so the path follows the
+       same edges as the key: a tf_keras layer reachable as both ``layer-0``
+       and ``layer_with_weights-0`` appears under the one its key uses).
+       Segments are the raw local names, unescaped, joined with ``/`` (a
+       local name containing ``/`` therefore reads as two segments).
+    2. A slot variable (not reachable by ``children``) gets
+       ``<variable path>/.OPTIMIZER_SLOT/<optimizer path>/<slot name>``,
+       mirroring its key.
+    3. A tensor saved as attribute ``VARIABLE_VALUE`` of an object gets the
+       object's path (``model/layer_with_weights-0/kernel``); any other
+       attribute gets ``<object path>/<attribute name>``
+       (``iterator/ITERATOR_STATE``).
+    4. Keys found in no attribute but extending an attribute's
+       ``checkpoint_key`` past ``/.ATTRIBUTES/`` (legacy multi-tensor
+       saveables such as ``table/.ATTRIBUTES/table-keys``) get that
+       attribute's path plus the extra suffix (``table/table-keys``).
+    5. Other keys (the object graph itself, objects unreachable from the
+       root) get no path.
+
+    Args:
+        nodes: the decoded ``TrackableObjectGraph`` nodes.
+        keys: the checkpoint's tensor names.
+
+    Returns:
+        ``{key: object_path}`` for the keys that could be mapped.
+    """
+    n = len(nodes)
+    if n == 0:
+        return {}
+    # Paths are kept as joined strings ("" for the root): cheaper than tuples.
+    paths: list[str | None] = [None] * n
+    paths[0] = ""
+    queue = deque([0])
+    while queue:
+        node_id = queue.popleft()
+        here = paths[node_id]
+        for child, local_name in nodes[node_id].children:
+            if 0 <= child < n and paths[child] is None:
+                paths[child] = f"{here}/{local_name}" if here else local_name
+                queue.append(child)
+    for owner, node in enumerate(nodes):
+        owner_path = paths[owner]
+        if owner_path is None:
+            continue
+        for var_id, slot_name, slot_id in node.slot_variables:
+            if 0 <= var_id < n and 0 <= slot_id < n and paths[var_id] is not None and paths[slot_id] is None:
+                paths[slot_id] = "/".join(
+                    p for p in (paths[var_id], OPTIMIZER_SLOT_SEGMENT, owner_path, slot_name) if p
+                )
+
+    by_key: dict[str, str] = {}
+    for node_id, node in enumerate(nodes):
+        path = paths[node_id]
+        if path is None:
+            continue
+        for attr_name, _full_name, key in node.attributes:
+            if attr_name == VARIABLE_VALUE_ATTRIBUTE and path:
+                by_key[key] = path
+            else:
+                by_key[key] = f"{path}/{attr_name}" if path else attr_name
+
+    result: dict[str, str] = {}
+    for key in keys:
+        found = by_key.get(key)
+        if found is not None:
+            result[key] = found
+            continue
+        marker = key.find(_ATTRIBUTES_SEGMENT)
+        if marker < 0:
+            continue
+        # Longest attribute key that is a prefix of this key.
+        for end in range(len(key) - 1, marker + len(_ATTRIBUTES_SEGMENT), -1):
+            found = by_key.get(key[:end])
+            if found is not None:
+                result[key] = found + key[end:]
+                break
+    return result
+
+
+# --------------------------------------------------------------------- the reader
+
+
+def _normalise_prefix(prefix: str | os.PathLike) -> str:
+    """Accept ``P``, ``P.index`` or ``P.data-00000-of-00001`` and return ``P``."""
+    p = os.fspath(prefix)
+    if os.path.exists(p + ".index"):
+        return p
+    if p.endswith(".index"):
+        return p[: -len(".index")]
+    m = re.fullmatch(r"(.*)\.data-\d{5,}-of-\d{5,}", p, flags=re.S)
+    if m:
+        return m.group(1)
+    return p
+
+
+def _not_found_message(prefix: str) -> str:
+    index = prefix + ".index"
+    if os.path.isdir(prefix):
+        indexes = glob.glob(os.path.join(glob.escape(prefix), "*.index"))
+        found = sorted(os.path.basename(f)[: -len(".index")] for f in indexes)
+        hint = f" (found: {', '.join(found[:5])})" if found else ""
+        return f"{prefix} is a directory; expected a checkpoint prefix such as {os.path.join(prefix, 'ckpt-1')}{hint}"
+    if glob.glob(glob.escape(prefix) + ".data-*"):
+        return (
+            f"{index} does not exist, but data files {prefix}.data-* do: "
+            "the save did not finish or the index was lost"
+        )
+    if os.path.isfile(prefix):
+        return (
+            f"{index} does not exist; {prefix} is a file, perhaps a TF1 'V1' checkpoint, "
+            "which this reader does not read"
+        )
+    return f"no checkpoint at {prefix}: {index} does not exist"
+
+
+class _Piece(NamedTuple):
+    """One stored piece of a partitioned tensor."""
+
+    region: tuple[slice, ...]  # where it goes in the full tensor
+    entry: BundleEntry
+    label: str  # "[0:6, :]" for messages
+
+
+class BundleReader:
+    """Reader of one TensorFlow V2 checkpoint (tensor bundle).
+
+    Example:
+        >>> with BundleReader("train/ckpt-3") as reader:
+        ...     for entry in reader.entries():
+        ...         print(entry.name, entry.dtype, entry.shape)
+        ...     kernel = reader.read("dense/kernel")
+
+    Attributes:
+        prefix: the checkpoint prefix (``P`` of ``P.index``).
+        format: ``"tf-v2-bundle"``.
+        index_path: ``P.index``.
+        num_shards: number of data files according to the header.
+        big_endian: True when tensor data was written big-endian.
+        object_graph_error: why object paths are missing although the
+            checkpoint has an object graph (its tensor is damaged or
+            undecodable), else None. Set by :meth:`entries`.
+    """
+
+    format = "tf-v2-bundle"
+
+    def __init__(self, prefix: str | os.PathLike):
+        """Open the checkpoint, check its index and that its data files exist.
+
+        Args:
+            prefix: the checkpoint prefix; ``P.index`` or a data file name is
+                accepted too.
+
+        Raises:
+            CheckpointNotFoundError: ``P.index`` does not exist.
+            CorruptCheckpointError: the index is not a valid bundle index, or a
+                data file it refers to is missing.
+            UnsupportedFormatError: the index is a TF1 V1 table or needs a
+                newer reader.
+        """
+        self.prefix = _normalise_prefix(prefix)
+        self.index_path = self.prefix + ".index"
+        if not os.path.isfile(self.index_path):
+            raise CheckpointNotFoundError(_not_found_message(self.prefix))
+        items = read_table(self.index_path)
+        self._read_header(items)
+        self._entries: dict[str, BundleEntry] = {}
+        self._slice_entries: dict[bytes, BundleEntry] = {}
+        for key, value in items[1:]:
+            try:
+                entry = decode_bundle_entry(value)
+            except WireFormatError as e:
+                raise CorruptCheckpointError(
+                    f"corrupt checkpoint index {self.index_path}: entry {key!r} is not a BundleEntryProto ({e})"
+                ) from e
+            if key[:1] == b"\x00":  # a piece of a partitioned tensor (§6.2)
+                self._slice_entries[key] = entry
+            else:
+                self._entries[key.decode("utf-8", "surrogateescape")] = entry
+        self._check_shards()
+        self._buffers: dict[int, mmap.mmap | bytes] = {}
+        self._listing: list[TensorEntry] | None = None
+        self._closed = False
+        self.object_graph_error: str | None = None
+
+    # ------------------------------------------------------------------ opening
+
+    def _read_header(self, items: list[tuple[bytes, bytes]]) -> None:
+        if not items or items[0][0] != b"":
+            raise CorruptCheckpointError(
+                f"corrupt checkpoint index {self.index_path}: "
+                "no header record (the empty key) at the start of the table"
+            )
+        value = items[0][1]
+        if value[:1] == b"\x0a":
+            # V1 tables start with a length-delimited `meta` submessage (§9).
+            raise UnsupportedFormatError(
+                f"{self.index_path} holds a TF1 'V1' checkpoint table, not a V2 bundle index; "
+                "this reader reads V2 checkpoints only"
+            )
+        try:
+            header = decode_bundle_header(value)
+        except WireFormatError as e:
+            raise CorruptCheckpointError(
+                f"corrupt checkpoint index {self.index_path}: header is not a BundleHeaderProto ({e})"
+            ) from e
+        if header.endianness not in (0, 1):
+            raise CorruptCheckpointError(
+                f"corrupt checkpoint index {self.index_path}: "
+                f"header endianness {header.endianness} is neither 0 (little) nor 1 (big)"
+            )
+        if header.producer < 0 or header.min_consumer > 1 or 1 in header.bad_consumers:
+            raise UnsupportedFormatError(
+                f"{self.index_path} needs a newer checkpoint reader (version producer={header.producer}, "
+                f"min_consumer={header.min_consumer}, bad_consumers={list(header.bad_consumers)}; "
+                "this reader is consumer 1)"
+            )
+        if header.num_shards < 0:
+            raise CorruptCheckpointError(
+                f"corrupt checkpoint index {self.index_path}: header says {header.num_shards} data files"
+            )
+        self.num_shards = header.num_shards
+        self.big_endian = header.endianness == 1
+
+    def _shard_path(self, shard_id: int) -> str:
+        return f"{self.prefix}.data-{shard_id:05d}-of-{self.num_shards:05d}"
+
+    def _check_shards(self) -> None:
+        """Check that every data file an entry refers to exists; report all problems at once."""
+        users: dict[int, list[str]] = {}
+        for name, entry in self._entries.items():
+            if not entry.slices:  # a partitioned tensor's own shard_id is meaningless
+                users.setdefault(entry.shard_id, []).append(name)
+        for key, entry in self._slice_entries.items():
+            users.setdefault(entry.shard_id, []).append(f"{_slice_key_tensor_name(key)} (a piece)")
+        problems = []
+        for shard_id in sorted(users):
+            names = users[shard_id]
+            example = f"{len(names)} tensor(s), e.g. {names[0]!r}"
+            if shard_id >= self.num_shards:
+                problems.append(f"{example} in data file {shard_id} but the header says {self.num_shards} data file(s)")
+                continue
+            path = self._shard_path(shard_id)
+            try:
+                os.stat(path)
+            except FileNotFoundError:
+                problems.append(f"data file {path} is missing (it holds {example})")
+            except OSError as e:
+                problems.append(f"data file {path} cannot be read ({e.strerror or e})")
+        if problems:
+            raise CorruptCheckpointError(
+                f"checkpoint {self.prefix}: " + "; ".join(problems) + "; restore the data files next to the .index"
+            )
+
+    # ------------------------------------------------------------------ listing
+
+    def entries(self) -> list[TensorEntry]:
+        """Every tensor, sorted by name, slices of partitioned tensors hidden.
+
+        For TF2 object-based checkpoints ``object_path`` is filled in from the
+        object graph (see :func:`object_paths_from_graph` for the rule); the
+        object-graph tensor itself is listed as a string scalar.
+        """
+        if self._listing is None:
+            self._listing = self._build_listing()
+        return list(self._listing)
+
+    def _build_listing(self) -> list[TensorEntry]:
+        paths = self._object_paths()
+        listing = []
+        for name, entry in self._entries.items():
+            if entry.slices:
+                nbytes = sum(self._slice_entries[k].size for k in self._piece_keys(name, entry) if k is not None)
+                partitioned = True
+            else:
+                nbytes, partitioned = entry.size, False
+            listing.append(
+                TensorEntry(name, _dtype_name(entry.dtype), entry.shape, nbytes, partitioned, paths.get(name))
+            )
+        # The table is in byte order; sort anyway in case surrogate-escaped
+        # (non-UTF-8) names order differently as str.
+        listing.sort(key=lambda t: t.name)
+        return listing
+
+    def _object_paths(self) -> dict[str, str]:
+        if OBJECT_GRAPH_KEY not in self._entries:
+            return {}
+        try:
+            value = self.read(OBJECT_GRAPH_KEY)
+            if value.dtype != object or value.size != 1:
+                raise UnsupportedFormatError(f"it is {value.dtype} of shape {value.shape}, expected a string scalar")
+            nodes = decode_object_graph(value.reshape(-1)[0])
+        except (TensorReadError, UnsupportedFormatError, WireFormatError) as e:
+            # Listing still works without paths; the caller can report why.
+            self.object_graph_error = f"object graph {OBJECT_GRAPH_KEY} unusable: {e}"
+            return {}
+        return object_paths_from_graph(nodes, list(self._entries))
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self, name: str) -> np.ndarray:
+        """The whole tensor with its stored dtype and shape (see module notes).
+
+        Raises:
+            TensorNotFoundError: no such tensor (a ``KeyError`` too).
+            TensorReadError: its bytes are missing or fail their checksum.
+            UnsupportedFormatError: a variant tensor or unknown dtype.
+        """
+        entry = self._lookup(name)
+        if entry.slices:
+            return self._read_partitioned(name, entry)
+        return self._read_stored(name, entry, repr(name))
+
+    def iter_chunks(self, name: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[np.ndarray]:
+        """The tensor's values as flat 1-D arrays of at most about ``chunk_bytes``.
+
+        Numeric tensors are streamed from the data file: each chunk is one
+        bounded copy that also feeds the incremental CRC, which is checked
+        after the last chunk, so memory stays flat whatever the tensor's size.
+        String and partitioned tensors are read whole (every piece checked)
+        and their ravel is yielded in chunks.
+
+        Raises:
+            TensorNotFoundError: no such tensor (raised at the call).
+            UnsupportedFormatError: a variant tensor (raised at the call).
+            TensorReadError: missing bytes (at the call) or a checksum mismatch
+                (after the last chunk: discard partial results).
+        """
+        if chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be positive, received {chunk_bytes}")
+        entry = self._lookup(name)
+        if entry.slices or entry.dtype == _DT_STRING:
+            return self._iter_whole(self.read(name), chunk_bytes)
+        label = repr(name)
+        np_dtype = self._numeric_dtype(name, entry, label)
+        buf, path = self._locate(name, entry, label)
+        return self._iter_numeric(name, entry, label, np_dtype, buf, path, chunk_bytes)
+
+    def _lookup(self, name: str) -> BundleEntry:
+        if self._closed:
+            raise ValueError(f"reader of {self.prefix} is closed")
+        entry = self._entries.get(name)
+        if entry is None:
+            import difflib  # only on this error path: keeps import time down
+
+            close = difflib.get_close_matches(name, list(self._entries), n=3) if isinstance(name, str) else []
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise TensorNotFoundError(f"no tensor {name!r} in checkpoint {self.prefix}{hint}")
+        return entry
+
+    def _buffer(self, shard_id: int, name: str) -> tuple[mmap.mmap | bytes, str]:
+        """The memory map of a data file (opened on first use)."""
+        path = self._shard_path(shard_id)
+        buf = self._buffers.get(shard_id)
+        if buf is None:
+            try:
+                with open(path, "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    # mmap cannot map an empty file; b"" behaves the same for us.
+                    buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            except OSError as e:
+                raise TensorReadError(
+                    "tensor-unreadable", name, f"tensor {name!r}: cannot open data file {path} ({e.strerror or e})"
+                ) from e
+            self._buffers[shard_id] = buf
+        return buf, path
+
+    def _locate(self, name: str, entry: BundleEntry, label: str) -> tuple[mmap.mmap | bytes, str]:
+        """The data file holding ``entry``, after checking its bytes are all there."""
+        buf, path = self._buffer(entry.shard_id, name)
+        end = entry.offset + entry.size
+        if end > len(buf):
+            raise TensorReadError(
+                "tensor-unreadable",
+                name,
+                f"tensor {label}: its bytes end at offset {end} of {path}, but the file has only "
+                f"{len(buf)} bytes (truncated data file)",
+            )
+        return buf, path
+
+    def _check_crc(self, name: str, entry: BundleEntry, label: str, path: str, actual: int) -> None:
+        expected = unmask_crc(entry.crc32c)
+        if actual != expected:
+            raise TensorReadError(
+                "checksum-mismatch",
+                name,
+                f"tensor {label} in {path} (bytes {entry.offset}..{entry.offset + entry.size}) fails its checksum: "
+                f"expected crc32c {expected:#010x}, computed {actual:#010x}; the data file is damaged",
+            )
+
+    def _numeric_dtype(self, name: str, entry: BundleEntry, label: str) -> np.dtype:
+        """The element dtype of a raw-array tensor, after checking its size."""
+        dt = _DTYPES.get(entry.dtype)
+        if entry.dtype == _DT_VARIANT:
+            raise UnsupportedFormatError(
+                f"tensor {label} is a variant tensor: variant tensors are listed but not decoded "
+                "(their payload needs TensorFlow's C++ type registry)"
+            )
+        if dt is None or dt.np_dtype is None:
+            raise UnsupportedFormatError(
+                f"tensor {label} has dtype {_dtype_name(entry.dtype)} (enum {entry.dtype}), "
+                "which cannot be read from a checkpoint"
+            )
+        needed = _num_elements(entry.shape) * dt.np_dtype.itemsize
+        if entry.size != needed:
+            raise TensorReadError(
+                "tensor-unreadable",
+                name,
+                f"tensor {label}: the index gives {entry.size} bytes, but shape {list(entry.shape)} of "
+                f"{dt.name} needs {needed} (corrupt index entry)",
+            )
+        return dt.np_dtype
+
+    def _to_native(self, flat: np.ndarray) -> np.ndarray:
+        """Byte-swap a flat array read from a big-endian bundle (a copy)."""
+        if not self.big_endian or flat.dtype.itemsize == 1:
+            return flat
+        # Complex numbers swap their two halves separately (§5.5).
+        unit = flat.dtype.itemsize // 2 if flat.dtype.kind == "c" else flat.dtype.itemsize
+        return flat.view(f"u{unit}").byteswap().view(flat.dtype)
+
+    def _read_stored(self, name: str, entry: BundleEntry, label: str) -> np.ndarray:
+        """Read one stored (non-partitioned) entry: a tensor or a piece of one."""
+        if entry.dtype == _DT_STRING:
+            return self._read_strings(name, entry, label)
+        np_dtype = self._numeric_dtype(name, entry, label)
+        buf, path = self._locate(name, entry, label)
+        start, end = entry.offset, entry.offset + entry.size
+        crc = 0
+        for a in range(start, end, _CRC_STEP):
+            crc = google_crc32c.extend(crc, buf[a : min(a + _CRC_STEP, end)])
+        self._check_crc(name, entry, label, path, crc)
+        count = _num_elements(entry.shape)
+        if count == 0:
+            flat = np.empty(0, np_dtype)
+        else:
+            flat = np.frombuffer(buf, dtype=np_dtype, count=count, offset=start)
+        return self._to_native(flat).reshape(entry.shape)
+
+    def _iter_numeric(
+        self,
+        name: str,
+        entry: BundleEntry,
+        label: str,
+        np_dtype: np.dtype,
+        buf: mmap.mmap | bytes,
+        path: str,
+        chunk_bytes: int,
+    ) -> Iterator[np.ndarray]:
+        itemsize = np_dtype.itemsize
+        count = _num_elements(entry.shape)
+        step = max(1, chunk_bytes // itemsize)
+        crc = 0
+        for first in range(0, count, step):
+            a = entry.offset + first * itemsize
+            raw = buf[a : a + min(step, count - first) * itemsize]  # one bounded copy
+            crc = google_crc32c.extend(crc, raw)
+            yield self._to_native(np.frombuffer(raw, dtype=np_dtype))
+        self._check_crc(name, entry, label, path, crc)
+
+    @staticmethod
+    def _iter_whole(values: np.ndarray, chunk_bytes: int) -> Iterator[np.ndarray]:
+        flat = values.reshape(-1)
+        if flat.dtype != object:
+            step = max(1, chunk_bytes // flat.dtype.itemsize)
+            for first in range(0, flat.size, step):
+                yield flat[first : first + step]
+            return
+        first = size = 0
+        for i, item in enumerate(flat):
+            if size and size + len(item) > chunk_bytes:
+                yield flat[first:i]
+                first, size = i, 0
+            size += len(item)
+        if first < flat.size:
+            yield flat[first:]
+
+    # ------------------------------------------------------------------ strings (§5.3)
+
+    def _read_strings(self, name: str, entry: BundleEntry, label: str) -> np.ndarray:
+        buf, path = self._locate(name, entry, label)
+        count = _num_elements(entry.shape)
+        start, end = entry.offset, entry.offset + entry.size
+
+        def unreadable(what: str) -> TensorReadError:
+            return TensorReadError("tensor-unreadable", name, f"string tensor {label} in {path}: {what}")
+
+        # Each element needs at least one length byte, plus the 4-byte length checksum:
+        # this also bounds `count` by real file bytes before anything is allocated.
+        if entry.size < count + 4:
+            raise unreadable(f"the index gives {entry.size} bytes for {count} strings, at least {count + 4} needed")
+        try:
+            lengths, lengths_end = _decode_lengths(buf, start, end - 4, count)
+        except ValueError as e:
+            raise unreadable(f"bad string lengths ({e})") from e
+        data_start = lengths_end + 4
+        total = sum(lengths) if isinstance(lengths, list) else int(lengths.sum(dtype=np.uint64))
+        if data_start + total != end:
+            raise unreadable(
+                f"the string lengths add up to {total} bytes but the entry holds {end - data_start} after them"
+            )
+        byte_order = ">" if self.big_endian else "<"
+        fixed = _fixed_width_lengths(lengths, byte_order)
+        length_crc = google_crc32c.value(fixed)
+        stored_raw = buf[lengths_end:data_start]
+        stored = struct.unpack(byte_order + "I", stored_raw)[0]
+        if mask_crc(length_crc) != stored:
+            raise TensorReadError(
+                "checksum-mismatch",
+                name,
+                f"string tensor {label} in {path}: length checksum mismatch (stored {stored:#010x}, "
+                f"computed {mask_crc(length_crc):#010x}); the data file is damaged",
+            )
+        crc = google_crc32c.extend(length_crc, stored_raw)
+        for a in range(data_start, end, _CRC_STEP):
+            crc = google_crc32c.extend(crc, buf[a : min(a + _CRC_STEP, end)])
+        self._check_crc(name, entry, label, path, crc)
+        data = buf[data_start:end]
+        bounds = [0] * (count + 1)
+        acc = 0
+        for i, n in enumerate(lengths if isinstance(lengths, list) else lengths.tolist()):
+            acc += n
+            bounds[i + 1] = acc
+        out = np.empty(count, dtype=object)
+        out[:] = [data[bounds[i] : bounds[i + 1]] for i in range(count)]
+        return out.reshape(entry.shape)
+
+    # ------------------------------------------------------------------ partitioned (§6)
+
+    def _piece_keys(self, name: str, entry: BundleEntry) -> list[bytes | None]:
+        """The index key of each stored piece (None when it has no entry)."""
+        keys: list[bytes | None] = []
+        for extents in entry.slices:
+            key = encode_slice_key(name, extents)
+            if key not in self._slice_entries and len(extents) == len(entry.shape):
+                # Writers spell a whole dimension either as "no length" or as
+                # (0, dim); try the other spelling before giving up.
+                alt = [
+                    (s, None) if (s == 0 and ln == d) else ((0, d) if ln is None else (s, ln))
+                    for (s, ln), d in zip(extents, entry.shape)
+                ]
+                alt_key = encode_slice_key(name, alt)
+                key = alt_key if alt_key in self._slice_entries else key
+            keys.append(key if key in self._slice_entries else None)
+        return keys
+
+    def _pieces(self, name: str, entry: BundleEntry) -> list[_Piece]:
+        """Validate a partitioned tensor's pieces against the index and data files."""
+        shape = entry.shape
+        pieces = []
+        covered = 0
+        for extents, key in zip(entry.slices, self._piece_keys(name, entry)):
+            bounds = []
+            for (start, length), dim in zip(extents, shape):
+                stop = dim if length is None else start + length
+                bounds.append((start, stop))
+            label = f"{name!r} (piece [{', '.join(f'{a}:{b}' for a, b in bounds)}])"
+            if len(extents) != len(shape) or any(a > b or b > d for (a, b), d in zip(bounds, shape)):
+                raise TensorReadError(
+                    "tensor-unreadable",
+                    name,
+                    f"tensor {label}: slice {list(extents)} does not fit the shape {list(shape)} (corrupt index)",
+                )
+            if key is None:
+                raise TensorReadError(
+                    "tensor-unreadable", name, f"tensor {label}: this piece has no entry in {self.index_path}"
+                )
+            piece = self._slice_entries[key]
+            piece_shape = tuple(b - a for a, b in bounds)
+            if piece.dtype != entry.dtype or piece.shape != piece_shape or piece.slices:
+                raise TensorReadError(
+                    "tensor-unreadable",
+                    name,
+                    f"tensor {label}: piece entry has dtype {_dtype_name(piece.dtype)} shape {list(piece.shape)}, "
+                    f"expected {_dtype_name(entry.dtype)} {list(piece_shape)} (corrupt index)",
+                )
+            self._locate(name, piece, label)  # all bytes present before we allocate
+            if piece.dtype != _DT_STRING:
+                self._numeric_dtype(name, piece, label)
+            covered += _num_elements(piece_shape)
+            pieces.append(_Piece(tuple(slice(a, b) for a, b in bounds), piece, label))
+        total = _num_elements(shape)
+        if covered != total or (len(pieces) <= _MAX_PIECES_CHECKED and _any_overlap(pieces)):
+            raise TensorReadError(
+                "tensor-unreadable",
+                name,
+                f"tensor {name!r}: its {len(pieces)} stored pieces do not tile the shape {list(shape)} "
+                f"exactly ({covered} of {total} elements; corrupt index)",
+            )
+        return pieces
+
+    def _read_partitioned(self, name: str, entry: BundleEntry) -> np.ndarray:
+        pieces = self._pieces(name, entry)
+        if entry.dtype == _DT_STRING:
+            full = np.full(entry.shape, b"", dtype=object)
+        else:
+            dt = _DTYPES[entry.dtype]  # validated by _pieces
+            full = np.zeros(entry.shape, dtype=dt.np_dtype)
+        for piece in pieces:
+            full[piece.region] = self._read_stored(name, piece.entry, piece.label)
+        return full
+
+    # ------------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        """Release the data files' memory maps.
+
+        Arrays returned by :meth:`read` are views of these maps; a map still
+        viewed stays valid and is unmapped when the last view is freed.
+        """
+        for buf in self._buffers.values():
+            if isinstance(buf, mmap.mmap):
+                try:
+                    buf.close()
+                except BufferError:
+                    pass  # exported to live arrays: freed with them
+        self._buffers.clear()
+        self._closed = True
+
+    def __enter__(self) -> "BundleReader":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"BundleReader({self.prefix!r}, tensors={len(self._entries)}, shards={self.num_shards})"
+
+
+# ----------------------------------------------------------------------- helpers
+
+
+def _any_overlap(pieces: Sequence[_Piece]) -> bool:
+    for i in range(len(pieces)):
+        ri = pieces[i].region
+        for j in range(i + 1, len(pieces)):
+            rj = pieces[j].region
+            if all(a.start < b.stop and b.start < a.stop for a, b in zip(ri, rj)):
+                return True
+    return False
+
+
+def _decode_lengths(buf: mmap.mmap | bytes, start: int, limit: int, count: int) -> tuple[list[int] | np.ndarray, int]:
+    """Decode ``count`` varint string lengths from ``buf[start:limit]``.
+
+    Returns:
+        ``(lengths, position after the last varint)``; lengths is a list for
+        few strings and a uint64 array for many.
+
+    Raises:
+        ValueError: a varint is truncated or longer than 9 bytes (no valid
+            length needs more).
+    """
+    if count == 0:
+        return [], start
+    if count <= _SMALL_STRING_COUNT:
+        out = []
+        pos = start
+        for _ in range(count):
+            try:
+                v, pos = read_varint(buf, pos, limit)  # type: ignore[arg-type]
+            except WireFormatError as e:
+                raise ValueError(str(e)) from e
+            out.append(v)
+        if any(v > limit - start for v in out):
+            raise ValueError("a string length exceeds the tensor's size")
+        return out, pos
+    # Vectorised: a varint ends at each byte below 0x80.
+    window = np.frombuffer(buf, dtype=np.uint8, count=min(limit - start, 10 * count), offset=start)
+    ends = np.flatnonzero(window < 0x80)
+    if ends.size < count:
+        raise ValueError(f"only {ends.size} complete length varints for {count} strings")
+    ends = ends[:count]
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    widths = ends - starts + 1
+    widest = int(widths.max())
+    if widest > 9:
+        raise ValueError(f"a length varint of {widest} bytes")
+    lengths = np.zeros(count, dtype=np.uint64)
+    for k in range(widest):
+        sel = np.flatnonzero(widths > k)
+        lengths[sel] |= (window[starts[sel] + k] & 0x7F).astype(np.uint64) << np.uint64(7 * k)
+    if int(lengths.max()) > limit - start:
+        raise ValueError("a string length exceeds the tensor's size")
+    return lengths, start + int(ends[-1]) + 1
+
+
+def _fixed_width_lengths(lengths: list[int] | np.ndarray, byte_order: str) -> bytes:
+    """The lengths as the writer checksummed them: u32 each, u64 if above 4 GiB."""
+    if isinstance(lengths, np.ndarray):
+        if lengths.size == 0 or int(lengths.max()) <= 0xFFFFFFFF:
+            return lengths.astype(byte_order + "u4").tobytes()
+        lengths = lengths.tolist()
+    return b"".join(struct.pack(byte_order + ("I" if v <= 0xFFFFFFFF else "Q"), v) for v in lengths)
