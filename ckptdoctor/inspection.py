@@ -133,14 +133,18 @@ def inspect(checkpoint: str, graph: str | bool | None = None, stats: bool = True
     notes: list[str] = []
     info = None
     if meta is not None:
+        from .errors import MissingDependencyError
         from .tfcompat import tensorflow_available
 
-        if tensorflow_available():
+        try:
+            if not tensorflow_available():
+                raise MissingDependencyError("TensorFlow is not installed")
             from .graph import analyze_graph
 
             info = analyze_graph(meta)
-        else:
-            notes.append(f"graph {meta} not checked: TensorFlow is not installed (pip install 'ckptdoctor[tf]')")
+        except MissingDependencyError:
+            notes.append(f"graph {meta} not checked: TensorFlow is not installed; "
+                         "pip install 'ckptdoctor[tf]' to cross-reference the graph")
             meta = None
     if info is None and meta is None and graph is None:
         notes.append("no graph (.meta) beside the checkpoint: BN layers found by name; pass --graph to check one")
