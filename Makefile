@@ -13,11 +13,19 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	@echo "== ckptdoctor inspect sample_ckpts/seed-trainables (the seed's network, Saver over trainables only) =="
-	-$(BIN)/ckptdoctor inspect sample_ckpts/seed-trainables/model.ckpt
+	@echo "== 1. Diagnose: the seed's network saved by a Saver over the trainable variables only =="
+	-$(BIN)/ckptdoctor inspect sample_ckpts/seed-trainables --match 'moving|gamma'
 	@echo
-	@echo "== ckptdoctor inspect sample_ckpts/seed-no-update (UPDATE_OPS never run) =="
-	-$(BIN)/ckptdoctor inspect sample_ckpts/seed-no-update/model.ckpt --stats=False
+	@echo "== 2. The seed as written: statistics stored, but stale; the restored network in inference mode =="
+	@$(PY) sample_ckpts/evaluate.py sample_ckpts/seed
+	@echo
+	@echo "== 3. Repair: recompute the BN statistics from X.npy in training mode (output in demo_out/) =="
+	@mkdir -p demo_out
+	$(BIN)/ckptdoctor repair sample_ckpts/seed --data sample_ckpts/seed/X.npy --batch-size 1000 \
+		--output demo_out/seed-repaired --force
+	@echo
+	@echo "== 4. The repaired checkpoint restored in inference mode =="
+	@$(PY) sample_ckpts/evaluate.py sample_ckpts/seed demo_out/seed-repaired
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
