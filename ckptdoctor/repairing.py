@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .data import check_data, load_data
+from .diagnose import diagnose_bn
 from .errors import BadDataError, CkptDoctorError, GraphError
 from .estimator import PooledMoments
 from .readers import open_reader
@@ -452,16 +453,9 @@ def _layer_row(layer, pooled, stored, n, gaps_before, gaps_after) -> LayerRepair
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = new_var / var_b.astype(np.float64)
         ratio_min, ratio_max = float(np.min(ratio)), float(np.max(ratio))
-    if mean_b is None and var_b is None:
-        status = "missing"
-    elif mean_b is None or var_b is None:
-        status = "partial"
-    elif not (np.isfinite(mean_b).all() and np.isfinite(var_b).all()) or (var_b < 0).any():
-        status = "invalid"
-    elif np.all(mean_b == 0) and np.all(var_b == 1):
-        status = "at-init"
-    else:
-        status = "ok"
+    layer_dict = {"layer": layer.layer, "moving_mean": layer.moving_mean, "moving_variance": layer.moving_variance,
+                  "gamma": layer.gamma, "beta": layer.beta, "channels": layer.channels}
+    status = diagnose_bn(layer_dict, set(stored), stored, from_graph=True)[0].status
     return LayerRepair(
         layer=layer.layer, channels=int(layer.channels), samples=n, status_before=status,
         moving_mean=layer.moving_mean, moving_variance=layer.moving_variance,
