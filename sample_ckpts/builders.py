@@ -33,9 +33,9 @@ Kinds:
   ``seed``'s bit for bit, so its moving averages are just as stale: Adam(0.05)
   keeps moving the weights and the EMAs (momentum 0.99) lag behind.
 * ``convnet``: 3 x (conv 3x3x8 without bias, fused BN, relu), global average
-  pool, dense 1; mini-batches of 64, Adam(0.01) dropping to 0.001 for the last
-  40 % of the steps so the moving averages catch up (healthy); saver over
-  all globals (including ``global_step``).
+  pool, dense 1; mini-batches of 64, Adam(0.01), dropping to 0.001 after half
+  and to 0.0001 after 70 % of the steps so the moving averages catch up
+  (healthy); saver over all globals (including ``global_step``).
 * ``nobn``: the seed network without BN (nothing to repair).
 * ``keras-v1-bn``: BN via ``tf.compat.v1.keras.layers.BatchNormalization``;
   its updates are taken from ``layer.updates`` (``UPDATE_OPS`` stays empty) and
@@ -86,8 +86,9 @@ SEED_FAMILY = tuple(k for k in KINDS if k != "convnet")
 
 DEFAULT_STEPS = {"convnet": 600}
 DEFAULT_SEED_STEPS = 3000
-# convnet: share of the steps at learning rate 0.01 before it drops to 0.001.
-_CONVNET_FAST_FRACTION = 0.6
+# convnet: the learning rate drops at these fractions of the steps.
+_CONVNET_LR_DROPS = (0.5, 0.7)
+_CONVNET_LEARNING_RATES = (0.01, 0.001, 0.0001)
 DEFAULT_SAMPLES = {"convnet": 2000}
 DEFAULT_SEED_SAMPLES = 1000
 
@@ -283,11 +284,13 @@ def _build_convnet_graph(tf, steps: int) -> dict[str, Any]:
     prediction = tf.identity(n, name="prediction")
     err = tf.reduce_mean(tf.square(prediction - target), name="loss")
     update_ops = v1.get_collection(v1.GraphKeys.UPDATE_OPS)
-    # A tenfold smaller step for the last 40 % lets the weights settle, so
-    # the moving averages (momentum 0.99) catch up: a healthy reference.
+    # Smaller steps at the end let the weights settle, so the moving averages
+    # (momentum 0.99, ~100-step memory) catch up: a healthy reference.
     global_step = v1.train.get_or_create_global_step()
     learning_rate = v1.train.piecewise_constant(
-        global_step, [int(steps * _CONVNET_FAST_FRACTION)], [0.01, 0.001]
+        global_step,
+        [int(steps * f) for f in _CONVNET_LR_DROPS],
+        list(_CONVNET_LEARNING_RATES),
     )
     with tf.control_dependencies(update_ops):
         train_op = v1.train.AdamOptimizer(learning_rate).minimize(
@@ -350,6 +353,36 @@ def _measure_restored(tf, outdir: str, names: dict, x, y) -> dict[str, float]:
     return errors
 
 
+def _canonicalize_meta_graph(path: str) -> None:
+    """Rewrite a ``.meta`` file with protobuf maps in a fixed order.
+
+    Control flow v1 stores each ``CondContextDef`` as pre-serialized bytes in
+    the ``cond_context`` collection, and their ``external_values`` maps come
+    out in a different order on every run; re-serializing deterministically
+    makes rebuilt samples byte-identical (the graph itself is unchanged).
+    """
+    from tensorflow.core.protobuf import control_flow_pb2, meta_graph_pb2
+
+    meta = meta_graph_pb2.MetaGraphDef()
+    with open(path, "rb") as f:
+        meta.ParseFromString(f.read())
+    for key, message_type in (
+        ("cond_context", control_flow_pb2.CondContextDef),
+        ("while_context", control_flow_pb2.WhileContextDef),
+    ):
+        if key not in meta.collection_def:
+            continue
+        values = meta.collection_def[key].bytes_list.value
+        for i, value in enumerate(values):
+            context = message_type()
+            context.ParseFromString(value)
+            values[i] = context.SerializeToString(deterministic=True)
+    staging = path + ".tmp"
+    with open(staging, "wb") as f:
+        f.write(meta.SerializeToString(deterministic=True))
+    os.replace(staging, path)
+
+
 def _clean_outdir(outdir: str) -> None:
     os.makedirs(outdir, exist_ok=True)
     for name in os.listdir(outdir):
@@ -379,7 +412,7 @@ def build(
         control_flow: ``"v1"`` (ref variables, Switch/Merge) or ``"v2"``
             (resource variables, ``If`` ops).
         steps: training steps; ``None`` for 3000 (seed family) or 600 (convnet,
-            whose learning rate drops tenfold after 60 % of them).
+            whose learning rate drops tenfold after 50 % and 70 % of them).
         seed: seed of numpy data, graph-level TF seed and batch order.
         samples: number of data rows; ``None`` for 1000 or 2000 (convnet).
 
@@ -418,6 +451,7 @@ def build(
                 )
             )
             saver.save(sess, os.path.join(outdir, CKPT_PREFIX))
+    _canonicalize_meta_graph(os.path.join(outdir, CKPT_PREFIX + ".meta"))
 
     names = {k: g[k].name for k in ("input", "target", "training_flag", "output", "loss")}
     errors = _measure_restored(tf, outdir, names, x, y)
