@@ -360,29 +360,9 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
         for layer in layers:
             rows.append(_layer_row(layer, pooled[layer.layer], stored, n, gaps_before, gaps_after))
 
-        written = {"untouched": 0, "updated": 0}
-        backup = None
+        written = {"untouched": 0, "updated": 0, "backup": None}
         if not dry_run:
-            if in_place:
-                import tempfile
-
-                from .writer import backup_checkpoint
-
-                staging = tempfile.mkdtemp(prefix=".ckptdoctor-tmp-", dir=os.path.dirname(os.path.abspath(resolved.prefix)))
-                try:
-                    staged = os.path.join(staging, os.path.basename(resolved.prefix))
-                    written = write_checkpoint(source, staged, replacements, meta)
-                    source.close()
-                    backup = backup_checkpoint(resolved.prefix)
-                    from .writer import _move_into_place
-
-                    _move_into_place(staged, resolved.prefix)
-                finally:
-                    import shutil
-
-                    shutil.rmtree(staging, ignore_errors=True)
-            else:
-                written = write_checkpoint(source, out_prefix, replacements, meta, force=force)
+            written = write_checkpoint(source, out_prefix, replacements, meta, force=force, in_place=in_place)
     finally:
         source.close()
 
@@ -392,7 +372,7 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
     result = RepairReport(
         checkpoint=resolved.prefix, graph=meta, data=data, inputs=tuple(t.name for t in inputs),
         training_flag=None if flag is None else flag.name, method=method, batch_size=batch_size, samples=n,
-        layers=tuple(rows), output=None if dry_run else out_prefix, backup=backup, dry_run=dry_run,
+        layers=tuple(rows), output=None if dry_run else out_prefix, backup=written["backup"], dry_run=dry_run,
         untouched=written["untouched"], updated=written["updated"], notes=tuple(notes),
         gap_note="gaps: largest |inference-mode output - training-mode output| of each BN layer on the first batch"
         if flag is not None else "",

@@ -37,15 +37,24 @@ def checkpoint_files(prefix: str) -> list[str]:
 
 
 def ensure_writable(prefix: str, force: bool) -> None:
-    """Refuse an existing output without ``force``; check the folder can be written."""
-    existing = checkpoint_files(prefix)
-    if existing and not force:
-        raise OutputExistsError(f"{existing[0]} exists: pass --force to overwrite it, or choose --output elsewhere")
+    """Refuse an existing output without ``force``; check the folder can be written.
+
+    A checkpoint exists when its ``.index`` does. Data or ``.meta`` files of the
+    output prefix without an ``.index`` are what a run killed while renaming left
+    behind (the ``.index`` is renamed last); they are removed.
+    """
+    index = prefix + ".index"
+    if os.path.isfile(index) and not force:
+        raise OutputExistsError(f"{index} exists: pass --force to overwrite it, or choose --output elsewhere")
     directory = os.path.dirname(os.path.abspath(prefix))
     if not os.path.isdir(directory):
         raise CkptDoctorError(f"the output folder {directory} does not exist: create it or choose --output elsewhere")
     if not os.access(directory, os.W_OK):
         raise CkptDoctorError(f"the output folder {directory} is not writable: choose --output elsewhere")
+    if not os.path.isfile(index):
+        for leftover in checkpoint_files(prefix):
+            with contextlib.suppress(OSError):
+                os.remove(leftover)
 
 
 def clean_stale_temporaries(directory: str, max_age_s: float = 0.0) -> list[str]:
@@ -72,7 +81,7 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def write_checkpoint(source, output: str, replacements: dict[str, np.ndarray], meta_path: str | None,
-                     force: bool = False) -> dict:
+                     force: bool = False, in_place: bool = False) -> dict:
     """Write ``source``'s tensors with ``replacements`` to ``output``, verified and atomic.
 
     Args:
@@ -81,16 +90,21 @@ def write_checkpoint(source, output: str, replacements: dict[str, np.ndarray], m
         replacements: key -> new value (new keys are added).
         meta_path: a MetaGraphDef copied to ``output + '.meta'`` (or None).
         force: overwrite an existing output.
+        in_place: ``output`` is the source's own prefix: once the new checkpoint is
+            verified, the source's files are kept under a backup prefix (hard links
+            where possible) and the new files take their place.
 
     Returns:
-        ``{"untouched": n, "updated": m}``: counts of tensors verified bit-identical
-        to the source, and verified equal to their replacement.
+        ``{"untouched": n, "updated": m, "backup": prefix or None}``: counts of
+        tensors verified bit-identical to the source, and verified equal to their
+        replacement.
     """
     from .readers.bundle import BundleReader
     from .tfcompat import import_tensorflow
 
     tf = import_tensorflow()
-    ensure_writable(output, force)
+    if not in_place:
+        ensure_writable(output, force)
     directory = os.path.dirname(os.path.abspath(output))
     base = os.path.basename(output)
     clean_stale_temporaries(directory, max_age_s=3600)
@@ -127,8 +141,9 @@ def write_checkpoint(source, output: str, replacements: dict[str, np.ndarray], m
                     updated += 1
                 else:
                     untouched += 1
+        backup = backup_checkpoint(output) if in_place else None
         _move_into_place(tmp_prefix, output)
-        return {"untouched": untouched, "updated": updated}
+        return {"untouched": untouched, "updated": updated, "backup": backup}
     except OSError as e:
         raise CkptDoctorError(f"cannot write {output}: {e.strerror or e}; choose a writable place with free space") from e
     finally:
@@ -136,11 +151,18 @@ def write_checkpoint(source, output: str, replacements: dict[str, np.ndarray], m
 
 
 def _move_into_place(tmp_prefix: str, output: str) -> None:
+    """Rename a verified checkpoint onto ``output``.
+
+    An existing checkpoint there stops being one first (its ``.index`` goes), then
+    the data shards and ``.meta`` arrive, then the ``.index``: at every moment the
+    prefix is either no checkpoint or a whole one, never new data under an old index.
+    """
     files = checkpoint_files(tmp_prefix)
-    # Data shards, then .meta, then .index: the checkpoint exists only once whole.
     order = [f for f in files if ".data-" in f] + [f for f in files if f.endswith(".meta")] + \
             [f for f in files if f.endswith(".index")]
     old_data = set(glob.glob(glob.escape(output) + ".data-*-of-*"))
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(output + ".index")
     for f in order:
         target = output + f[len(tmp_prefix):]
         os.replace(f, target)
