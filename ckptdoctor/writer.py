@@ -57,14 +57,39 @@ def ensure_writable(prefix: str, force: bool) -> None:
                 os.remove(leftover)
 
 
-def clean_stale_temporaries(directory: str, max_age_s: float = 0.0) -> list[str]:
-    """Remove ``.ckptdoctor-tmp-*`` folders left by killed runs; return what was removed."""
+_OWNER = "owner.pid"
+
+
+def _owner_alive(path: str) -> bool:
+    try:
+        with open(os.path.join(path, _OWNER)) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temporaries(directory: str) -> list[str]:
+    """Remove ``.ckptdoctor-tmp-*`` folders whose writing process is gone (killed runs)."""
     removed = []
     for path in glob.glob(os.path.join(glob.escape(directory), TMP_MARK + "*")):
-        if os.path.isdir(path) and time.time() - os.path.getmtime(path) >= max_age_s:
+        if os.path.isdir(path) and not _owner_alive(path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def _temporary_folder(directory: str) -> str:
+    path = tempfile.mkdtemp(prefix=TMP_MARK, dir=directory)
+    with open(os.path.join(path, _OWNER), "w") as f:
+        f.write(str(os.getpid()))
+    return path
 
 
 def _save(tf, prefix: str, names: list[str], values: list[np.ndarray]) -> None:
@@ -107,8 +132,8 @@ def write_checkpoint(source, output: str, replacements: dict[str, np.ndarray], m
         ensure_writable(output, force)
     directory = os.path.dirname(os.path.abspath(output))
     base = os.path.basename(output)
-    clean_stale_temporaries(directory, max_age_s=3600)
-    tmpdir = tempfile.mkdtemp(prefix=TMP_MARK, dir=directory)
+    clean_stale_temporaries(directory)
+    tmpdir = _temporary_folder(directory)
     try:
         tmp_prefix = os.path.join(tmpdir, base)
         entries = [e for e in source.entries()]
