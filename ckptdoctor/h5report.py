@@ -83,11 +83,11 @@ def write_report(report: InspectReport, path: str, force: bool = False) -> str:
             _table(f, "tensors", [
                 ("name", s), ("dtype", s), ("shape", s), ("size", "<i8"), ("nbytes", "<i8"),
                 ("min", "<f8"), ("max", "<f8"), ("mean", "<f8"), ("std", "<f8"), ("nan", "<f8"), ("inf", "<f8"),
-                ("in_graph", "i1"), ("role", s),
+                ("in_graph", "i1"), ("role", s), ("object_path", s),
             ], [
                 (t.name, t.dtype, json.dumps(list(t.shape)), t.size, t.nbytes, _nan(t.min), _nan(t.max),
                  _nan(t.mean), _nan(t.std), _nan(t.nan), _nan(t.inf),
-                 -1 if t.in_graph is None else int(t.in_graph), t.role)
+                 -1 if t.in_graph is None else int(t.in_graph), t.role, t.object_path or "")
                 for t in report.tensors
             ])
             _table(f, "bn_layers", [
@@ -141,6 +141,7 @@ def read_report(path: str) -> InspectReport:
                     size=int(r["size"]), nbytes=int(r["nbytes"]), min=_opt(r["min"]), max=_opt(r["max"]),
                     mean=_opt(r["mean"]), std=_opt(r["std"]), nan=_opt_int(r["nan"]), inf=_opt_int(r["inf"]),
                     in_graph=None if r["in_graph"] < 0 else bool(r["in_graph"]), role=_s(r["role"]),
+                    object_path=_s(r["object_path"]) or None,
                 )
                 for r in f["tensors"][()]
             )

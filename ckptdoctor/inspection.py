@@ -39,6 +39,7 @@ class TensorReport:
     inf: int | None = None
     in_graph: bool | None = None
     role: str = "other"
+    object_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,7 @@ def inspect(checkpoint: str, graph: str | bool | None = None, stats: bool = True
                 min=s.min if s else None, max=s.max if s else None, mean=s.mean if s else None,
                 std=s.std if s else None, nan=s.nan if s else None, inf=s.inf if s else None,
                 in_graph=(e.name in info.variables) if info is not None else None, role=role,
+                object_path=e.object_path,
             ))
         for key, err in sorted(unreadable.items()):
             findings.append(Finding(err.code, "error", None, key, str(err)))

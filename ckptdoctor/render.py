@@ -99,8 +99,11 @@ def render_inspect(report) -> str:
          "" if t.in_graph is None else ("yes" if t.in_graph else "NO"), t.role)
         for t in report.tensors
     ]
-    lines.append(_tab(rows, ["name", "dtype", "shape", "size", "bytes", "min", "max", "mean", "std",
-                             "nan", "inf", "in graph", "role"]) if rows else "(none)")
+    headers = ["name", "dtype", "shape", "size", "bytes", "min", "max", "mean", "std", "nan", "inf", "in graph", "role"]
+    if any(t.object_path for t in report.tensors):  # TF2 checkpoints: the readable object path too
+        rows = [row + (_name(t.object_path or ""),) for row, t in zip(rows, report.tensors)]
+        headers.append("object path")
+    lines.append(_tab(rows, headers) if rows else "(none)")
     lines.append("")
     lines.append(f"BN LAYERS ({len(report.bn_layers)})")
     if report.bn_layers:

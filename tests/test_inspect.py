@@ -190,3 +190,29 @@ def test_diff_identical_and_different(build):
     assert changed[name]["max_abs_diff"] == pytest.approx(expected)
     assert set(doc["only_in_b"]) == set(tb) - set(ta)
     assert set(doc["only_in_a"]) == set(ta) - set(tb)
+
+
+def test_tf2_checkpoint_shows_object_paths_in_json_table_and_hdf5(tmp_path):
+    import subprocess
+    import sys
+
+    import h5py
+
+    script = (
+        "import os; os.environ['TF_USE_LEGACY_KERAS']='1'\n"
+        "import tensorflow as tf, sys\n"
+        "m = tf.keras.Sequential([tf.keras.layers.Dense(3, input_shape=(2,)), tf.keras.layers.BatchNormalization()])\n"
+        "tf.train.Checkpoint(model=m).write(sys.argv[1])\n"
+    )
+    prefix = str(tmp_path / "tf2")
+    subprocess.run([sys.executable, "-c", script, prefix], check=True, capture_output=True, timeout=300)
+    proc = run_cli("inspect", prefix, "--format", "json", "--report", tmp_path / "r.h5")
+    doc = json.loads(proc.stdout)
+    paths = {t["name"]: t["object_path"] for t in doc["tensors"]}
+    key = "model/layer_with_weights-1/moving_mean/.ATTRIBUTES/VARIABLE_VALUE"
+    assert paths[key] == "model/layer_with_weights-1/moving_mean"
+    assert len(doc["bn_layers"]) == 1 and doc["bn_layers"][0]["status"] == "at-init"
+    assert "object path" in run_cli("inspect", prefix).stdout
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        stored = {r["name"].decode(): r["object_path"].decode() for r in f["tensors"][()]}
+    assert stored[key] == paths[key]
