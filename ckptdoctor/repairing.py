@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .data import check_data, load_data
+from .data import check_data, load_data, release_rows
 from .diagnose import diagnose_bn
 from .errors import BadDataError, CkptDoctorError, GraphError
 from .estimator import PooledMoments
@@ -168,10 +168,12 @@ def _moment_ops(tf, x, channels: int, axis: int):
 
 
 def _batches(arrays: dict, n: int, batch_size: int):
+    """Consecutive batches in file order; pages of a batch are released once it is used."""
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
-        yield start, stop, {t: np.asarray(a[start:stop]).astype(t.dtype.as_numpy_dtype, copy=False)
-                            for t, a in arrays.items()}
+        yield start, stop, {t: np.array(a[start:stop], dtype=t.dtype.as_numpy_dtype) for t, a in arrays.items()}
+        for a in arrays.values():
+            release_rows(a, start, stop)
 
 
 class _Progress:

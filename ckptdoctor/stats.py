@@ -47,27 +47,36 @@ def compute_stats(chunks: Iterable[np.ndarray]) -> TensorStats:
     lo = math.inf
     hi = -math.inf
     nan = inf = 0
+    scratch = np.empty(0, np.float64)  # one float64 buffer, reused: fresh ones cost page faults
     for chunk in chunks:
         if chunk.size == 0:
             continue
         if chunk.dtype.kind not in "fiub":
             # ml_dtypes (bfloat16, float8, int4) compute through float32.
             chunk = chunk.astype(np.float32)
-        if chunk.dtype.kind == "f":
+        if chunk.dtype.kind == "b":
+            chunk = chunk.view(np.uint8)
+        cmin, cmax = chunk.min(), chunk.max()
+        # min/max propagate NaN and reach any Inf, so finite extremes mean a finite chunk.
+        if chunk.dtype.kind == "f" and not (np.isfinite(cmin) and np.isfinite(cmax)):
             finite = np.isfinite(chunk)
-            if not finite.all():
-                isnan = np.isnan(chunk)
-                nan += int(isnan.sum())
-                inf += int((~finite).sum() - isnan.sum())
-                chunk = chunk[finite]
-                if chunk.size == 0:
-                    continue
-        values = chunk.astype(np.float64, copy=False)
-        n = values.size
+            isnan = np.isnan(chunk)
+            nan += int(isnan.sum())
+            inf += int(chunk.size - finite.sum() - isnan.sum())
+            chunk = chunk[finite]
+            if chunk.size == 0:
+                continue
+            cmin, cmax = chunk.min(), chunk.max()
+        n = chunk.size
+        if scratch.size < n:
+            scratch = np.empty(n, np.float64)
+        values = scratch[:n]
+        np.copyto(values, chunk, casting="unsafe")
         cmean = float(values.mean())
-        cm2 = float(np.square(values - cmean).sum())
-        lo = min(lo, float(values.min()))
-        hi = max(hi, float(values.max()))
+        np.subtract(values, cmean, out=values)
+        cm2 = float(np.dot(values, values))
+        lo = min(lo, float(cmin))
+        hi = max(hi, float(cmax))
         total = count + n
         delta = cmean - mean
         mean += delta * n / total

@@ -352,6 +352,22 @@ class _Piece(NamedTuple):
     label: str  # "[0:6, :]" for messages
 
 
+def _release(buf, start: int, end: int) -> None:
+    """Drop the mapped pages of ``[start, end)`` from this process's resident set.
+
+    The bytes were copied out already; without this, every page of a streamed
+    tensor would stay resident (as file-backed RSS) until the map is closed. The
+    map is read-only and shared, so the pages remain in the page cache and fault
+    back in if touched again.
+    """
+    if isinstance(buf, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED") and end > start:
+        aligned = start - start % mmap.PAGESIZE
+        try:
+            buf.madvise(mmap.MADV_DONTNEED, aligned, end - aligned)
+        except (OSError, ValueError):
+            pass  # advice only
+
+
 class BundleReader:
     """Reader of one TensorFlow V2 checkpoint (tensor bundle).
 
@@ -683,8 +699,10 @@ class BundleReader:
         crc = 0
         for first in range(0, count, step):
             a = entry.offset + first * itemsize
-            raw = buf[a : a + min(step, count - first) * itemsize]  # one bounded copy
+            b = a + min(step, count - first) * itemsize
+            raw = buf[a:b]  # one bounded copy
             crc = google_crc32c.extend(crc, raw)
+            _release(buf, a, b)
             yield self._to_native(np.frombuffer(raw, dtype=np_dtype))
         self._check_crc(name, entry, label, path, crc)
 
