@@ -8,9 +8,10 @@ batches' variances unweighted; fvcore's ``precise_bn`` adds the between-batch
 term, as we do).
 
 What we do: each batch contributes its count ``n_b``, its mean ``m_b`` and its
-centred sum of squares ``M2_b = sum((x - m_b)**2)``, computed in the graph in
-float64 (only these three small vectors leave TensorFlow). Two summaries are merged
-with the update of Chan, Golub and LeVeque (1979), in float64::
+centred sum of squares ``M2_b = sum((x - m_b)**2)``, reduced in the graph in the
+activations' precision and centred on the batch mean, as the BN layer does (only
+these three small vectors leave TensorFlow). Two summaries are merged with the
+update of Chan, Golub and LeVeque (1979), in float64::
 
     n     = n_a + n_b
     delta = m_b - m_a

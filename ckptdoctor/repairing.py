@@ -156,14 +156,22 @@ def _unfed(tracer_ancestors, graph, fetches, fed: set[str]) -> list[str]:
 
 
 def _moment_ops(tf, x, channels: int, axis: int):
-    """Per-batch count, per-channel mean and centred sum of squares, in float64, in the graph."""
-    x64 = tf.cast(x, tf.float64)
+    """Per-batch count, per-channel mean and centred sum of squares, reduced in the graph.
+
+    Reduced in the activations' own precision (float32; float16/bfloat16 are widened
+    to float32), centred on the batch mean, as the BN layer itself does; only three
+    small vectors leave TensorFlow, and batches are merged in float64 by
+    ``PooledMoments``. A float64 copy of every activation would cost a pass and twice
+    the memory traffic per layer for no accuracy a BN layer could use.
+    """
+    if x.dtype.base_dtype not in (tf.float32, tf.float64):
+        x = tf.cast(x, tf.float32)
     rank = x.shape.rank
     axis = axis % rank
     axes = [i for i in range(rank) if i != axis]
-    mean = tf.reduce_mean(x64, axis=axes, keepdims=True)
-    m2 = tf.reduce_sum(tf.square(x64 - mean), axis=axes)
-    count = tf.cast(tf.size(x64, out_type=tf.int64), tf.float64) / float(channels)
+    mean = tf.reduce_mean(x, axis=axes, keepdims=True)
+    m2 = tf.reduce_sum(tf.math.squared_difference(x, tf.stop_gradient(mean)), axis=axes)
+    count = tf.cast(tf.size(x, out_type=tf.int64), tf.float64) / float(channels)
     return count, tf.reshape(mean, [channels]), m2
 
 
