@@ -123,6 +123,12 @@ def inspect(checkpoint: str, graph: str | bool | None = None, stats: bool = True
     Raises:
         CkptDoctorError: the checkpoint or graph cannot be read at all.
     """
+    from .keras_inspect import is_keras_file
+
+    if is_keras_file(checkpoint):
+        from .keras_inspect import inspect_keras
+
+        return inspect_keras(checkpoint, graph=graph, stats=stats, match=match)
     resolved = resolve_checkpoint(checkpoint)
     pattern = None
     if match:

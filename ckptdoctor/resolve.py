@@ -1,8 +1,9 @@
 """Turn what the user typed into a checkpoint prefix.
 
 Accepted: a prefix (``model.ckpt``, ``model.ckpt-1000``), any file of the
-checkpoint (``.index``, ``.data-00000-of-00001``, ``.meta``), or a directory
-holding a ``checkpoint`` state file (its latest checkpoint is used).
+checkpoint (``.index``, ``.data-00000-of-00001``, ``.meta``), a directory
+holding a ``checkpoint`` state file (its latest checkpoint is used), or a
+SavedModel directory (its ``variables/variables`` bundle).
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ def resolve_checkpoint(path: str) -> ResolvedCheckpoint:
     """
     path = os.fspath(path)
     if os.path.isdir(path):
+        saved_model_vars = os.path.join(path, "variables", "variables")
+        if os.path.isfile(saved_model_vars + ".index"):
+            return ResolvedCheckpoint(saved_model_vars, "v2", f"the variables of the SavedModel {path}")
         if os.path.isfile(os.path.join(path, "checkpoint")):
             prefix = read_state_file(path)
             if not _exists(prefix):

@@ -1,0 +1,212 @@
+"""``inspect`` for Keras files (``.keras``, ``.weights.h5``, legacy ``.h5``), read with zipfile and h5py only.
+
+The model config (``config.json`` of a ``.keras`` archive, the ``model_config``
+attribute of a full legacy ``.h5``) plays the graph's part: BN layers are found by
+class with their axis and ``trainable`` flag, and weights the config declares but
+the file lacks (or the reverse) are reported. A weights-only file may be given its
+config with ``--graph model.keras`` (or a config ``.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+
+from .diagnose import Finding, diagnose_bn
+from .errors import CkptDoctorError, GraphError, TensorReadError
+from .keras_model import describe_keras_file, lambda_layers
+
+__all__ = ["is_keras_file", "open_keras_reader", "inspect_keras", "FROZEN_CODE"]
+
+#: A BN layer frozen (trainable=False) from the start of a model that trained.
+FROZEN_CODE = "bn-frozen-untrained"
+
+
+def is_keras_file(path: str) -> bool:
+    """Whether ``path`` is a Keras ``.keras`` archive or a Keras HDF5 file."""
+    from .readers.keras_archive import is_keras_archive
+    from .readers.keras_h5 import is_keras_h5
+
+    path = os.fspath(path)
+    return os.path.isfile(path) and (is_keras_h5(path) or is_keras_archive(path))
+
+
+def open_keras_reader(path: str):
+    """The reader for a Keras file: ``KerasArchiveReader`` for a zip, ``KerasH5Reader`` for HDF5."""
+    from .readers.keras_archive import KerasArchiveReader, is_keras_archive
+    from .readers.keras_h5 import KerasH5Reader
+
+    return KerasArchiveReader(path) if is_keras_archive(path) else KerasH5Reader(path)
+
+
+def _config_from(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise GraphError(f"no model config at {path}: pass --graph with a .keras file, a full .h5 or a config .json")
+    if path.endswith(".json"):
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError) as e:
+            raise GraphError(f"{path} is not a readable JSON model config ({e})") from e
+    reader = open_keras_reader(path)
+    try:
+        if not reader.model_config:
+            raise GraphError(f"{path} holds no model config: pass a .keras file, a full .h5 or a config .json")
+        return reader.model_config
+    finally:
+        reader.close()
+
+
+def _trained(reader, layout) -> bool | None:
+    key = layout.iterations_key
+    if key is None:
+        return None
+    try:
+        return bool(np.asarray(reader.read(key)).ravel()[0] > 0)
+    except (TensorReadError, IndexError):
+        return None
+
+
+def inspect_keras(path: str, graph=None, stats: bool = True, match: str | None = None):
+    """Inspect a Keras file; returns an ``InspectReport`` like ``inspection.inspect``."""
+    from .inspection import InspectReport, TensorReport, _summary
+    from .stats import STATS_DTYPES, compute_stats
+
+    pattern = None
+    if match:
+        try:
+            pattern = re.compile(match)
+        except re.error as e:
+            raise CkptDoctorError(f"--match {match!r} is not a regular expression: {e}") from e
+    reader = open_keras_reader(path)
+    try:
+        config = reader.model_config
+        config_label = None
+        notes: list[str] = []
+        if graph not in (None, False, True, ""):
+            config = _config_from(os.fspath(graph))
+            config_label = os.fspath(graph)
+        elif config:
+            config_label = f"{path} (model config)"
+        if graph is False:
+            config, config_label = None, None
+        if not config:
+            notes.append("no model config (weights only): BN layers found by group and weight names; "
+                         "pass --graph model.keras (or a config .json) to check against one")
+        names = lambda_layers(config)
+        if names:
+            notes.append(f"Lambda layers ({', '.join(names[:3])}) hold Python code: inspect never runs it; "
+                         "repair refuses them unless --unsafe")
+        layout = describe_keras_file(reader, config)
+        entries = reader.entries()
+        by_key = {e.name: e for e in entries}
+        findings: list[Finding] = []
+        unreadable: dict[str, TensorReadError] = {}
+
+        values = {}
+        for layer in layout.bn_layers:
+            for w in ("moving_mean", "moving_variance"):
+                key = layer.weights.get(w)
+                if key in by_key:
+                    try:
+                        values[key] = reader.read(key)
+                    except TensorReadError as e:
+                        unreadable[key] = e
+        trained = _trained(reader, layout)
+        rows, statuses = [], {}
+        for layer in layout.bn_layers:
+            w = layer.weights
+            missing_key = lambda kind: w.get(kind) or f"{layer.name}/{kind}"  # noqa: E731
+            spec = {"layer": layer.name, "moving_mean": missing_key("moving_mean"),
+                    "moving_variance": missing_key("moving_variance"), "gamma": w.get("gamma"),
+                    "beta": w.get("beta"), "channels": None}
+            row, layer_findings = diagnose_bn(spec, set(by_key), values, from_graph=True)
+            rows.append((layer, row, layer_findings))
+            statuses[layer.name] = row.status
+        any_trained_stats = any(s == "ok" for s in statuses.values())
+        bn_rows = []
+        for layer, row, layer_findings in rows:
+            if row.status == "at-init" and layer.trainable is False and (trained or (trained is None and any_trained_stats)):
+                layer_findings = [f for f in layer_findings if f.code != "bn-stats-at-init"]
+                layer_findings.append(Finding(
+                    FROZEN_CODE, "warning", layer.name, row.moving_mean,
+                    f"BN layer {layer.name} is trainable=False and its statistics are at their initial values "
+                    "(mean 0, variance 1) in a model that trained: it was frozen from the start, so it normalises "
+                    "nothing; set trainable=True before training, or run `ckptdoctor repair` to compute its "
+                    "statistics from data",
+                ))
+            elif row.status != "missing":
+                layer_findings = [
+                    Finding(f.code, f.severity, f.layer, f.tensor, f.message.replace(
+                        "the update ops (UPDATE_OPS) never ran during training; run them with the train op "
+                        "(tf.control_dependencies(update_ops))",
+                        "they were never updated (the layer never ran in training mode, e.g. frozen or called "
+                        "with training=False); train with it in training mode"))
+                    for f in layer_findings]
+            else:
+                layer_findings = [
+                    Finding(f.code, f.severity, f.layer, f.tensor, f.message.replace(
+                        "save with a Saver over all global variables (not only the trainable ones)",
+                        "save the whole model (model.save) rather than a subset of its weights"))
+                    for f in layer_findings]
+            findings.extend(layer_findings)
+            bn_rows.append(row)
+
+        for layer_name, weight, trainable in layout.missing:
+            findings.append(Finding(
+                "missing-in-checkpoint", "error" if trainable or weight.startswith("moving_") else "warning",
+                layer_name, f"{layer_name}/{weight}",
+                f"the config's layer {layer_name} declares {weight}, which the file does not hold: loading "
+                "fails or leaves it at its initial value; save the whole model again (model.save)",
+            ))
+        for key in layout.unexpected:
+            findings.append(Finding(
+                "unexpected-in-checkpoint", "warning", None, key,
+                f"{key} belongs to no layer of the model config: it is ignored or fails on load; check that "
+                "the config is the model that wrote these weights",
+            ))
+
+        tensors = []
+        for e in entries:
+            s = None
+            if e.name not in unreadable and stats and e.dtype in STATS_DTYPES:
+                try:
+                    s = compute_stats(reader.iter_chunks(e.name))
+                except TensorReadError as err:
+                    unreadable[e.name] = err
+            role = layout.roles.get(e.name, "weight")
+            if s is not None and (s.nan or s.inf) and role not in ("bn_moving_mean", "bn_moving_variance"):
+                findings.append(Finding(
+                    "non-finite", "error", None, e.name,
+                    f"{e.name} holds {s.nan} NaN and {s.inf} Inf values: training diverged before this "
+                    "model was saved; restore an earlier one or lower the learning rate",
+                ))
+            if pattern is not None and not pattern.search(e.name):
+                continue
+            in_config = None
+            if config:
+                in_config = e.name in layout.config_keys or role in ("optimizer_slot", "step", "other")
+            tensors.append(TensorReport(
+                name=e.name, dtype=e.dtype, shape=tuple(e.shape), size=e.size, nbytes=e.nbytes,
+                min=s.min if s else None, max=s.max if s else None, mean=s.mean if s else None,
+                std=s.std if s else None, nan=s.nan if s else None, inf=s.inf if s else None,
+                in_graph=in_config, role=role,
+            ))
+        for key, err in sorted(unreadable.items()):
+            findings.append(Finding(err.code, "error", None, key, str(err)))
+        if not stats:
+            notes.append("statistics not computed (--stats=False): NaN/Inf in weights not checked")
+        total_bytes = sum(e.nbytes for e in entries)
+        order = {"error": 0, "warning": 1, "info": 2}
+        findings.sort(key=lambda f: (order[f.severity], f.code, f.layer or "", f.tensor or ""))
+        return InspectReport(
+            checkpoint=os.fspath(path), format=reader.format, graph=config_label,
+            tensors=tuple(tensors), bn_layers=tuple(bn_rows), findings=tuple(findings), notes=tuple(notes),
+            resolved_from=f"Keras file {path}", total_tensors=len(entries), total_bytes=total_bytes,
+            summary=_summary(len(entries), total_bytes, bn_rows, findings),
+        )
+    finally:
+        reader.close()

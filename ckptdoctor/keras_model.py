@@ -1,0 +1,263 @@
+"""What a Keras model config says about the weights file beside it (no Keras import).
+
+The config plays the graph's part for Keras files: it names each layer, its class
+(so BN layers are found by class, not guessed from names), its axis, whether it is
+trainable, and how many weights it declares. This module maps each config layer to
+the file's weights and reports the layers and roles ``inspect`` and ``repair`` use.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+__all__ = ["ConfigLayer", "KerasLayer", "KerasLayout", "BN_CLASSES", "config_layers", "describe_keras_file",
+           "model_inputs", "lambda_layers"]
+
+#: Layer classes whose moving statistics ckptdoctor checks and repairs.
+BN_CLASSES = frozenset({"BatchNormalization", "SyncBatchNormalization", "BatchNormalizationV1",
+                        "BatchNormalizationV2"})
+#: Model classes whose config nests layers.
+MODEL_CLASSES = frozenset({"Functional", "Sequential", "Model"})
+#: Layer classes whose code runs from the file when loaded.
+CODE_CLASSES = frozenset({"Lambda"})
+_NO_WEIGHTS = frozenset({
+    "InputLayer", "Activation", "Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise", "Flatten",
+    "Reshape", "ReLU", "LeakyReLU", "Softmax", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
+    "Concatenate", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
+    "AveragePooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D", "ZeroPadding1D", "ZeroPadding2D", "Cropping1D", "Cropping2D", "UpSampling2D",
+    "Permute", "RepeatVector", "Identity",
+})
+_KERNEL_BIAS = frozenset({"Dense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose",
+                          "Conv3DTranspose", "DepthwiseConv2D", "DepthwiseConv1D"})
+_OPTIMIZER_ROOTS = ("optimizer", "optimizer_weights", "metrics")
+_ITERATION_LEAF = re.compile(r"(^|/)(iter|iteration|iterations)(:0)?$")
+
+
+@dataclass(frozen=True)
+class ConfigLayer:
+    """One layer of the model config."""
+
+    name: str
+    class_name: str
+    config: dict
+    depth: int  # 0 for the top model's layers, 1 inside a nested model...
+
+    @property
+    def trainable(self) -> bool:
+        return bool(self.config.get("trainable", True))
+
+    def expected_weights(self) -> list[str] | None:
+        """Names of the weights this layer declares, in its variable order (None: unknown class)."""
+        c, cls = self.config, self.class_name
+        if cls in BN_CLASSES:
+            return (["gamma"] if c.get("scale", True) else []) + (["beta"] if c.get("center", True) else []) + \
+                ["moving_mean", "moving_variance"]
+        if cls in _KERNEL_BIAS:
+            return ["kernel"] + (["bias"] if c.get("use_bias", True) else [])
+        if cls in ("SeparableConv1D", "SeparableConv2D"):
+            return ["depthwise_kernel", "pointwise_kernel"] + (["bias"] if c.get("use_bias", True) else [])
+        if cls == "Embedding":
+            return ["embeddings"]
+        if cls == "LayerNormalization":
+            return (["gamma"] if c.get("scale", True) else []) + (["beta"] if c.get("center", True) else [])
+        if cls in _NO_WEIGHTS:
+            return []
+        return None
+
+
+@dataclass(frozen=True)
+class KerasLayer:
+    """A layer of the file: its weights (keys) by role, and what the config says about it."""
+
+    name: str
+    class_name: str | None
+    path: str
+    keys: tuple[str, ...]
+    weights: dict  # weight name (gamma, moving_mean...) -> key
+    trainable: bool | None = None
+    axis: object = None
+
+
+@dataclass
+class KerasLayout:
+    """A Keras file's layers, BN layers and cross-reference problems."""
+
+    layers: list[KerasLayer] = field(default_factory=list)
+    bn_layers: list[KerasLayer] = field(default_factory=list)
+    missing: list[tuple[str, str, bool]] = field(default_factory=list)  # (layer, weight, trainable)
+    unexpected: list[str] = field(default_factory=list)
+    config_keys: set = field(default_factory=set)  # keys that belong to a config layer
+    roles: dict = field(default_factory=dict)
+    iterations_key: str | None = None
+    has_config: bool = False
+
+
+def config_layers(config: dict | None, depth: int = 0) -> list[ConfigLayer]:
+    """Every layer of a model config, nested models' layers after the model itself."""
+    if not config:
+        return []
+    inner = config.get("config", config)
+    out = []
+    for item in inner.get("layers", []) or []:
+        cls = item.get("class_name", "")
+        cfg = item.get("config", {}) or {}
+        name = cfg.get("name") or item.get("name") or ""
+        out.append(ConfigLayer(name, cls, cfg, depth))
+        if cls in MODEL_CLASSES or "layers" in cfg:
+            out.extend(config_layers(item, depth + 1))
+    return out
+
+
+def lambda_layers(config: dict | None) -> list[str]:
+    """Names of the layers whose Python code would run when the model is loaded."""
+    return [layer.name for layer in config_layers(config) if layer.class_name in CODE_CLASSES]
+
+
+def model_inputs(config: dict | None) -> list[str]:
+    """The model's input names, in call order (from ``input_layers``; Sequential: its InputLayer)."""
+    if not config:
+        return []
+    inner = config.get("config", config)
+    spec = inner.get("input_layers")
+    if spec:
+        if isinstance(spec[0], str):  # Keras 3 writes a single input as ["x", 0, 0]
+            spec = [spec]
+        return [s[0] for s in spec]
+    for layer in config_layers(config):
+        if layer.class_name == "InputLayer":
+            return [layer.name]
+    return []
+
+
+def _snake(name: str) -> str:
+    # Keras' naming.to_snake_case: the group names of the Keras 3 weights layout.
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _suffix(path: str) -> int:
+    m = re.search(r"_(\d+)$", path)
+    return int(m.group(1)) if m else 0
+
+
+def _leaf(key: str) -> str:
+    leaf = key.rsplit("/", 1)[-1]
+    return leaf[:-2] if leaf.endswith(":0") else leaf
+
+
+def describe_keras_file(reader, config: dict | None) -> KerasLayout:
+    """Map the file's weight groups to the config's layers; find BN layers and cross-reference problems.
+
+    Args:
+        reader: a ``KerasH5Reader`` (or archive reader).
+        config: the model config, or None (a weights-only file): BN layers are then
+            found by group name (Keras 3 layout) or weight names (legacy layout).
+    """
+    layout = KerasLayout(has_config=bool(config))
+    groups = [g for g in reader.layer_groups() if g["path"] and not g["path"].split("/")[0] in _OPTIMIZER_ROOTS]
+    keys = [e.name for e in reader.entries()]
+    present = set(keys)
+    for key in keys:
+        if key.split("/")[0] in _OPTIMIZER_ROOTS:
+            layout.roles[key] = "optimizer_slot"
+            if key.startswith("optimizer_weights/") and _ITERATION_LEAF.search(key):
+                layout.roles[key] = "step"
+                layout.iterations_key = key
+            if key.split("/")[0] == "metrics":
+                layout.roles[key] = "other"
+    if reader.layout == "v3" and "optimizer/vars/0" in keys:
+        layout.roles["optimizer/vars/0"] = "step"
+        layout.iterations_key = "optimizer/vars/0"
+
+    cfg_layers = config_layers(config)
+    by_name = {c.name: c for c in cfg_layers}
+    matched: dict[str, ConfigLayer | None] = {}
+    if reader.layout == "v3" and any(g["name"] is None for g in groups) and cfg_layers:
+        # No names recorded (tf-keras save_weights): match groups to layers of the same class, in order.
+        pools: dict[str, list[ConfigLayer]] = {}
+        for c in cfg_layers:
+            if c.depth == 0:
+                pools.setdefault(_snake(c.class_name), []).append(c)
+        for g in sorted(groups, key=lambda g: (re.sub(r"_\d+$", "", g["path"]), _suffix(g["path"]))):
+            stem = re.sub(r"_\d+$", "", g["path"].rsplit("/", 1)[-1])
+            pool = pools.get(stem) or []
+            matched[g["path"]] = pool.pop(0) if pool else None
+    else:
+        for g in groups:
+            matched[g["path"]] = by_name.get(g["name"]) if g["name"] is not None else None
+
+    seen_layers = set()
+    for g in groups:
+        c = matched.get(g["path"])
+        cls = c.class_name if c else _class_from_group(g, reader.layout)
+        expected = c.expected_weights() if c else None
+        weights = _name_weights(g, reader.layout, cls, expected)
+        name = c.name if c else (g["name"] or g["path"])
+        layer = KerasLayer(name=name, class_name=cls, path=g["path"], keys=tuple(g["keys"]), weights=weights,
+                           trainable=c.trainable if c else None, axis=c.config.get("axis", -1) if c else -1)
+        layout.layers.append(layer)
+        if c is not None:
+            seen_layers.add(c.name)
+            layout.config_keys.update(g["keys"])
+            if expected is not None:
+                stored = [k for k in g["keys"] if k in present]
+                if reader.layout == "legacy":  # weight_names may list what the file lacks
+                    leaves = {_leaf(k) for k in stored}
+                    gone = [w for w in expected if w not in leaves]
+                    extra = [k for k in stored if _leaf(k) not in expected]
+                else:
+                    gone, extra = expected[len(stored):], stored[len(expected):]
+                layout.missing.extend((c.name, w, c.trainable) for w in gone)
+                layout.unexpected.extend(extra)
+        elif config and g["keys"]:
+            layout.unexpected.extend(g["keys"])
+        if cls in BN_CLASSES and ("moving_mean" in weights or "moving_variance" in weights or c is not None):
+            layout.bn_layers.append(layer)
+            for w, key in weights.items():
+                if w in ("moving_mean", "moving_variance", "gamma", "beta"):
+                    layout.roles[key] = "bn_" + w
+    for c in cfg_layers:
+        if c.name in seen_layers or c.class_name in MODEL_CLASSES:
+            continue
+        expected = c.expected_weights()
+        if expected:
+            for w in expected:
+                layout.missing.append((c.name, w, c.trainable))
+            if c.class_name in BN_CLASSES:
+                layer = KerasLayer(name=c.name, class_name=c.class_name, path="", keys=(), weights={},
+                                   trainable=c.trainable, axis=c.config.get("axis", -1))
+                layout.bn_layers.append(layer)
+    for key in keys:
+        layout.roles.setdefault(key, "weight")
+    return layout
+
+
+def _class_from_group(group: dict, layout: str) -> str | None:
+    """The layer class without a config: from the group name (Keras 3) or weight names (legacy)."""
+    leaves = {_leaf(k) for k in group["keys"]}
+    if layout == "v3":
+        stem = re.sub(r"_\d+$", "", group["path"].rsplit("/", 1)[-1])
+        if stem in ("batch_normalization", "sync_batch_normalization"):
+            return "BatchNormalization" if stem == "batch_normalization" else "SyncBatchNormalization"
+        return None
+    if {"moving_mean", "moving_variance"} & leaves:
+        return "BatchNormalization"
+    return None
+
+
+def _name_weights(group: dict, layout: str, cls: str | None, expected: list[str] | None) -> dict:
+    """Weight name -> key for one group."""
+    keys = group["keys"]
+    if layout == "legacy":
+        return {_leaf(k): k for k in keys}
+    if expected is not None and len(expected) == len(keys):
+        return dict(zip(expected, keys))
+    if cls in BN_CLASSES and len(keys) >= 2:
+        named = {"moving_mean": keys[-2], "moving_variance": keys[-1]}
+        if len(keys) == 4:
+            named.update(gamma=keys[0], beta=keys[1])
+        return named
+    return {}
