@@ -102,12 +102,13 @@ class Commands:
                training: str | None = None, feed: tuple = (), batch_size: int = 256,
                max_samples: int | None = None, method: str = "train", output: str | None = None,
                in_place: bool = False, dry_run: bool = False, force: bool = False,
-               report: str | None = None, format: str = "table", progress: bool = True):
+               report: str | None = None, format: str = "table", progress: bool = True, unsafe: bool = False):
         """Recompute BN moving mean and variance from data and write a verified new checkpoint.
 
         Args:
-            checkpoint: the checkpoint to repair (never modified, except with --in-place after verification).
-            data: X.npy, data.npz (keys = placeholder names), or FILE.h5:dataset.
+            checkpoint: the checkpoint to repair (never modified, except with --in-place after verification),
+                or a Keras model (model.keras, a full legacy .h5).
+            data: X.npy, data.npz (keys = placeholder or Keras input names), or FILE.h5:dataset.
             graph: the MetaGraphDef; default <prefix>.meta.
             input: the placeholder the data go to (default: the only float placeholder that fits).
             training: the boolean training switch (default: found from the BN layers).
@@ -122,13 +123,27 @@ class Commands:
             report: also write an HDF5 file with per-layer before/after arrays.
             format: table or json.
             progress: show a progress bar on stderr.
+            unsafe: Keras models only: allow Lambda layers, whose Python code runs when the model loads.
 
         Exit code: 0 repaired (or dry run), 2 error.
         """
+        from .keras_inspect import is_keras_file
         from .render import render_repair, to_json
         from .repairing import repair
 
         format = _fmt(format)
+        if is_keras_file(str(checkpoint)):
+            from .keras_repair import repair_keras
+
+            result = repair_keras(
+                str(checkpoint), str(data), input=None if input is None else str(input), batch_size=int(batch_size),
+                max_samples=None if max_samples is None else int(max_samples), method=str(method),
+                output=None if output is None else str(output), in_place=bool(in_place), dry_run=bool(dry_run),
+                force=bool(force), report=None if report is None else str(report), unsafe=bool(unsafe),
+                progress=bool(progress),
+            )
+            text = to_json(result.to_dict()) if format == "json" else render_repair(result)
+            return Outcome(text, 0)
         feeds = [feed] if isinstance(feed, str) else list(feed or ())
         result = repair(
             str(checkpoint), str(data), graph=None if graph is None else str(graph),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 __all__ = ["render_inspect", "render_diff", "render_repair", "to_json", "human_bytes"]
 
@@ -168,7 +169,8 @@ def render_repair(report) -> str:
     for n in report.notes:
         lines.append(f"note: {n}")
     if report.output:
-        lines.append(f"written: {report.output} (+ .index, .data, .meta); verified: "
+        files = "" if os.path.isfile(report.output) else " (+ .index, .data, .meta)"  # a Keras file, or a prefix
+        lines.append(f"written: {report.output}{files}; verified: "
                      f"{report.untouched} tensors bit-identical, {report.updated} statistics as computed")
     if report.backup:
         lines.append(f"backup of the original: {report.backup}")
