@@ -135,8 +135,8 @@ def inspect_keras(path: str, graph=None, stats: bool = True, match: str | None =
                     FROZEN_CODE, "warning", layer.name, row.moving_mean,
                     f"BN layer {layer.name} is trainable=False and its statistics are at their initial values "
                     "(mean 0, variance 1) in a model that trained: it was frozen from the start, so it normalises "
-                    "nothing; set trainable=True before training, or run `ckptdoctor repair` to compute its "
-                    "statistics from data",
+                    "nothing; set trainable=True before training if it was meant to learn (repair leaves it as "
+                    "it is: the model learned with it)",
                 ))
             elif row.status != "missing":
                 layer_findings = [
