@@ -32,6 +32,7 @@ CODES = {
     "non-finite": "NaN or Inf in a weight",
     "checksum-mismatch": "a tensor's bytes do not match their stored checksum",
     "tensor-unreadable": "a tensor's bytes cannot be read (a truncated or missing data file)",
+    "bn-frozen-untrained": "a Keras BN layer frozen from the start (trainable=False) kept its initial statistics",
 }
 
 
