@@ -61,14 +61,33 @@ def _load_h5(path: str, dataset: str):
     return f[dataset]
 
 
+def _load_h5_all(path: str) -> dict:
+    """Every top-level dataset of an HDF5 file, by name (like the keys of an ``.npz``)."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise BadDataError(f"{path} is not a readable HDF5 file ({e})") from e
+    out = {name: obj for name, obj in f.items() if isinstance(obj, h5py.Dataset)}
+    if not out:
+        names = []
+        f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        raise BadDataError(f"{path} has no dataset at its top level (datasets deeper down: "
+                           f"{', '.join(names[:8]) or 'none'}): name one as {path}:GROUP/DATASET")
+    return out
+
+
 def load_data(spec: str) -> dict[str | None, object]:
     """Open the data named by ``spec``.
 
     Args:
-        spec: ``X.npy``, ``data.npz`` (keys name placeholders) or ``FILE.h5:dataset``.
+        spec: ``X.npy``, ``data.npz`` (keys name placeholders or model inputs),
+            ``FILE.h5:dataset`` (one dataset) or ``FILE.h5`` (every top-level
+            dataset, by name, like the keys of an ``.npz``).
 
     Returns:
-        ``{None: array}`` for a single array, ``{key: array}`` for an ``.npz``.
+        ``{None: array}`` for a single array, ``{key: array}`` for an ``.npz`` or a bare ``.h5``.
         Arrays are numpy memory maps or h5py datasets: sliceable, not loaded.
     """
     if ":" in spec and not os.path.exists(spec):
@@ -82,7 +101,7 @@ def load_data(spec: str) -> dict[str | None, object]:
     if lower.endswith(".npz"):
         return _load_npz(spec)
     if lower.endswith((".h5", ".hdf5")):
-        raise BadDataError(f"{spec} is HDF5: name the dataset as {spec}:DATASET")
+        return _load_h5_all(spec)
     return {None: _load_npy(spec)}
 
 
