@@ -180,6 +180,129 @@ def _same_config_bytes(source: str, written: str, fmt: str) -> None:
             raise CkptDoctorError("verification failed: the written archive has no config; nothing was kept")
 
 
+def check_options(method: str, batch_size: int, in_place: bool, output: str | None) -> None:
+    """The option checks every repair makes before reading anything."""
+    if method not in ("train", "sequential"):
+        raise CkptDoctorError(f"--method must be train or sequential, received {method!r}")
+    if batch_size < 1:
+        raise CkptDoctorError(f"--batch-size must be at least 1, received {batch_size}")
+    if in_place and output:
+        raise CkptDoctorError("pass either --output or --in-place, not both")
+
+
+def trainable_bn_layers(K, model, path: str) -> tuple[list, list[str]]:
+    """The loaded model's trainable top-level BN layers, and the names of the frozen ones.
+
+    Raises:
+        UnsupportedFormatError: BN layers inside nested models, or no trainable BN layer.
+    """
+    bn_type = K.layers.BatchNormalization
+    all_bn = [layer for layer in model.layers if isinstance(layer, bn_type) or type(layer).__name__ in BN_CLASSES]
+    nested = [layer.name for layer in model.layers if hasattr(layer, "layers") and
+              any(type(sub).__name__ in BN_CLASSES for sub in layer._flatten_layers())]
+    if nested:
+        raise UnsupportedFormatError(f"BN layers inside the nested model(s) {', '.join(nested)}: repair handles "
+                                     "BN layers of the top-level model only")
+    frozen = [layer.name for layer in all_bn if not layer.trainable]
+    bns = [layer for layer in all_bn if layer.trainable]
+    if not bns:
+        raise UnsupportedFormatError(f"{path} has no trainable BatchNormalization layer: nothing to repair")
+    return bns, frozen
+
+
+def check_model_inputs(model, xs: list, names: list[str], data: str, max_samples: int | None) -> tuple[int, list]:
+    """Check the data arrays against the loaded model's inputs; return the sample count and input dtypes."""
+    if len(xs) != len(model.inputs):
+        raise UnsupportedFormatError(f"the loaded model has {len(model.inputs)} inputs, its config names {len(xs)}")
+    n = min(int(a.shape[0]) for a in xs)
+    if max_samples is not None:
+        if max_samples < 1:
+            raise BadDataError(f"--max-samples must be at least 1, received {max_samples}")
+        n = min(n, int(max_samples))
+    dtypes = []
+    for i, (t, a) in enumerate(zip(model.inputs, xs)):
+        dtype = t.dtype if isinstance(t.dtype, str) else t.dtype.name
+        dtypes.append(dtype)
+        check_data(a[:n] if n < a.shape[0] else a, f"{data} ({names[i] if i < len(names) else i})",
+                   list(t.shape), dtype)
+    return n, dtypes
+
+
+def recompute_bn_moments(K, model, bns: list, xs: list, dtypes: list, n: int, batch_size: int, method: str,
+                         progress: bool) -> dict[str, PooledMoments]:
+    """Pool each BN layer's input moments over the first ``n`` samples, in consecutive batches.
+
+    ``train``: one forward pass per batch in training mode, every layer's input read
+    at once. ``sequential``: layer by layer in inference mode, each layer's new
+    statistics assigned (in memory only) before the next layer is measured. Batches
+    are merged exactly by ``PooledMoments`` (population variance over all samples).
+    """
+    from .repairing import _Progress
+
+    try:
+        probe = K.Model(model.inputs, [layer.input for layer in bns])
+    except (ValueError, AttributeError) as e:
+        raise UnsupportedFormatError(f"cannot reach the inputs of the BN layers from the model inputs: {e}") from e
+
+    def batches():
+        for start in range(0, n, batch_size):
+            yield [np.asarray(a[start:start + batch_size]).astype(d, copy=False) for a, d in zip(xs, dtypes)]
+
+    channels = {layer.name: int(layer.moving_mean.shape[0]) for layer in bns}
+    axes = {layer.name: _layer_axis(layer) for layer in bns}
+    pooled = {layer.name: PooledMoments(channels[layer.name]) for layer in bns}
+    steps = -(-n // batch_size)
+    if method == "train":
+        bar = _Progress(steps, progress, "repair")
+        for batch in batches():
+            outs = probe(batch, training=True)
+            outs = outs if isinstance(outs, (list, tuple)) else [outs]
+            for layer, value in zip(bns, outs):
+                pooled[layer.name].add(*_moments(value, axes[layer.name], channels[layer.name]))
+            bar.step()
+        return pooled
+    bar = _Progress(steps * len(bns), progress, "repair")
+    for layer in bns:
+        one = K.Model(model.inputs, layer.input)
+        for batch in batches():
+            value = one(batch, training=False)
+            pooled[layer.name].add(*_moments(value, axes[layer.name], channels[layer.name]))
+            bar.step()
+        p = pooled[layer.name]
+        layer.moving_mean.assign(p.mean.astype(np.dtype(_np_dtype(layer.moving_mean))))
+        layer.moving_variance.assign(p.variance.astype(np.dtype(_np_dtype(layer.moving_variance))))
+    return pooled
+
+
+def replacement_rows(bns: list, weights: dict[str, dict], pooled: dict, stored: dict, n: int) -> tuple[dict, list]:
+    """The new statistics keyed as stored (in the stored dtype), and one report row per layer.
+
+    Args:
+        weights: layer name -> {"moving_mean": key, "moving_variance": key, "gamma": key, "beta": key}.
+        stored: key -> the stored value before repair.
+    """
+    from .repairing import _layer_row
+
+    replacements, rows = {}, []
+    for layer in bns:
+        w, p = weights[layer.name], pooled[layer.name]
+        mm, mv = w["moving_mean"], w["moving_variance"]
+        replacements[mm] = p.mean.astype(stored[mm].dtype)
+        replacements[mv] = p.variance.astype(stored[mv].dtype)
+        spec = SimpleNamespace(layer=layer.name, moving_mean=mm, moving_variance=mv, gamma=w.get("gamma"),
+                               beta=w.get("beta"), channels=int(p.mean.shape[0]))
+        rows.append(_layer_row(spec, p, stored, n, {}, {}))
+    return replacements, rows
+
+
+def frozen_note(frozen: list[str]) -> list[str]:
+    """The report note about BN layers left as they are."""
+    if not frozen:
+        return []
+    return [f"left as they are: BN layers with trainable=False ({', '.join(frozen)}); the model learned with "
+            "their stored statistics, in training mode too"]
+
+
 def repair_keras(path: str, data: str, input: str | None = None, batch_size: int = 256,
                  max_samples: int | None = None, method: str = "train", output: str | None = None,
                  in_place: bool = False, dry_run: bool = False, force: bool = False, report: str | None = None,
@@ -193,14 +316,9 @@ def repair_keras(path: str, data: str, input: str | None = None, batch_size: int
         A ``RepairReport``.
     """
     from .atomic import atomic_output
-    from .repairing import RepairReport, _layer_row, _Progress
+    from .repairing import RepairReport
 
-    if method not in ("train", "sequential"):
-        raise CkptDoctorError(f"--method must be train or sequential, received {method!r}")
-    if batch_size < 1:
-        raise CkptDoctorError(f"--batch-size must be at least 1, received {batch_size}")
-    if in_place and output:
-        raise CkptDoctorError("pass either --output or --in-place, not both")
+    check_options(method, batch_size, in_place, output)
     path = os.fspath(path)
     out_path = path if in_place else (output or default_output(path))
     if not dry_run and not in_place and os.path.exists(out_path) and not force:
@@ -233,88 +351,20 @@ def repair_keras(path: str, data: str, input: str | None = None, batch_size: int
         quiet.__enter__()
         warnings.simplefilter("ignore")  # Keras' UserWarnings would bury the report on stderr
         model = _load_model(K, legacy, path, unsafe)
-        bn_type = K.layers.BatchNormalization
-        all_bn = [layer for layer in model.layers if isinstance(layer, bn_type) or type(layer).__name__ in BN_CLASSES]
-        nested = [layer.name for layer in model.layers if hasattr(layer, "layers") and
-                  any(type(sub).__name__ in BN_CLASSES for sub in layer._flatten_layers())]
-        if nested:
-            raise UnsupportedFormatError(f"BN layers inside the nested model(s) {', '.join(nested)}: repair handles "
-                                         "BN layers of the top-level model only")
-        frozen = [layer.name for layer in all_bn if not layer.trainable]
-        bns = [layer for layer in all_bn if layer.trainable]
-        if not bns:
-            raise UnsupportedFormatError(f"{path} has no trainable BatchNormalization layer: nothing to repair")
+        bns, frozen = trainable_bn_layers(K, model, path)
         for layer in bns:
             if layer.name not in keys or "moving_mean" not in keys[layer.name].weights \
                     or "moving_variance" not in keys[layer.name].weights:
                 raise UnsupportedFormatError(f"the file does not store the moving statistics of BN layer {layer.name}")
-
-        if len(xs) != len(model.inputs):
-            raise UnsupportedFormatError(f"the loaded model has {len(model.inputs)} inputs, its config names {len(xs)}")
-        n = min(int(a.shape[0]) for a in xs)
-        if max_samples is not None:
-            if max_samples < 1:
-                raise BadDataError(f"--max-samples must be at least 1, received {max_samples}")
-            n = min(n, int(max_samples))
         names = model_inputs(config) or ["input"]
-        dtypes = []
-        for i, (t, a) in enumerate(zip(model.inputs, xs)):
-            dtype = t.dtype if isinstance(t.dtype, str) else t.dtype.name
-            dtypes.append(dtype)
-            check_data(a[:n] if n < a.shape[0] else a, f"{data} ({names[i] if i < len(names) else i})",
-                       list(t.shape), dtype)
-        try:
-            probe = K.Model(model.inputs, [layer.input for layer in bns])
-        except (ValueError, AttributeError) as e:
-            raise UnsupportedFormatError(f"cannot reach the inputs of the BN layers from the model inputs: {e}") from e
-
-        def batches():
-            for start in range(0, n, batch_size):
-                yield [np.asarray(a[start:start + batch_size]).astype(d, copy=False) for a, d in zip(xs, dtypes)]
-
-        channels = {layer.name: int(layer.moving_mean.shape[0]) for layer in bns}
-        axes = {layer.name: _layer_axis(layer) for layer in bns}
-        pooled = {layer.name: PooledMoments(channels[layer.name]) for layer in bns}
+        n, dtypes = check_model_inputs(model, xs, names, data, max_samples)
         stored = {}
         for layer in bns:
             for w in ("moving_mean", "moving_variance"):
                 key = keys[layer.name].weights[w]
                 stored[key] = reader.read(key)
-        steps = -(-n // batch_size)
-
-        def set_stats(layer):
-            p = pooled[layer.name]
-            layer.moving_mean.assign(p.mean.astype(np.dtype(_np_dtype(layer.moving_mean))))
-            layer.moving_variance.assign(p.variance.astype(np.dtype(_np_dtype(layer.moving_variance))))
-
-        if method == "train":
-            bar = _Progress(steps, progress, "repair")
-            for batch in batches():
-                outs = probe(batch, training=True)
-                outs = outs if isinstance(outs, (list, tuple)) else [outs]
-                for layer, value in zip(bns, outs):
-                    pooled[layer.name].add(*_moments(value, axes[layer.name], channels[layer.name]))
-                bar.step()
-        else:
-            bar = _Progress(steps * len(bns), progress, "repair")
-            for i, layer in enumerate(bns):
-                one = K.Model(model.inputs, layer.input)
-                for batch in batches():
-                    value = one(batch, training=False)
-                    pooled[layer.name].add(*_moments(value, axes[layer.name], channels[layer.name]))
-                    bar.step()
-                set_stats(layer)
-
-        replacements = {}
-        rows = []
-        for layer in bns:
-            w = keys[layer.name].weights
-            mm, mv = w["moving_mean"], w["moving_variance"]
-            replacements[mm] = pooled[layer.name].mean.astype(stored[mm].dtype)
-            replacements[mv] = pooled[layer.name].variance.astype(stored[mv].dtype)
-            spec = SimpleNamespace(layer=layer.name, moving_mean=mm, moving_variance=mv, gamma=w.get("gamma"),
-                                   beta=w.get("beta"), channels=channels[layer.name])
-            rows.append(_layer_row(spec, pooled[layer.name], stored, n, {}, {}))
+        pooled = recompute_bn_moments(K, model, bns, xs, dtypes, n, batch_size, method, progress)
+        replacements, rows = replacement_rows(bns, {name: k.weights for name, k in keys.items()}, pooled, stored, n)
 
         written = {"untouched": 0, "updated": 0}
         backup = None
@@ -334,10 +384,7 @@ def repair_keras(path: str, data: str, input: str | None = None, batch_size: int
             quiet.__exit__(None, None, None)
         reader.close()
 
-    notes = ["inference-vs-training gaps are not measured for Keras models"]
-    if frozen:
-        notes.append(f"left as they are: BN layers with trainable=False ({', '.join(frozen)}); the model learned with "
-                     "their stored statistics, in training mode too")
+    notes = ["inference-vs-training gaps are not measured for Keras models"] + frozen_note(frozen)
     result = RepairReport(
         checkpoint=path, graph=f"{path} (model config, {'tf-keras' if legacy else 'Keras 3'})", data=data,
         inputs=tuple(names), training_flag=None, method=method, batch_size=batch_size, samples=n,
