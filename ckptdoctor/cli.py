@@ -107,8 +107,9 @@ class Commands:
 
         Args:
             checkpoint: the checkpoint to repair (never modified, except with --in-place after verification),
-                or a Keras model (model.keras, a full legacy .h5).
-            data: X.npy, data.npz (keys = placeholder or Keras input names), or FILE.h5:dataset.
+                or a Keras model (model.keras, a full legacy .h5, a SavedModel directory written by tf-keras).
+            data: X.npy, data.npz (keys = placeholder or Keras input names), FILE.h5:dataset, or FILE.h5
+                (its top-level datasets, named like .npz keys).
             graph: the MetaGraphDef; default <prefix>.meta.
             input: the placeholder the data go to (default: the only float placeholder that fits).
             training: the boolean training switch (default: found from the BN layers).
@@ -152,6 +153,7 @@ class Commands:
             max_samples=None if max_samples is None else int(max_samples), method=str(method),
             output=None if output is None else str(output), in_place=bool(in_place), dry_run=bool(dry_run),
             force=bool(force), report=None if report is None else str(report), progress=bool(progress),
+            unsafe=bool(unsafe),
         )
         text = to_json(result.to_dict()) if format == "json" else render_repair(result)
         return Outcome(text, 0)

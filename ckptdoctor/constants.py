@@ -31,3 +31,10 @@ CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
 FUSED_BN_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
 ASSIGN_OPS = frozenset({"AssignSub", "AssignSubVariableOp", "Assign", "AssignVariableOp", "AssignMovingAvg"})
 SAVE_OPS = frozenset({"SaveV2", "Save", "SaveSlices"})
+
+#: SavedModel directories: the graph, tf-keras' model description, the variables bundle.
+SAVED_MODEL_PB = "saved_model.pb"
+KERAS_METADATA_PB = "keras_metadata.pb"
+SAVED_MODEL_VARIABLES = "variables/variables"
+#: tf-keras tracks the i-th layer of ``model.layers`` that has weights under this name.
+KERAS_LAYER_WITH_WEIGHTS = "layer_with_weights-{}"

@@ -169,7 +169,9 @@ def render_repair(report) -> str:
     for n in report.notes:
         lines.append(f"note: {n}")
     if report.output:
-        files = "" if os.path.isfile(report.output) else " (+ .index, .data, .meta)"  # a Keras file, or a prefix
+        # a Keras file, a SavedModel directory, or a prefix
+        files = "" if os.path.isfile(report.output) else "/" if os.path.isdir(report.output) \
+            else " (+ .index, .data, .meta)"
         lines.append(f"written: {report.output}{files}; verified: "
                      f"{report.untouched} tensors bit-identical, {report.updated} statistics as computed")
     if report.backup:

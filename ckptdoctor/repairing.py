@@ -100,7 +100,19 @@ def _tensor(graph, name: str, what: str):
 
 def _choose_inputs(graph, data: dict, input_name: str | None, exclude: set[str]):
     """Map each data array to the placeholder it feeds."""
-    if None not in data:  # .npz: keys are placeholder names
+    if None not in data:  # .npz or a bare .h5: keys are placeholder names
+        unknown = []
+        for key in data:
+            try:
+                graph.get_tensor_by_name(key if ":" in key else key + ":0")
+            except (KeyError, ValueError):
+                unknown.append(key)
+        if unknown:
+            floats = ", ".join(op.outputs[0].name for op in _placeholders(graph) if op.outputs[0].dtype.is_floating)
+            raise BadDataError(f"the data hold arrays named {', '.join(sorted(data))}, but the graph has no placeholder "
+                               f"named {', '.join(sorted(unknown))} (its floating placeholders: {floats or 'none'}): "
+                               "name each array after the placeholder it feeds, or pick one HDF5 dataset as "
+                               "FILE.h5:DATASET")
         return {_tensor(graph, key, "placeholder"): arr for key, arr in data.items()}
     array = data[None]
     if input_name:
@@ -211,7 +223,8 @@ def _order_layers(tracer, graph, layers):
 def repair(checkpoint: str, data: str, graph: str | None = None, input: str | None = None,
            training: str | None = None, feed=(), batch_size: int = 256, max_samples: int | None = None,
            method: str = "train", output: str | None = None, in_place: bool = False, dry_run: bool = False,
-           force: bool = False, report: str | None = None, progress: bool = False) -> RepairReport:
+           force: bool = False, report: str | None = None, progress: bool = False,
+           unsafe: bool = False) -> RepairReport:
     """Recompute every BN layer's moving mean and variance from data.
 
     With ``method="train"`` each batch runs in training mode, and each layer's
@@ -238,10 +251,25 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
         force: overwrite an existing output.
         report: an HDF5 path for per-layer before/after arrays.
         progress: show a progress bar on stderr (when it is a terminal).
+        unsafe: SavedModels written by tf-keras only: allow Lambda layers (their code runs).
+
+    A SavedModel directory written by tf-keras (``saved_model.pb`` + ``keras_metadata.pb``)
+    is repaired as a Keras model by ``savedmodel_repair.repair_saved_model``.
 
     Returns:
         A ``RepairReport``.
     """
+    from .savedmodel_repair import is_saved_model
+
+    if is_saved_model(os.fspath(checkpoint)):
+        from .savedmodel_repair import repair_saved_model
+
+        if graph or training or feed:
+            raise CkptDoctorError("--graph, --training and --feed are for TF1 checkpoints: a SavedModel brings its "
+                                  "own model; drop them")
+        return repair_saved_model(checkpoint, data, input=input, batch_size=batch_size, max_samples=max_samples,
+                                  method=method, output=output, in_place=in_place, dry_run=dry_run, force=force,
+                                  report=report, unsafe=unsafe, progress=progress)
     from .graph import _Tracer, describe_graph, load_graph
     from .tfcompat import import_tensorflow
     from .writer import ensure_writable, write_checkpoint
