@@ -1,6 +1,6 @@
 """tf-keras models with stale BN statistics saved as SavedModel directories (run in a subprocess).
 
-    python savedmodel_builders.py ROOT
+    python savedmodel_builders.py ROOT [KIND,...]
 
 Writes, with the models of ``keras_builders.py`` (trained a few steps, BN momentum 0.99):
 ROOT/dense/sm and ROOT/conv/sm (SavedModels), their X.npy and y.npy, and stats.npz: each
@@ -49,5 +49,5 @@ def build(kind, out):
 
 
 if __name__ == "__main__":
-    for kind in ("dense", "conv", "lambda", "multi"):
+    for kind in (sys.argv[2] if len(sys.argv) > 2 else "dense,conv,lambda,multi").split(","):
         build(kind, os.path.join(sys.argv[1], kind))
