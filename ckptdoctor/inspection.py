@@ -6,7 +6,6 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 
-from . import constants as C
 from .diagnose import (
     BNLayerStatus, Finding, bn_layers_from_names, diagnose_bn, diagnose_graph, role_from_name,
 )
@@ -93,6 +92,57 @@ def _summary(total_tensors, total_bytes, bn_layers, findings) -> dict:
         "infos": sum(f.severity == "info" for f in findings),
         "exit_code": 1 if any(f.severity == "error" for f in findings) else 0,
     }
+
+
+def list_tensors(reader, entries, *, stats: bool, pattern, role_of, in_graph_of,
+                 unreadable: dict) -> tuple[list[TensorReport], list[Finding]]:
+    """One ``TensorReport`` per entry (matching ``pattern``) and the ``non-finite`` findings.
+
+    Statistics are streamed one tensor at a time; a tensor whose bytes cannot be read
+    is added to ``unreadable`` (and reported by ``assemble_report``).
+    """
+    tensors, findings = [], []
+    for e in entries:
+        s = None
+        if e.name not in unreadable and stats and e.dtype in STATS_DTYPES:
+            try:
+                s = compute_stats(reader.iter_chunks(e.name))
+            except TensorReadError as err:
+                unreadable[e.name] = err
+        role = role_of(e.name)
+        if s is not None and (s.nan or s.inf) and role not in ("bn_moving_mean", "bn_moving_variance"):
+            findings.append(Finding(
+                "non-finite", "error", None, e.name,
+                f"{e.name} holds {s.nan} NaN and {s.inf} Inf values: training diverged before this was "
+                "saved; restore an earlier checkpoint or lower the learning rate",
+            ))
+        if pattern is not None and not pattern.search(e.name):
+            continue
+        tensors.append(TensorReport(
+            name=e.name, dtype=e.dtype, shape=tuple(e.shape), size=e.size, nbytes=e.nbytes,
+            min=s.min if s else None, max=s.max if s else None, mean=s.mean if s else None,
+            std=s.std if s else None, nan=s.nan if s else None, inf=s.inf if s else None,
+            in_graph=in_graph_of(e.name), role=role, object_path=e.object_path,
+        ))
+    return tensors, findings
+
+
+def assemble_report(*, checkpoint: str, format: str, graph: str | None, entries, tensors, bn_rows,
+                    findings: list, unreadable: dict, notes: list, stats: bool, resolved_from: str) -> InspectReport:
+    """The finished report: unreadable tensors become findings, findings are ordered, totals summed."""
+    findings = list(findings) + [Finding(err.code, "error", None, key, str(err))
+                                 for key, err in sorted(unreadable.items())]
+    if not stats:
+        notes = list(notes) + ["statistics not computed (--stats=False): NaN/Inf in weights not checked"]
+    total_bytes = sum(e.nbytes for e in entries)
+    order = {"error": 0, "warning": 1, "info": 2}
+    findings.sort(key=lambda f: (order[f.severity], f.code, f.layer or "", f.tensor or ""))
+    return InspectReport(
+        checkpoint=checkpoint, format=format, graph=graph, tensors=tuple(tensors), bn_layers=tuple(bn_rows),
+        findings=tuple(findings), notes=tuple(notes), resolved_from=resolved_from,
+        total_tensors=len(entries), total_bytes=total_bytes,
+        summary=_summary(len(entries), total_bytes, bn_rows, findings),
+    )
 
 
 def _graph_path(prefix: str, graph) -> str | None:
@@ -196,54 +246,16 @@ def inspect(checkpoint: str, graph: str | bool | None = None, stats: bool = True
                 if getattr(row, attr):
                     bn_role[getattr(row, attr)] = "bn_" + attr
 
-        tensors = []
-        for e in entries:
-            if e.name in unreadable:
-                s = None
-            elif stats and e.dtype in STATS_DTYPES:
-                try:
-                    s = compute_stats(reader.iter_chunks(e.name))
-                except TensorReadError as err:
-                    unreadable[e.name] = err
-                    s = None
-            else:
-                s = None
-            role = bn_role.get(e.name) or roles.get(e.name) or (
-                "other" if info is not None else role_from_name(e.name))
-            if s is not None and (s.nan or s.inf) and role not in ("bn_moving_mean", "bn_moving_variance"):
-                findings.append(Finding(
-                    "non-finite", "error", None, e.name,
-                    f"{e.name} holds {s.nan} NaN and {s.inf} Inf values: training diverged before this "
-                    "checkpoint was saved; restore an earlier checkpoint or lower the learning rate",
-                ))
-            if pattern is not None and not pattern.search(e.name):
-                continue
-            tensors.append(TensorReport(
-                name=e.name, dtype=e.dtype, shape=tuple(e.shape), size=e.size, nbytes=e.nbytes,
-                min=s.min if s else None, max=s.max if s else None, mean=s.mean if s else None,
-                std=s.std if s else None, nan=s.nan if s else None, inf=s.inf if s else None,
-                in_graph=(e.name in info.variables) if info is not None else None, role=role,
-                object_path=e.object_path,
-            ))
-        for key, err in sorted(unreadable.items()):
-            findings.append(Finding(err.code, "error", None, key, str(err)))
-        if not stats:
-            notes.append("statistics not computed (--stats=False): NaN/Inf in weights not checked")
-        total_bytes = sum(e.nbytes for e in entries)
-        order = {"error": 0, "warning": 1, "info": 2}
-        findings.sort(key=lambda f: (order[f.severity], f.code, f.layer or "", f.tensor or ""))
-        return InspectReport(
-            checkpoint=resolved.prefix,
-            format=reader.format,
-            graph=meta if info is not None else None,
-            tensors=tuple(tensors),
-            bn_layers=tuple(bn_rows),
-            findings=tuple(findings),
-            notes=tuple(notes),
-            resolved_from=resolved.how,
-            total_tensors=len(entries),
-            total_bytes=total_bytes,
-            summary=_summary(len(entries), total_bytes, bn_rows, findings),
+        tensors, listed = list_tensors(
+            reader, entries, stats=stats, pattern=pattern,
+            role_of=lambda n: bn_role.get(n) or roles.get(n) or ("other" if info is not None else role_from_name(n)),
+            in_graph_of=lambda n: (n in info.variables) if info is not None else None,
+            unreadable=unreadable,
+        )
+        return assemble_report(
+            checkpoint=resolved.prefix, format=reader.format, graph=meta if info is not None else None,
+            entries=entries, tensors=tensors, bn_rows=bn_rows, findings=findings + listed, unreadable=unreadable,
+            notes=notes, stats=stats, resolved_from=resolved.how,
         )
     finally:
         reader.close()

@@ -72,8 +72,7 @@ def _trained(reader, layout) -> bool | None:
 
 def inspect_keras(path: str, graph=None, stats: bool = True, match: str | None = None):
     """Inspect a Keras file; returns an ``InspectReport`` like ``inspection.inspect``."""
-    from .inspection import InspectReport, TensorReport, _summary
-    from .stats import STATS_DTYPES, compute_stats
+    from .inspection import assemble_report, list_tensors
 
     pattern = None
     if match:
@@ -169,44 +168,16 @@ def inspect_keras(path: str, graph=None, stats: bool = True, match: str | None =
                 "the config is the model that wrote these weights",
             ))
 
-        tensors = []
-        for e in entries:
-            s = None
-            if e.name not in unreadable and stats and e.dtype in STATS_DTYPES:
-                try:
-                    s = compute_stats(reader.iter_chunks(e.name))
-                except TensorReadError as err:
-                    unreadable[e.name] = err
-            role = layout.roles.get(e.name, "weight")
-            if s is not None and (s.nan or s.inf) and role not in ("bn_moving_mean", "bn_moving_variance"):
-                findings.append(Finding(
-                    "non-finite", "error", None, e.name,
-                    f"{e.name} holds {s.nan} NaN and {s.inf} Inf values: training diverged before this "
-                    "model was saved; restore an earlier one or lower the learning rate",
-                ))
-            if pattern is not None and not pattern.search(e.name):
-                continue
-            in_config = None
-            if config:
-                in_config = e.name in layout.config_keys or role in ("optimizer_slot", "step", "other")
-            tensors.append(TensorReport(
-                name=e.name, dtype=e.dtype, shape=tuple(e.shape), size=e.size, nbytes=e.nbytes,
-                min=s.min if s else None, max=s.max if s else None, mean=s.mean if s else None,
-                std=s.std if s else None, nan=s.nan if s else None, inf=s.inf if s else None,
-                in_graph=in_config, role=role,
-            ))
-        for key, err in sorted(unreadable.items()):
-            findings.append(Finding(err.code, "error", None, key, str(err)))
-        if not stats:
-            notes.append("statistics not computed (--stats=False): NaN/Inf in weights not checked")
-        total_bytes = sum(e.nbytes for e in entries)
-        order = {"error": 0, "warning": 1, "info": 2}
-        findings.sort(key=lambda f: (order[f.severity], f.code, f.layer or "", f.tensor or ""))
-        return InspectReport(
-            checkpoint=os.fspath(path), format=reader.format, graph=config_label,
-            tensors=tuple(tensors), bn_layers=tuple(bn_rows), findings=tuple(findings), notes=tuple(notes),
-            resolved_from=f"Keras file {path}", total_tensors=len(entries), total_bytes=total_bytes,
-            summary=_summary(len(entries), total_bytes, bn_rows, findings),
+        tensors, listed = list_tensors(
+            reader, entries, stats=stats, pattern=pattern, role_of=lambda n: layout.roles.get(n, "weight"),
+            in_graph_of=lambda n: (n in layout.config_keys or layout.roles.get(n, "weight") in
+                                   ("optimizer_slot", "step", "other")) if config else None,
+            unreadable=unreadable,
+        )
+        return assemble_report(
+            checkpoint=os.fspath(path), format=reader.format, graph=config_label, entries=entries,
+            tensors=tensors, bn_rows=bn_rows, findings=findings + listed, unreadable=unreadable, notes=notes,
+            stats=stats, resolved_from=f"Keras file {path}",
         )
     finally:
         reader.close()
