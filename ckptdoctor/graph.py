@@ -126,7 +126,7 @@ def load_graph(meta_path: str):
 # --------------------------------------------------------------------------- tracing
 
 
-class _Tracer:
+class GraphTracer:
     """Follows tensors through pass-through ops and into and out of functions.
 
     A *frame* is a tuple of ``(function_graph, caller_op)`` pairs, outermost first.
@@ -439,7 +439,7 @@ def analyze_graph(meta_path: str) -> GraphInfo:
 
 def describe_graph(graph, path: str) -> GraphInfo:
     """``analyze_graph`` on an already imported graph."""
-    tracer = _Tracer(graph)
+    tracer = GraphTracer(graph)
     saver_keys = _saver_keys(graph, tracer)
     has_saver = bool(saver_keys)
 

@@ -42,7 +42,7 @@ def default_output(path: str) -> str:
     return path + "-repaired"
 
 
-def _keras_module(version: str | None, fmt: str):
+def keras_module(version: str | None, fmt: str):
     """Keras 3 for files it wrote, tf-keras for Keras 2 files."""
     from .tfcompat import import_tensorflow
 
@@ -62,7 +62,7 @@ def _keras_module(version: str | None, fmt: str):
     return K, legacy
 
 
-def _load_model(K, legacy: bool, path: str, unsafe: bool):
+def load_keras_model(K, legacy: bool, path: str, unsafe: bool):
     try:
         if legacy:
             return K.models.load_model(path, compile=False, safe_mode=not unsafe)
@@ -91,7 +91,7 @@ def _moments(value, axis: int, channels: int):
     return x.shape[0], mean, np.square(x - mean).sum(axis=0)
 
 
-def _inputs(config, arrays: dict, data: str) -> list:
+def input_arrays(config, arrays: dict, data: str) -> list:
     """The data arrays in the order of the model's inputs (checked before Keras loads anything)."""
     names = model_inputs(config) or ["input"]
     if None in arrays:
@@ -237,7 +237,7 @@ def recompute_bn_moments(K, model, bns: list, xs: list, dtypes: list, n: int, ba
     statistics assigned (in memory only) before the next layer is measured. Batches
     are merged exactly by ``PooledMoments`` (population variance over all samples).
     """
-    from .repairing import _Progress
+    from .repairing import Progress
 
     try:
         probe = K.Model(model.inputs, [layer.input for layer in bns])
@@ -253,7 +253,7 @@ def recompute_bn_moments(K, model, bns: list, xs: list, dtypes: list, n: int, ba
     pooled = {layer.name: PooledMoments(channels[layer.name]) for layer in bns}
     steps = -(-n // batch_size)
     if method == "train":
-        bar = _Progress(steps, progress, "repair")
+        bar = Progress(steps, progress, "repair")
         for batch in batches():
             outs = probe(batch, training=True)
             outs = outs if isinstance(outs, (list, tuple)) else [outs]
@@ -261,7 +261,7 @@ def recompute_bn_moments(K, model, bns: list, xs: list, dtypes: list, n: int, ba
                 pooled[layer.name].add(*_moments(value, axes[layer.name], channels[layer.name]))
             bar.step()
         return pooled
-    bar = _Progress(steps * len(bns), progress, "repair")
+    bar = Progress(steps * len(bns), progress, "repair")
     for layer in bns:
         one = K.Model(model.inputs, layer.input)
         for batch in batches():
@@ -281,7 +281,7 @@ def replacement_rows(bns: list, weights: dict[str, dict], pooled: dict, stored: 
         weights: layer name -> {"moving_mean": key, "moving_variance": key, "gamma": key, "beta": key}.
         stored: key -> the stored value before repair.
     """
-    from .repairing import _layer_row
+    from .repairing import layer_row
 
     replacements, rows = {}, []
     for layer in bns:
@@ -291,7 +291,7 @@ def replacement_rows(bns: list, weights: dict[str, dict], pooled: dict, stored: 
         replacements[mv] = p.variance.astype(stored[mv].dtype)
         spec = SimpleNamespace(layer=layer.name, moving_mean=mm, moving_variance=mv, gamma=w.get("gamma"),
                                beta=w.get("beta"), channels=int(p.mean.shape[0]))
-        rows.append(_layer_row(spec, p, stored, n, {}, {}))
+        rows.append(layer_row(spec, p, stored, n, {}, {}))
     return replacements, rows
 
 
@@ -344,13 +344,13 @@ def repair_keras(path: str, data: str, input: str | None = None, batch_size: int
         arrays = load_data(data)
         if input and None in arrays:
             arrays = {input: arrays[None]}
-        xs = _inputs(config, arrays, data)
+        xs = input_arrays(config, arrays, data)
 
-        K, legacy = _keras_module(reader.keras_version, fmt)
+        K, legacy = keras_module(reader.keras_version, fmt)
         quiet = warnings.catch_warnings()
         quiet.__enter__()
         warnings.simplefilter("ignore")  # Keras' UserWarnings would bury the report on stderr
-        model = _load_model(K, legacy, path, unsafe)
+        model = load_keras_model(K, legacy, path, unsafe)
         bns, frozen = trainable_bn_layers(K, model, path)
         for layer in bns:
             if layer.name not in keys or "moving_mean" not in keys[layer.name].weights \

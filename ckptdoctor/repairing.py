@@ -196,7 +196,7 @@ def _batches(arrays: dict, n: int, batch_size: int):
             release_rows(a, start, stop)
 
 
-class _Progress:
+class Progress:
     def __init__(self, total: int, enabled: bool, label: str):
         self.total, self.enabled, self.label, self.done = total, enabled and sys.stderr.isatty() and total > 1, label, 0
 
@@ -270,7 +270,7 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
         return repair_saved_model(checkpoint, data, input=input, batch_size=batch_size, max_samples=max_samples,
                                   method=method, output=output, in_place=in_place, dry_run=dry_run, force=force,
                                   report=report, unsafe=unsafe, progress=progress)
-    from .graph import _Tracer, describe_graph, load_graph
+    from .graph import GraphTracer, describe_graph, load_graph
     from .tfcompat import import_tensorflow
     from .writer import ensure_writable, write_checkpoint
 
@@ -298,7 +298,7 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
     tf = import_tensorflow()
     g, _saver, _meta = load_graph(meta)
     info = describe_graph(g, meta)
-    tracer = _Tracer(g)
+    tracer = GraphTracer(g)
     layers = [layer for layer in info.bn_layers if layer.input_tensor and layer.moving_mean and layer.moving_variance]
     if not layers:
         raise GraphError(f"the graph {meta} has no batch-normalization layer whose input could be found: nothing to repair")
@@ -365,7 +365,7 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
             pooled = {layer.layer: PooledMoments(layer.channels) for layer in layers}
             batches = -(-n // batch_size)
             if method == "train":
-                bar = _Progress(batches, progress, "repair")
+                bar = Progress(batches, progress, "repair")
                 for _, _, batch in _batches(inputs, n, batch_size):
                     results = sess.run(moment_ops, mode_feed(batch, True))
                     for name, (count, mean, m2) in results.items():
@@ -373,7 +373,7 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
                     bar.step()
             else:
                 ordered = _order_layers(tracer, g, layers)
-                bar = _Progress(batches * len(ordered), progress, "repair")
+                bar = Progress(batches * len(ordered), progress, "repair")
                 for layer in ordered:
                     for _, _, batch in _batches(inputs, n, batch_size):
                         count, mean, m2 = sess.run(moment_ops[layer.layer], mode_feed(batch, False))
@@ -396,7 +396,7 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
 
         rows = []
         for layer in layers:
-            rows.append(_layer_row(layer, pooled[layer.layer], stored, n, gaps_before, gaps_after))
+            rows.append(layer_row(layer, pooled[layer.layer], stored, n, gaps_before, gaps_after))
 
         written = {"untouched": 0, "updated": 0, "backup": None}
         if not dry_run:
@@ -459,7 +459,7 @@ def _gaps(sess, outs, mode_feed, batch) -> dict[str, float]:
     return {name: float(np.max(np.abs(infer[name].astype(np.float64) - train[name]))) for name in outs}
 
 
-def _layer_row(layer, pooled, stored, n, gaps_before, gaps_after) -> LayerRepair:
+def layer_row(layer, pooled, stored, n, gaps_before, gaps_after) -> LayerRepair:
     mean_b = stored.get(layer.moving_mean)
     var_b = stored.get(layer.moving_variance)
     new_mean, new_var = pooled.mean, pooled.variance

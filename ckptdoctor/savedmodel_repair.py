@@ -33,7 +33,7 @@ from .constants import (KERAS_LAYER_WITH_WEIGHTS, KERAS_METADATA_PB, SAVED_MODEL
 from .data import load_data
 from .errors import CkptDoctorError, CorruptCheckpointError, OutputExistsError, UnsupportedFormatError
 from .keras_model import CODE_CLASSES, lambda_layers, model_inputs
-from .keras_repair import (_inputs, _keras_module, _load_model, check_model_inputs, check_options, frozen_note,
+from .keras_repair import (input_arrays, keras_module, load_keras_model, check_model_inputs, check_options, frozen_note,
                            recompute_bn_moments, replacement_rows, trainable_bn_layers)
 
 __all__ = ["is_saved_model", "read_keras_metadata", "repair_saved_model"]
@@ -179,7 +179,7 @@ def _write_directory(source: str, out: str, reader, replacements: dict, in_place
     one is in place; ``in_place`` keeps the input as ``<dir>.backup-<UTC time>``.
     """
     from .atomic import temporary_name
-    from .writer import _OWNER, _temporary_folder, clean_stale_temporaries, write_checkpoint
+    from .writer import OWNER_FILE, temporary_folder, clean_stale_temporaries, write_checkpoint
 
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
@@ -192,13 +192,13 @@ def _write_directory(source: str, out: str, reader, replacements: dict, in_place
         if os.path.exists(backup):
             raise OutputExistsError(f"{backup} exists: wait a second and run again, or move it away")
     clean_stale_temporaries(parent)
-    tmp = _temporary_folder(parent)
+    tmp = temporary_folder(parent)
     try:
         shutil.copymode(source, tmp)  # mkdtemp's 0700 is not the input's mode
         _copy_except_variables(source, tmp)
         written = write_checkpoint(reader, os.path.join(tmp, SAVED_MODEL_VARIABLES), replacements, meta_path=None)
-        _same_files(source, tmp, {_OWNER})
-        os.remove(os.path.join(tmp, _OWNER))
+        _same_files(source, tmp, {OWNER_FILE})
+        os.remove(os.path.join(tmp, OWNER_FILE))
         if in_place:
             os.rename(source, backup)
             os.rename(tmp, source)
@@ -260,15 +260,15 @@ def repair_saved_model(path: str, data: str, input: str | None = None, batch_siz
     arrays = load_data(data)
     if input and None in arrays:
         arrays = {input: arrays[None]}
-    xs = _inputs(config, arrays, data)
+    xs = input_arrays(config, arrays, data)
 
-    K, _legacy = _keras_module(version if version and version.startswith("2") else "2", "keras-saved-model")
+    K, _legacy = keras_module(version if version and version.startswith("2") else "2", "keras-saved-model")
     reader = BundleReader(prefix)
     quiet = warnings.catch_warnings()
     quiet.__enter__()
     try:
         warnings.simplefilter("ignore")  # Keras' UserWarnings would bury the report on stderr
-        model = _load_model(K, True, path, unsafe)
+        model = load_keras_model(K, True, path, unsafe)
         bns, frozen = trainable_bn_layers(K, model, path)
         keys = _bundle_keys(model, bns, reader)  # before recompute_bn_moments assigns anything
         names = model_inputs(config) or ["input"]

@@ -27,7 +27,8 @@ import numpy as np
 from .atomic import TMP_MARK
 from .errors import CkptDoctorError, OutputExistsError
 
-__all__ = ["checkpoint_files", "ensure_writable", "write_checkpoint", "backup_checkpoint", "clean_stale_temporaries"]
+__all__ = ["checkpoint_files", "ensure_writable", "write_checkpoint", "backup_checkpoint", "clean_stale_temporaries",
+           "temporary_folder", "OWNER_FILE"]
 
 
 def checkpoint_files(prefix: str) -> list[str]:
@@ -57,12 +58,12 @@ def ensure_writable(prefix: str, force: bool) -> None:
                 os.remove(leftover)
 
 
-_OWNER = "owner.pid"
+OWNER_FILE = "owner.pid"
 
 
 def _owner_alive(path: str) -> bool:
     try:
-        with open(os.path.join(path, _OWNER)) as f:
+        with open(os.path.join(path, OWNER_FILE)) as f:
             pid = int(f.read().strip())
     except (OSError, ValueError):
         return False
@@ -85,9 +86,10 @@ def clean_stale_temporaries(directory: str) -> list[str]:
     return removed
 
 
-def _temporary_folder(directory: str) -> str:
+def temporary_folder(directory: str) -> str:
+    """A hidden ``.ckptdoctor-tmp-*`` folder in ``directory`` that names its writer's pid."""
     path = tempfile.mkdtemp(prefix=TMP_MARK, dir=directory)
-    with open(os.path.join(path, _OWNER), "w") as f:
+    with open(os.path.join(path, OWNER_FILE), "w") as f:
         f.write(str(os.getpid()))
     return path
 
@@ -133,7 +135,7 @@ def write_checkpoint(source, output: str, replacements: dict[str, np.ndarray], m
     directory = os.path.dirname(os.path.abspath(output))
     base = os.path.basename(output)
     clean_stale_temporaries(directory)
-    tmpdir = _temporary_folder(directory)
+    tmpdir = temporary_folder(directory)
     try:
         tmp_prefix = os.path.join(tmpdir, base)
         entries = [e for e in source.entries()]
