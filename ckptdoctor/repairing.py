@@ -344,9 +344,10 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
                 if key in entries:
                     stored[key] = source.read(key)
 
+        key_vars = _variables_by_key(g, info)
         with g.as_default():
             moment_ops = {layer.layer: _moment_ops(tf, xs[layer.layer], layer.channels, layer.axis) for layer in layers}
-        key_vars = _variables_by_key(g, info)
+            loader = _StatLoader(tf, key_vars, layers)
         with tf.compat.v1.Session(graph=g) as sess:
             _restore(tf, g, sess, key_vars, entries, resolved.prefix)
             first = next(_batches(inputs, n, batch_size))[2]
@@ -379,7 +380,7 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
                         count, mean, m2 = sess.run(moment_ops[layer.layer], mode_feed(batch, False))
                         pooled[layer.layer].add(count, mean, m2)
                         bar.step()
-                    _load(sess, key_vars, layer, pooled[layer.layer], info)
+                    loader.load(sess, {layer.layer: pooled[layer.layer]})
 
             replacements = {}
             for layer in layers:
@@ -390,8 +391,7 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
                     else np.float32
                 replacements[layer.moving_variance] = pooled[layer.layer].variance.astype(dtype)
             if method == "train":
-                for layer in layers:
-                    _load(sess, key_vars, layer, pooled[layer.layer], info)
+                loader.load(sess, pooled)
             gaps_after = _gaps(sess, outs, mode_feed, first) if flag is not None else {}
 
         rows = []
@@ -445,10 +445,32 @@ def _restore(tf, graph, sess, key_vars, entries, prefix) -> None:
                 raise GraphError(f"TensorFlow cannot restore {prefix} into the graph: {str(e).splitlines()[0]}") from e
 
 
-def _load(sess, key_vars, layer, pooled: PooledMoments, info) -> None:
-    for key, value in ((layer.moving_mean, pooled.mean), (layer.moving_variance, pooled.variance)):
-        for var in key_vars.get(key, []):
-            var.load(value.astype(var.dtype.base_dtype.as_numpy_dtype), sess)
+class _StatLoader:
+    """Assign ops for every BN layer's moving statistics, built once before the session runs.
+
+    ``Variable.load`` would add a new assign op to the graph at each call, and the
+    session would re-extend its graph every time.
+    """
+
+    def __init__(self, tf, key_vars, layers):
+        self._ops: dict[str, list] = {}
+        for layer in layers:
+            ops = []
+            for key, which in ((layer.moving_mean, "mean"), (layer.moving_variance, "variance")):
+                for var in key_vars.get(key, []):
+                    value = tf.compat.v1.placeholder(var.dtype.base_dtype, var.shape)
+                    ops.append((which, value, tf.compat.v1.assign(var, value).op))
+            self._ops[layer.layer] = ops
+
+    def load(self, sess, pooled: dict) -> None:
+        """Assign the pooled statistics of the given layers (``{layer: PooledMoments}``) in one run."""
+        feed, fetch = {}, []
+        for name, moments in pooled.items():
+            for which, value, op in self._ops[name]:
+                feed[value] = getattr(moments, which).astype(value.dtype.as_numpy_dtype)
+                fetch.append(op)
+        if fetch:
+            sess.run(fetch, feed)
 
 
 def _gaps(sess, outs, mode_feed, batch) -> dict[str, float]:
