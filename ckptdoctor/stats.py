@@ -23,6 +23,11 @@ STATS_DTYPES = frozenset(
 )
 
 
+#: The one-pass M2 is kept only while sum(x^2) <= this many times M2 (mean^2 <= 3 variances):
+#: its relative error is about float64 epsilon times that ratio.
+_MAX_CANCELLATION = 4.0
+
+
 @dataclass(frozen=True)
 class TensorStats:
     """Statistics of a tensor's values.
@@ -68,13 +73,22 @@ def compute_stats(chunks: Iterable[np.ndarray]) -> TensorStats:
                 continue
             cmin, cmax = chunk.min(), chunk.max()
         n = chunk.size
-        if scratch.size < n:
-            scratch = np.empty(n, np.float64)
-        values = scratch[:n]
-        np.copyto(values, chunk, casting="unsafe")
-        cmean = float(values.mean())
-        np.subtract(values, cmean, out=values)
-        cm2 = float(np.dot(values, values))
+        # One pass for the sum and one for the sum of squares, both accumulated in
+        # float64 without a float64 copy of the chunk. M2 = sum(x^2) - n*mean^2 cancels
+        # when the mean is large against the spread, so then the exact two-pass route
+        # (centre in float64, then square) is taken instead.
+        s1 = float(np.add.reduce(chunk, dtype=np.float64))
+        cmean = s1 / n
+        s2 = float(np.einsum("i,i->", chunk, chunk, dtype=np.float64))
+        cm2 = s2 - n * cmean * cmean
+        if not cm2 * _MAX_CANCELLATION >= s2:
+            if scratch.size < n:
+                scratch = np.empty(n, np.float64)
+            values = scratch[:n]
+            np.copyto(values, chunk, casting="unsafe")
+            cmean = float(values.mean())
+            np.subtract(values, cmean, out=values)
+            cm2 = float(np.dot(values, values))
         lo = min(lo, float(cmin))
         hi = max(hi, float(cmax))
         total = count + n

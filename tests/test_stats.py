@@ -11,9 +11,14 @@ def chunks(a, n):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.uint8, np.float16])
 @pytest.mark.parametrize("chunk", [1, 7, 1000, 10 ** 6])
-def test_stats_equal_numpy_in_float64_for_any_chunking(dtype, chunk):
+@pytest.mark.parametrize("offset", [20.0, 0.5, 0.0], ids=["large-mean", "mean-near-spread", "centred"])
+def test_stats_equal_numpy_in_float64_for_any_chunking(dtype, chunk, offset):
+    # The mean, in units of the spread, decides between the one-pass and the two-pass M2.
     rng = np.random.RandomState(0)
-    a = (rng.randn(37, 29) * 50 + 1000).astype(dtype)
+    if np.dtype(dtype).kind == "f":
+        a = ((rng.randn(37, 29) + offset) * 50).astype(dtype)
+    else:
+        a = (rng.randint(0, 60, size=(37, 29)) + int(offset * 10)).astype(dtype)
     s = compute_stats(chunks(a, chunk))
     ref = a.astype(np.float64)
     assert s.min == ref.min() and s.max == ref.max()
