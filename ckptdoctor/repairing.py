@@ -361,7 +361,9 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
                 return d
 
             outs = {layer.layer: g.get_tensor_by_name(layer.output_tensor) for layer in layers if layer.output_tensor}
-            gaps_before = _gaps(sess, outs, mode_feed, first) if flag is not None else {}
+            # Training mode never reads the moving statistics: its outputs serve before and after.
+            train_outs = sess.run(outs, mode_feed(first, True)) if flag is not None and outs else {}
+            gaps_before = _gaps(sess, outs, mode_feed, first, train_outs)
 
             pooled = {layer.layer: PooledMoments(layer.channels) for layer in layers}
             batches = -(-n // batch_size)
@@ -392,7 +394,7 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
                 replacements[layer.moving_variance] = pooled[layer.layer].variance.astype(dtype)
             if method == "train":
                 loader.load(sess, pooled)
-            gaps_after = _gaps(sess, outs, mode_feed, first) if flag is not None else {}
+            gaps_after = _gaps(sess, outs, mode_feed, first, train_outs)
 
         rows = []
         for layer in layers:
@@ -473,12 +475,12 @@ class _StatLoader:
             sess.run(fetch, feed)
 
 
-def _gaps(sess, outs, mode_feed, batch) -> dict[str, float]:
-    if not outs:
+def _gaps(sess, outs, mode_feed, batch, train_outs) -> dict[str, float]:
+    """Largest |inference-mode - training-mode| output of each BN layer on ``batch``."""
+    if not train_outs:
         return {}
     infer = sess.run(outs, mode_feed(batch, False))
-    train = sess.run(outs, mode_feed(batch, True))
-    return {name: float(np.max(np.abs(infer[name].astype(np.float64) - train[name]))) for name in outs}
+    return {name: float(np.max(np.abs(infer[name].astype(np.float64) - train_outs[name]))) for name in outs}
 
 
 def layer_row(layer, pooled, stored, n, gaps_before, gaps_after) -> LayerRepair:

@@ -88,7 +88,8 @@ def compute_stats(chunks: Iterable[np.ndarray]) -> TensorStats:
             np.copyto(values, chunk, casting="unsafe")
             cmean = float(values.mean())
             np.subtract(values, cmean, out=values)
-            cm2 = float(np.dot(values, values))
+            np.square(values, out=values)  # not np.dot: multithreaded BLAS is slow on small busy machines
+            cm2 = float(values.sum())
         lo = min(lo, float(cmin))
         hi = max(hi, float(cmax))
         total = count + n
