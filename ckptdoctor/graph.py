@@ -136,6 +136,7 @@ class GraphTracer:
         self.graph = graph
         self._library = {f.signature.name: f for f in graph.as_graph_def().library.function}
         self._funcs: dict[str, object] = {}
+        self._worth: dict[str, bool] = {}
 
     def function_graph(self, name: str):
         if name not in self._funcs:
@@ -169,9 +170,33 @@ class GraphTracer:
             yield op, frame
             if op.type in C.IF_OPS or op.type in C.CALL_OPS:
                 for name in self.branches(op):
+                    if not self._worth_walking(name):
+                        continue
                     fg = self.function_graph(name)
                     if fg is not None and all(fg is not f for f, _ in frame):
                         yield from self.walk(fg, frame + ((fg, op),))
+
+    def _worth_walking(self, name: str) -> bool:
+        """Whether a function (or one it calls) holds an op the analysis looks for.
+
+        Rebuilding a function graph is the costly part of the analysis; functions made
+        of other ops (gradients, say) are read from their FunctionDef and skipped.
+        """
+        if name not in self._worth:
+            self._worth[name] = False  # guards against recursion
+            fdef = self._library.get(name)
+            wanted = C.FUSED_BN_OPS | C.ASSIGN_OPS | {"Rsqrt"}
+            found = False
+            for node in fdef.node_def if fdef is not None else ():
+                if node.op in wanted:
+                    found = True
+                elif node.op in C.IF_OPS or node.op in C.CALL_OPS:
+                    found = any(self._worth_walking(attr.func.name) for attr in node.attr.values()
+                                if attr.HasField("func"))
+                if found:
+                    break
+            self._worth[name] = found
+        return self._worth[name]
 
     def outer(self, tensor, frame):
         """The same value as a tensor of an enclosing graph, as far out as it goes."""

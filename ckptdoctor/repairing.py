@@ -433,13 +433,17 @@ def _variables_by_key(graph, info) -> dict[str, list]:
 
 
 def _restore(tf, graph, sess, key_vars, entries, prefix) -> None:
-    """Initialise every variable, then restore those the checkpoint holds."""
+    """Restore the variables the checkpoint holds; the others get their initializers."""
     with graph.as_default():
-        sess.run(tf.compat.v1.global_variables_initializer())
         var_list = {}
+        missing = []
         for key, variables in key_vars.items():
             if key in entries:
                 var_list[key] = variables if len(variables) > 1 else variables[0]
+            else:
+                missing.extend(variables)
+        if missing:
+            sess.run(tf.compat.v1.variables_initializer(missing))
         if var_list:
             try:
                 tf.compat.v1.train.Saver(var_list=var_list).restore(sess, prefix)
