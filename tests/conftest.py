@@ -88,3 +88,18 @@ def tf_reader_values(prefix: str) -> dict:
 
     reader = tf.train.load_checkpoint(prefix)
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+# Runs the real CLI with TensorFlow made unimportable (a None entry in sys.modules makes
+# every `import tensorflow` raise ImportError) and reports whether anything loaded it.
+_NO_TF = (
+    "import sys; sys.modules['tensorflow'] = None; "
+    "from ckptdoctor.cli import main; code = main(sys.argv[1:]); "
+    "sys.stderr.write('TF_LOADED=%s\\n' % any(m.startswith('tensorflow.') for m in sys.modules)); sys.exit(code)"
+)
+
+
+def run_cli_without_tf(*args) -> subprocess.CompletedProcess:
+    """``ckptdoctor ARGS`` in a process where TensorFlow cannot be imported."""
+    return subprocess.run([sys.executable, "-c", _NO_TF, *map(str, args)], capture_output=True, text=True,
+                          timeout=300)

@@ -955,3 +955,35 @@ def test_reader_never_imports_tensorflow():
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+@pytest.mark.parametrize("which", ["dtype_ckpt", "tf1_ckpt"])
+def test_cli_without_tensorflow_matches_tf_names_dtypes_shapes_and_numpy_stats(which, request):
+    """The acceptance check of the TF-free reader: a dtype zoo and a sharded, partitioned TF1 checkpoint."""
+    import json
+
+    import tensorflow as tf
+
+    from conftest import run_cli_without_tf
+
+    prefix = request.getfixturevalue(which)
+    proc = run_cli_without_tf("inspect", prefix, "--format", "json", "--graph=False")
+    assert proc.returncode in (0, 1) and "TF_LOADED=False" in proc.stderr, proc.stderr
+    doc = json.loads(proc.stdout)
+    reader = tf.train.load_checkpoint(prefix)
+    dtypes = reader.get_variable_to_dtype_map()
+    shapes = reader.get_variable_to_shape_map()
+    assert {t["name"] for t in doc["tensors"]} == set(shapes)
+    for t in doc["tensors"]:
+        assert t["dtype"] == dtypes[t["name"]].name and t["shape"] == list(shapes[t["name"]]), t["name"]
+        if t["mean"] is None or t["dtype"] in ("variant", "string"):
+            continue
+        v = np.asarray(reader.get_tensor(t["name"]))
+        v = v.astype(np.float32) if v.dtype.kind not in "fiub" else v
+        finite = v[np.isfinite(v)] if v.dtype.kind == "f" else v
+        ref = finite.astype(np.float64).ravel()
+        assert t["min"] == ref.min() and t["max"] == ref.max(), t["name"]
+        assert t["mean"] == pytest.approx(ref.mean(), rel=1e-9, abs=1e-12), t["name"]
+        assert t["std"] == pytest.approx(ref.std(), rel=1e-6, abs=1e-12), t["name"]
+        if v.dtype.kind == "f":
+            assert t["nan"] == int(np.isnan(v).sum()) and t["inf"] == int(np.isinf(v).sum())

@@ -1,26 +1,13 @@
 """inspect, diff and report never import TensorFlow; without it, inspect says the graph was not checked."""
 
 import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-from conftest import tf_reader_values
-
-# Runs the real CLI with TensorFlow made unimportable (a None entry in sys.modules makes
-# every `import tensorflow` raise ImportError) and reports whether anything loaded it.
-WRAPPER = (
-    "import sys; sys.modules['tensorflow'] = None; "
-    "from ckptdoctor.cli import main; code = main(sys.argv[1:]); "
-    "sys.stderr.write('TF_LOADED=%s\\n' % any(m.startswith('tensorflow.') for m in sys.modules)); sys.exit(code)"
-)
-
+from conftest import run_cli_without_tf, tf_reader_values
 
 def run_without_tf(*args):
-    return subprocess.run([sys.executable, "-c", WRAPPER, *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+    return run_cli_without_tf(*args)
 
 
 def test_inspect_json_without_tensorflow_matches_tf_reader(build):
