@@ -28,6 +28,7 @@ import numpy as np
 from .data import check_data, load_data
 from .errors import BadDataError, CkptDoctorError, OutputExistsError, UnsupportedFormatError
 from .estimator import PooledMoments
+from .repairing import check_options
 from .keras_inspect import open_keras_reader
 from .keras_model import BN_CLASSES, describe_keras_file, lambda_layers, model_inputs
 
@@ -178,16 +179,6 @@ def _same_config_bytes(source: str, written: str, fmt: str) -> None:
                 raise CkptDoctorError(f"verification failed: {info.filename} changed; nothing was kept")
         if CONFIG_MEMBER not in b.namelist():
             raise CkptDoctorError("verification failed: the written archive has no config; nothing was kept")
-
-
-def check_options(method: str, batch_size: int, in_place: bool, output: str | None) -> None:
-    """The option checks every repair makes before reading anything."""
-    if method not in ("train", "sequential"):
-        raise CkptDoctorError(f"--method must be train or sequential, received {method!r}")
-    if batch_size < 1:
-        raise CkptDoctorError(f"--batch-size must be at least 1, received {batch_size}")
-    if in_place and output:
-        raise CkptDoctorError("pass either --output or --in-place, not both")
 
 
 def trainable_bn_layers(K, model, path: str) -> tuple[list, list[str]]:

@@ -81,6 +81,16 @@ class RepairReport:
 # --------------------------------------------------------------------------- feeding
 
 
+def check_options(method: str, batch_size: int, in_place: bool, output: str | None) -> None:
+    """The option checks every repair (graph, Keras, SavedModel) makes before reading anything."""
+    if method not in ("train", "sequential"):
+        raise CkptDoctorError(f"--method must be train or sequential, received {method!r}")
+    if batch_size < 1:
+        raise CkptDoctorError(f"--batch-size must be at least 1, received {batch_size}")
+    if in_place and output:
+        raise CkptDoctorError("pass either --output or --in-place, not both")
+
+
 def _placeholders(graph):
     return [op for op in graph.get_operations() if op.type in ("Placeholder", "PlaceholderWithDefault")]
 
@@ -274,12 +284,7 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
     from .tfcompat import import_tensorflow
     from .writer import ensure_writable, write_checkpoint
 
-    if method not in ("train", "sequential"):
-        raise CkptDoctorError(f"--method must be train or sequential, received {method!r}")
-    if batch_size < 1:
-        raise CkptDoctorError(f"--batch-size must be at least 1, received {batch_size}")
-    if in_place and output:
-        raise CkptDoctorError("pass either --output or --in-place, not both")
+    check_options(method, batch_size, in_place, output)
     resolved = resolve_checkpoint(checkpoint)
     if resolved.kind != "v2":
         raise CkptDoctorError(f"{resolved.prefix} is not a V2 checkpoint: repair writes V2 checkpoints only")

@@ -33,8 +33,9 @@ from .constants import (KERAS_LAYER_WITH_WEIGHTS, KERAS_METADATA_PB, SAVED_MODEL
 from .data import load_data
 from .errors import CkptDoctorError, CorruptCheckpointError, OutputExistsError, UnsupportedFormatError
 from .keras_model import CODE_CLASSES, lambda_layers, model_inputs
-from .keras_repair import (input_arrays, keras_module, load_keras_model, check_model_inputs, check_options, frozen_note,
+from .keras_repair import (check_model_inputs, frozen_note, input_arrays, keras_module, load_keras_model,
                            recompute_bn_moments, replacement_rows, trainable_bn_layers)
+from .repairing import check_options
 
 __all__ = ["is_saved_model", "read_keras_metadata", "repair_saved_model"]
 
