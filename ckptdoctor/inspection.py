@@ -94,6 +94,16 @@ def _summary(total_tensors, total_bytes, bn_layers, findings) -> dict:
     }
 
 
+def compile_match(match: str | None):
+    """The compiled ``--match`` pattern, or None when no pattern was given."""
+    if not match:
+        return None
+    try:
+        return re.compile(match)
+    except re.error as e:
+        raise CkptDoctorError(f"--match {match!r} is not a regular expression: {e}") from e
+
+
 def list_tensors(reader, entries, *, stats: bool, pattern, role_of, in_graph_of,
                  unreadable: dict) -> tuple[list[TensorReport], list[Finding]]:
     """One ``TensorReport`` per entry (matching ``pattern``) and the ``non-finite`` findings.
@@ -180,12 +190,7 @@ def inspect(checkpoint: str, graph: str | bool | None = None, stats: bool = True
 
         return inspect_keras(checkpoint, graph=graph, stats=stats, match=match)
     resolved = resolve_checkpoint(checkpoint)
-    pattern = None
-    if match:
-        try:
-            pattern = re.compile(match)
-        except re.error as e:
-            raise CkptDoctorError(f"--match {match!r} is not a regular expression: {e}") from e
+    pattern = compile_match(match)
     meta = _graph_path(resolved.prefix, graph)
     notes: list[str] = []
     info = None

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import numpy as np
 
 from .diagnose import Finding, diagnose_bn
-from .errors import CkptDoctorError, GraphError, TensorReadError
+from .errors import GraphError, TensorReadError
 from .keras_model import describe_keras_file, lambda_layers
 
 __all__ = ["is_keras_file", "open_keras_reader", "inspect_keras", "FROZEN_CODE"]
@@ -72,14 +71,9 @@ def _trained(reader, layout) -> bool | None:
 
 def inspect_keras(path: str, graph=None, stats: bool = True, match: str | None = None):
     """Inspect a Keras file; returns an ``InspectReport`` like ``inspection.inspect``."""
-    from .inspection import assemble_report, list_tensors
+    from .inspection import assemble_report, compile_match, list_tensors
 
-    pattern = None
-    if match:
-        try:
-            pattern = re.compile(match)
-        except re.error as e:
-            raise CkptDoctorError(f"--match {match!r} is not a regular expression: {e}") from e
+    pattern = compile_match(match)
     reader = open_keras_reader(path)
     try:
         config = reader.model_config
