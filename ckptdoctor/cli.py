@@ -81,11 +81,11 @@ class Commands:
         return _render_inspect(read_report(str(path)), _fmt(format))
 
     def diff(self, a: str, b: str, format: str = "table"):
-        """Compare two checkpoints: tensors only in one, and dtype, shape or value differences.
+        """Compare two checkpoints or Keras files: tensors only in one, dtype, shape or value differences.
 
         Args:
-            a: first checkpoint.
-            b: second checkpoint.
+            a: first checkpoint (prefix, folder, SavedModel) or Keras file (.keras, .weights.h5, .h5).
+            b: second one; two Keras files with model configs also differ when their configs do.
             format: table or json.
 
         Exit code: 0 identical, 1 different, 2 error.

@@ -38,3 +38,5 @@ KERAS_METADATA_PB = "keras_metadata.pb"
 SAVED_MODEL_VARIABLES = "variables/variables"
 #: tf-keras tracks the i-th layer of ``model.layers`` that has weights under this name.
 KERAS_LAYER_WITH_WEIGHTS = "layer_with_weights-{}"
+#: A legacy full-model ``.h5`` keeps its layers' weights under this group (``save_weights`` files at the root).
+KERAS_LEGACY_WEIGHTS_ROOT = "model_weights/"

@@ -1,11 +1,22 @@
-"""``diff``: which tensors two checkpoints do not share, and which differ in dtype, shape or value."""
+"""``diff``: which tensors two checkpoints do not share, and which differ in dtype, shape or value.
+
+Both sides may be any checkpoint ``inspect`` reads: a TF1/TF2 checkpoint or SavedModel
+directory, or a Keras file (``.keras``, ``.weights.h5``, legacy ``.h5``). Keras tensors
+are matched by their HDF5 path, where a legacy full model's ``model_weights/`` prefix
+is ignored, so a full ``.h5`` compares with the ``save_weights`` file of the same model;
+reports name each tensor as side a stores it (side b for tensors only in b).
+When both sides carry a model config, a different config makes the files differ too.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from os import fspath as os_fspath
+
 import numpy as np
 
+from .constants import KERAS_LEGACY_WEIGHTS_ROOT
 from .readers import open_reader
 from .resolve import resolve_checkpoint
 
@@ -41,10 +52,13 @@ class DiffReport:
     only_in_b: tuple[str, ...]
     changed: tuple[TensorDiff, ...]
     compared: int
+    #: True/False when both sides carry a Keras model config; None otherwise.
+    config_changed: bool | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def identical(self) -> bool:
-        return not (self.only_in_a or self.only_in_b or self.changed)
+        return not (self.only_in_a or self.only_in_b or self.changed or self.config_changed)
 
     @property
     def exit_code(self) -> int:
@@ -55,7 +69,7 @@ class DiffReport:
             "a": self.a, "b": self.b, "identical": self.identical,
             "only_in_a": list(self.only_in_a), "only_in_b": list(self.only_in_b),
             "changed": [dict(asdict(c), shape_a=list(c.shape_a), shape_b=list(c.shape_b)) for c in self.changed],
-            "compared": self.compared,
+            "compared": self.compared, "config_changed": self.config_changed, "notes": list(self.notes),
         }
 
 
@@ -81,30 +95,76 @@ def _value_diff(x: np.ndarray, y: np.ndarray) -> tuple[float, float] | None:
     return max_abs, float(np.nanmax(rel))
 
 
-def diff(a: str, b: str) -> DiffReport:
-    """Compare two checkpoints tensor by tensor (one pair of tensors in memory at a time)."""
-    ra, rb = resolve_checkpoint(a), resolve_checkpoint(b)
-    reader_a = open_reader(ra)
-    try:
-        reader_b = open_reader(rb)
+class _Side:
+    """One side of a diff: its reader, the label shown, and how its names are matched."""
+
+    def __init__(self, path: str):
+        from .keras_inspect import is_keras_file, open_keras_reader
+
+        path = os_fspath(path)
+        self.keras = is_keras_file(path)
+        if self.keras:
+            self.reader = open_keras_reader(path)
+            self.label = path
+            self.config = self.reader.model_config
+            self.layout = self.reader.layout
+        else:
+            resolved = resolve_checkpoint(path)
+            self.reader = open_reader(resolved)
+            self.label = resolved.prefix
+            self.config = None
+            self.layout = None
         try:
-            ea = {e.name: e for e in reader_a.entries()}
-            eb = {e.name: e for e in reader_b.entries()}
+            self.entries = {self._key(e.name): e for e in self.reader.entries()}
+        except Exception:
+            self.reader.close()
+            raise
+
+    def _key(self, name: str) -> str:
+        if self.layout == "legacy" and name.startswith(KERAS_LEGACY_WEIGHTS_ROOT):
+            return name[len(KERAS_LEGACY_WEIGHTS_ROOT):]
+        return name
+
+    def read(self, key: str):
+        return self.reader.read(self.entries[key].name)
+
+
+def _layout_note(sa: _Side, sb: _Side) -> list[str]:
+    if sa.keras != sb.keras:
+        return ["one side is a Keras file and the other a TensorFlow checkpoint: their tensor names do not match"]
+    if sa.keras and sa.layout != sb.layout:
+        return [f"the Keras files use different weight layouts ({sa.layout} and {sb.layout}): tensor names "
+                "do not match; save both with the same Keras"]
+    return []
+
+
+def diff(a: str, b: str) -> DiffReport:
+    """Compare two checkpoints or Keras files tensor by tensor (one pair of tensors in memory at a time)."""
+    side_a = _Side(a)
+    try:
+        side_b = _Side(b)
+        try:
+            ea, eb = side_a.entries, side_b.entries
             changed = []
             both = sorted(set(ea) & set(eb))
             for name in both:
                 x, y = ea[name], eb[name]
                 if x.dtype != y.dtype:
-                    changed.append(TensorDiff(name, "dtype", x.dtype, y.dtype, x.shape, y.shape))
+                    changed.append(TensorDiff(x.name, "dtype", x.dtype, y.dtype, x.shape, y.shape))
                 elif tuple(x.shape) != tuple(y.shape):
-                    changed.append(TensorDiff(name, "shape", x.dtype, y.dtype, x.shape, y.shape))
+                    changed.append(TensorDiff(x.name, "shape", x.dtype, y.dtype, x.shape, y.shape))
                 elif x.dtype != "variant":
-                    d = _value_diff(reader_a.read(name), reader_b.read(name))
+                    d = _value_diff(side_a.read(name), side_b.read(name))
                     if d is not None:
-                        changed.append(TensorDiff(name, "value", x.dtype, y.dtype, x.shape, y.shape, *d))
-            return DiffReport(ra.prefix, rb.prefix, tuple(sorted(set(ea) - set(eb))),
-                              tuple(sorted(set(eb) - set(ea))), tuple(changed), len(both))
+                        changed.append(TensorDiff(x.name, "value", x.dtype, y.dtype, x.shape, y.shape, *d))
+            config_changed = None
+            if side_a.config and side_b.config:
+                config_changed = side_a.config != side_b.config
+            # Names as each side stores them (a legacy full model keeps its model_weights/ prefix).
+            return DiffReport(side_a.label, side_b.label, tuple(sorted(ea[k].name for k in set(ea) - set(eb))),
+                              tuple(sorted(eb[k].name for k in set(eb) - set(ea))), tuple(changed), len(both),
+                              config_changed=config_changed, notes=tuple(_layout_note(side_a, side_b)))
         finally:
-            reader_b.close()
+            side_b.reader.close()
     finally:
-        reader_a.close()
+        side_a.reader.close()

@@ -122,6 +122,11 @@ def render_inspect(report) -> str:
 def render_diff(report) -> str:
     """The readable diff report."""
     lines = [f"a: {report.a}", f"b: {report.b}", ""]
+    lines.extend(f"note: {n}" for n in report.notes)
+    if report.config_changed is not None:
+        lines.append("model config: " + ("DIFFERENT" if report.config_changed else "same"))
+    if lines[-1]:
+        lines.append("")
     if report.identical:
         lines.append(f"identical: {report.compared} tensors, same dtypes, shapes and values")
         return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""``diff`` of Keras files: .keras archives, Keras 3 .weights.h5, legacy full .h5 and save_weights .h5.
+
+The files are written by Keras 3 and by tf-keras in two parallel subprocesses; the
+expected differences are computed here with h5py and numpy over the same datasets.
+"""
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import run_cli, run_cli_without_tf
+
+# Writes a.{keras|h5} and its save_weights file, b.* (the same model trained one more
+# step) and renamed.* (the same weights, one layer renamed in the config).
+_BUILD = r"""
+import os, sys
+which, out = sys.argv[1], sys.argv[2]
+if which == "tfkeras":
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import tf_keras as K
+    ext, weights = ".h5", "a-weights.h5"
+else:
+    import keras as K
+    ext, weights = ".keras", "a.weights.h5"
+import numpy as np
+K.utils.set_random_seed(0)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(64, 5)).astype("float32") * 2 + 1
+y = x[:, :1] * 3
+
+def model(name):
+    inp = K.Input((5,), name="x")
+    h = K.layers.BatchNormalization(name="bn")(K.layers.Dense(4, name="d1")(inp))
+    return K.Model(inp, K.layers.Dense(1, name=name)(h))
+
+m = model("head")
+m.compile(optimizer=K.optimizers.Adam(0.01), loss="mse")
+m.fit(x, y, epochs=1, batch_size=32, verbose=0)
+m.save(os.path.join(out, "a" + ext))
+m.save_weights(os.path.join(out, weights))
+r = model("head2")
+r.compile(optimizer=K.optimizers.Adam(0.01), loss="mse")
+r.fit(x[:1], y[:1], epochs=1, verbose=0)  # optimizer variables of the same shapes
+r.set_weights(m.get_weights())
+r.save(os.path.join(out, "renamed" + ext))
+m.fit(x, y, epochs=1, batch_size=64, verbose=0)
+m.save(os.path.join(out, "b" + ext))
+"""
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("diffkeras")
+    procs = {}
+    for which in ("keras3", "tfkeras"):
+        (root / which).mkdir()
+        procs[which] = subprocess.Popen([sys.executable, "-c", _BUILD, which, str(root / which)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for which, p in procs.items():
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    return {w: root / w for w in procs}
+
+
+def datasets(path) -> dict:
+    out = {}
+
+    def visit(f):
+        f.visititems(lambda n, o: out.__setitem__(n, np.asarray(o[()])) if isinstance(o, h5py.Dataset) else None)
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z, z.open("model.weights.h5") as member, h5py.File(member, "r") as f:
+            visit(f)
+    else:
+        with h5py.File(path, "r") as f:
+            visit(f)
+    return out
+
+
+def diff_json(a, b):
+    proc = run_cli("diff", a, b, "--format", "json")
+    return proc.returncode, json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("which,ext", [("keras3", ".keras"), ("tfkeras", ".h5")])
+def test_identical_and_retrained_files(files, which, ext):
+    a, b = files[which] / f"a{ext}", files[which] / f"b{ext}"
+    code, doc = diff_json(a, a)
+    assert code == 0 and doc["identical"] and doc["config_changed"] is False
+    assert doc["compared"] == len(datasets(a))
+
+    code, doc = diff_json(a, b)
+    assert code == 1 and not doc["identical"] and doc["config_changed"] is False
+    da, db = datasets(a), datasets(b)
+    assert doc["compared"] == len(set(da) & set(db))
+    want = {n for n in set(da) & set(db) if not np.array_equal(da[n], db[n])}
+    changed = {c["name"]: c for c in doc["changed"]}
+    assert set(changed) == want and want  # every weight that moved, and nothing else
+    for name, c in changed.items():
+        assert c["what"] == "value"
+        expected = np.abs(da[name].astype(np.float64) - db[name].astype(np.float64)).max()
+        assert c["max_abs_diff"] == pytest.approx(expected)
+    assert any("moving_mean" in n or n.endswith("vars/2") for n in changed)  # BN statistics moved too
+
+
+@pytest.mark.parametrize("which,full,weights", [("keras3", "a.keras", "a.weights.h5"),
+                                                ("tfkeras", "a.h5", "a-weights.h5")])
+def test_full_model_against_its_save_weights_file(files, which, full, weights):
+    code, doc = diff_json(files[which] / full, files[which] / weights)
+    # Same weights under the same names (a legacy full model's model_weights/ prefix ignored).
+    # tf-keras' save_weights leaves the optimizer state out: only that is one-sided. Keras 3's
+    # save_weights keeps it, so the two files are identical.
+    assert doc["changed"] == [] and doc["only_in_b"] == []
+    assert doc["compared"] == len(datasets(files[which] / weights)) > 0
+    assert all(n.split("/")[0] == "optimizer_weights" for n in doc["only_in_a"])
+    assert bool(doc["only_in_a"]) == (which == "tfkeras")
+    assert doc["config_changed"] is None and code == (1 if which == "tfkeras" else 0)
+
+
+@pytest.mark.parametrize("which,ext", [("keras3", ".keras"), ("tfkeras", ".h5")])
+def test_a_different_config_makes_files_differ(files, which, ext):
+    code, doc = diff_json(files[which] / f"a{ext}", files[which] / f"renamed{ext}")
+    assert doc["config_changed"] is True and code == 1
+    table = run_cli("diff", files[which] / f"a{ext}", files[which] / f"renamed{ext}").stdout
+    assert "model config: DIFFERENT" in table
+
+
+def test_keras3_against_legacy_layout_says_names_cannot_match(files):
+    code, doc = diff_json(files["keras3"] / "a.keras", files["tfkeras"] / "a.h5")
+    assert code == 1 and doc["compared"] == 0
+    assert any("different weight layouts" in n for n in doc["notes"])
+
+
+def test_keras_diff_never_imports_tensorflow(files):
+    proc = run_cli_without_tf("diff", files["keras3"] / "a.keras", files["keras3"] / "b.keras")
+    assert proc.returncode == 1 and "TF_LOADED=False" in proc.stderr and "DIFFERENT" in proc.stdout
