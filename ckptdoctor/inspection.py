@@ -189,6 +189,13 @@ def inspect(checkpoint: str, graph: str | bool | None = None, stats: bool = True
         from .keras_inspect import inspect_keras
 
         return inspect_keras(checkpoint, graph=graph, stats=stats, match=match)
+    from .savedmodel_inspect import is_saved_model_dir
+
+    if graph in (None, True) and is_saved_model_dir(os.fspath(checkpoint)):
+        # saved_model.pb plays the graph's part; --graph False lists the bundle alone.
+        from .savedmodel_inspect import inspect_saved_model
+
+        return inspect_saved_model(checkpoint, stats=stats, match=match)
     resolved = resolve_checkpoint(checkpoint)
     pattern = compile_match(match)
     meta = _graph_path(resolved.prefix, graph)

@@ -1,0 +1,422 @@
+"""``inspect`` for SavedModel directories: the ``variables/`` bundle checked against ``saved_model.pb``.
+
+A SavedModel holds two object graphs written together: the ``SavedObjectGraph`` in
+``saved_model.pb`` (every object, and for variables their name, dtype, shape and
+``trainable`` flag) and the bundle's own ``_CHECKPOINTABLE_OBJECT_GRAPH`` (which
+bundle key holds which object's value). Both are read without TensorFlow.
+
+How a bundle key is matched to its ``SavedVariable``: every object gets the path of
+its breadth-first shortest route from the root over ``children`` edges, in stored
+order (TensorFlow's own rule for checkpoint keys); a slot variable the path of its
+variable, ``.OPTIMIZER_SLOT``, the optimizer's path and the slot name. The same walk
+is done in the bundle's object graph, and the key recorded there for the object at
+the same path (its ``VARIABLE_VALUE`` attribute) is the variable's key. Node ids are
+never assumed to agree between the two graphs. Without an object graph in the
+bundle, the key is built from the path (``.`` escaped as ``..``, ``/`` as ``.S``).
+
+BN layers come from, in order of preference:
+
+1. ``keras_metadata.pb`` (tf-keras ``model.save``): every layer node whose class is
+   ``BatchNormalization`` or ``SyncBatchNormalization``, named as the layer is, with
+   its ``gamma``/``beta``/``moving_mean``/``moving_variance`` children;
+2. the variables' names otherwise (Keras 3 ``model.export``, ``tf.saved_model.save``
+   of a ``tf.Module`` or subclassed model): variables named ``<scope>/moving_mean``,
+   ``<scope>/moving_variance``, ``<scope>/gamma``, ``<scope>/beta`` form layer
+   ``<scope>`` (a moving statistic is needed to count: gamma and beta alone are a
+   ``LayerNormalization``; optimizer variables are skipped).
+
+Variables the SavedModel declares but the bundle lacks are ``missing-in-checkpoint``
+(severity by ``trainable``, as for TF1 graphs); bundle tensors no object of the
+SavedModel owns are ``unexpected-in-checkpoint``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from dataclasses import dataclass, replace
+
+from .constants import OPTIMIZER_SLOT_PATTERN
+from .diagnose import Finding, diagnose_bn, diagnose_graph, logical_name, role_from_name
+from .errors import CorruptCheckpointError, TensorReadError
+from .readers.protowire import WireFormatError, decode_object_graph, iter_fields
+from .readers.saved_model_pb import SavedNode, read_saved_object_graph
+
+__all__ = ["SavedModelVariable", "SavedModelLayout", "is_saved_model_dir", "describe_saved_model",
+           "inspect_saved_model"]
+
+SAVED_MODEL_PB = "saved_model.pb"
+KERAS_METADATA_PB = "keras_metadata.pb"
+VARIABLES_PREFIX = os.path.join("variables", "variables")
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+VARIABLE_VALUE = "VARIABLE_VALUE"
+VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+ATTRIBUTES_SEGMENT = "/.ATTRIBUTES/"
+OPTIMIZER_SLOT = ".OPTIMIZER_SLOT"
+#: tf-keras layer classes (``keras_metadata.pb``) that are batch normalization.
+BN_CLASSES = frozenset({"BatchNormalization", "SyncBatchNormalization", "BatchNormalizationV1",
+                        "BatchNormalizationV2"})
+BN_WEIGHTS = ("moving_mean", "moving_variance", "gamma", "beta")
+
+
+@dataclass(frozen=True)
+class SavedModelVariable:
+    """A variable the SavedModel declares, and the bundle key that holds (or should hold) it.
+
+    ``shape`` is None when the SavedModel leaves a dimension or the rank unknown.
+    """
+
+    key: str
+    name: str
+    dtype: str
+    shape: tuple[int, ...] | None
+    trainable: bool
+    object_path: str
+    slot: bool = False
+
+
+@dataclass(frozen=True)
+class SavedModelLayout:
+    """What ``saved_model.pb`` (and ``keras_metadata.pb``) say about a bundle.
+
+    Attributes:
+        variables: bundle key -> the variable stored there, in breadth-first order.
+        owned: other bundle keys an object of the SavedModel saves (``PYTHON_STATE``,
+            lookup tables).
+        bn_layers: layer dicts for ``diagnose_bn`` (``layer``, the four keys, ``channels``).
+        bn_source: ``keras_metadata.pb`` or ``variable names``.
+        notes: what the reader could not verify.
+    """
+
+    variables: dict
+    owned: frozenset
+    bn_layers: tuple
+    bn_source: str
+    notes: tuple
+
+
+def is_saved_model_dir(path: str) -> bool:
+    """A directory holding ``saved_model.pb``."""
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, SAVED_MODEL_PB))
+
+
+def _escape(local_name: str) -> str:
+    return local_name.replace(".", "..").replace("/", ".S")
+
+
+def _paths(children, slots, n: int) -> list[tuple[str, ...] | None]:
+    """Each node's breadth-first shortest path of local names (ties: first edge in stored order).
+
+    ``children(i)`` gives ``(node_id, local_name)`` edges; ``slots(i)`` the slot
+    references of node ``i``. A slot variable's path is its variable's path,
+    ``.OPTIMIZER_SLOT``, the optimizer's path and the slot name.
+    """
+    paths: list[tuple[str, ...] | None] = [None] * n
+    if n == 0:
+        return paths
+    paths[0] = ()
+    queue = deque([0])
+    while queue:
+        i = queue.popleft()
+        for child, name in children(i):
+            if 0 <= child < n and paths[child] is None:
+                paths[child] = paths[i] + (name,)  # type: ignore[operator]
+                queue.append(child)
+    for owner in range(n):
+        if paths[owner] is None:
+            continue
+        for var_id, slot_name, slot_id in slots(owner):
+            if 0 <= var_id < n and 0 <= slot_id < n and paths[var_id] is not None and paths[slot_id] is None:
+                paths[slot_id] = paths[var_id] + (OPTIMIZER_SLOT,) + paths[owner] + (slot_name,)  # type: ignore
+    return paths
+
+
+def _key_of(path: tuple[str, ...]) -> str:
+    return "/".join(s if s == OPTIMIZER_SLOT else _escape(s) for s in path) + VALUE_SUFFIX
+
+
+def _readable(path: tuple[str, ...]) -> str:
+    return "/".join(path)
+
+
+def _keras_bn_layers(directory: str, nodes: list[SavedNode], key_of_node: dict[int, str]) -> list[dict] | None:
+    """BN layers named by ``keras_metadata.pb``, or None when there is no such file.
+
+    ``keras_metadata.pb`` is a ``SavedMetadata``: repeated nodes (field 1) with
+    ``node_id`` (2, the SavedModel object graph's node), ``node_path`` (3,
+    ``root.layer_with_weights-1``) and a JSON ``metadata`` (5) naming the class and
+    the layer. The node is found by walking ``node_path``'s names from the root;
+    ``node_id`` is used only when the walk fails.
+    """
+    file = os.path.join(directory, KERAS_METADATA_PB)
+    if not os.path.isfile(file):
+        return None
+    try:
+        with open(file, "rb") as f:
+            buf = f.read()
+    except OSError as e:
+        raise CorruptCheckpointError(f"cannot read {file}: {e.strerror or e}") from e
+    layers = []
+    try:
+        for field, _w, raw in iter_fields(buf):
+            if field != 1 or not isinstance(raw, bytes):
+                continue
+            node_id, node_path, meta = None, "", {}
+            for f, _w2, v in iter_fields(raw):
+                if f == 2 and isinstance(v, int):
+                    node_id = v
+                elif f == 3 and isinstance(v, bytes):
+                    node_path = v.decode("utf-8", "replace")
+                elif f == 5 and isinstance(v, bytes):
+                    meta = json.loads(v.decode("utf-8") or "{}")
+            if not isinstance(meta, dict) or meta.get("class_name") not in BN_CLASSES:
+                continue
+            target = _walk(nodes, node_path.split(".")[1:]) if node_path.startswith("root") else None
+            if target is None and node_id is not None and 0 <= node_id < len(nodes):
+                target = node_id
+            if target is None:
+                continue
+            children = dict((name, child) for child, name in reversed(nodes[target].children))
+            layer = {"layer": meta.get("name") or node_path, "channels": None}
+            for weight in BN_WEIGHTS:
+                child = children.get(weight)
+                layer[weight] = key_of_node.get(child) if child is not None else None
+                variable = nodes[child].variable if child is not None else None
+                if weight == "moving_mean" and variable is not None and variable.shape and variable.shape[-1] >= 0:
+                    layer["channels"] = variable.shape[-1]
+            layers.append(layer)
+    except (WireFormatError, UnicodeDecodeError, ValueError) as e:
+        raise CorruptCheckpointError(
+            f"{file} is not a readable keras_metadata.pb ({e}): move it away to inspect the SavedModel without it"
+        ) from e
+    return layers
+
+
+def _walk(nodes: list[SavedNode], names: list[str]) -> int | None:
+    node = 0
+    for name in names:
+        for child, local in nodes[node].children:
+            if local == name:
+                node = child
+                break
+        else:
+            return None
+    return node
+
+
+def _named_bn_layers(variables: dict) -> list[dict]:
+    """BN layers from variable names: ``<scope>/moving_mean`` etc., first variable of a name wins.
+
+    A layer needs a moving statistic: the SavedModel declares every variable its
+    objects track, so a BN layer always has them, and gamma and beta alone are a
+    ``LayerNormalization``. Optimizer variables (``Adam/m/bn/gamma``) are skipped.
+    """
+    layers: dict[str, dict] = {}
+    for key, var in variables.items():
+        if var.slot or OPTIMIZER_SLOT_PATTERN.search(key):
+            continue
+        name = var.name[:-2] if var.name.endswith(":0") else var.name
+        if "/" not in name:
+            continue
+        scope, leaf = name.rsplit("/", 1)
+        if leaf in BN_WEIGHTS:
+            layer = layers.setdefault(scope, {"layer": scope})
+            if leaf not in layer:
+                layer[leaf] = key
+                if leaf == "moving_mean" and var.shape:
+                    layer["channels"] = var.shape[-1]
+    return [
+        {"moving_mean": None, "moving_variance": None, "gamma": None, "beta": None, "channels": None, **layer}
+        for _scope, layer in sorted(layers.items())
+        if "moving_mean" in layer or "moving_variance" in layer
+    ]
+
+
+def describe_saved_model(directory: str, reader) -> SavedModelLayout:
+    """Match the bundle's keys to the variables ``saved_model.pb`` declares, and find the BN layers.
+
+    Args:
+        directory: the SavedModel directory.
+        reader: a ``BundleReader`` of its ``variables/variables``.
+
+    Raises:
+        CorruptCheckpointError: ``saved_model.pb`` or ``keras_metadata.pb`` is unreadable.
+    """
+    from .readers.bundle import _dtype_name
+
+    pb = os.path.join(directory, SAVED_MODEL_PB)
+    nodes = read_saved_object_graph(pb)
+    notes: list[str] = []
+    if nodes is None:
+        return SavedModelLayout({}, frozenset(), (), "", (
+            f"{pb} has no object graph (a TF1 SavedModel): variables not cross-referenced",))
+    keys = {e.name for e in reader.entries()}
+
+    # The bundle's own object graph says which key holds the object at each path.
+    bundle_key_at: dict[tuple[str, ...], str] = {}
+    attribute_keys_at: dict[tuple[str, ...], list[str]] = {}
+    if OBJECT_GRAPH_KEY in keys:
+        try:
+            value = reader.read(OBJECT_GRAPH_KEY)
+            bundle_nodes = decode_object_graph(value.reshape(-1)[0])
+        except (TensorReadError, WireFormatError, IndexError, AttributeError, TypeError) as e:
+            bundle_nodes = []
+            notes.append(f"the bundle's object graph is unusable ({e}): keys built from saved_model.pb's paths")
+        bpaths = _paths(lambda i: bundle_nodes[i].children, lambda i: bundle_nodes[i].slot_variables,
+                        len(bundle_nodes))
+        for i, path in enumerate(bpaths):
+            if path is None:
+                continue
+            for attr_name, _full, ckey in bundle_nodes[i].attributes:
+                if attr_name == VARIABLE_VALUE:
+                    bundle_key_at[path] = ckey
+                else:
+                    attribute_keys_at.setdefault(path, []).append(ckey)
+    else:
+        notes.append("the bundle has no object graph: keys built from saved_model.pb's paths")
+
+    paths = _paths(lambda i: nodes[i].children, lambda i: nodes[i].slot_variables, len(nodes))
+    slot_ids = {slot for node in nodes for _v, _s, slot in node.slot_variables}
+    order = sorted((p is None, len(p or ()), i) for i, p in enumerate(paths))
+    variables: dict[str, SavedModelVariable] = {}
+    key_of_node: dict[int, str] = {}
+    owned: set[str] = set()
+    for _unreached, _depth, i in order:
+        path, node = paths[i], nodes[i]
+        if path is None:
+            continue
+        if node.variable is None:
+            owned.update(attribute_keys_at.get(path, ()))
+            continue
+        key = bundle_key_at.get(path) or _key_of(path)
+        key_of_node[i] = key
+        if key in variables:
+            continue
+        v = node.variable
+        shape = v.shape if v.shape is not None and all(d >= 0 for d in v.shape) else None
+        variables[key] = SavedModelVariable(key, v.name, _dtype_name(v.dtype), shape, v.trainable,
+                                            _readable(path), i in slot_ids)
+    # Legacy multi-tensor saveables record a prefix; the bundle keys extend it.
+    for key in keys - set(variables) - owned:
+        marker = key.find(ATTRIBUTES_SEGMENT)
+        if marker >= 0 and any(key.startswith(k) for k in owned if k.find(ATTRIBUTES_SEGMENT) == marker):
+            owned.add(key)
+
+    bn = _keras_bn_layers(directory, nodes, key_of_node)
+    source = KERAS_METADATA_PB
+    if bn is None:
+        bn, source = _named_bn_layers(variables), "variable names"
+    return SavedModelLayout(variables, frozenset(owned), tuple(bn), source, tuple(notes))
+
+
+_UPDATE_HINT = ("the update ops (UPDATE_OPS) never ran during training; run them with the train op "
+                "(tf.control_dependencies(update_ops))")
+_SAVER_HINT = "save with a Saver over all global variables (not only the trainable ones)"
+
+
+def _savedmodel_findings(findings: list[Finding], variables: dict, label: str) -> list[Finding]:
+    """The findings of ``diagnose_bn``/``diagnose_graph`` with SavedModel wording."""
+    out = []
+    for f in findings:
+        message = f.message.replace("the graph's", f"{SAVED_MODEL_PB}'s").replace(
+            _UPDATE_HINT, "they were never updated (the layer never ran in training mode, or the model "
+                          "was saved before training); train with it in training mode before saving"
+        ).replace(_SAVER_HINT, "save the model again (model.save / model.export / tf.saved_model.save) so "
+                               "that variables/ holds every variable")
+        var = variables.get(f.tensor or "")
+        if f.code == "missing-in-checkpoint" and var is not None:
+            what = message.split("(", 1)[1].split(")", 1)[0] if "(" in message else ""
+            message = (f"the SavedModel declares variable {var.name} ({var.object_path}), stored as {f.tensor}, "
+                       f"but {label} lacks it ({what}): save the model again")
+        elif f.code == "unexpected-in-checkpoint":
+            message = (f"{label} holds {f.tensor}, which no object of saved_model.pb owns: it is ignored on "
+                       "load; check that variables/ belongs to this saved_model.pb")
+        elif f.code in ("shape-mismatch", "dtype-mismatch"):
+            message = message.replace("the graph expects", "saved_model.pb declares").replace(
+                "pass the matching --graph", "variables/ belongs to another saved_model.pb")
+        out.append(replace(f, message=message) if message != f.message else f)
+    return out
+
+
+def inspect_saved_model(directory: str, stats: bool = True, match: str | None = None):
+    """Inspect a SavedModel directory; returns an ``InspectReport`` like ``inspection.inspect``.
+
+    The tensors listed are the bundle's (names as stored); the BN layers and
+    cross-reference findings come from ``saved_model.pb`` (and ``keras_metadata.pb``).
+    """
+    from .inspection import assemble_report, compile_match, list_tensors
+    from .readers import open_reader
+    from .resolve import resolve_checkpoint
+
+    directory = os.fspath(directory)
+    pattern = compile_match(match)
+    resolved = resolve_checkpoint(directory)
+    reader = open_reader(resolved)
+    try:
+        layout = describe_saved_model(directory, reader)
+        entries = reader.entries()
+        by_key = {e.name: e for e in entries}
+        pb = os.path.join(directory, SAVED_MODEL_PB)
+        graph_label = pb + (f" + {KERAS_METADATA_PB}" if layout.bn_source == KERAS_METADATA_PB else "")
+        notes = list(layout.notes)
+        if not layout.variables and not layout.bn_layers:
+            from .diagnose import bn_layers_from_names
+
+            bn_specs = bn_layers_from_names(list(by_key))
+            graph_label = None
+        else:
+            bn_specs = [dict(layer) for layer in layout.bn_layers]
+            notes.append(f"BN layers found by {'layer class in ' if layout.bn_source == KERAS_METADATA_PB else ''}"
+                         f"{layout.bn_source}; {len(layout.variables)} variables declared by {SAVED_MODEL_PB}")
+        unreadable: dict[str, TensorReadError] = {}
+        stat_keys = {s[k] for s in bn_specs for k in ("moving_mean", "moving_variance") if s.get(k)}
+        values = {}
+        for key in sorted(stat_keys & set(by_key)):
+            try:
+                values[key] = reader.read(key)
+            except TensorReadError as e:
+                unreadable[key] = e
+        findings: list[Finding] = []
+        bn_rows = []
+        for spec in bn_specs:
+            row, layer_findings = diagnose_bn(spec, set(by_key), values, from_graph=graph_label is not None)
+            bn_rows.append(row)
+            findings.extend(layer_findings)
+
+        bn_role = {getattr(r, a): "bn_" + a for r in bn_rows for a in BN_WEIGHTS if getattr(r, a)}
+        roles = {}
+        for key in by_key:
+            var = layout.variables.get(key)
+            role = bn_role.get(key) or role_from_name(key)
+            if role == "weight" and var is not None:
+                role = role_from_name(var.name + VALUE_SUFFIX)
+                if var.slot:
+                    role = "optimizer_slot"
+            roles[key] = "other" if key == OBJECT_GRAPH_KEY else role
+        if layout.variables:
+            checked = {k: e for k, e in by_key.items() if k not in layout.owned}
+            findings.extend(diagnose_graph(layout.variables, checked, roles, stat_keys, None, ()))
+        findings = _savedmodel_findings(findings, layout.variables, f"{os.path.join(directory, VARIABLES_PREFIX)}")
+
+        def object_path(entry):
+            var = layout.variables.get(entry.name)
+            path = entry.object_path or (var.object_path if var else None)
+            if var is not None and var.name and var.name != logical_name(path or ""):
+                return f"{path} ({var.name})" if path else var.name
+            return path
+
+        entries_shown = [replace(e, object_path=object_path(e)) for e in entries]
+        tensors, listed = list_tensors(
+            reader, entries_shown, stats=stats, pattern=pattern, role_of=lambda n: roles.get(n, "other"),
+            in_graph_of=(lambda n: None if n == OBJECT_GRAPH_KEY else (n in layout.variables or n in layout.owned))
+            if layout.variables else (lambda n: None),
+            unreadable=unreadable,
+        )
+        return assemble_report(
+            checkpoint=resolved.prefix, format="tf-saved-model", graph=graph_label, entries=entries,
+            tensors=tensors, bn_rows=bn_rows, findings=findings + listed, unreadable=unreadable, notes=notes,
+            stats=stats, resolved_from=resolved.how,
+        )
+    finally:
+        reader.close()

@@ -1,0 +1,119 @@
+"""SavedModel directories of every kind ``inspect`` reads (run in a subprocess, one per Keras).
+
+    python savedmodel_inspect_builders.py {tfkeras,keras3} ROOT
+
+tfkeras (TF_USE_LEGACY_KERAS=1) writes:
+  ROOT/functional   tf-keras Functional model, BN layers ``bn_a`` and ``bn_b``, trained a few
+                    steps, ``model.save(dir, save_format="tf")`` (has keras_metadata.pb)
+  ROOT/untrained    the same architecture never trained: statistics at their initial values
+  ROOT/subclassed   a subclassed tf-keras model (BN layers ``norm_in``, ``norm_out``), trained,
+                    written by ``tf.saved_model.save`` (no keras_metadata.pb)
+  ROOT/module       a ``tf.Module`` with hand-made BN variables ``block/{gamma,beta,moving_mean,
+                    moving_variance}`` (trained values), written by ``tf.saved_model.save``
+  ROOT/stripped     ROOT/functional whose bundle was rewritten by ``SaveV2`` without layer
+                    ``bn_b``'s moving mean and variance (a damaged copy)
+keras3 writes:
+  ROOT/export       a Keras 3 model (BN layers ``bn_x``, ``bn_y``), trained, ``model.export(dir)``
+"""
+
+import os
+import shutil
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if sys.argv[1] == "tfkeras":
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+
+import numpy as np  # noqa: E402
+
+RNG = np.random.default_rng(3)
+X = (RNG.normal(size=(128, 6)) * 3 + 2).astype("float32")
+Y = (X[:, :1] * 0.5).astype("float32")
+
+
+def functional(K, train):
+    L = K.layers
+    inp = K.Input((6,), name="features")
+    h = L.BatchNormalization(name="bn_a")(L.Dense(8, name="dense_a")(inp))
+    h = L.Activation("relu")(h)
+    h = L.BatchNormalization(name="bn_b")(L.Dense(4, name="dense_b")(h))
+    model = K.Model(inp, L.Dense(1, name="head")(h))
+    model.compile(optimizer="adam", loss="mse")
+    if train:
+        model.fit(X, Y, batch_size=32, epochs=2, verbose=0)
+    return model
+
+
+def build_tfkeras(root):
+    import tensorflow as tf
+    import tf_keras as K
+
+    K.utils.set_random_seed(0)
+    functional(K, train=True).save(os.path.join(root, "functional"), save_format="tf")
+    functional(K, train=False).save(os.path.join(root, "untrained"), save_format="tf")
+
+    class Subclassed(K.Model):
+        def __init__(self):
+            super().__init__()
+            self.norm_in = K.layers.BatchNormalization(name="norm_in")
+            self.hidden = K.layers.Dense(5, name="hidden")
+            self.norm_out = K.layers.BatchNormalization(name="norm_out")
+            self.head = K.layers.Dense(1, name="head")
+
+        def call(self, x, training=False):
+            h = self.norm_out(self.hidden(self.norm_in(x, training=training)), training=training)
+            return self.head(h)
+
+    sub = Subclassed()
+    sub.compile(optimizer="adam", loss="mse")
+    sub.fit(X, Y, batch_size=32, epochs=2, verbose=0)
+    sub(X[:2])
+    tf.saved_model.save(sub, os.path.join(root, "subclassed"))
+
+    class Block(tf.Module):
+        def __init__(self):
+            super().__init__(name="block_module")
+            with tf.name_scope("block"):
+                self.gamma = tf.Variable(tf.ones([3]), name="gamma")
+                self.beta = tf.Variable(tf.zeros([3]), name="beta")
+                self.moving_mean = tf.Variable([0.5, -1.0, 2.0], name="moving_mean", trainable=False)
+                self.moving_variance = tf.Variable([1.5, 0.25, 3.0], name="moving_variance", trainable=False)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        def __call__(self, x):
+            return tf.nn.batch_normalization(x, self.moving_mean, self.moving_variance, self.beta, self.gamma, 1e-3)
+
+    tf.saved_model.save(Block(), os.path.join(root, "module"))
+
+    # A damaged copy: bn_b's moving statistics deleted from the bundle, everything else as written.
+    src, dst = os.path.join(root, "functional"), os.path.join(root, "stripped")
+    shutil.copytree(src, dst)
+    prefix = os.path.join(dst, "variables", "variables")
+    reader = tf.train.load_checkpoint(prefix)
+    names = sorted(n for n in reader.get_variable_to_shape_map()
+                   if not n.startswith(tuple(f"layer_with_weights-3/{s}/" for s in ("moving_mean", "moving_variance"))))
+    assert len(names) == len(reader.get_variable_to_shape_map()) - 2, names
+    values = [reader.get_tensor(n) for n in names]
+    for f in os.listdir(os.path.dirname(prefix)):
+        os.remove(os.path.join(os.path.dirname(prefix), f))
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=[tf.constant(v) for v in values])
+
+
+def build_keras3(root):
+    import keras as K
+
+    K.utils.set_random_seed(0)
+    L = K.layers
+    inp = K.Input((6,), name="features")
+    h = L.BatchNormalization(name="bn_x")(L.Dense(8, name="dense_x")(inp))
+    h = L.BatchNormalization(name="bn_y")(L.Dense(4, name="dense_y")(L.Activation("relu")(h)))
+    model = K.Model(inp, L.Dense(1, name="head")(h))
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(X, Y, batch_size=32, epochs=2, verbose=0)
+    model.export(os.path.join(root, "export"), verbose=False)
+
+
+if __name__ == "__main__":
+    os.makedirs(sys.argv[2], exist_ok=True)
+    {"tfkeras": build_tfkeras, "keras3": build_keras3}[sys.argv[1]](sys.argv[2])
