@@ -386,7 +386,7 @@ def inspect_saved_model(directory: str, stats: bool = True, match: str | None = 
 
         bn_role = {getattr(r, a): "bn_" + a for r in bn_rows for a in BN_WEIGHTS if getattr(r, a)}
         roles = {}
-        for key in by_key:
+        for key in set(by_key) | set(layout.variables):  # missing variables need a role too (severity)
             var = layout.variables.get(key)
             role = bn_role.get(key) or role_from_name(key)
             if role == "weight" and var is not None:

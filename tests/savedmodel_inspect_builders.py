@@ -11,7 +11,9 @@ tfkeras (TF_USE_LEGACY_KERAS=1) writes:
   ROOT/module       a ``tf.Module`` with hand-made BN variables ``block/{gamma,beta,moving_mean,
                     moving_variance}`` (trained values), written by ``tf.saved_model.save``
   ROOT/stripped     ROOT/functional whose bundle was rewritten by ``SaveV2`` without layer
-                    ``bn_b``'s moving mean and variance (a damaged copy)
+                    ``bn_b``'s moving mean and variance, the kernel of ``head`` and one Adam
+                    slot, and with a tensor ``extra/.ATTRIBUTES/VARIABLE_VALUE`` added
+                    (a damaged copy)
 keras3 writes:
   ROOT/export       a Keras 3 model (BN layers ``bn_x``, ``bn_y``), trained, ``model.export(dir)``
 """
@@ -85,15 +87,20 @@ def build_tfkeras(root):
 
     tf.saved_model.save(Block(), os.path.join(root, "module"))
 
-    # A damaged copy: bn_b's moving statistics deleted from the bundle, everything else as written.
+    # A damaged copy: bn_b's moving statistics, the head's kernel and one Adam slot deleted from
+    # the bundle, and a tensor no variable owns added; everything else as written.
     src, dst = os.path.join(root, "functional"), os.path.join(root, "stripped")
     shutil.copytree(src, dst)
     prefix = os.path.join(dst, "variables", "variables")
     reader = tf.train.load_checkpoint(prefix)
-    names = sorted(n for n in reader.get_variable_to_shape_map()
-                   if not n.startswith(tuple(f"layer_with_weights-3/{s}/" for s in ("moving_mean", "moving_variance"))))
-    assert len(names) == len(reader.get_variable_to_shape_map()) - 2, names
+    dropped = [f"layer_with_weights-{i}/{w}/.ATTRIBUTES/VARIABLE_VALUE" for i, w in
+               ((3, "moving_mean"), (3, "moving_variance"), (4, "kernel"))]
+    dropped.append("optimizer/_variables/1/.ATTRIBUTES/VARIABLE_VALUE")
+    names = sorted(set(reader.get_variable_to_shape_map()) - set(dropped))
+    assert len(names) == len(reader.get_variable_to_shape_map()) - len(dropped), names
     values = [reader.get_tensor(n) for n in names]
+    names.append("extra/.ATTRIBUTES/VARIABLE_VALUE")
+    values.append(np.arange(3, dtype=np.float32))
     for f in os.listdir(os.path.dirname(prefix)):
         os.remove(os.path.join(os.path.dirname(prefix), f))
     tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),

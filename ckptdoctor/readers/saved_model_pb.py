@@ -204,13 +204,11 @@ def read_saved_object_graph(path: str) -> list[SavedNode] | None:
             buf = f.read()
     except OSError as e:
         raise CorruptCheckpointError(f"cannot read {path}: {e.strerror or e}") from e
+    hint = f"inspect its variables alone with `ckptdoctor inspect {os.path.dirname(path) or '.'} --graph False`"
     if not buf:
-        raise CorruptCheckpointError(f"{path} is empty, not a SavedModel")
+        raise CorruptCheckpointError(f"{path} is empty, not a SavedModel: {hint}")
     try:
         return decode_saved_object_graph(buf)
-    except (WireFormatError, RecursionError) as e:
-        raise CorruptCheckpointError(
-            f"{path} is not a readable SavedModel ({e}): inspect its variables alone with "
-            f"`ckptdoctor inspect {os.path.dirname(path) or '.'} --graph False`"
-        ) from e
+    except WireFormatError as e:
+        raise CorruptCheckpointError(f"{path} is not a readable SavedModel ({e}): {hint}") from e
 
