@@ -43,6 +43,8 @@ class ConfigLayer:
     class_name: str
     config: dict
     depth: int  # 0 for the top model's layers, 1 inside a nested model...
+    path: str = ""  # names from the top model down, joined by "/": "backbone/block/bn2"
+    parent: str = ""  # the enclosing nested model's path ("" for the top model's layers)
 
     @property
     def trainable(self) -> bool:
@@ -94,8 +96,12 @@ class KerasLayout:
     has_config: bool = False
 
 
-def config_layers(config: dict | None, depth: int = 0) -> list[ConfigLayer]:
-    """Every layer of a model config, nested models' layers after the model itself."""
+def config_layers(config: dict | None, depth: int = 0, parent: str = "") -> list[ConfigLayer]:
+    """Every layer of a model config, nested models' layers (at any depth) after the model itself.
+
+    A layer's ``path`` joins the names of the nested models that hold it and its own
+    (``backbone/block/bn2``): names are unique within one model, not across nested ones.
+    """
     if not config:
         return []
     inner = config.get("config", config)
@@ -104,9 +110,10 @@ def config_layers(config: dict | None, depth: int = 0) -> list[ConfigLayer]:
         cls = item.get("class_name", "")
         cfg = item.get("config", {}) or {}
         name = cfg.get("name") or item.get("name") or ""
-        out.append(ConfigLayer(name, cls, cfg, depth))
+        path = f"{parent}/{name}" if parent else name
+        out.append(ConfigLayer(name, cls, cfg, depth, path, parent))
         if cls in MODEL_CLASSES or "layers" in cfg:
-            out.extend(config_layers(item, depth + 1))
+            out.extend(config_layers(item, depth + 1, path))
     return out
 
 
@@ -173,21 +180,21 @@ def describe_keras_file(reader, config: dict | None) -> KerasLayout:
         layout.iterations_key = "optimizer/vars/0"
 
     cfg_layers = config_layers(config)
-    by_name = {c.name: c for c in cfg_layers}
-    matched: dict[str, ConfigLayer | None] = {}
-    if reader.layout == "v3" and any(g["name"] is None for g in groups) and cfg_layers:
-        # No names recorded (tf-keras save_weights): match groups to layers of the same class, in order.
-        pools: dict[str, list[ConfigLayer]] = {}
-        for c in cfg_layers:
-            if c.depth == 0:
-                pools.setdefault(_snake(c.class_name), []).append(c)
-        for g in sorted(groups, key=lambda g: (re.sub(r"_\d+$", "", g["path"]), _suffix(g["path"]))):
-            stem = re.sub(r"_\d+$", "", g["path"].rsplit("/", 1)[-1])
-            pool = pools.get(stem) or []
-            matched[g["path"]] = pool.pop(0) if pool else None
+    by_path = {c.path: c for c in cfg_layers}
+    by_name: dict[str, ConfigLayer] = {}
+    for c in cfg_layers:
+        by_name.setdefault(c.name, c)
+    if reader.layout == "legacy":
+        groups = _split_legacy_groups(groups, by_path, cfg_layers, bool(config))
+        matched = {g["path"]: by_path.get(g["name"]) for g in groups}
+    elif any(g["name"] is None for g in groups):
+        # No names recorded (tf-keras save_weights): match groups to layers of the same class, in order,
+        # level by level down the nested models.
+        matched = _match_unnamed_groups(groups, cfg_layers) if cfg_layers else {}
     else:
-        for g in groups:
-            matched[g["path"]] = by_name.get(g["name"]) if g["name"] is not None else None
+        named = _name_paths(groups)
+        groups = [dict(g, name=named.get(g["path"]) or g["name"]) for g in groups]
+        matched = {g["path"]: by_path.get(g["name"]) or by_name.get(g["name"].rsplit("/", 1)[-1]) for g in groups}
 
     seen_layers = set()
     for g in groups:
@@ -195,12 +202,13 @@ def describe_keras_file(reader, config: dict | None) -> KerasLayout:
         cls = c.class_name if c else _class_from_group(g, reader.layout)
         expected = c.expected_weights() if c else None
         weights = _name_weights(g, reader.layout, cls, expected)
-        name = c.name if c else (g["name"] or g["path"])
+        name = c.path if c else (g["name"] or g["path"])
         layer = KerasLayer(name=name, class_name=cls, path=g["path"], keys=tuple(g["keys"]), weights=weights,
-                           trainable=c.trainable if c else None, axis=c.config.get("axis", -1) if c else -1)
+                           trainable=_trainable(c, by_path) if c else None,
+                           axis=c.config.get("axis", -1) if c else -1)
         layout.layers.append(layer)
         if c is not None:
-            seen_layers.add(c.name)
+            seen_layers.add(c.path)
             layout.config_keys.update(g["keys"])
             if expected is not None:
                 stored = [k for k in g["keys"] if k in present]
@@ -210,7 +218,7 @@ def describe_keras_file(reader, config: dict | None) -> KerasLayout:
                     extra = [k for k in stored if _leaf(k) not in expected]
                 else:
                     gone, extra = expected[len(stored):], stored[len(expected):]
-                layout.missing.extend((c.name, w, c.trainable) for w in gone)
+                layout.missing.extend((c.path, w, c.trainable) for w in gone)
                 layout.unexpected.extend(extra)
         elif config and g["keys"]:
             layout.unexpected.extend(g["keys"])
@@ -220,19 +228,97 @@ def describe_keras_file(reader, config: dict | None) -> KerasLayout:
                 if w in ("moving_mean", "moving_variance", "gamma", "beta"):
                     layout.roles[key] = "bn_" + w
     for c in cfg_layers:
-        if c.name in seen_layers or c.class_name in MODEL_CLASSES:
+        if c.path in seen_layers or c.class_name in MODEL_CLASSES:
             continue
         expected = c.expected_weights()
         if expected:
             for w in expected:
-                layout.missing.append((c.name, w, c.trainable))
+                layout.missing.append((c.path, w, c.trainable))
             if c.class_name in BN_CLASSES:
-                layer = KerasLayer(name=c.name, class_name=c.class_name, path="", keys=(), weights={},
-                                   trainable=c.trainable, axis=c.config.get("axis", -1))
+                layer = KerasLayer(name=c.path, class_name=c.class_name, path="", keys=(), weights={},
+                                   trainable=_trainable(c, by_path), axis=c.config.get("axis", -1))
                 layout.bn_layers.append(layer)
     for key in keys:
         layout.roles.setdefault(key, "weight")
     return layout
+
+
+def _trainable(c: ConfigLayer, by_path: dict) -> bool:
+    """The layer and every nested model holding it are trainable (``base.trainable = False`` freezes all)."""
+    while c is not None:
+        if not c.trainable:
+            return False
+        c = by_path.get(c.parent) if c.parent else None
+    return True
+
+
+def _name_paths(groups: list[dict]) -> dict[str, str]:
+    """Keras 3 layout: each group's layer path from the names the nested models' groups record.
+
+    ``layers/functional/layers/sequential/layers/batch_normalization`` lies inside the groups
+    ``layers/functional`` (name ``backbone``) and ``layers/functional/layers/sequential``
+    (``block``): its path is ``backbone/block/bn2``.
+    """
+    names = {g["path"]: g["name"] for g in groups}
+    out = {}
+    for g in groups:
+        parts = g["path"].split("/")
+        chain = [names.get("/".join(parts[:i])) for i in range(1, len(parts)) if parts[i] == "layers"]
+        if g["name"] is not None and all(chain):
+            out[g["path"]] = "/".join(chain + [g["name"]])
+    return out
+
+
+def _match_unnamed_groups(groups: list[dict], cfg_layers: list[ConfigLayer]) -> dict:
+    """Keras 3 layout without names: ``<prefix>layers/<snake class>[_i]`` is the i-th layer of that class of
+    the model at ``prefix``, matched level by level."""
+    children: dict[str, list[ConfigLayer]] = {}
+    for c in cfg_layers:
+        children.setdefault(c.parent, []).append(c)
+    paths = {g["path"] for g in groups}
+    matched: dict[str, ConfigLayer | None] = {}
+
+    def match(prefix: str, parent: str | None) -> None:
+        below = f"{prefix}/layers/" if prefix else "layers/"
+        segments = sorted({p[len(below):].split("/", 1)[0] for p in paths if p.startswith(below)},
+                          key=lambda seg: (re.sub(r"_\d+$", "", seg), _suffix(seg)))
+        pools: dict[str, list[ConfigLayer]] = {}
+        for c in children.get(parent, []) if parent is not None else []:
+            pools.setdefault(_snake(c.class_name), []).append(c)
+        for seg in segments:
+            pool = pools.get(re.sub(r"_\d+$", "", seg)) or []
+            c = pool.pop(0) if pool else None
+            matched[below + seg] = c
+            match(below + seg, c.path if c else None)
+
+    match("", "")
+    return matched
+
+
+def _split_legacy_groups(groups: list[dict], by_path: dict, cfg_layers: list[ConfigLayer],
+                         has_config: bool) -> list[dict]:
+    """Legacy layout: a nested model's weights are all in its top-level group, as
+    ``model_weights/backbone/bn1/moving_mean:0`` (the variable's name: its own layer's name, not the
+    models between); one group per inner layer, named by its config path (``backbone/block/bn1``)."""
+    out = []
+    for g in groups:
+        inner: dict[str | None, list[str]] = {}
+        for key in g["keys"]:
+            parts = key[len(g["path"]) + 1:].split("/")
+            inner.setdefault(parts[-2] if len(parts) >= 2 else None, []).append(key)
+        top = by_path.get(g["name"])
+        nested = top is not None and any(c.parent == top.path for c in cfg_layers)
+        if not (nested or (not has_config and set(inner) - {g["name"], None})):
+            out.append(g)
+            continue
+        for name, keys in inner.items():
+            if name is None:
+                out.append(dict(g, keys=keys))
+                continue
+            found = [c for c in cfg_layers if c.name == name and c.path.startswith(g["name"] + "/")]
+            out.append({"path": f"{g['path']}/{name}", "name": found[0].path if found else f"{g['name']}/{name}",
+                        "keys": keys})
+    return out
 
 
 def _class_from_group(group: dict, layout: str) -> str | None:

@@ -10,6 +10,15 @@ are therefore the input's own. The copy is written under a temporary name beside
 the output, read back with our own readers and compared with the input, and only
 then renamed into place.
 
+BN layers at any depth of nested models (a backbone model used as a layer) are
+repaired: each layer's input is read where Keras hands it to the layer (``_Taps``),
+and its file key is the one the file's layout gives its path (``backbone/block/bn2``),
+checked against the loaded variable's bytes before anything runs. Frozen layers
+(``trainable=False``, or inside a nested model with ``trainable=False``) are left as
+they are; a layer that runs more than once per forward pass is refused. Each
+repaired layer's inference-vs-training gap on the first batch is measured with the
+stored and with the new statistics (assigned to the loaded model only).
+
 Which Keras: a file written by Keras 3 is loaded with ``keras``; one written by
 tf-keras / Keras 2 with ``tf_keras`` (from its ``keras_version``).
 """
@@ -22,6 +31,7 @@ import time
 import warnings
 import zipfile
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,7 +42,7 @@ from .repairing import check_options
 from .keras_inspect import open_keras_reader
 from .keras_model import BN_CLASSES, describe_keras_file, lambda_layers, model_inputs
 
-__all__ = ["repair_keras", "default_output"]
+__all__ = ["repair_keras", "default_output", "find_bn_layers", "BNLayer"]
 
 
 def default_output(path: str) -> str:
@@ -181,24 +191,99 @@ def _same_config_bytes(source: str, written: str, fmt: str) -> None:
             raise CkptDoctorError("verification failed: the written archive has no config; nothing was kept")
 
 
-def trainable_bn_layers(K, model, path: str) -> tuple[list, list[str]]:
-    """The loaded model's trainable top-level BN layers, and the names of the frozen ones.
+class BNLayer(NamedTuple):
+    """A BN layer of a loaded Keras model, at any nesting depth."""
+
+    name: str  # its path from the top model: "bn1", "backbone/block/bn2"
+    layer: object  # the Keras layer
+    chain: tuple  # (model, child) links from the top model down to the layer
+    trainable: bool  # the layer and every model holding it are trainable
+    reason: str = ""  # why it is frozen
+
+
+def _children(layer) -> list:
+    try:
+        return list(layer._flatten_layers(include_self=False, recursive=False))
+    except (AttributeError, TypeError):
+        return list(getattr(layer, "layers", None) or [])
+
+
+def find_bn_layers(K, model) -> list[BNLayer]:
+    """Every BN layer of the loaded model, nested models' ones included (depth first, in layer order)."""
+    bn_type = K.layers.BatchNormalization
+    found: list[BNLayer] = []
+    seen: set[int] = set()
+
+    def all_frozen(container) -> bool:
+        weighted = [sub for sub in container._flatten_layers(include_self=False) if sub.weights] \
+            if hasattr(container, "_flatten_layers") else []
+        return bool(weighted) and not any(sub.trainable for sub in weighted)
+
+    def walk(container, names: list[str], chain: tuple, frozen_by: str | None) -> None:
+        for sub in _children(container):
+            if id(sub) in seen:
+                continue
+            seen.add(id(sub))
+            path, link = names + [sub.name], chain + ((container, sub),)
+            if isinstance(sub, bn_type) or type(sub).__name__ in BN_CLASSES:
+                reason = ""
+                if frozen_by:
+                    reason = f"inside nested model {frozen_by}, which has trainable=False"
+                elif not sub.trainable:
+                    reason = "trainable=False"
+                    if names and all_frozen(container):
+                        reason += f", as is every layer of nested model {'/'.join(names)} (base.trainable = False)"
+                found.append(BNLayer("/".join(path), sub, link, not reason, reason))
+            elif _children(sub):
+                walk(sub, path, link, frozen_by or (None if sub.trainable else "/".join(path)))
+
+    walk(model, [], (), None if model.trainable else model.name)
+    return found
+
+
+def trainable_bn_layers(K, model, path: str) -> tuple[list[BNLayer], list[BNLayer]]:
+    """The loaded model's trainable BN layers (at any nesting depth), and the frozen ones.
 
     Raises:
-        UnsupportedFormatError: BN layers inside nested models, or no trainable BN layer.
+        UnsupportedFormatError: no trainable BN layer (the message names the frozen ones and why).
     """
-    bn_type = K.layers.BatchNormalization
-    all_bn = [layer for layer in model.layers if isinstance(layer, bn_type) or type(layer).__name__ in BN_CLASSES]
-    nested = [layer.name for layer in model.layers if hasattr(layer, "layers") and
-              any(type(sub).__name__ in BN_CLASSES for sub in layer._flatten_layers())]
-    if nested:
-        raise UnsupportedFormatError(f"BN layers inside the nested model(s) {', '.join(nested)}: repair handles "
-                                     "BN layers of the top-level model only")
-    frozen = [layer.name for layer in all_bn if not layer.trainable]
-    bns = [layer for layer in all_bn if layer.trainable]
+    every = find_bn_layers(K, model)
+    bns = [bn for bn in every if bn.trainable]
+    frozen = [bn for bn in every if not bn.trainable]
+    if not every:
+        raise UnsupportedFormatError(f"{path} has no BatchNormalization layer: nothing to repair")
     if not bns:
-        raise UnsupportedFormatError(f"{path} has no trainable BatchNormalization layer: nothing to repair")
+        listed = "; ".join(f"{bn.name} ({bn.reason})" for bn in frozen[:4]) + ("; ..." if len(frozen) > 4 else "")
+        raise UnsupportedFormatError(
+            f"{path} has no trainable BatchNormalization layer: nothing to repair; repair leaves frozen BN layers as "
+            f"they are, because the model learned with their stored statistics (in training mode too): {listed}; "
+            "to recalibrate one, set trainable=True on it and on the models holding it, and save the model again")
     return bns, frozen
+
+
+def check_stored_values(bns: list[BNLayer], keys: dict[str, dict], read, where: str) -> dict:
+    """The stored moving statistics, checked to be the loaded layers' own values (the key mapping is
+    checked, not trusted). Call before anything runs: a training-mode pass moves them in memory.
+
+    Args:
+        keys: layer name -> {"moving_mean": key, "moving_variance": key, ...}.
+        read: key -> stored array.
+
+    Raises:
+        UnsupportedFormatError: a key holds other values than the loaded variable.
+    """
+    stored = {}
+    for bn in bns:
+        for attr in ("moving_mean", "moving_variance"):
+            key = keys[bn.name][attr]
+            have = read(key)
+            want = _numpy(getattr(bn.layer, attr))
+            if have.dtype != want.dtype or have.shape != want.shape or have.tobytes() != want.tobytes():
+                raise UnsupportedFormatError(
+                    f"cannot tell where {where} stores BN layer {bn.name}'s {attr}: {key} holds other values than "
+                    "Keras loaded; nothing was written")
+            stored[key] = have
+    return stored
 
 
 def check_model_inputs(model, xs: list, names: list[str], data: str, max_samples: int | None) -> tuple[int, list]:
@@ -219,53 +304,169 @@ def check_model_inputs(model, xs: list, names: list[str], data: str, max_samples
     return n, dtypes
 
 
-def recompute_bn_moments(K, model, bns: list, xs: list, dtypes: list, n: int, batch_size: int, method: str,
-                         progress: bool) -> dict[str, PooledMoments]:
+class _Stop(BaseException):
+    """Ends a forward pass once the measured layer's input was seen (not an Exception: Keras re-raises those)."""
+
+
+class _Taps:
+    """Sees each trainable BN layer's input and output where Keras hands them over.
+
+    ``call`` is wrapped on each layer instance (and the wrapper removed by ``close``),
+    so inputs are read at any nesting depth, inside Functional, Sequential and
+    subclassed models alike, in Keras 3 and tf-keras: no probe model has to reach
+    across a nested model's graph boundary, and a layer that runs more than once per
+    forward pass (a shared layer or nested model) is seen doing so.
+    """
+
+    def __init__(self, bns: list[BNLayer]):
+        self.bns = bns
+        self.axes = {bn.name: _layer_axis(bn.layer) for bn in bns}
+        self.channels = {bn.name: int(bn.layer.moving_mean.shape[0]) for bn in bns}
+        self.calls: list[str] = []
+        self.outputs: dict | None = None
+        self.pooled: dict | None = None
+        self.only: str | None = None
+        self._tapped = []
+        try:
+            for bn in bns:
+                self._tap(bn)
+        except BaseException:
+            self.close()
+            raise
+
+    def _tap(self, bn: BNLayer) -> None:
+        original = bn.layer.call
+
+        def call(*args, **kwargs):
+            self.calls.append(bn.name)
+            if self.pooled is not None and self.only in (None, bn.name):
+                x = args[0] if args else kwargs["inputs"]
+                self.pooled[bn.name].add(*_moments(x, self.axes[bn.name], self.channels[bn.name]))
+                if self.only is not None:
+                    raise _Stop
+            out = original(*args, **kwargs)
+            if self.outputs is not None:
+                self.outputs[bn.name] = np.asarray(out)
+            return out
+
+        object.__setattr__(bn.layer, "call", call)
+        self._tapped.append(bn.layer)
+
+    def run(self, model, batch: list, training: bool, keep: bool = False, pooled: dict | None = None,
+            only: str | None = None) -> dict | None:
+        """One forward pass; ``keep``: return each layer's output; ``pooled``: add each layer's input moments
+        (``only``: this layer's, then stop)."""
+        self.calls, self.outputs, self.pooled, self.only = [], ({} if keep else None), pooled, only
+        try:
+            model(batch[0] if len(batch) == 1 else batch, training=training)
+        except _Stop:
+            pass
+        finally:
+            self.pooled, self.only = None, None
+        return self.outputs
+
+    def close(self) -> None:
+        for layer in self._tapped:
+            if "call" in vars(layer):
+                object.__delattr__(layer, "call")
+        self._tapped = []
+
+
+def _check_calls(bns: list[BNLayer], calls: list[str]) -> None:
+    counts = {bn.name: 0 for bn in bns}
+    for name in calls:
+        counts[name] += 1
+    for bn in bns:
+        if counts[bn.name] == 0:
+            raise UnsupportedFormatError(
+                f"BN layer {bn.name} does not run when the model is called: its input cannot be measured; "
+                "set trainable=False on it (repair then leaves it as it is) or remove it")
+        if counts[bn.name] > 1:
+            raise UnsupportedFormatError(
+                f"BN layer {bn.name} runs {counts[bn.name]} times per forward pass (it, or a nested model holding "
+                "it, is shared by several calls): no one moving mean and variance match training mode for every "
+                "call, so repair cannot recompute it; set trainable=False on it to leave it as it is, or give each "
+                "call its own layer")
+
+
+def _assign(bn: BNLayer, mean, variance) -> None:
+    bn.layer.moving_mean.assign(np.asarray(mean).astype(_np_dtype(bn.layer.moving_mean)))
+    bn.layer.moving_variance.assign(np.asarray(variance).astype(_np_dtype(bn.layer.moving_variance)))
+
+
+def recompute_bn_moments(model, bns: list[BNLayer], frozen: list[BNLayer], xs: list, dtypes: list, n: int,
+                         batch_size: int, method: str, progress: bool) -> tuple[dict, dict, dict]:
     """Pool each BN layer's input moments over the first ``n`` samples, in consecutive batches.
 
-    ``train``: one forward pass per batch in training mode, every layer's input read
-    at once. ``sequential``: layer by layer in inference mode, each layer's new
-    statistics assigned (in memory only) before the next layer is measured. Batches
-    are merged exactly by ``PooledMoments`` (population variance over all samples).
+    ``train``: one forward pass per batch with the whole model in training mode,
+    every layer's input read at once. ``sequential``: layer by layer in the order
+    the layers run, the model in inference mode, each layer's new statistics
+    assigned (in memory only) before the next layer is measured. Batches are merged
+    exactly by ``PooledMoments`` (population variance over all samples).
+
+    Inference-vs-training gaps: on the first batch, the largest |inference-mode
+    output - training-mode output| of each layer, before (the stored statistics) and
+    after (the new ones, assigned to the loaded model in memory only). Training mode
+    never reads the moving statistics, so one training-mode pass serves both.
+
+    Returns:
+        ``(pooled, gaps_before, gaps_after)``, keyed by layer name.
+
+    Raises:
+        UnsupportedFormatError: a layer runs more or less than once per forward pass.
     """
     from .repairing import Progress
-
-    try:
-        probe = K.Model(model.inputs, [layer.input for layer in bns])
-    except (ValueError, AttributeError) as e:
-        raise UnsupportedFormatError(f"cannot reach the inputs of the BN layers from the model inputs: {e}") from e
 
     def batches():
         for start in range(0, n, batch_size):
             yield [np.asarray(a[start:start + batch_size]).astype(d, copy=False) for a, d in zip(xs, dtypes)]
 
-    channels = {layer.name: int(layer.moving_mean.shape[0]) for layer in bns}
-    axes = {layer.name: _layer_axis(layer) for layer in bns}
-    pooled = {layer.name: PooledMoments(channels[layer.name]) for layer in bns}
+    every = bns + frozen
+    snapshot = {bn.name: (_numpy(bn.layer.moving_mean), _numpy(bn.layer.moving_variance)) for bn in every}
+    pooled = {bn.name: PooledMoments(int(bn.layer.moving_mean.shape[0])) for bn in bns}
     steps = -(-n // batch_size)
-    if method == "train":
-        bar = Progress(steps, progress, "repair")
-        for batch in batches():
-            outs = probe(batch, training=True)
-            outs = outs if isinstance(outs, (list, tuple)) else [outs]
-            for layer, value in zip(bns, outs):
-                pooled[layer.name].add(*_moments(value, axes[layer.name], channels[layer.name]))
-            bar.step()
-        return pooled
-    bar = Progress(steps * len(bns), progress, "repair")
-    for layer in bns:
-        one = K.Model(model.inputs, layer.input)
-        for batch in batches():
-            value = one(batch, training=False)
-            pooled[layer.name].add(*_moments(value, axes[layer.name], channels[layer.name]))
-            bar.step()
-        p = pooled[layer.name]
-        layer.moving_mean.assign(p.mean.astype(np.dtype(_np_dtype(layer.moving_mean))))
-        layer.moving_variance.assign(p.variance.astype(np.dtype(_np_dtype(layer.moving_variance))))
-    return pooled
+    first = next(batches())
+    taps = _Taps(bns)
+    try:
+        before = taps.run(model, first, training=False, keep=True)
+        _check_calls(bns, taps.calls)
+        order = list(dict.fromkeys(taps.calls))
+        if method == "train":
+            bar = Progress(steps, progress, "repair")
+            train = None
+            for batch in batches():
+                out = taps.run(model, batch, training=True, keep=train is None, pooled=pooled)
+                train = out if train is None else train
+                bar.step()
+            for bn in every:  # Keras' own moving-average updates during these passes
+                _assign(bn, *snapshot[bn.name])
+            for bn in bns:
+                _assign(bn, pooled[bn.name].mean, pooled[bn.name].variance)
+        else:
+            train = taps.run(model, first, training=True, keep=True)
+            for bn in every:
+                _assign(bn, *snapshot[bn.name])
+            by_name = {bn.name: bn for bn in bns}
+            bar = Progress(steps * len(order), progress, "repair")
+            for name in order:
+                for batch in batches():
+                    taps.run(model, batch, training=False, pooled=pooled, only=name)
+                    bar.step()
+                _assign(by_name[name], pooled[name].mean, pooled[name].variance)
+        after = taps.run(model, first, training=False, keep=True)
+    finally:
+        taps.close()
+    gaps_before = {name: _largest_gap(before[name], train[name]) for name in pooled}
+    gaps_after = {name: _largest_gap(after[name], train[name]) for name in pooled}
+    return pooled, gaps_before, gaps_after
 
 
-def replacement_rows(bns: list, weights: dict[str, dict], pooled: dict, stored: dict, n: int) -> tuple[dict, list]:
+def _largest_gap(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))) if np.size(a) else 0.0
+
+
+def replacement_rows(bns: list[BNLayer], weights: dict[str, dict], pooled: dict, stored: dict, n: int,
+                     gaps_before: dict | None = None, gaps_after: dict | None = None) -> tuple[dict, list]:
     """The new statistics keyed as stored (in the stored dtype), and one report row per layer.
 
     Args:
@@ -275,23 +476,29 @@ def replacement_rows(bns: list, weights: dict[str, dict], pooled: dict, stored: 
     from .repairing import layer_row
 
     replacements, rows = {}, []
-    for layer in bns:
-        w, p = weights[layer.name], pooled[layer.name]
+    for bn in bns:
+        w, p = weights[bn.name], pooled[bn.name]
         mm, mv = w["moving_mean"], w["moving_variance"]
         replacements[mm] = p.mean.astype(stored[mm].dtype)
         replacements[mv] = p.variance.astype(stored[mv].dtype)
-        spec = SimpleNamespace(layer=layer.name, moving_mean=mm, moving_variance=mv, gamma=w.get("gamma"),
+        spec = SimpleNamespace(layer=bn.name, moving_mean=mm, moving_variance=mv, gamma=w.get("gamma"),
                                beta=w.get("beta"), channels=int(p.mean.shape[0]))
-        rows.append(layer_row(spec, p, stored, n, {}, {}))
+        rows.append(layer_row(spec, p, stored, n, gaps_before or {}, gaps_after or {}))
     return replacements, rows
 
 
-def frozen_note(frozen: list[str]) -> list[str]:
+#: What switches the BN layers between training and inference mode (the report's ``training_flag``).
+TRAINING_ARGUMENT = "model(x, training=True|False)"
+#: The report's explanation of the gap columns (as the graph repair's).
+GAP_NOTE = "gaps: largest |inference-mode output - training-mode output| of each BN layer on the first batch"
+
+
+def frozen_note(frozen: list[BNLayer]) -> list[str]:
     """The report note about BN layers left as they are."""
     if not frozen:
         return []
-    return [f"left as they are: BN layers with trainable=False ({', '.join(frozen)}); the model learned with "
-            "their stored statistics, in training mode too"]
+    return [f"left as they are: frozen BN layers ({'; '.join(f'{bn.name}: {bn.reason}' for bn in frozen)}); "
+            "the model learned with their stored statistics, in training mode too"]
 
 
 def repair_keras(path: str, data: str, input: str | None = None, batch_size: int = 256,
@@ -343,19 +550,17 @@ def repair_keras(path: str, data: str, input: str | None = None, batch_size: int
         warnings.simplefilter("ignore")  # Keras' UserWarnings would bury the report on stderr
         model = load_keras_model(K, legacy, path, unsafe)
         bns, frozen = trainable_bn_layers(K, model, path)
-        for layer in bns:
-            if layer.name not in keys or "moving_mean" not in keys[layer.name].weights \
-                    or "moving_variance" not in keys[layer.name].weights:
-                raise UnsupportedFormatError(f"the file does not store the moving statistics of BN layer {layer.name}")
+        for bn in bns:
+            if bn.name not in keys or "moving_mean" not in keys[bn.name].weights \
+                    or "moving_variance" not in keys[bn.name].weights:
+                raise UnsupportedFormatError(f"the file does not store the moving statistics of BN layer {bn.name}")
         names = model_inputs(config) or ["input"]
         n, dtypes = check_model_inputs(model, xs, names, data, max_samples)
-        stored = {}
-        for layer in bns:
-            for w in ("moving_mean", "moving_variance"):
-                key = keys[layer.name].weights[w]
-                stored[key] = reader.read(key)
-        pooled = recompute_bn_moments(K, model, bns, xs, dtypes, n, batch_size, method, progress)
-        replacements, rows = replacement_rows(bns, {name: k.weights for name, k in keys.items()}, pooled, stored, n)
+        weights = {name: k.weights for name, k in keys.items()}
+        stored = check_stored_values(bns, weights, reader.read, path)
+        pooled, gaps_before, gaps_after = recompute_bn_moments(model, bns, frozen, xs, dtypes, n, batch_size, method,
+                                                               progress)
+        replacements, rows = replacement_rows(bns, weights, pooled, stored, n, gaps_before, gaps_after)
 
         written = {"untouched": 0, "updated": 0}
         backup = None
@@ -375,12 +580,12 @@ def repair_keras(path: str, data: str, input: str | None = None, batch_size: int
             quiet.__exit__(None, None, None)
         reader.close()
 
-    notes = ["inference-vs-training gaps are not measured for Keras models"] + frozen_note(frozen)
+    notes = frozen_note(frozen)
     result = RepairReport(
         checkpoint=path, graph=f"{path} (model config, {'tf-keras' if legacy else 'Keras 3'})", data=data,
-        inputs=tuple(names), training_flag=None, method=method, batch_size=batch_size, samples=n,
+        inputs=tuple(names), training_flag=TRAINING_ARGUMENT, method=method, batch_size=batch_size, samples=n,
         layers=tuple(rows), output=None if dry_run else out_path, backup=backup, dry_run=dry_run,
-        untouched=written["untouched"], updated=written["updated"], notes=tuple(notes), gap_note="",
+        untouched=written["untouched"], updated=written["updated"], notes=tuple(notes), gap_note=GAP_NOTE,
     )
     if report:
         from .h5report import write_repair_report
@@ -392,3 +597,7 @@ def repair_keras(path: str, data: str, input: str | None = None, batch_size: int
 def _np_dtype(variable) -> str:
     dtype = variable.dtype
     return dtype if isinstance(dtype, str) else dtype.name
+
+
+def _numpy(variable) -> np.ndarray:
+    return np.array(variable.numpy() if hasattr(variable, "numpy") else variable)

@@ -8,10 +8,14 @@ the variables bundle ``variables/variables.*`` is rewritten, by
 ``writer.write_checkpoint`` from the input bundle's own tensors with only the moving
 means and variances replaced; every other file is copied byte for byte.
 
-Which bundle key holds which layer's statistics: tf-keras tracks the i-th layer of
-``model.layers`` that has weights as ``layer_with_weights-{i}``, so a BN layer's
-moving mean is ``layer_with_weights-{i}/moving_mean/.ATTRIBUTES/VARIABLE_VALUE``.
-The rule is checked, not trusted: the stored bytes under that key must equal the
+Which bundle key holds which layer's statistics: tf-keras tracks the j-th layer of a
+model's ``layers`` as its child ``layer-{j}`` at every nesting level, and the bundle's
+object graph (``_CHECKPOINTABLE_OBJECT_GRAPH``) records every such edge, so a BN
+layer's moving mean is the ``VARIABLE_VALUE`` of the node reached by
+``layer-{j}/.../layer-{k}/moving_mean``. Its key is whatever TensorFlow chose
+(``layer_with_weights-1/moving_mean/.ATTRIBUTES/VARIABLE_VALUE`` for a top-level
+layer, ``variables/4/.ATTRIBUTES/VARIABLE_VALUE`` for one inside a nested model).
+The mapping is checked, not trusted: the stored bytes under that key must equal the
 loaded layer's variable before anything is computed.
 
 The directory is assembled in a hidden ``.ckptdoctor-tmp-*`` folder beside the
@@ -26,15 +30,13 @@ import shutil
 import time
 import warnings
 
-import numpy as np
-
-from .constants import (KERAS_LAYER_WITH_WEIGHTS, KERAS_METADATA_PB, SAVED_MODEL_PB, SAVED_MODEL_VARIABLES,
-                        TF2_VALUE_SUFFIX)
+from .constants import KERAS_METADATA_PB, OBJECT_GRAPH_KEY, SAVED_MODEL_PB, SAVED_MODEL_VARIABLES
 from .data import load_data
 from .errors import CkptDoctorError, CorruptCheckpointError, OutputExistsError, UnsupportedFormatError
 from .keras_model import CODE_CLASSES, lambda_layers, model_inputs
-from .keras_repair import (check_model_inputs, frozen_note, input_arrays, keras_module, load_keras_model,
-                           recompute_bn_moments, replacement_rows, trainable_bn_layers)
+from .keras_repair import (GAP_NOTE, TRAINING_ARGUMENT, check_model_inputs, check_stored_values, frozen_note,
+                           input_arrays, keras_module, load_keras_model, recompute_bn_moments, replacement_rows,
+                           trainable_bn_layers)
 from .repairing import check_options
 
 __all__ = ["is_saved_model", "read_keras_metadata", "repair_saved_model"]
@@ -95,28 +97,58 @@ def default_output_dir(path: str) -> str:
     return os.path.normpath(path) + "-repaired"
 
 
-def _bundle_keys(model, bns: list, reader) -> dict[str, dict]:
-    """Each BN layer's bundle keys by the ``layer_with_weights-{i}`` rule, verified against the loaded values."""
-    with_weights = [layer for layer in model.layers if layer.weights]
-    index = {id(layer): i for i, layer in enumerate(with_weights)}
-    entries = {e.name: e for e in reader.entries()}
+def _object_graph(reader) -> list | None:
+    """The bundle's decoded ``TrackableObjectGraph`` nodes, or None when it has none."""
+    from .readers.protowire import WireFormatError, decode_object_graph
+
+    if OBJECT_GRAPH_KEY not in {e.name for e in reader.entries()}:
+        return None
+    try:
+        return decode_object_graph(reader.read(OBJECT_GRAPH_KEY).reshape(-1)[0])
+    except (WireFormatError, IndexError, AttributeError) as e:
+        raise CorruptCheckpointError(f"the SavedModel's object graph {OBJECT_GRAPH_KEY} is unreadable ({e})") from e
+
+
+def _bundle_keys(bns: list, reader) -> dict[str, dict]:
+    """Each BN layer's bundle keys, found by following the layer's route through the object graph.
+
+    tf-keras tracks the j-th layer of a model's ``layers`` as its child ``layer-{j}`` (and,
+    among layers with weights, the i-th as ``layer_with_weights-{i}``), at every nesting
+    level; a variable's key is the ``VARIABLE_VALUE`` attribute of the node reached by
+    ``layer-{j}/.../moving_mean`` (a nested layer's key is often ``variables/{k}/...``, the
+    first route TensorFlow found). The keys are then checked by ``check_stored_values``,
+    not trusted.
+    """
+    nodes = _object_graph(reader)
+    if nodes is None:
+        raise CorruptCheckpointError(f"{SAVED_MODEL_VARIABLES}.index holds no object graph: it was not written by "
+                                     "tf-keras model.save, so its variables cannot be matched to the model's layers")
     out = {}
-    for layer in bns:
+    for bn in bns:
         keys = {}
         for attr in _BN_WEIGHTS:
-            variable = getattr(layer, attr, None)
-            if variable is None:  # center=False / scale=False
+            if getattr(bn.layer, attr, None) is None:  # center=False / scale=False
                 continue
-            key = KERAS_LAYER_WITH_WEIGHTS.format(index[id(layer)]) + f"/{attr}{TF2_VALUE_SUFFIX}"
-            want = np.asarray(variable.numpy())
-            have = reader.read(key) if key in entries else None
-            if have is None or have.dtype != want.dtype or have.shape != want.shape or have.tobytes() != want.tobytes():
-                raise UnsupportedFormatError(
-                    f"cannot tell where the SavedModel stores BN layer {layer.name}'s {attr}: {key} "
-                    f"{'is missing' if have is None else 'holds other values'}; nothing was written")
-            keys[attr] = key
-        out[layer.name] = keys
+            node, route = 0, []
+            for parent, child in bn.chain:
+                route.append(f"layer-{[id(layer) for layer in parent.layers].index(id(child))}")
+                node = _child(nodes, node, route[-1], bn.name)
+            node = _child(nodes, node, attr, bn.name)
+            values = [a[2] for a in nodes[node].attributes if a[0] == "VARIABLE_VALUE"]
+            if not values:
+                raise UnsupportedFormatError(f"the SavedModel's object graph stores no value for BN layer {bn.name}'s "
+                                             f"{attr} ({'/'.join(route)}/{attr}); nothing was written")
+            keys[attr] = values[0]
+        out[bn.name] = keys
     return out
+
+
+def _child(nodes: list, node: int, name: str, layer: str) -> int:
+    for child, local in nodes[node].children:
+        if local == name:
+            return child
+    raise UnsupportedFormatError(f"the SavedModel's object graph has no {name} on the way to BN layer {layer}: "
+                                 "it was not written by the tf-keras that loads it; nothing was written")
 
 
 def _variables_files(directory: str) -> set[str]:
@@ -271,12 +303,13 @@ def repair_saved_model(path: str, data: str, input: str | None = None, batch_siz
         warnings.simplefilter("ignore")  # Keras' UserWarnings would bury the report on stderr
         model = load_keras_model(K, True, path, unsafe)
         bns, frozen = trainable_bn_layers(K, model, path)
-        keys = _bundle_keys(model, bns, reader)  # before recompute_bn_moments assigns anything
+        keys = _bundle_keys(bns, reader)
+        stored = check_stored_values(bns, keys, reader.read, path)  # before anything runs
         names = model_inputs(config) or ["input"]
         n, dtypes = check_model_inputs(model, xs, names, data, max_samples)
-        stored = {k[w]: reader.read(k[w]) for k in keys.values() for w in ("moving_mean", "moving_variance")}
-        pooled = recompute_bn_moments(K, model, bns, xs, dtypes, n, batch_size, method, progress)
-        replacements, rows = replacement_rows(bns, keys, pooled, stored, n)
+        pooled, gaps_before, gaps_after = recompute_bn_moments(model, bns, frozen, xs, dtypes, n, batch_size, method,
+                                                               progress)
+        replacements, rows = replacement_rows(bns, keys, pooled, stored, n, gaps_before, gaps_after)
         written, backup = {"untouched": 0, "updated": 0}, None
         if not dry_run:
             written, backup = _write_directory(path, out, reader, replacements, in_place)
@@ -284,13 +317,12 @@ def repair_saved_model(path: str, data: str, input: str | None = None, batch_siz
         quiet.__exit__(None, None, None)
         reader.close()
 
-    notes = ["inference-vs-training gaps are not measured for Keras models",
-             f"only {SAVED_MODEL_VARIABLES}.* was rewritten; every other file is the input's own"] + frozen_note(frozen)
+    notes = [f"only {SAVED_MODEL_VARIABLES}.* was rewritten; every other file is the input's own"] + frozen_note(frozen)
     result = RepairReport(
         checkpoint=path, graph=f"{path} ({KERAS_METADATA_PB}, tf-keras)", data=data, inputs=tuple(names),
-        training_flag=None, method=method, batch_size=batch_size, samples=n, layers=tuple(rows),
+        training_flag=TRAINING_ARGUMENT, method=method, batch_size=batch_size, samples=n, layers=tuple(rows),
         output=None if dry_run else out, backup=backup, dry_run=dry_run, untouched=written["untouched"],
-        updated=written["updated"], notes=tuple(notes), gap_note="",
+        updated=written["updated"], notes=tuple(notes), gap_note=GAP_NOTE,
     )
     if report:
         from .h5report import write_repair_report
