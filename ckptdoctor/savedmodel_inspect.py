@@ -37,9 +37,12 @@ import os
 from collections import deque
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from .constants import OPTIMIZER_SLOT_PATTERN
 from .diagnose import Finding, diagnose_bn, diagnose_graph, logical_name, role_from_name
 from .errors import CorruptCheckpointError, TensorReadError
+from .keras_inspect import FROZEN_CODE
 from .readers.protowire import WireFormatError, decode_object_graph, iter_fields
 from .readers.saved_model_pb import SavedNode, read_saved_object_graph
 
@@ -65,6 +68,8 @@ class SavedModelVariable:
     """A variable the SavedModel declares, and the bundle key that holds (or should hold) it.
 
     ``shape`` is None when the SavedModel leaves a dimension or the rank unknown.
+    ``frozen``: not trainable, or listed by an object's ``non_trainable_variables``
+    (Keras 3 keeps a frozen layer's ``tf.Variable`` trainable and says it there).
     """
 
     key: str
@@ -74,6 +79,7 @@ class SavedModelVariable:
     trainable: bool
     object_path: str
     slot: bool = False
+    frozen: bool = False
 
 
 @dataclass(frozen=True)
@@ -178,7 +184,9 @@ def _keras_bn_layers(directory: str, nodes: list[SavedNode], key_of_node: dict[i
             if target is None:
                 continue
             children = dict((name, child) for child, name in reversed(nodes[target].children))
-            layer = {"layer": meta.get("name") or node_path, "channels": None}
+            trainable = meta.get("trainable")
+            layer = {"layer": meta.get("name") or node_path, "channels": None,
+                     "trainable": trainable if isinstance(trainable, bool) else None}
             for weight in BN_WEIGHTS:
                 child = children.get(weight)
                 layer[weight] = key_of_node.get(child) if child is not None else None
@@ -226,8 +234,11 @@ def _named_bn_layers(variables: dict) -> list[dict]:
                 layer[leaf] = key
                 if leaf == "moving_mean" and var.shape:
                     layer["channels"] = var.shape[-1]
+                if leaf == "gamma":  # a frozen Keras layer's weights are all non-trainable
+                    layer["trainable"] = not var.frozen
     return [
-        {"moving_mean": None, "moving_variance": None, "gamma": None, "beta": None, "channels": None, **layer}
+        {"moving_mean": None, "moving_variance": None, "gamma": None, "beta": None, "channels": None,
+         "trainable": None, **layer}
         for _scope, layer in sorted(layers.items())
         if "moving_mean" in layer or "moving_variance" in layer
     ]
@@ -278,6 +289,8 @@ def describe_saved_model(directory: str, reader) -> SavedModelLayout:
 
     paths = _paths(lambda i: nodes[i].children, lambda i: nodes[i].slot_variables, len(nodes))
     slot_ids = {slot for node in nodes for _v, _s, slot in node.slot_variables}
+    listed_non_trainable = {member for node in nodes for child, name in node.children
+                            if name == "non_trainable_variables" for member, _n in nodes[child].children}
     order = sorted((p is None, len(p or ()), i) for i, p in enumerate(paths))
     variables: dict[str, SavedModelVariable] = {}
     key_of_node: dict[int, str] = {}
@@ -296,7 +309,8 @@ def describe_saved_model(directory: str, reader) -> SavedModelLayout:
         v = node.variable
         shape = v.shape if v.shape is not None and all(d >= 0 for d in v.shape) else None
         variables[key] = SavedModelVariable(key, v.name, _dtype_name(v.dtype), shape, v.trainable,
-                                            _readable(path), i in slot_ids)
+                                            _readable(path), i in slot_ids,
+                                            not v.trainable or i in listed_non_trainable)
     # Legacy multi-tensor saveables record a prefix; the bundle keys extend it.
     for key in keys - set(variables) - owned:
         marker = key.find(ATTRIBUTES_SEGMENT)
@@ -308,6 +322,17 @@ def describe_saved_model(directory: str, reader) -> SavedModelLayout:
     if bn is None:
         bn, source = _named_bn_layers(variables), "variable names"
     return SavedModelLayout(variables, frozenset(owned), tuple(bn), source, tuple(notes))
+
+
+def _trained(reader, variables: dict, by_key: dict) -> bool | None:
+    """Whether the optimizer took a step (its iteration counter is above 0); None without one."""
+    for key, var in variables.items():
+        if key in by_key and var.name.rsplit("/", 1)[-1] in ("iter", "iteration", "iterations") and not var.shape:
+            try:
+                return bool(np.asarray(reader.read(key)).ravel()[0] > 0)
+            except (TensorReadError, IndexError, TypeError):
+                return None
+    return None
 
 
 _UPDATE_HINT = ("the update ops (UPDATE_OPS) never ran during training; run them with the train op "
@@ -378,9 +403,20 @@ def inspect_saved_model(directory: str, stats: bool = True, match: str | None = 
             except TensorReadError as e:
                 unreadable[key] = e
         findings: list[Finding] = []
+        diagnosed = [(spec, *diagnose_bn(spec, set(by_key), values, from_graph=graph_label is not None))
+                     for spec in bn_specs]
+        trained = _trained(reader, layout.variables, by_key)
+        if trained is None:
+            trained = any(row.status == "ok" for _spec, row, _f in diagnosed)
         bn_rows = []
-        for spec in bn_specs:
-            row, layer_findings = diagnose_bn(spec, set(by_key), values, from_graph=graph_label is not None)
+        for spec, row, layer_findings in diagnosed:
+            if row.status == "at-init" and spec.get("trainable") is False and trained:
+                layer_findings = [f for f in layer_findings if f.code != "bn-stats-at-init"] + [Finding(
+                    FROZEN_CODE, "warning", row.layer, row.moving_mean,
+                    f"BN layer {row.layer} is trainable=False and its statistics are at their initial values "
+                    "(mean 0, variance 1) in a model that trained: it was frozen from the start, so it normalises "
+                    "nothing; set trainable=True before training if it was meant to learn",
+                )]
             bn_rows.append(row)
             findings.extend(layer_findings)
 

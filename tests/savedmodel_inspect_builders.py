@@ -3,8 +3,8 @@
     python savedmodel_inspect_builders.py {tfkeras,keras3} ROOT
 
 tfkeras (TF_USE_LEGACY_KERAS=1) writes:
-  ROOT/functional   tf-keras Functional model, BN layers ``bn_a`` and ``bn_b``, trained a few
-                    steps, ``model.save(dir, save_format="tf")`` (has keras_metadata.pb)
+  ROOT/functional   tf-keras Functional model, BN layers ``bn_a`` and ``bn_b`` and ``bn_frozen``
+                    (trainable=False from the start), trained a few steps, ``model.save(dir, save_format="tf")`` (has keras_metadata.pb)
   ROOT/untrained    the same architecture never trained: statistics at their initial values
   ROOT/subclassed   a subclassed tf-keras model (BN layers ``norm_in``, ``norm_out``), trained,
                     written by ``tf.saved_model.save`` (no keras_metadata.pb)
@@ -15,7 +15,8 @@ tfkeras (TF_USE_LEGACY_KERAS=1) writes:
                     slot, and with a tensor ``extra/.ATTRIBUTES/VARIABLE_VALUE`` added
                     (a damaged copy)
 keras3 writes:
-  ROOT/export       a Keras 3 model (BN layers ``bn_x``, ``bn_y``), trained, ``model.export(dir)``
+  ROOT/export       a Keras 3 model (BN layers ``bn_x``, ``bn_y``, ``bn_frozen`` frozen from the
+                    start), trained, ``model.export(dir)``
 """
 
 import os
@@ -39,6 +40,7 @@ def functional(K, train):
     h = L.BatchNormalization(name="bn_a")(L.Dense(8, name="dense_a")(inp))
     h = L.Activation("relu")(h)
     h = L.BatchNormalization(name="bn_b")(L.Dense(4, name="dense_b")(h))
+    h = L.BatchNormalization(name="bn_frozen", trainable=False)(h)
     model = K.Model(inp, L.Dense(1, name="head")(h))
     model.compile(optimizer="adam", loss="mse")
     if train:
@@ -94,7 +96,7 @@ def build_tfkeras(root):
     prefix = os.path.join(dst, "variables", "variables")
     reader = tf.train.load_checkpoint(prefix)
     dropped = [f"layer_with_weights-{i}/{w}/.ATTRIBUTES/VARIABLE_VALUE" for i, w in
-               ((3, "moving_mean"), (3, "moving_variance"), (4, "kernel"))]
+               ((3, "moving_mean"), (3, "moving_variance"), (5, "kernel"))]
     dropped.append("optimizer/_variables/1/.ATTRIBUTES/VARIABLE_VALUE")
     names = sorted(set(reader.get_variable_to_shape_map()) - set(dropped))
     assert len(names) == len(reader.get_variable_to_shape_map()) - len(dropped), names
@@ -115,6 +117,7 @@ def build_keras3(root):
     inp = K.Input((6,), name="features")
     h = L.BatchNormalization(name="bn_x")(L.Dense(8, name="dense_x")(inp))
     h = L.BatchNormalization(name="bn_y")(L.Dense(4, name="dense_y")(L.Activation("relu")(h)))
+    h = L.BatchNormalization(name="bn_frozen", trainable=False)(h)
     model = K.Model(inp, L.Dense(1, name="head")(h))
     model.compile(optimizer="adam", loss="mse")
     model.fit(X, Y, batch_size=32, epochs=2, verbose=0)

@@ -23,12 +23,12 @@ SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 #: Each SavedModel's BN layers (real layer names) and their status.
 EXPECTED_BN = {
-    "functional": {"bn_a": "ok", "bn_b": "ok"},
-    "untrained": {"bn_a": "at-init", "bn_b": "at-init"},
+    "functional": {"bn_a": "ok", "bn_b": "ok", "bn_frozen": "at-init"},
+    "untrained": {"bn_a": "at-init", "bn_b": "at-init", "bn_frozen": "at-init"},
     "subclassed": {"subclassed/norm_in": "ok", "subclassed/norm_out": "ok"},
     "module": {"block": "ok"},
-    "stripped": {"bn_a": "ok", "bn_b": "missing"},
-    "export": {"bn_x": "ok", "bn_y": "ok"},
+    "stripped": {"bn_a": "ok", "bn_b": "missing", "bn_frozen": "at-init"},
+    "export": {"bn_x": "ok", "bn_y": "ok", "bn_frozen": "at-init"},
 }
 
 
@@ -103,24 +103,31 @@ def test_bn_layers_have_their_real_names_and_statuses(built, reports, kind):
 
 def test_findings_of_stale_and_damaged_savedmodels(reports):
     _, untrained = reports["untrained"]
+    # Never trained: every layer at init is an error, the frozen one too (nothing says the model trained).
     assert sorted((f["code"], f["layer"]) for f in untrained["findings"]) == [
-        ("bn-stats-at-init", "bn_a"), ("bn-stats-at-init", "bn_b")]
+        ("bn-stats-at-init", "bn_a"), ("bn-stats-at-init", "bn_b"), ("bn-stats-at-init", "bn_frozen")]
     assert all("ckptdoctor repair" in f["message"] for f in untrained["findings"])
     _, stripped = reports["stripped"]
     got = sorted((f["code"], f["severity"], f["layer"], f["tensor"]) for f in stripped["findings"])
     assert got == sorted([
         ("bn-stats-missing", "error", "bn_b", "layer_with_weights-3/moving_mean" + SUFFIX),
         ("bn-stats-missing", "error", "bn_b", "layer_with_weights-3/moving_variance" + SUFFIX),
-        ("missing-in-checkpoint", "error", None, "layer_with_weights-4/kernel" + SUFFIX),  # trainable
+        ("bn-frozen-untrained", "warning", "bn_frozen", "layer_with_weights-4/moving_mean" + SUFFIX),
+        ("missing-in-checkpoint", "error", None, "layer_with_weights-5/kernel" + SUFFIX),  # trainable
         ("missing-in-checkpoint", "info", None, "optimizer/_variables/1" + SUFFIX),  # an Adam slot
         ("unexpected-in-checkpoint", "warning", None, "extra" + SUFFIX),
     ])
-    kernel = next(f for f in stripped["findings"] if f["tensor"] == "layer_with_weights-4/kernel" + SUFFIX)
+    kernel = next(f for f in stripped["findings"] if f["tensor"] == "layer_with_weights-5/kernel" + SUFFIX)
     assert "head/kernel" in kernel["message"]  # the SavedModel's variable name
     in_graph = {t["name"]: t["in_graph"] for t in stripped["tensors"]}
     assert in_graph["extra" + SUFFIX] is False and in_graph["layer_with_weights-1/gamma" + SUFFIX] is True
-    for kind in ("functional", "subclassed", "module", "export"):
+    for kind in ("subclassed", "module"):
         assert reports[kind][1]["findings"] == [], kind
+    # A BN layer frozen from the start of a model that trained: a warning, not an error. tf-keras says
+    # trainable=False in keras_metadata.pb, Keras 3's export through its variables' trainable flags.
+    for kind in ("functional", "export"):
+        assert [(f["code"], f["severity"], f["layer"]) for f in reports[kind][1]["findings"]] == [
+            ("bn-frozen-untrained", "warning", "bn_frozen")], kind
 
 
 def test_roles_and_readable_names(built, reports):
@@ -137,7 +144,7 @@ def test_roles_and_readable_names(built, reports):
     roles = {t["role"] for t in subclassed["tensors"] if t["name"].startswith("optimizer/")}
     assert roles == {"optimizer_slot"}
     table = run_cli("inspect", built / "export", "--stats=False").stdout
-    bn_section = table.split("BN LAYERS (2)")[1]
+    bn_section = table.split("BN LAYERS (3)")[1]
     assert "bn_x" in bn_section and "bn_y" in bn_section
     assert "(bn_y/moving_variance)" in table
 
