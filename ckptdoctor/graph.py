@@ -94,24 +94,46 @@ class GraphInfo:
 # --------------------------------------------------------------------------- loading
 
 
+def _read_meta_graph(meta_path: str):
+    """The MetaGraphDef of a ``.meta`` file, or of a SavedModel (its directory or ``saved_model.pb``)."""
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+
+    if os.path.isdir(meta_path) and os.path.isfile(os.path.join(meta_path, C.SAVED_MODEL_PB)):
+        meta_path = os.path.join(meta_path, C.SAVED_MODEL_PB)
+    if not os.path.isfile(meta_path):
+        raise GraphError(f"no graph at {meta_path}: pass --graph with the .meta file written beside the checkpoint")
+    saved_model = os.path.basename(meta_path) == C.SAVED_MODEL_PB
+    try:
+        with open(meta_path, "rb") as f:
+            buf = f.read()
+        if not saved_model:
+            meta = meta_graph_pb2.MetaGraphDef()
+            meta.ParseFromString(buf)
+            return meta
+        sm = saved_model_pb2.SavedModel()
+        sm.ParseFromString(buf)
+    except (DecodeError, OSError, ValueError) as e:
+        what = "a SavedModel" if saved_model else "a MetaGraphDef"
+        raise GraphError(f"{meta_path} is not {what} ({e}): pass --graph with the .meta file the Saver wrote, "
+                         "or a SavedModel directory") from e
+    if not sm.meta_graphs:
+        raise GraphError(f"{meta_path} holds no MetaGraphDef: pass --graph with a complete SavedModel")
+    # The serving graph when there are several (tf.saved_model writes one, tagged "serve").
+    return next((m for m in sm.meta_graphs if "serve" in m.meta_info_def.tags), sm.meta_graphs[0])
+
+
 def load_graph(meta_path: str):
     """Import a MetaGraphDef into a new ``tf.Graph``; return ``(graph, saver, meta_graph_def)``.
+
+    ``meta_path`` is a ``.meta`` file, or a SavedModel directory or its ``saved_model.pb``
+    (whose first serving MetaGraphDef is imported).
 
     Raises:
         GraphError: the file is missing or is not a MetaGraphDef TensorFlow can import.
     """
     tf = import_tensorflow()
-    from google.protobuf.message import DecodeError
-    from tensorflow.core.protobuf import meta_graph_pb2
-
-    if not os.path.isfile(meta_path):
-        raise GraphError(f"no graph at {meta_path}: pass --graph with the .meta file written beside the checkpoint")
-    meta = meta_graph_pb2.MetaGraphDef()
-    try:
-        with open(meta_path, "rb") as f:
-            meta.ParseFromString(f.read())
-    except (DecodeError, OSError, ValueError) as e:
-        raise GraphError(f"{meta_path} is not a MetaGraphDef ({e}): pass --graph with the .meta file the Saver wrote") from e
+    meta = _read_meta_graph(meta_path)
     if not meta.graph_def.node:
         raise GraphError(f"{meta_path} holds no graph (no nodes): pass --graph with the .meta file the Saver wrote")
     graph = tf.Graph()
@@ -185,7 +207,7 @@ class GraphTracer:
         if name not in self._worth:
             self._worth[name] = False  # guards against recursion
             fdef = self._library.get(name)
-            wanted = C.FUSED_BN_OPS | C.ASSIGN_OPS | {"Rsqrt"}
+            wanted = C.FUSED_BN_OPS | C.ASSIGN_OPS | C.SAVE_OPS | {"Rsqrt"}
             found = False
             for node in fdef.node_def if fdef is not None else ():
                 if node.op in wanted:
@@ -282,10 +304,17 @@ def _index_of(tensors, tensor):
 # --------------------------------------------------------------------------- analysis
 
 
-def _saver_keys(graph, tracer) -> dict[str, str]:
-    """Variable op name -> checkpoint key, from the Saver's save ops."""
+def _saver_keys(graph, tracer) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Variable op name -> checkpoint key, from the Saver's save ops; and every key of each op.
+
+    A TF2 SavedModel saves one variable under several object paths (Keras 3's
+    ``variables/3`` and ``_all_variables/7``): the first is the variable's key, the
+    others are aliases that belong to it too.
+    """
     keys: dict[str, str] = {}
-    for op in graph.get_operations():
+    aliases: dict[str, list[str]] = {}
+    # TF2 SavedModels save from inside a function (``__inference__traced_save``): walk into it.
+    for op, frame in tracer.walk():
         if op.type not in C.SAVE_OPS:
             continue
         try:
@@ -295,10 +324,11 @@ def _saver_keys(graph, tracer) -> dict[str, str]:
             continue
         start = 3 if op.type == "SaveV2" else 2
         for key, tensor in zip(names, op.inputs[start:]):
-            var = tracer.one_source(tensor, ())
+            var = tracer.one_source(tensor, frame)
             if var is not None:
                 keys.setdefault(var, key)
-    return keys
+                aliases.setdefault(var, []).append(key)
+    return keys, aliases
 
 
 def _layer_name(keys: list[str]) -> str:
@@ -348,7 +378,9 @@ def _find_fused(tracer):
             continue
         gamma = tracer.one_source(op.inputs[1], frame)
         beta = tracer.one_source(op.inputs[2], frame)
-        x, _ = tracer.outer(op.inputs[0], frame)
+        x, x_frame = tracer.outer(op.inputs[0], frame)
+        if x_frame:
+            x = None  # computed inside a function (a TF2 SavedModel's layer): no session can fetch it
         try:
             fmt = op.get_attr("data_format").decode()
         except ValueError:
@@ -430,9 +462,11 @@ def _find_nonfused(tracer):
                     if add_op.type not in ("Add", "AddV2"):
                         continue
                     x_mul = add_op.inputs[0] if add_op.inputs[1] is sub.outputs[0] else add_op.inputs[1]
-                    if x_mul.op.type == "Mul" and scale in (x_mul.op.inputs[0], x_mul.op.inputs[1]):
+                    # ``is``, not ``in``: Tensor == is elementwise under TF2 behaviour.
+                    if x_mul.op.type == "Mul" and any(t is scale for t in x_mul.op.inputs[:2]):
                         raw = x_mul.op.inputs[1] if x_mul.op.inputs[0] is scale else x_mul.op.inputs[0]
-                        x = tracer.outer(raw, frame)[0]
+                        x, x_frame = tracer.outer(raw, frame)
+                        x = None if x_frame else x  # inside a function: not fetchable
                         out = add_op.outputs[0].name
         if mean is None:
             continue
@@ -465,11 +499,16 @@ def analyze_graph(meta_path: str) -> GraphInfo:
 def describe_graph(graph, path: str) -> GraphInfo:
     """``analyze_graph`` on an already imported graph."""
     tracer = GraphTracer(graph)
-    saver_keys = _saver_keys(graph, tracer)
+    saver_keys, aliases = _saver_keys(graph, tracer)
     has_saver = bool(saver_keys)
 
     global_vars = graph.get_collection("variables")
     trainable_ops = {v.op.name for v in graph.get_collection("trainable_variables")}
+    if not global_vars:
+        # A TF2 SavedModel's graph has no collections: its variables are the variable ops that
+        # its save function saves or its functions use (others are leftovers of tracing).
+        global_vars = [_HandleVariable(op) for op in graph.get_operations() if op.type in C.VARIABLE_OPS and (
+            op.name in saver_keys or any(c.type in C.CALL_OPS for c in op.outputs[0].consumers()))]
 
     def key_of(op_name: str) -> str:
         return saver_keys.get(op_name, op_name)
@@ -484,15 +523,16 @@ def describe_graph(graph, path: str) -> GraphInfo:
             key = key_of(v.op.name)
             shape = tuple(v.shape.as_list()) if v.shape.rank is not None and None not in v.shape.as_list() else None
         op_to_key[v.op.name] = key
-        if key in variables:
-            continue
-        variables[key] = GraphVariable(
-            name=key,
-            dtype=v.dtype.base_dtype.name,
-            shape=shape,
-            trainable=v.op.name in trainable_ops,
-            saved_by_saver=(v.op.name in saver_keys) if has_saver else None,
-        )
+        for alias in [key] + aliases.get(v.op.name, [])[1:]:
+            if alias in variables:
+                continue
+            variables[alias] = GraphVariable(
+                name=alias,
+                dtype=v.dtype.base_dtype.name,
+                shape=shape,
+                trainable=v.op.name in trainable_ops,
+                saved_by_saver=(v.op.name in saver_keys) if has_saver else None,
+            )
 
     def k(op_name):
         return None if op_name is None else op_to_key.get(op_name, key_of(op_name))
@@ -507,8 +547,10 @@ def describe_graph(graph, path: str) -> GraphInfo:
         keys = [k(n) for n in (mean, var, gamma, beta) if n]
         v = variables.get(k(mean))
         channels = v.shape[0] if v is not None and v.shape else None
+        # TF2 object paths (variables/3/.ATTRIBUTES/...) say nothing of the layer: its variables' names do.
+        named = [n for n in (mean, var, gamma, beta) if n] if any(C.TF2_VALUE_SUFFIX in key for key in keys) else keys
         bn_layers.append(BNLayer(
-            layer=_layer_name(keys), moving_mean=k(mean), moving_variance=k(var), gamma=k(gamma), beta=k(beta),
+            layer=_layer_name(named), moving_mean=k(mean), moving_variance=k(var), gamma=k(gamma), beta=k(beta),
             channels=channels, fused=fused, axis=axis, input_tensor=None if x is None else x.name,
             training_flags=flags, mode=mode, epsilon=eps, output_tensor=out,
         ))
@@ -544,6 +586,20 @@ def describe_graph(graph, path: str) -> GraphInfo:
         bn_update_ops=tuple(sorted(bn_update_ops)),
         keys_by_op=op_to_key,
     )
+
+
+class _HandleVariable:
+    """A variable op of a graph without variable collections, shaped like a ``tf.Variable`` for the analysis."""
+
+    def __init__(self, op):
+        from tensorflow.python.framework import tensor_shape
+
+        self.op = op
+        self.dtype = op.get_attr("dtype")
+        try:
+            self.shape = tensor_shape.TensorShape(op.get_attr("shape"))
+        except ValueError:
+            self.shape = tensor_shape.TensorShape(None)
 
 
 def _is_initializer(op) -> bool:

@@ -306,6 +306,12 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
     tracer = GraphTracer(g)
     layers = [layer for layer in info.bn_layers if layer.input_tensor and layer.moving_mean and layer.moving_variance]
     if not layers:
+        inside = [layer.layer for layer in info.bn_layers if not layer.input_tensor]
+        if inside:
+            raise GraphError(
+                f"the BN layers of {meta} ({', '.join(inside[:3])}) run inside functions (a TF2 SavedModel traced "
+                "for serving), where their inputs cannot be fetched: repair the model it was exported from "
+                "(.keras, .h5, or a tf-keras SavedModel) and export it again")
         raise GraphError(f"the graph {meta} has no batch-normalization layer whose input could be found: nothing to repair")
 
     # What to feed.
