@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,3 +104,32 @@ def run_cli_without_tf(*args) -> subprocess.CompletedProcess:
     """``ckptdoctor ARGS`` in a process where TensorFlow cannot be imported."""
     return subprocess.run([sys.executable, "-c", _NO_TF, *map(str, args)], capture_output=True, text=True,
                           timeout=300)
+
+
+def run_in_parallel(commands: dict, timeout: int = 600) -> None:
+    """Run builder subprocesses side by side (Keras 3 and tf-keras need a process each); all must succeed."""
+    procs = {name: subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, argv in commands.items()}
+    for name, p in procs.items():
+        _, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, (name, err[-3000:])
+
+
+def h5_datasets(path) -> dict:
+    """Every dataset h5py sees, with its values (for a .keras archive: of its model.weights.h5)."""
+    import zipfile
+
+    import h5py
+
+    out = {}
+
+    def visit(f):
+        f.visititems(lambda n, o: out.__setitem__(n, np.asarray(o[()])) if isinstance(o, h5py.Dataset) else None)
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z, z.open("model.weights.h5") as member, h5py.File(member, "r") as f:
+            visit(f)
+    else:
+        with h5py.File(path, "r") as f:
+            visit(f)
+    return out

@@ -5,15 +5,12 @@ expected differences are computed here with h5py and numpy over the same dataset
 """
 
 import json
-import subprocess
 import sys
-import zipfile
 
-import h5py
 import numpy as np
 import pytest
 
-from conftest import run_cli, run_cli_without_tf
+from conftest import h5_datasets, run_cli, run_cli_without_tf, run_in_parallel
 
 # Writes a.{keras|h5} and its save_weights file, b.* (the same model trained one more
 # step) and renamed.* (the same weights, one layer renamed in the config).
@@ -56,30 +53,13 @@ m.save(os.path.join(out, "b" + ext))
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("diffkeras")
-    procs = {}
     for which in ("keras3", "tfkeras"):
         (root / which).mkdir()
-        procs[which] = subprocess.Popen([sys.executable, "-c", _BUILD, which, str(root / which)],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for which, p in procs.items():
-        _, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-3000:]
-    return {w: root / w for w in procs}
+    run_in_parallel({w: [sys.executable, "-c", _BUILD, w, root / w] for w in ("keras3", "tfkeras")})
+    return {w: root / w for w in ("keras3", "tfkeras")}
 
 
-def datasets(path) -> dict:
-    out = {}
 
-    def visit(f):
-        f.visititems(lambda n, o: out.__setitem__(n, np.asarray(o[()])) if isinstance(o, h5py.Dataset) else None)
-
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z, z.open("model.weights.h5") as member, h5py.File(member, "r") as f:
-            visit(f)
-    else:
-        with h5py.File(path, "r") as f:
-            visit(f)
-    return out
 
 
 def diff_json(a, b):
@@ -92,11 +72,11 @@ def test_identical_and_retrained_files(files, which, ext):
     a, b = files[which] / f"a{ext}", files[which] / f"b{ext}"
     code, doc = diff_json(a, a)
     assert code == 0 and doc["identical"] and doc["config_changed"] is False
-    assert doc["compared"] == len(datasets(a))
+    assert doc["compared"] == len(h5_datasets(a))
 
     code, doc = diff_json(a, b)
     assert code == 1 and not doc["identical"] and doc["config_changed"] is False
-    da, db = datasets(a), datasets(b)
+    da, db = h5_datasets(a), h5_datasets(b)
     assert doc["compared"] == len(set(da) & set(db))
     want = {n for n in set(da) & set(db) if not np.array_equal(da[n], db[n])}
     changed = {c["name"]: c for c in doc["changed"]}
@@ -116,7 +96,7 @@ def test_full_model_against_its_save_weights_file(files, which, full, weights):
     # tf-keras' save_weights leaves the optimizer state out: only that is one-sided. Keras 3's
     # save_weights keeps it, so the two files are identical.
     assert doc["changed"] == [] and doc["only_in_b"] == []
-    assert doc["compared"] == len(datasets(files[which] / weights)) > 0
+    assert doc["compared"] == len(h5_datasets(files[which] / weights)) > 0
     assert all(n.split("/")[0] == "optimizer_weights" for n in doc["only_in_a"])
     assert bool(doc["only_in_a"]) == (which == "tfkeras")
     assert doc["config_changed"] is None and code == (1 if which == "tfkeras" else 0)

@@ -8,13 +8,12 @@ checks that the keys ckptdoctor assigns to a layer hold that layer's values.
 """
 
 import json
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, run_cli, tf_reader_values
+from conftest import assert_one_line_error, run_cli, run_in_parallel, tf_reader_values
 
 _BUILD = r"""
 import json, os, sys
@@ -73,15 +72,11 @@ with open(os.path.join(out, "stats.json"), "w") as f:
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("smgraph")
-    procs = {}
     for which in ("keras3", "tfkeras"):
         (root / which).mkdir()
-        procs[which] = subprocess.Popen([sys.executable, "-c", _BUILD, which, str(root / which)],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_in_parallel({w: [sys.executable, "-c", _BUILD, w, root / w] for w in ("keras3", "tfkeras")})
     stats = {}
-    for which, p in procs.items():
-        _, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-3000:]
+    for which in ("keras3", "tfkeras"):
         stats.update(json.loads((root / which / "stats.json").read_text()))
     return root, stats
 
