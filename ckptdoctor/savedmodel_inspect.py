@@ -44,7 +44,7 @@ from .diagnose import Finding, diagnose_bn, diagnose_graph, logical_name, role_f
 from .errors import CorruptCheckpointError, TensorReadError
 from .keras_inspect import FROZEN_CODE
 from .readers.protowire import WireFormatError, decode_object_graph, iter_fields
-from .readers.saved_model_pb import SavedNode, read_saved_object_graph
+from .readers.saved_model_pb import FusedBatchNorm, SavedNode, read_saved_model
 
 __all__ = ["SavedModelVariable", "SavedModelLayout", "is_saved_model_dir", "describe_saved_model",
            "inspect_saved_model"]
@@ -244,6 +244,38 @@ def _named_bn_layers(variables: dict) -> list[dict]:
     ]
 
 
+def _fused_bn_layers(fused: list[FusedBatchNorm], nodes: list[SavedNode], key_of_node: dict, variables: dict,
+                     known: list[dict]) -> list[dict]:
+    """BN layers no other rule found: ``FusedBatchNorm*`` ops whose mean and variance are saved variables.
+
+    The layer is named by the common scope of the mean's and variance's variable
+    names (``stem`` for ``stem/running_avg`` and ``stem/running_var``).
+    """
+    covered = {variables[k].name for layer in known for k in (layer.get("moving_mean"), layer.get("moving_variance"))
+               if k in variables}
+    layers, seen = [], set()
+    for op in fused:
+        if op.mean is None or op.variance is None or (op.mean, op.variance) in seen:
+            continue
+        seen.add((op.mean, op.variance))
+        mean, var = nodes[op.mean].variable, nodes[op.variance].variable
+        if mean is None or var is None or mean.name in covered or var.name in covered:
+            continue
+        a, b = mean.name.split("/"), var.name.split("/")
+        common = []
+        for x, y in zip(a[:-1], b[:-1]):
+            if x != y:
+                break
+            common.append(x)
+        layer = {"layer": "/".join(common) or mean.name, "channels": mean.shape[-1] if mean.shape else None,
+                 "trainable": None}
+        for weight, node in zip(BN_WEIGHTS, (op.mean, op.variance, op.scale, op.offset)):
+            layer[weight] = key_of_node.get(node) if node is not None and nodes[node].variable is not None else None
+        covered.update((mean.name, var.name))
+        layers.append(layer)
+    return layers
+
+
 def describe_saved_model(directory: str, reader) -> SavedModelLayout:
     """Match the bundle's keys to the variables ``saved_model.pb`` declares, and find the BN layers.
 
@@ -257,7 +289,7 @@ def describe_saved_model(directory: str, reader) -> SavedModelLayout:
     from .readers.bundle import _dtype_name
 
     pb = os.path.join(directory, SAVED_MODEL_PB)
-    nodes = read_saved_object_graph(pb)
+    nodes, fused = read_saved_model(pb)
     notes: list[str] = []
     if nodes is None:
         return SavedModelLayout({}, frozenset(), (), "", (
@@ -321,6 +353,11 @@ def describe_saved_model(directory: str, reader) -> SavedModelLayout:
     source = KERAS_METADATA_PB
     if bn is None:
         bn, source = _named_bn_layers(variables), "variable names"
+    if fused is None:
+        notes.append(f"the function library of {SAVED_MODEL_PB} is malformed: FusedBatchNorm ops not searched")
+    structural = _fused_bn_layers(fused or [], nodes, key_of_node, variables, bn)
+    if structural:
+        bn, source = bn + structural, f"{source} and FusedBatchNorm ops"
     return SavedModelLayout(variables, frozenset(owned), tuple(bn), source, tuple(notes))
 
 

@@ -10,6 +10,8 @@ tfkeras (TF_USE_LEGACY_KERAS=1) writes:
                     written by ``tf.saved_model.save`` (no keras_metadata.pb)
   ROOT/module       a ``tf.Module`` with hand-made BN variables ``block/{gamma,beta,moving_mean,
                     moving_variance}`` (trained values), written by ``tf.saved_model.save``
+  ROOT/custom      a ``tf.Module`` whose BN variables have custom names (``stem/running_avg``...)
+                    used by a ``FusedBatchNormV3`` op, never updated (at their initial values)
   ROOT/stripped     ROOT/functional whose bundle was rewritten by ``SaveV2`` without layer
                     ``bn_b``'s moving mean and variance, the kernel of ``head`` and one Adam
                     slot, and with a tensor ``extra/.ATTRIBUTES/VARIABLE_VALUE`` added
@@ -88,6 +90,25 @@ def build_tfkeras(root):
             return tf.nn.batch_normalization(x, self.moving_mean, self.moving_variance, self.beta, self.gamma, 1e-3)
 
     tf.saved_model.save(Block(), os.path.join(root, "module"))
+
+    class Custom(tf.Module):
+        """BN with names no rule knows, found only by its FusedBatchNormV3 op."""
+
+        def __init__(self):
+            super().__init__(name="custom")
+            with tf.name_scope("stem"):
+                self.scale_w = tf.Variable(tf.ones([3]), name="scale_w")
+                self.shift_b = tf.Variable(tf.zeros([3]), name="shift_b")
+                self.running_avg = tf.Variable(tf.zeros([3]), name="running_avg", trainable=False)
+                self.running_var = tf.Variable(tf.ones([3]), name="running_var", trainable=False)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4, 4, 3], tf.float32)])
+        def __call__(self, x):
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(x, self.scale_w, self.shift_b, self.running_avg,
+                                                       self.running_var, is_training=False)
+            return y
+
+    tf.saved_model.save(Custom(), os.path.join(root, "custom"))
 
     # A damaged copy: bn_b's moving statistics, the head's kernel and one Adam slot deleted from
     # the bundle, and a tensor no variable owns added; everything else as written.

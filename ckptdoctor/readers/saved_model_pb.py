@@ -25,9 +25,10 @@ import os
 from typing import NamedTuple
 
 from ..errors import CorruptCheckpointError
-from .protowire import WireFormatError, iter_fields
+from .protowire import WireFormatError, iter_fields, read_varint
 
-__all__ = ["SavedVariable", "SavedNode", "read_saved_object_graph", "decode_saved_object_graph", "KIND_NAMES"]
+__all__ = ["SavedVariable", "SavedNode", "FusedBatchNorm", "read_saved_object_graph", "decode_saved_object_graph",
+           "decode_fused_batch_norms", "read_saved_model", "KIND_NAMES"]
 
 _VARINT, _LEN = 0, 2
 
@@ -193,8 +194,143 @@ def decode_saved_object_graph(buf: bytes) -> list[SavedNode] | None:
     return nodes
 
 
-def read_saved_object_graph(path: str) -> list[SavedNode] | None:
-    """Read ``path`` (a ``saved_model.pb``) and decode its object graph.
+class FusedBatchNorm(NamedTuple):
+    """A ``FusedBatchNorm*`` op of a saved function whose inputs are captured objects.
+
+    Each of ``scale``, ``offset``, ``mean`` and ``variance`` is the object graph node
+    id of the variable the input reads (through ``ReadVariableOp``/``Identity``),
+    or None when the input is computed or comes from a caller.
+    """
+
+    function: str
+    op: str
+    scale: int | None
+    offset: int | None
+    mean: int | None
+    variance: int | None
+
+
+_FUSED_OPS = (b"FusedBatchNorm", b"FusedBatchNormV2", b"FusedBatchNormV3")
+_READ_OPS = frozenset({"ReadVariableOp", "Identity", "IdentityN", "Snapshot"})
+
+
+def _bound_inputs(object_graph: bytes) -> dict[str, list[int]]:
+    """``SavedObjectGraph.concrete_functions`` (field 2, a map): function name -> ``bound_inputs``."""
+    out: dict[str, list[int]] = {}
+    for f, wt, v in iter_fields(object_graph):
+        if f != 2 or wt != _LEN:
+            continue
+        name, bound = "", []
+        for f2, wt2, v2 in iter_fields(v):  # type: ignore[arg-type]
+            if f2 == 1 and wt2 == _LEN:
+                name = _text(v2)  # type: ignore[arg-type]
+            elif f2 == 2 and wt2 == _LEN:
+                for f3, wt3, v3 in iter_fields(v2):  # type: ignore[arg-type]
+                    if f3 == 2:  # SavedConcreteFunction.bound_inputs, packed or not
+                        if wt3 == _VARINT:
+                            bound.append(_signed(v3))  # type: ignore[arg-type]
+                        else:
+                            _need(wt3, _LEN, "SavedConcreteFunction.bound_inputs")
+                            pos = 0
+                            while pos < len(v3):  # type: ignore[arg-type]
+                                x, pos = read_varint(v3, pos, len(v3))  # type: ignore[arg-type]
+                                bound.append(_signed(x))
+        out[name] = bound
+    return out
+
+
+def _fused_in_function(fdef: bytes, bound: dict[str, list[int]]) -> list[FusedBatchNorm]:
+    """FunctionDef: 1 signature (OpDef: 1 name, 2 input_arg{1 name}), 3 node_def (NodeDef: 1 name, 2 op, 3 input)."""
+    name, args, ops = "", [], {}
+    for f, wt, v in iter_fields(fdef):
+        if f == 1 and wt == _LEN:
+            for f2, wt2, v2 in iter_fields(v):  # type: ignore[arg-type]
+                if f2 == 1 and wt2 == _LEN:
+                    name = _text(v2)  # type: ignore[arg-type]
+                elif f2 == 2 and wt2 == _LEN:
+                    args.append(str(_ints_and_strings(v2, {1: "s"}).get(1, "")))  # type: ignore[arg-type]
+        elif f == 3 and wt == _LEN:
+            node_name, op, inputs = "", "", []
+            for f2, wt2, v2 in iter_fields(v):  # type: ignore[arg-type]
+                if wt2 != _LEN:
+                    continue
+                if f2 == 1:
+                    node_name = _text(v2)  # type: ignore[arg-type]
+                elif f2 == 2:
+                    op = _text(v2)  # type: ignore[arg-type]
+                elif f2 == 3:
+                    inputs.append(_text(v2))  # type: ignore[arg-type]
+            ops[node_name] = (op, inputs)
+    captured = bound.get(name)
+    if not captured or len(captured) > len(args):
+        return []
+    # Captured objects are the last arguments of a saved concrete function.
+    by_arg = dict(zip(args[len(args) - len(captured):], captured))
+
+    def source(tensor: str) -> int | None:
+        for _ in range(32):  # a chain of reads and identities, never a cycle
+            node = tensor.split(":", 1)[0]
+            if node in by_arg and node not in ops:
+                return by_arg[node]
+            op, inputs = ops.get(node, ("", []))
+            data = [i for i in inputs if not i.startswith("^")]
+            if op not in _READ_OPS or not data:
+                return None
+            tensor = data[0]
+        return None
+
+    found = []
+    for op, inputs in ops.values():
+        if op.encode() in _FUSED_OPS:
+            data = [i for i in inputs if not i.startswith("^")]
+            if len(data) >= 5:
+                found.append(FusedBatchNorm(name, op, *(source(t) for t in data[1:5])))
+    return found
+
+
+def decode_fused_batch_norms(buf: bytes) -> list[FusedBatchNorm]:
+    """Every ``FusedBatchNorm*`` op of the saved functions, with the variables it reads.
+
+    Only ops in a function that ``SavedObjectGraph.concrete_functions`` lists are
+    resolved (their captured inputs are ``bound_inputs``); a variable passed down by
+    a calling function is not followed. ``MetaGraphDef.graph_def`` (2) ->
+    ``GraphDef.library`` (2) -> ``FunctionDefLibrary.function`` (1).
+
+    Raises:
+        WireFormatError: the graph or object graph is malformed.
+    """
+    if _FUSED_OPS[0] not in buf:
+        return []  # the common case of no fused BN: the library is never decoded
+    meta = _first_meta_graph(memoryview(buf))
+    if meta is None:
+        return []
+    graph_def, object_graph = None, None
+    for f, wt, v in iter_fields(meta):
+        if f == 2 and wt == _LEN:
+            graph_def = v
+        elif f == 7 and wt == _LEN:
+            object_graph = bytes(v)  # type: ignore[arg-type]
+    if graph_def is None or object_graph is None:
+        return []
+    bound = _bound_inputs(object_graph)
+    found = []
+    for f, wt, library in iter_fields(graph_def):  # type: ignore[arg-type]
+        if f == 2 and wt == _LEN:
+            for f2, wt2, fdef in iter_fields(library):  # type: ignore[arg-type]
+                if f2 == 1 and wt2 == _LEN:
+                    fdef = bytes(fdef)  # type: ignore[arg-type]
+                    if _FUSED_OPS[0] in fdef:  # the prefix of every fused op name
+                        found.extend(_fused_in_function(fdef, bound))
+    return found
+
+
+def read_saved_model(path: str) -> tuple[list[SavedNode] | None, list[FusedBatchNorm] | None]:
+    """Read ``path`` (a ``saved_model.pb``): its object graph and its fused BN ops.
+
+    Returns:
+        ``(nodes, fused)``: ``nodes`` is None for a SavedModel without an object
+        graph (TF1); ``fused`` is None when the function library is malformed
+        although the object graph is readable.
 
     Raises:
         CorruptCheckpointError: the file cannot be read or is not a SavedModel.
@@ -208,7 +344,20 @@ def read_saved_object_graph(path: str) -> list[SavedNode] | None:
     if not buf:
         raise CorruptCheckpointError(f"{path} is empty, not a SavedModel: {hint}")
     try:
-        return decode_saved_object_graph(buf)
+        nodes = decode_saved_object_graph(buf)
     except WireFormatError as e:
         raise CorruptCheckpointError(f"{path} is not a readable SavedModel ({e}): {hint}") from e
+    try:
+        fused = decode_fused_batch_norms(buf) if nodes is not None else []
+    except WireFormatError:
+        fused = None
+    return nodes, fused
 
+
+def read_saved_object_graph(path: str) -> list[SavedNode] | None:
+    """Read ``path`` (a ``saved_model.pb``) and decode its object graph.
+
+    Raises:
+        CorruptCheckpointError: the file cannot be read or is not a SavedModel.
+    """
+    return read_saved_model(path)[0]
