@@ -41,7 +41,7 @@ import numpy as np
 
 from .constants import OPTIMIZER_SLOT_PATTERN
 from .diagnose import Finding, diagnose_bn, diagnose_graph, logical_name, role_from_name
-from .errors import CorruptCheckpointError, TensorReadError
+from .errors import CheckpointNotFoundError, CorruptCheckpointError, TensorReadError
 from .keras_inspect import FROZEN_CODE
 from .readers.protowire import WireFormatError, decode_object_graph, iter_fields
 from .readers.saved_model_pb import FusedBatchNorm, SavedNode, read_saved_model
@@ -413,6 +413,11 @@ def inspect_saved_model(directory: str, stats: bool = True, match: str | None = 
 
     directory = os.fspath(directory)
     pattern = compile_match(match)
+    if not os.path.isfile(os.path.join(directory, VARIABLES_PREFIX) + ".index"):
+        raise CheckpointNotFoundError(
+            f"{directory} is a SavedModel without variables ({VARIABLES_PREFIX}.index is missing): "
+            "it holds no tensors to inspect; save the model again if it should have weights"
+        )
     resolved = resolve_checkpoint(directory)
     reader = open_reader(resolved)
     try:

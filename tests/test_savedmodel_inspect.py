@@ -193,3 +193,10 @@ def test_bad_saved_model_pb_is_a_one_line_error(built, tmp_path):
     # --graph False lists the bundle alone, as a TF2 checkpoint.
     proc = run_cli("inspect", folder, "--graph", "False", "--format", "json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["format"] == "tf-v2-bundle"
+
+
+def test_savedmodel_without_variables_is_a_one_line_error(built, tmp_path):
+    folder = tmp_path / "novars"
+    shutil.copytree(built / "module", folder)
+    shutil.rmtree(folder / "variables")
+    assert_one_line_error(run_cli("inspect", folder), "SavedModel without variables", "variables/variables.index")
