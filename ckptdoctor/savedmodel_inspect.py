@@ -193,10 +193,11 @@ def _keras_bn_layers(directory: str, nodes: list[SavedNode], key_of_node: dict[i
                 variable = nodes[child].variable if child is not None else None
                 if weight == "moving_mean" and variable is not None and variable.shape and variable.shape[-1] >= 0:
                     layer["channels"] = variable.shape[-1]
-            layers.append(layer)
+            if layer["moving_mean"] or layer["moving_variance"]:  # else a layer never built: no variables
+                layers.append(layer)
     except (WireFormatError, UnicodeDecodeError, ValueError) as e:
         raise CorruptCheckpointError(
-            f"{file} is not a readable keras_metadata.pb ({e}): move it away to inspect the SavedModel without it"
+            f"{file} is not a readable keras_metadata.pb ({e})"
         ) from e
     return layers
 
@@ -255,7 +256,9 @@ def _fused_bn_layers(fused: list[FusedBatchNorm], nodes: list[SavedNode], key_of
                if k in variables}
     layers, seen = [], set()
     for op in fused:
-        if op.mean is None or op.variance is None or (op.mean, op.variance) in seen:
+        ids = (op.mean, op.variance, op.scale, op.offset)
+        if op.mean is None or op.variance is None or (op.mean, op.variance) in seen \
+                or not all(i is None or 0 <= i < len(nodes) for i in ids):
             continue
         seen.add((op.mean, op.variance))
         mean, var = nodes[op.mean].variable, nodes[op.variance].variable
@@ -269,7 +272,7 @@ def _fused_bn_layers(fused: list[FusedBatchNorm], nodes: list[SavedNode], key_of
             common.append(x)
         layer = {"layer": "/".join(common) or mean.name, "channels": mean.shape[-1] if mean.shape else None,
                  "trainable": None}
-        for weight, node in zip(BN_WEIGHTS, (op.mean, op.variance, op.scale, op.offset)):
+        for weight, node in zip(BN_WEIGHTS, ids):
             layer[weight] = key_of_node.get(node) if node is not None and nodes[node].variable is not None else None
         covered.update((mean.name, var.name))
         layers.append(layer)
@@ -284,7 +287,8 @@ def describe_saved_model(directory: str, reader) -> SavedModelLayout:
         reader: a ``BundleReader`` of its ``variables/variables``.
 
     Raises:
-        CorruptCheckpointError: ``saved_model.pb`` or ``keras_metadata.pb`` is unreadable.
+        CorruptCheckpointError: ``saved_model.pb`` is unreadable (an unreadable
+            ``keras_metadata.pb`` is only a note: the names rule is used instead).
     """
     from .readers.bundle import _dtype_name
 
@@ -349,7 +353,11 @@ def describe_saved_model(directory: str, reader) -> SavedModelLayout:
         if marker >= 0 and any(key.startswith(k) for k in owned if k.find(ATTRIBUTES_SEGMENT) == marker):
             owned.add(key)
 
-    bn = _keras_bn_layers(directory, nodes, key_of_node)
+    try:
+        bn = _keras_bn_layers(directory, nodes, key_of_node)
+    except CorruptCheckpointError as e:  # saved_model.pb is enough: fall back on the variables' names
+        bn = None
+        notes.append(f"{e}; BN layers found by variable names instead")
     source = KERAS_METADATA_PB
     if bn is None:
         bn, source = _named_bn_layers(variables), "variable names"

@@ -200,3 +200,14 @@ def test_savedmodel_without_variables_is_a_one_line_error(built, tmp_path):
     shutil.copytree(built / "module", folder)
     shutil.rmtree(folder / "variables")
     assert_one_line_error(run_cli("inspect", folder), "SavedModel without variables", "variables/variables.index")
+
+
+def test_bad_keras_metadata_falls_back_on_variable_names(built, reports, tmp_path):
+    folder = tmp_path / "badmeta"
+    shutil.copytree(built / "functional", folder)
+    (folder / "keras_metadata.pb").write_bytes(b"\x0a\xff\xff garbage")
+    proc = run_cli("inspect", folder, "--format", "json")
+    doc = json.loads(proc.stdout)
+    assert any("keras_metadata.pb" in n and "variable names" in n for n in doc["notes"])
+    assert doc["bn_layers"] == reports["functional"][1]["bn_layers"]
+    assert doc["findings"] == reports["functional"][1]["findings"] and proc.returncode == 0
