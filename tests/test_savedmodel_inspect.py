@@ -211,3 +211,39 @@ def test_bad_keras_metadata_falls_back_on_variable_names(built, reports, tmp_pat
     assert any("keras_metadata.pb" in n and "variable names" in n for n in doc["notes"])
     assert doc["bn_layers"] == reports["functional"][1]["bn_layers"]
     assert doc["findings"] == reports["functional"][1]["findings"] and proc.returncode == 0
+
+
+@pytest.mark.parametrize("kind, name", [("custom", "saved_model.pb"), ("functional", "saved_model.pb"),
+                                        ("functional", "keras_metadata.pb")])
+def test_mutated_savedmodel_files_give_only_our_errors(built, tmp_path, kind, name):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from ckptdoctor.errors import CkptDoctorError
+    from ckptdoctor.inspection import inspect
+
+    folder = tmp_path / kind
+    shutil.copytree(built / kind, folder)
+    original = (built / kind / name).read_bytes()
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.tuples(st.sampled_from(["flip", "truncate", "varint"]), st.integers(0, len(original) - 1),
+                              st.integers(0, 7)), min_size=1, max_size=3))
+    def check(mutations):
+        data = bytearray(original)
+        for what, at, bit in mutations:
+            at %= max(len(data), 1)
+            if what == "flip" and data:
+                data[at] ^= 1 << bit
+            elif what == "truncate":
+                del data[at:]
+            elif what == "varint":
+                data[at:at + 10] = b"\xff" * 9 + b"\x01"
+        (folder / name).write_bytes(bytes(data))
+        try:
+            report = inspect(str(folder), stats=False)
+        except CkptDoctorError:
+            return
+        assert report.total_tensors == len(report.tensors)
+
+    check()
