@@ -479,6 +479,8 @@ def inspect_saved_model(directory: str, stats: bool = True, match: str | None = 
                 role = role_from_name(var.name + VALUE_SUFFIX)
                 if var.slot:
                     role = "optimizer_slot"
+                elif role == "weight" and not var.trainable:  # metric totals and counts, not weights
+                    role = "other"
             roles[key] = "other" if key == OBJECT_GRAPH_KEY else role
         if layout.variables:
             checked = {k: e for k, e in by_key.items() if k not in layout.owned}

@@ -152,6 +152,10 @@ def test_roles_and_readable_names(built, reports):
     assert tensors[bn_x["moving_mean"]]["object_path"].endswith("(bn_x/moving_mean)")
     assert {t["role"] for t in export["tensors"]} == {"other", "weight", "bn_gamma", "bn_beta", "bn_moving_mean",
                                                       "bn_moving_variance"}
+    _, functional = reports["functional"]
+    roles = {t["name"]: t["role"] for t in functional["tensors"]}
+    assert roles["keras_api/metrics/0/count" + SUFFIX] == "other"  # not trainable, not a weight
+    assert roles["layer_with_weights-0/kernel" + SUFFIX] == "weight"
     _, subclassed = reports["subclassed"]
     # Optimizer variables (Adam/m/subclassed/norm_in/gamma) are not BN layers.
     roles = {t["role"] for t in subclassed["tensors"] if t["name"].startswith("optimizer/")}
