@@ -16,11 +16,29 @@ __all__ = ["inspect", "diff", "repair", "read_report", "CkptDoctorError", "__ver
 from .errors import CkptDoctorError
 
 
-def inspect(checkpoint, **kwargs):
-    """Inspect a checkpoint; see ``ckptdoctor.inspection.inspect``."""
+def inspect(checkpoint, data=None, *, input=None, training=None, feed=(), batch_size=256, max_samples=None,
+            unsafe=False, **kwargs):
+    """Inspect a checkpoint; see ``ckptdoctor.inspection.inspect``.
+
+    With ``data`` (as for ``repair``), also check the stored BN statistics against
+    the data: a dry-run repair computes what they should be, and layers whose stored
+    statistics are far off get ``bn-stats-stale`` findings (see ``ckptdoctor.staleness``).
+    ``input``, ``training``, ``feed``, ``batch_size``, ``max_samples`` and ``unsafe``
+    are passed to that dry run.
+    """
     from .inspection import inspect as _inspect
 
-    return _inspect(checkpoint, **kwargs)
+    report = _inspect(checkpoint, **kwargs)
+    if data is None:
+        return report
+    from .repairing import repair as _repair
+    from .staleness import with_staleness
+
+    graph = kwargs.get("graph")
+    dry = _repair(checkpoint, data, graph=graph if graph not in (None, True, False) else None, input=input,
+                  training=training, feed=feed, batch_size=batch_size, max_samples=max_samples, dry_run=True,
+                  unsafe=unsafe)
+    return with_staleness(report, dry)
 
 
 def diff(a, b, **kwargs):

@@ -38,11 +38,18 @@ def _render_inspect(report, format):
     return Outcome(text, report.exit_code)
 
 
+def _feeds(feed) -> list[str]:
+    """--feed given once (a string) or several times (a tuple)."""
+    return [str(f) for f in ([feed] if isinstance(feed, str) else list(feed or ()))]
+
+
 class Commands:
     """Inspect and repair TensorFlow checkpoints, above all their batch-norm statistics."""
 
     def inspect(self, checkpoint: str, graph: str | None = None, stats: bool = True, match: str | None = None,
-                format: str = "table", report: str | None = None, force: bool = False):
+                format: str = "table", report: str | None = None, force: bool = False, data: str | None = None,
+                input: str | None = None, training: str | None = None, feed: tuple = (), batch_size: int = 256,
+                max_samples: int | None = None, unsafe: bool = False):
         """List every tensor, cross-reference the graph, diagnose BN statistics.
 
         Args:
@@ -54,14 +61,27 @@ class Commands:
             format: table or json.
             report: also write the report as HDF5 to this path.
             force: overwrite an existing --report file.
+            data: also check the BN statistics against data (as for repair; a dry run writes nothing):
+                layers whose stored statistics are far from their input's moments are bn-stats-stale.
+            input: with --data: the placeholder or model input the data feed.
+            training: with --data: the boolean training switch (TF1 graphs).
+            feed: with --data: NAME=VALUE constants for other placeholders.
+            batch_size: with --data: samples per forward pass.
+            max_samples: with --data: use only the first N samples.
+            unsafe: with --data: allow Keras Lambda layers (their code runs).
 
         Exit code: 0 no error-level finding, 1 at least one, 2 the checkpoint could not be read.
         """
-        from .inspection import inspect
+        from . import inspect
 
         format = _fmt(format)
+        extra = {}
+        if data is not None:
+            extra = dict(data=str(data), input=None if input is None else str(input),
+                         training=None if training is None else str(training), feed=_feeds(feed),
+                         batch_size=int(batch_size), max_samples=max_samples, unsafe=bool(unsafe))
         result = inspect(str(checkpoint), graph=graph if graph in (None, False) else str(graph),
-                         stats=bool(stats), match=None if match is None else str(match))
+                         stats=bool(stats), match=None if match is None else str(match), **extra)
         if report:
             from .h5report import write_report
 
@@ -128,28 +148,14 @@ class Commands:
 
         Exit code: 0 repaired (or dry run), 2 error.
         """
-        from .keras_inspect import is_keras_file
         from .render import render_repair, to_json
         from .repairing import repair
 
         format = _fmt(format)
-        if is_keras_file(str(checkpoint)):
-            from .keras_repair import repair_keras
-
-            result = repair_keras(
-                str(checkpoint), str(data), input=None if input is None else str(input), batch_size=int(batch_size),
-                max_samples=None if max_samples is None else int(max_samples), method=str(method),
-                output=None if output is None else str(output), in_place=bool(in_place), dry_run=bool(dry_run),
-                force=bool(force), report=None if report is None else str(report), unsafe=bool(unsafe),
-                progress=bool(progress),
-            )
-            text = to_json(result.to_dict()) if format == "json" else render_repair(result)
-            return Outcome(text, 0)
-        feeds = [feed] if isinstance(feed, str) else list(feed or ())
         result = repair(
             str(checkpoint), str(data), graph=None if graph is None else str(graph),
             input=None if input is None else str(input), training=None if training is None else str(training),
-            feed=[str(f) for f in feeds], batch_size=int(batch_size),
+            feed=_feeds(feed), batch_size=int(batch_size),
             max_samples=None if max_samples is None else int(max_samples), method=str(method),
             output=None if output is None else str(output), in_place=bool(in_place), dry_run=bool(dry_run),
             force=bool(force), report=None if report is None else str(report), progress=bool(progress),

@@ -33,6 +33,7 @@ CODES = {
     "checksum-mismatch": "a tensor's bytes do not match their stored checksum",
     "tensor-unreadable": "a tensor's bytes cannot be read (a truncated or missing data file)",
     "bn-frozen-untrained": "a Keras BN layer frozen from the start (trainable=False) kept its initial statistics",
+    "bn-stats-stale": "with --data: a BN layer's stored statistics differ from its input's moments on the data",
 }
 
 

@@ -263,14 +263,25 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
         progress: show a progress bar on stderr (when it is a terminal).
         unsafe: SavedModels written by tf-keras only: allow Lambda layers (their code runs).
 
-    A SavedModel directory written by tf-keras (``saved_model.pb`` + ``keras_metadata.pb``)
-    is repaired as a Keras model by ``savedmodel_repair.repair_saved_model``.
+    A Keras file (``.keras``, full ``.h5``) is repaired by ``keras_repair.repair_keras``,
+    and a SavedModel directory written by tf-keras (``saved_model.pb`` +
+    ``keras_metadata.pb``) by ``savedmodel_repair.repair_saved_model``.
 
     Returns:
         A ``RepairReport``.
     """
+    from .keras_inspect import is_keras_file
     from .savedmodel_repair import is_saved_model
 
+    if is_keras_file(os.fspath(checkpoint)):
+        from .keras_repair import repair_keras
+
+        if graph or training or feed:
+            raise CkptDoctorError("--graph, --training and --feed are for TF1 checkpoints: a Keras file brings its "
+                                  "own model; drop them")
+        return repair_keras(os.fspath(checkpoint), data, input=input, batch_size=batch_size, max_samples=max_samples,
+                            method=method, output=output, in_place=in_place, dry_run=dry_run, force=force,
+                            report=report, unsafe=unsafe, progress=progress)
     if is_saved_model(os.fspath(checkpoint)):
         from .savedmodel_repair import repair_saved_model
 
