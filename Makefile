@@ -19,6 +19,9 @@ demo: $(VENV)/.installed
 	@echo "== 2. The seed as written: statistics stored, but stale; the restored network in inference mode =="
 	@$(PY) sample_ckpts/evaluate.py sample_ckpts/seed
 	@echo
+	@echo "== 2b. Stale statistics are found with data: inspect --data (a dry-run repair, nothing written) =="
+	-$(BIN)/ckptdoctor inspect sample_ckpts/seed --data sample_ckpts/seed/X.npy --stats=False --match 'moving'
+	@echo
 	@echo "== 3. Repair: recompute the BN statistics from X.npy in training mode (output in demo_out/) =="
 	@mkdir -p demo_out
 	$(BIN)/ckptdoctor repair sample_ckpts/seed --data sample_ckpts/seed/X.npy --batch-size 1000 \

@@ -75,14 +75,19 @@ def stale_findings(repair_report) -> tuple[list[Finding], list[str]]:
 
 
 def with_staleness(report, repair_report):
-    """The inspect report with the ``bn-stats-stale`` findings and notes of a dry-run repair added."""
+    """The inspect report with the ``bn-stats-stale`` findings and notes of a dry-run repair added.
+
+    The BN table's status of a stale layer becomes ``stale``.
+    """
     from .inspection import _summary
 
     findings, notes = stale_findings(repair_report)
     order = {"error": 0, "warning": 1, "info": 2}  # the order inspect lists findings in
     all_findings = tuple(sorted(tuple(report.findings) + tuple(findings),
                                 key=lambda f: (order[f.severity], f.code, f.layer or "", f.tensor or "")))
+    stale = {f.layer for f in findings}
+    bn_layers = tuple(dataclasses.replace(row, status="stale") if row.layer in stale else row for row in report.bn_layers)
     return dataclasses.replace(
-        report, findings=all_findings, notes=tuple(report.notes) + tuple(notes),
+        report, findings=all_findings, notes=tuple(report.notes) + tuple(notes), bn_layers=bn_layers,
         summary=_summary(report.total_tensors, report.total_bytes, report.bn_layers, all_findings),
     )

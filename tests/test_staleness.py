@@ -34,6 +34,9 @@ def test_seed_as_written_is_stale_only_with_data():
     stale = {f["layer"]: f["severity"] for f in doc["findings"] if f["code"] == STALE_CODE}
     assert code == 1 and stale.get("batch_normalization_1") == "error"
     assert any("checked against 1000 samples" in n for n in doc["notes"])
+    assert {row["layer"]: row["status"] for row in doc["bn_layers"]} == {
+        layer: ("stale" if layer in stale else "ok") for layer in
+        ("batch_normalization", "batch_normalization_1", "batch_normalization_2")}
     assert doc["summary"]["errors"] == sum(f["severity"] == "error" for f in doc["findings"])
 
 
