@@ -23,7 +23,18 @@ BN layers come from, in order of preference:
    of a ``tf.Module`` or subclassed model): variables named ``<scope>/moving_mean``,
    ``<scope>/moving_variance``, ``<scope>/gamma``, ``<scope>/beta`` form layer
    ``<scope>`` (a moving statistic is needed to count: gamma and beta alone are a
-   ``LayerNormalization``; optimizer variables are skipped).
+   ``LayerNormalization``; optimizer variables are skipped);
+3. in addition, for BN layers with names no rule knows, every ``FusedBatchNorm*`` op
+   of a saved concrete function whose mean and variance inputs read captured
+   variables (``SavedConcreteFunction.bound_inputs``), named by the common scope of
+   those variables' names.
+
+A layer frozen (``trainable=False``) from the start of a model that trained, whose
+statistics are still at their initial values, is ``bn-frozen-untrained`` (a warning)
+as for Keras files: ``keras_metadata.pb`` says ``trainable``; without it, a gamma
+listed by an object's ``non_trainable_variables`` (Keras 3) or not trainable does.
+A SavedModel without an object graph (TF1 ``SavedModelBuilder``) is inspected as a
+plain checkpoint, BN layers by the bundle's names.
 
 Variables the SavedModel declares but the bundle lacks are ``missing-in-checkpoint``
 (severity by ``trainable``, as for TF1 graphs); bundle tensors no object of the
@@ -485,7 +496,8 @@ def inspect_saved_model(directory: str, stats: bool = True, match: str | None = 
         if layout.variables:
             checked = {k: e for k, e in by_key.items() if k not in layout.owned}
             findings.extend(diagnose_graph(layout.variables, checked, roles, stat_keys, None, ()))
-        findings = _savedmodel_findings(findings, layout.variables, f"{os.path.join(directory, VARIABLES_PREFIX)}")
+        if graph_label is not None:  # a TF1 SavedModel keeps the TF1 advice (UPDATE_OPS, Saver)
+            findings = _savedmodel_findings(findings, layout.variables, os.path.join(directory, VARIABLES_PREFIX))
 
         def object_path(entry):
             var = layout.variables.get(entry.name)

@@ -12,6 +12,8 @@ tfkeras (TF_USE_LEGACY_KERAS=1) writes:
                     moving_variance}`` (trained values), written by ``tf.saved_model.save``
   ROOT/custom      a ``tf.Module`` whose BN variables have custom names (``stem/running_avg``...)
                     used by a ``FusedBatchNormV3`` op, never updated (at their initial values)
+  ROOT/tf1          a TF1 SavedModel (``SavedModelBuilder``, no object graph), BN ``tf1_bn``
+                    at its initial values
   ROOT/stripped     ROOT/functional whose bundle was rewritten by ``SaveV2`` without layer
                     ``bn_b``'s moving mean and variance, the kernel of ``head`` and one Adam
                     slot, and with a tensor ``extra/.ATTRIBUTES/VARIABLE_VALUE`` added
@@ -109,6 +111,17 @@ def build_tfkeras(root):
             return y
 
     tf.saved_model.save(Custom(), os.path.join(root, "custom"))
+
+    # A TF1 SavedModel (SavedModelBuilder): no object graph, TF1 variable names in the bundle.
+    with tf.Graph().as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 4, 4, 2], name="x")
+        y = tf.compat.v1.layers.batch_normalization(x, training=False, name="tf1_bn")
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            builder = tf.compat.v1.saved_model.Builder(os.path.join(root, "tf1"))
+            builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={
+                "serving_default": tf.compat.v1.saved_model.predict_signature_def({"x": x}, {"y": y})})
+            builder.save()
 
     # A damaged copy: bn_b's moving statistics, the head's kernel and one Adam slot deleted from
     # the bundle, and a tensor no variable owns added; everything else as written.

@@ -251,3 +251,12 @@ def test_mutated_savedmodel_files_give_only_our_errors(built, tmp_path, kind, na
         assert report.total_tensors == len(report.tensors)
 
     check()
+
+
+def test_tf1_savedmodel_is_inspected_as_a_plain_checkpoint(built):
+    proc = run_cli("inspect", built / "tf1", "--format", "json")
+    doc = json.loads(proc.stdout)
+    assert any("no object graph" in n for n in doc["notes"]) and doc["graph"] is None
+    assert {t["name"] for t in doc["tensors"]} == set(tf_variables(built / "tf1"))
+    assert [(b["layer"], b["status"]) for b in doc["bn_layers"]] == [("tf1_bn", "at-init")]
+    assert [f["code"] for f in doc["findings"]] == ["bn-stats-at-init"] and proc.returncode == 1
