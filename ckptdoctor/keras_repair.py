@@ -324,6 +324,8 @@ class _Taps:
         self.channels = {bn.name: int(bn.layer.moving_mean.shape[0]) for bn in bns}
         self.calls: list[str] = []
         self.outputs: dict | None = None
+        self.reference: dict | None = None
+        self._gaps: dict[str, float] = {}
         self.pooled: dict | None = None
         self.only: str | None = None
         self._tapped = []
@@ -347,6 +349,8 @@ class _Taps:
             out = original(*args, **kwargs)
             if self.outputs is not None:
                 self.outputs[bn.name] = np.asarray(out)
+            elif self.reference is not None:  # compared at once: one set of outputs is held, not two
+                self._gaps[bn.name] = _largest_gap(out, self.reference[bn.name])
             return out
 
         object.__setattr__(bn.layer, "call", call)
@@ -364,6 +368,15 @@ class _Taps:
         finally:
             self.pooled, self.only = None, None
         return self.outputs
+
+    def gaps(self, model, batch: list, reference: dict) -> dict[str, float]:
+        """One inference-mode pass: each layer's largest |output - reference output|."""
+        self._gaps, self.reference = {}, reference
+        try:
+            self.run(model, batch, training=False)
+        finally:
+            self.reference = None
+        return self._gaps
 
     def close(self) -> None:
         for layer in self._tapped:
@@ -428,24 +441,28 @@ def recompute_bn_moments(model, bns: list[BNLayer], frozen: list[BNLayer], xs: l
     first = next(batches())
     taps = _Taps(bns)
     try:
-        before = taps.run(model, first, training=False, keep=True)
-        _check_calls(bns, taps.calls)
-        order = list(dict.fromkeys(taps.calls))
+        # The first pass is a training-mode pass on the first batch: its outputs are the
+        # gaps' reference, and its calls show each layer running once, in which order.
         if method == "train":
             bar = Progress(steps, progress, "repair")
             train = None
             for batch in batches():
                 out = taps.run(model, batch, training=True, keep=train is None, pooled=pooled)
-                train = out if train is None else train
+                if train is None:
+                    _check_calls(bns, taps.calls)
+                    train = out
                 bar.step()
-            for bn in every:  # Keras' own moving-average updates during these passes
-                _assign(bn, *snapshot[bn.name])
+        else:
+            train = taps.run(model, first, training=True, keep=True)
+            _check_calls(bns, taps.calls)
+        order = list(dict.fromkeys(taps.calls))
+        for bn in every:  # undo Keras' own moving-average updates of the training-mode passes
+            _assign(bn, *snapshot[bn.name])
+        gaps_before = taps.gaps(model, first, train)
+        if method == "train":
             for bn in bns:
                 _assign(bn, pooled[bn.name].mean, pooled[bn.name].variance)
         else:
-            train = taps.run(model, first, training=True, keep=True)
-            for bn in every:
-                _assign(bn, *snapshot[bn.name])
             by_name = {bn.name: bn for bn in bns}
             bar = Progress(steps * len(order), progress, "repair")
             for name in order:
@@ -453,11 +470,9 @@ def recompute_bn_moments(model, bns: list[BNLayer], frozen: list[BNLayer], xs: l
                     taps.run(model, batch, training=False, pooled=pooled, only=name)
                     bar.step()
                 _assign(by_name[name], pooled[name].mean, pooled[name].variance)
-        after = taps.run(model, first, training=False, keep=True)
+        gaps_after = taps.gaps(model, first, train)
     finally:
         taps.close()
-    gaps_before = {name: _largest_gap(before[name], train[name]) for name in pooled}
-    gaps_after = {name: _largest_gap(after[name], train[name]) for name in pooled}
     return pooled, gaps_before, gaps_after
 
 

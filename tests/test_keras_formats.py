@@ -181,6 +181,9 @@ def test_repair_fixes_inference_and_keeps_everything_else(models, tmp_path, whic
         assert src.read_bytes() == before  # the input is never written
         assert result["output"] == str(out)
         outputs[kind] = (src, out, data, folder / "y.npy")
+        assert result["gap_note"] and not any("not measured" in note for note in result["notes"])
+        for layer in result["layers"]:  # the inference-vs-training gap on the first batch closes
+            assert layer["gap_after"] < layer["gap_before"] / 2, (kind, layer)
         # Every other weight bit-identical, the statistics replaced, the config unchanged.
         _, report = inspect_json(src, "--stats=False")
         stats = _bn_keys(report)

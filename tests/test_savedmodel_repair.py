@@ -93,6 +93,8 @@ def test_repair_rewrites_only_the_statistics_and_fixes_inference(built, tmp_path
         np.testing.assert_allclose(b[mm], expected[layer + "/mean"], rtol=1e-4, atol=1e-6 * np.abs(expected[layer + "/mean"]).max())
         np.testing.assert_allclose(b[mv], expected[layer + "/var"], rtol=1e-4)
         assert not np.allclose(a[mv], b[mv], rtol=1e-2)  # they were stale
+    for layer in result["layers"]:  # all data in one batch: inference mode now gives training mode's outputs
+        assert layer["gap_before"] > 0.1 and layer["gap_after"] < 1e-3 * layer["gap_before"], layer
     # tf-keras loads the repaired SavedModel, and inference now matches training mode.
     old, new = losses(built / kind / "X.npy", built / kind / "y.npy", src, out)
     assert old["infer"] > 5 * old["train"], old
