@@ -16,7 +16,14 @@ nor the protobuf library. The field numbers, from TensorFlow's
 - ``SavedVariable``: 1 ``dtype`` (enum), 2 ``shape`` (``TensorShapeProto``),
   3 ``trainable``, 6 ``name``.
 
-The graph itself (field 2, the function library) is skipped without decoding.
+- ``SavedObjectGraph``: 2 ``concrete_functions`` (map: 1 name -> 2
+  ``SavedConcreteFunction{2 bound_inputs}``, the object ids a function captures).
+- ``GraphDef``: 2 ``library`` (``FunctionDefLibrary{1 function}``); ``FunctionDef``:
+  1 ``signature`` (``OpDef{1 name, 2 input_arg{1 name}}``), 3 ``node_def``
+  (``NodeDef{1 name, 2 op, 3 input}``).
+
+The graph (field 2) is decoded only when its bytes contain ``FusedBatchNorm``, and
+then only the functions that do; everything else is skipped without a copy.
 """
 
 from __future__ import annotations
