@@ -165,6 +165,34 @@ class Commands:
         return Outcome(text, 0)
 
 
+def _check_options(argv: list[str]) -> list[str]:
+    """Unknown ``--options`` are one-line errors (fire would print its usage screen); ``--no-x`` means ``--x=False``."""
+    import inspect as _inspect
+
+    from .errors import CkptDoctorError
+
+    if not argv or argv[0].startswith("-") or not hasattr(Commands, argv[0]):
+        return argv
+    params = _inspect.signature(getattr(Commands, argv[0])).parameters
+    known = {name for name in params if name != "self"}
+    flags = {name for name, p in params.items() if isinstance(p.default, bool)}
+    out = []
+    for arg in argv:
+        if not arg.startswith("--") or arg in ("--help", "--"):
+            out.append(arg)
+            continue
+        name = arg[2:].split("=", 1)[0].replace("-", "_")
+        if name.startswith("no_") and name[3:] in flags and "=" not in arg:
+            out.append(f"--{name[3:]}=False")
+            continue
+        if name in known or (name.startswith("no") and name[2:] in flags):
+            out.append(arg)
+            continue
+        options = ", ".join("--" + n.replace("_", "-") for n in params if n != "self")
+        raise CkptDoctorError(f"unknown option {arg.split('=', 1)[0]} for {argv[0]}: its options are {options}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ckptdoctor`` console script."""
     import fire
@@ -175,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     try:
+        argv = _check_options(argv)
         result = fire.Fire(Commands, command=argv, name="ckptdoctor")
     except fire.core.FireExit as e:
         return int(e.code or 0)
@@ -186,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ckptdoctor: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): not an error of ours to report
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 1
     except Exception as e:  # the CLI boundary: a bug must still not print a traceback
         if debug:
             raise

@@ -1,6 +1,7 @@
 """inspect on real checkpoints built by real graphs (control flow v1 and v2), through the library and the CLI."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,3 +217,17 @@ def test_tf2_checkpoint_shows_object_paths_in_json_table_and_hdf5(tmp_path):
     with h5py.File(tmp_path / "r.h5", "r") as f:
         stored = {r["name"].decode(): r["object_path"].decode() for r in f["tensors"][()]}
     assert stored[key] == paths[key]
+
+
+def test_unknown_option_is_one_line_and_no_flag_means_false(tmp_path):
+    seed = Path(__file__).resolve().parents[1] / "sample_ckpts" / "seed"
+    proc = run_cli("inspect", seed, "--bogus", "1")
+    assert_one_line_error(proc, "unknown option --bogus for inspect", "--match")
+    proc = run_cli("repair", seed, "--data", seed / "X.npy", "--in_place_typo")
+    assert_one_line_error(proc, "unknown option --in_place_typo for repair")
+    # --no-stats (a common spelling) and fire's own --nostats both turn statistics off.
+    for flag in ("--no-stats", "--nostats"):
+        doc = json.loads(run_cli("inspect", seed, flag, "--format", "json").stdout)
+        assert all(t["mean"] is None for t in doc["tensors"]), flag
+    doc = json.loads(run_cli("inspect", seed, "--format", "json").stdout)
+    assert any(t["mean"] is not None for t in doc["tensors"])
