@@ -153,6 +153,7 @@ def build_nested(which, out):
     model.save_weights(os.path.join(out, "model.weights.h5"))
     if which == "tfkeras":
         model.save(os.path.join(out, "savedmodel"), save_format="tf")
+        model.save_weights(os.path.join(out, "legacy_weights.h5"), save_format="h5")  # the legacy layout
     np.save(os.path.join(out, "X.npy"), x)
     np.save(os.path.join(out, "y.npy"), y)
     stats = {f"{k}@{bs}": v for bs in (64, 320) for k, v in nested_stats(model, x, bs).items()}

@@ -105,6 +105,14 @@ def test_inspect_names_nested_bn_layers_by_path(nested, which):
     assert len(set(means)) == 4 and all(m.startswith("layers/") for m in means)
     if which == "keras3":  # Keras 3 records each nested model's name
         assert {b["layer"] for b in report["bn_layers"]} == TRAINABLE | {FROZEN}
+    else:  # tf-keras save_weights in the legacy layout: the top-level layer and the variable's own name
+        legacy = folder / "legacy_weights.h5"
+        proc, report = inspect_json(legacy)
+        assert {b["layer"] for b in report["bn_layers"]} == {"backbone/bn1", "backbone/bn2", FROZEN, "bn_top"}
+        assert {b["status"] for b in report["bn_layers"]} == {"ok"}
+        proc, report = inspect_json(legacy, "--graph", main)
+        assert {b["layer"] for b in report["bn_layers"]} == TRAINABLE | {FROZEN}
+        assert proc.returncode == 0 and all(t["in_graph"] for t in report["tensors"])
 
 
 def test_inspect_legacy_h5_reports_a_missing_nested_statistic(nested, tmp_path):
