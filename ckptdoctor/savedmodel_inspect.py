@@ -508,11 +508,13 @@ def inspect_saved_model(directory: str, stats: bool = True, match: str | None = 
 
         entries_shown = [replace(e, object_path=object_path(e)) for e in entries]
         tensors, listed = list_tensors(
-            reader, entries_shown, stats=stats, pattern=pattern, role_of=lambda n: roles.get(n, "other"),
+            reader, entries_shown, stats=stats, pattern=None, role_of=lambda n: roles.get(n, "other"),
             in_graph_of=(lambda n: None if n == OBJECT_GRAPH_KEY else (n in layout.variables or n in layout.owned))
             if layout.variables else (lambda n: None),
             unreadable=unreadable,
         )
+        if pattern is not None:  # --match also sees the variable names (Keras 3 keys are variables/4/...)
+            tensors = [t for t in tensors if pattern.search(t.name) or pattern.search(t.object_path or "")]
         return assemble_report(
             checkpoint=resolved.prefix, format="tf-saved-model", graph=graph_label, entries=entries,
             tensors=tensors, bn_rows=bn_rows, findings=findings + listed, unreadable=unreadable, notes=notes,

@@ -160,6 +160,12 @@ def test_roles_and_readable_names(built, reports):
     # Optimizer variables (Adam/m/subclassed/norm_in/gamma) are not BN layers.
     roles = {t["role"] for t in subclassed["tensors"] if t["name"].startswith("optimizer/")}
     assert roles == {"optimizer_slot"}
+    # --match sees the variable names behind Keras 3's numbered keys.
+    matched = json.loads(run_cli("inspect", built / "export", "--match", "bn_y/moving", "--format", "json").stdout)
+    assert {t["name"] for t in matched["tensors"]} == {
+        k for b in export["bn_layers"] if b["layer"] == "bn_y" for k in (b["moving_mean"], b["moving_variance"])
+    } | {t["name"] for t in export["tensors"] if t["object_path"] and "(bn_y/moving" in t["object_path"]}
+    assert len(matched["tensors"]) == 4  # Keras 3 tracks each variable twice (variables/, _all_variables/)
     table = run_cli("inspect", built / "export", "--stats=False").stdout
     bn_section = table.split("BN LAYERS (3)")[1]
     assert "bn_x" in bn_section and "bn_y" in bn_section
