@@ -17,7 +17,8 @@ bundle, the key is built from the path (``.`` escaped as ``..``, ``/`` as ``.S``
 BN layers come from, in order of preference:
 
 1. ``keras_metadata.pb`` (tf-keras ``model.save``): every layer node whose class is
-   ``BatchNormalization`` or ``SyncBatchNormalization``, named as the layer is, with
+   ``BatchNormalization`` or ``SyncBatchNormalization``, named as the layer is (a
+   nested model's layer by its path, ``backbone/block/bn2``, as for Keras files), with
    its ``gamma``/``beta``/``moving_mean``/``moving_variance`` children;
 2. the variables' names otherwise (Keras 3 ``model.export``, ``tf.saved_model.save``
    of a ``tf.Module`` or subclassed model): variables named ``<scope>/moving_mean``,
@@ -174,7 +175,7 @@ def _keras_bn_layers(directory: str, nodes: list[SavedNode], key_of_node: dict[i
             buf = f.read()
     except OSError as e:
         raise CorruptCheckpointError(f"cannot read {file}: {e.strerror or e}") from e
-    layers = []
+    described: dict[str, tuple[int | None, dict]] = {}  # node_path -> (node_id, metadata)
     try:
         for field, _w, raw in iter_fields(buf):
             if field != 1 or not isinstance(raw, bytes):
@@ -187,29 +188,37 @@ def _keras_bn_layers(directory: str, nodes: list[SavedNode], key_of_node: dict[i
                     node_path = v.decode("utf-8", "replace")
                 elif f == 5 and isinstance(v, bytes):
                     meta = json.loads(v.decode("utf-8") or "{}")
-            if not isinstance(meta, dict) or meta.get("class_name") not in BN_CLASSES:
-                continue
-            target = _walk(nodes, node_path.split(".")[1:]) if node_path.startswith("root") else None
-            if target is None and node_id is not None and 0 <= node_id < len(nodes):
-                target = node_id
-            if target is None:
-                continue
-            children = dict((name, child) for child, name in reversed(nodes[target].children))
-            trainable = meta.get("trainable")
-            layer = {"layer": meta.get("name") or node_path, "channels": None,
-                     "trainable": trainable if isinstance(trainable, bool) else None}
-            for weight in BN_WEIGHTS:
-                child = children.get(weight)
-                layer[weight] = key_of_node.get(child) if child is not None else None
-                variable = nodes[child].variable if child is not None else None
-                if weight == "moving_mean" and variable is not None and variable.shape and variable.shape[-1] >= 0:
-                    layer["channels"] = variable.shape[-1]
-            if layer["moving_mean"] or layer["moving_variance"]:  # else a layer never built: no variables
-                layers.append(layer)
+            if isinstance(meta, dict):
+                described[node_path] = (node_id, meta)
     except (WireFormatError, UnicodeDecodeError, ValueError) as e:
-        raise CorruptCheckpointError(
-            f"{file} is not a readable keras_metadata.pb ({e})"
-        ) from e
+        raise CorruptCheckpointError(f"{file} is not a readable keras_metadata.pb ({e})") from e
+    layers = []
+    for node_path, (node_id, meta) in described.items():
+        if meta.get("class_name") not in BN_CLASSES:
+            continue
+        target = _walk(nodes, node_path.split(".")[1:]) if node_path.startswith("root.") else None
+        if target is None and node_id is not None and 0 <= node_id < len(nodes):
+            target = node_id
+        if target is None:
+            continue
+        # A nested model's layer is named by its path (backbone/block/bn2), as for Keras files, and is
+        # frozen when it or any model holding it is.
+        parts = node_path.split(".")
+        holders = [described[".".join(parts[:i])][1] for i in range(2, len(parts))
+                   if ".".join(parts[:i]) in described]
+        names = [str(m.get("name")) for m in holders if m.get("name")] + [str(meta.get("name") or node_path)]
+        flags = [m.get("trainable") for m in holders + [meta]]
+        trainable = False if False in flags else (True if isinstance(meta.get("trainable"), bool) else None)
+        children = dict((name, child) for child, name in reversed(nodes[target].children))
+        layer = {"layer": "/".join(names), "channels": None, "trainable": trainable}
+        for weight in BN_WEIGHTS:
+            child = children.get(weight)
+            layer[weight] = key_of_node.get(child) if child is not None else None
+            variable = nodes[child].variable if child is not None else None
+            if weight == "moving_mean" and variable is not None and variable.shape and variable.shape[-1] >= 0:
+                layer["channels"] = variable.shape[-1]
+        if layer["moving_mean"] or layer["moving_variance"]:  # else a layer never built: no variables
+            layers.append(layer)
     return layers
 
 

@@ -6,6 +6,8 @@ tfkeras (TF_USE_LEGACY_KERAS=1) writes:
   ROOT/functional   tf-keras Functional model, BN layers ``bn_a`` and ``bn_b`` and ``bn_frozen``
                     (trainable=False from the start), trained a few steps, ``model.save(dir, save_format="tf")`` (has keras_metadata.pb)
   ROOT/untrained    the same architecture never trained: statistics at their initial values
+  ROOT/nested       tf-keras Functional holding a Functional ``backbone`` (BN ``bn_in``) and a
+                    Sequential ``frozen`` (BN ``bn_f``, trainable=False from the start), BN ``bn_top``
   ROOT/subclassed   a subclassed tf-keras model (BN layers ``norm_in``, ``norm_out``), trained,
                     written by ``tf.saved_model.save`` (no keras_metadata.pb)
   ROOT/module       a ``tf.Module`` with hand-made BN variables ``block/{gamma,beta,moving_mean,
@@ -59,6 +61,19 @@ def build_tfkeras(root):
     K.utils.set_random_seed(0)
     functional(K, train=True).save(os.path.join(root, "functional"), save_format="tf")
     functional(K, train=False).save(os.path.join(root, "untrained"), save_format="tf")
+
+    # Nested models: a Functional backbone and a Sequential frozen from the start inside a Functional.
+    L = K.layers
+    b_in = K.Input((6,), name="bb_in")
+    backbone = K.Model(b_in, L.BatchNormalization(name="bn_in")(L.Dense(8, name="d_in")(b_in)), name="backbone")
+    frozen = K.Sequential([L.Dense(8, name="d_f"), L.BatchNormalization(name="bn_f")], name="frozen")
+    frozen.trainable = False
+    inp = K.Input((6,), name="features")
+    h = L.BatchNormalization(name="bn_top")(frozen(backbone(inp)))
+    nested = K.Model(inp, L.Dense(1, name="head")(h))
+    nested.compile(optimizer="adam", loss="mse")
+    nested.fit(X, Y, batch_size=32, epochs=2, verbose=0)
+    nested.save(os.path.join(root, "nested"), save_format="tf")
 
     class Subclassed(K.Model):
         def __init__(self):

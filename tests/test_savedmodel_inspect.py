@@ -19,13 +19,14 @@ import pytest
 from conftest import assert_one_line_error, run_cli, run_cli_without_tf
 
 HERE = Path(__file__).parent
-KINDS = ("functional", "untrained", "subclassed", "module", "custom", "stripped", "export")
+KINDS = ("functional", "untrained", "nested", "subclassed", "module", "custom", "stripped", "export")
 SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 #: Each SavedModel's BN layers (real layer names) and their status.
 EXPECTED_BN = {
     "functional": {"bn_a": "ok", "bn_b": "ok", "bn_frozen": "at-init"},
     "untrained": {"bn_a": "at-init", "bn_b": "at-init", "bn_frozen": "at-init"},
+    "nested": {"backbone/bn_in": "ok", "frozen/bn_f": "at-init", "bn_top": "ok"},  # paths, as for Keras files
     "subclassed": {"subclassed/norm_in": "ok", "subclassed/norm_out": "ok"},
     "module": {"block": "ok"},
     "custom": {"stem": "at-init"},  # named by no rule: found by its FusedBatchNormV3 op
@@ -128,9 +129,10 @@ def test_findings_of_stale_and_damaged_savedmodels(reports):
         assert reports[kind][1]["findings"] == [], kind
     # A BN layer frozen from the start of a model that trained: a warning, not an error. tf-keras says
     # trainable=False in keras_metadata.pb, Keras 3's export through its variables' trainable flags.
-    for kind in ("functional", "export"):
+    # A layer inside a frozen nested model is frozen too.
+    for kind, layer in (("functional", "bn_frozen"), ("export", "bn_frozen"), ("nested", "frozen/bn_f")):
         assert [(f["code"], f["severity"], f["layer"]) for f in reports[kind][1]["findings"]] == [
-            ("bn-frozen-untrained", "warning", "bn_frozen")], kind
+            ("bn-frozen-untrained", "warning", layer)], kind
 
 
 def test_bn_layer_found_by_its_fused_batch_norm_op(reports):
