@@ -308,7 +308,7 @@ def _split_legacy_groups(groups: list[dict], by_path: dict, cfg_layers: list[Con
             inner.setdefault(parts[-2] if len(parts) >= 2 else None, []).append(key)
         top = by_path.get(g["name"])
         nested = top is not None and any(c.parent == top.path for c in cfg_layers)
-        if not (nested or (not has_config and set(inner) - {g["name"], None})):
+        if not (nested or (not has_config and len(set(inner) - {None}) > 1)):  # one layer: its own group
             out.append(g)
             continue
         for name, keys in inner.items():
