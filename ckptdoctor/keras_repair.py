@@ -227,17 +227,18 @@ def find_bn_layers(K, model) -> list[BNLayer]:
             path, link = names + [sub.name], chain + ((container, sub),)
             if isinstance(sub, bn_type) or type(sub).__name__ in BN_CLASSES:
                 reason = ""
-                if frozen_by:
-                    reason = f"inside nested model {frozen_by}, which has trainable=False"
+                if frozen_by is not None:
+                    reason = (f"inside nested model {frozen_by}, which has trainable=False" if frozen_by else
+                              "the whole model has trainable=False")
                 elif not sub.trainable:
                     reason = "trainable=False"
                     if names and all_frozen(container):
                         reason += f", as is every layer of nested model {'/'.join(names)} (base.trainable = False)"
                 found.append(BNLayer("/".join(path), sub, link, not reason, reason))
             elif _children(sub):
-                walk(sub, path, link, frozen_by or (None if sub.trainable else "/".join(path)))
+                walk(sub, path, link, frozen_by if frozen_by is not None or sub.trainable else "/".join(path))
 
-    walk(model, [], (), None if model.trainable else model.name)
+    walk(model, [], (), None if model.trainable else "")
     return found
 
 
