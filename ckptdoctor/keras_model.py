@@ -4,6 +4,17 @@ The config plays the graph's part for Keras files: it names each layer, its clas
 (so BN layers are found by class, not guessed from names), its axis, whether it is
 trainable, and how many weights it declares. This module maps each config layer to
 the file's weights and reports the layers and roles ``inspect`` and ``repair`` use.
+
+Layers inside nested models (a backbone model used as a layer) are named by their
+path from the top model, ``backbone/block/bn2``: layer names are unique within one
+model only. Where a nested layer's weights are stored:
+
+* Keras 3 layout: ``layers/functional/layers/sequential/layers/batch_normalization/vars/2``;
+  each model's group records its name (``vars`` attribute ``name``), which gives the path.
+* legacy layout: every weight of a nested model sits in its top-level layer's group under
+  the variable's own name, ``model_weights/backbone/bn2/moving_mean:0`` (no models in
+  between; tf-keras lists trainable weights first), so the group is split by that name and
+  each part matched to the layer of that name inside the top-level layer's config.
 """
 
 from __future__ import annotations
