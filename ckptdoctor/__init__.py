@@ -31,13 +31,25 @@ def inspect(checkpoint, data=None, *, input=None, training=None, feed=(), batch_
     report = _inspect(checkpoint, **kwargs)
     if data is None:
         return report
+    import dataclasses
+
+    from .errors import GraphError, MissingDependencyError, UnsupportedFormatError
     from .repairing import repair as _repair
     from .staleness import with_staleness
 
+    from .data import load_data
+
+    load_data(data)  # bad data fail first (lazy: memory-mapped or sliced, nothing read whole)
     graph = kwargs.get("graph")
-    dry = _repair(checkpoint, data, graph=graph if graph not in (None, True, False) else None, input=input,
-                  training=training, feed=feed, batch_size=batch_size, max_samples=max_samples, dry_run=True,
-                  unsafe=unsafe)
+    try:
+        dry = _repair(checkpoint, data, graph=graph if graph not in (None, True, False) else None, input=input,
+                      training=training, feed=feed, batch_size=batch_size, max_samples=max_samples, dry_run=True,
+                      unsafe=unsafe)
+    except (GraphError, UnsupportedFormatError, MissingDependencyError) as e:
+        # The model cannot be run (no graph, an exported SavedModel...): the rest of the report
+        # stands, and says the check was not done. Bad data (BadDataError) still fails.
+        note = f"BN statistics NOT checked against {data}: {str(e).splitlines()[0]}"
+        return dataclasses.replace(report, notes=tuple(report.notes) + (note,))
     return with_staleness(report, dry)
 
 

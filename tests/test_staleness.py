@@ -123,3 +123,16 @@ def test_keras_model_stale_then_repaired_through_the_library(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     output, exit_code, stale = proc.stdout.split()[-3:]
     assert output.endswith("model-repaired.keras") and exit_code == "0" and stale == "0"
+
+
+def test_a_model_that_cannot_run_keeps_its_report_with_a_note(tmp_path):
+    # The seed's checkpoint without its .meta has no graph to run: the inspection (BN layers
+    # by name) stands, and a note says the statistics were not checked.
+    import shutil
+
+    for f in (SAMPLES / "seed").iterdir():
+        if f.name.startswith("model.ckpt") and not f.name.endswith(".meta"):
+            shutil.copy(f, tmp_path / f.name)
+    code, doc = inspect_json(tmp_path / "model.ckpt", "--data", SAMPLES / "seed" / "X.npy")
+    assert code == 0 and len(doc["bn_layers"]) == 3
+    assert any(n.startswith("BN statistics NOT checked against") for n in doc["notes"])
