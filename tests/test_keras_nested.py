@@ -113,6 +113,8 @@ def test_inspect_names_nested_bn_layers_by_path(nested, which):
         proc, report = inspect_json(legacy, "--graph", main)
         assert {b["layer"] for b in report["bn_layers"]} == TRAINABLE | {FROZEN}
         assert proc.returncode == 0 and all(t["in_graph"] for t in report["tensors"])
+        proc, report = inspect_json(folder / "savedmodel")  # named by path as well, so inspect and repair agree
+        assert {b["layer"]: b["status"] for b in report["bn_layers"]} == {name: "ok" for name in TRAINABLE | {FROZEN}}
 
 
 def test_inspect_legacy_h5_reports_a_missing_nested_statistic(nested, tmp_path):
