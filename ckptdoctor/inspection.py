@@ -94,6 +94,17 @@ def _summary(total_tensors, total_bytes, bn_layers, findings) -> dict:
     }
 
 
+def read_stat_values(reader, keys, unreadable: dict) -> dict:
+    """The stored values of ``keys`` (BN moving statistics); the ones that cannot be read go to ``unreadable``."""
+    values = {}
+    for key in sorted(keys):
+        try:
+            values[key] = reader.read(key)
+        except TensorReadError as e:
+            unreadable[key] = e
+    return values
+
+
 def compile_match(match: str | None):
     """The compiled ``--match`` pattern, or None when no pattern was given."""
     if not match:
@@ -235,12 +246,7 @@ def inspect(checkpoint: str, graph: str | bool | None = None, stats: bool = True
         else:
             layers = bn_layers_from_names(list(by_key))
         stat_keys = {layer[k] for layer in layers for k in ("moving_mean", "moving_variance") if layer.get(k)}
-        values = {}
-        for key in sorted(stat_keys & set(by_key)):
-            try:
-                values[key] = reader.read(key)
-            except TensorReadError as e:
-                unreadable[key] = e
+        values = read_stat_values(reader, stat_keys & set(by_key), unreadable)
         bn_rows = []
         for layer in layers:
             row, layer_findings = diagnose_bn(layer, set(by_key), values, from_graph=info is not None)

@@ -71,7 +71,7 @@ def _trained(reader, layout) -> bool | None:
 
 def inspect_keras(path: str, graph=None, stats: bool = True, match: str | None = None):
     """Inspect a Keras file; returns an ``InspectReport`` like ``inspection.inspect``."""
-    from .inspection import assemble_report, compile_match, list_tensors
+    from .inspection import assemble_report, compile_match, list_tensors, read_stat_values
 
     pattern = compile_match(match)
     reader = open_keras_reader(path)
@@ -99,15 +99,8 @@ def inspect_keras(path: str, graph=None, stats: bool = True, match: str | None =
         findings: list[Finding] = []
         unreadable: dict[str, TensorReadError] = {}
 
-        values = {}
-        for layer in layout.bn_layers:
-            for w in ("moving_mean", "moving_variance"):
-                key = layer.weights.get(w)
-                if key in by_key:
-                    try:
-                        values[key] = reader.read(key)
-                    except TensorReadError as e:
-                        unreadable[key] = e
+        stat_keys = {layer.weights.get(w) for layer in layout.bn_layers for w in ("moving_mean", "moving_variance")}
+        values = read_stat_values(reader, stat_keys & set(by_key), unreadable)
         trained = _trained(reader, layout)
         rows, statuses = [], {}
         for layer in layout.bn_layers:

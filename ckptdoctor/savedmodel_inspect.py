@@ -435,7 +435,7 @@ def inspect_saved_model(directory: str, stats: bool = True, match: str | None = 
     The tensors listed are the bundle's (names as stored); the BN layers and
     cross-reference findings come from ``saved_model.pb`` (and ``keras_metadata.pb``).
     """
-    from .inspection import assemble_report, compile_match, list_tensors
+    from .inspection import assemble_report, compile_match, list_tensors, read_stat_values
     from .readers import open_reader
     from .resolve import resolve_checkpoint
 
@@ -466,12 +466,7 @@ def inspect_saved_model(directory: str, stats: bool = True, match: str | None = 
                          f"{layout.bn_source}; {len(layout.variables)} variables declared by {SAVED_MODEL_PB}")
         unreadable: dict[str, TensorReadError] = {}
         stat_keys = {s[k] for s in bn_specs for k in ("moving_mean", "moving_variance") if s.get(k)}
-        values = {}
-        for key in sorted(stat_keys & set(by_key)):
-            try:
-                values[key] = reader.read(key)
-            except TensorReadError as e:
-                unreadable[key] = e
+        values = read_stat_values(reader, stat_keys & set(by_key), unreadable)
         findings: list[Finding] = []
         diagnosed = [(spec, *diagnose_bn(spec, set(by_key), values, from_graph=graph_label is not None))
                      for spec in bn_specs]

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, h5_datasets, run_cli
 
 BUILDERS = Path(__file__).with_name("keras_builders.py")
 KINDS = "dense,conv,multi,lambda"
@@ -41,22 +41,6 @@ def losses(which, data, y, *paths):
                           + [str(p) for p in paths], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-
-
-def h5_datasets(path) -> dict:
-    """Every dataset h5py sees, with its bytes (for a .keras archive: of model.weights.h5)."""
-    out = {}
-
-    def visit(f):
-        f.visititems(lambda n, o: out.__setitem__(n, np.asarray(o[()])) if isinstance(o, h5py.Dataset) else None)
-
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z, z.open("model.weights.h5") as member, h5py.File(member, "r") as f:
-            visit(f)
-    else:
-        with h5py.File(path, "r") as f:
-            visit(f)
-    return out
 
 
 def inspect_json(*args):
@@ -168,7 +152,7 @@ def _bn_keys(report):
 
 @pytest.mark.parametrize("which", ["keras3", "tfkeras"])
 def test_repair_fixes_inference_and_keeps_everything_else(models, tmp_path, which):
-    outputs, evaluated = {}, []
+    outputs = {}
     for kind in ("dense", "conv", "multi"):
         folder = models[which] / kind
         src = folder / MAIN[which]

@@ -28,6 +28,10 @@ __all__ = [
     "decode_bundle_header",
     "decode_bundle_entry",
     "decode_object_graph",
+    "decode_strings_and_ints",
+    "expect_wire_type",
+    "signed64",
+    "text",
 ]
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
@@ -405,7 +409,7 @@ class ObjectNode(NamedTuple):
     slot_variables: tuple[tuple[int, str, int], ...]
 
 
-def _decode_strings_and_ints(buf: bytes, kinds: dict[int, str]) -> dict[int, int | str]:
+def decode_strings_and_ints(buf: bytes, kinds: dict[int, str]) -> dict[int, int | str]:
     """Decode a flat message whose fields are strings ('s') or int32s ('i')."""
     out: dict[int, int | str] = {}
     for f, wt, v in iter_fields(buf):
@@ -464,7 +468,7 @@ def _decode_child(buf: bytes, a: int, b: int) -> tuple[int, str]:
         node_id, p = read_varint(buf, a + 1, b)
         if p + 2 <= b and buf[p] == 0x12 and buf[p + 1] < 0x80 and p + 2 + buf[p + 1] == b and node_id < 1 << 31:
             return node_id, buf[p + 2 : b].decode("utf-8", "surrogateescape")
-    d = _decode_strings_and_ints(buf[a:b], {1: "i", 2: "s"})
+    d = decode_strings_and_ints(buf[a:b], {1: "i", 2: "s"})
     return d.get(1, 0), d.get(2, "")  # type: ignore[return-value]
 
 
@@ -484,7 +488,7 @@ def _decode_attribute(buf: bytes, a: int, b: int) -> tuple[str, str, str]:
             values[i] = buf[start:stop].decode("utf-8", "surrogateescape")
             pos = stop
     if pos != b:  # other order, repeats or unknown fields
-        d = _decode_strings_and_ints(buf[a:b], {1: "s", 2: "s", 3: "s"})
+        d = decode_strings_and_ints(buf[a:b], {1: "s", 2: "s", 3: "s"})
         return d.get(1, ""), d.get(2, ""), d.get(3, "")  # type: ignore[return-value]
     return values[0], values[1], values[2]
 
@@ -540,8 +544,14 @@ def _decode_object_graph(buf: bytes) -> list[ObjectNode]:
                     attributes.append(_decode_attribute(buf, a2, b2))
                 elif f2 == 3:
                     _expect(wt2, _LEN, "TrackableObject.slot_variables")
-                    d = _decode_strings_and_ints(buf[a2:b2], {1: "i", 2: "s", 3: "i"})
+                    d = decode_strings_and_ints(buf[a2:b2], {1: "i", 2: "s", 3: "i"})
                     slots.append((d.get(1, 0), d.get(2, ""), d.get(3, 0)))
             break
         nodes.append(tuple.__new__(ObjectNode, (tuple(children), tuple(attributes), tuple(slots))))
     return nodes
+
+
+#: Public names of the field helpers, for the other readers of TensorFlow protos (``saved_model_pb``).
+signed64 = _signed64
+text = _text
+expect_wire_type = _expect

@@ -33,6 +33,10 @@ from typing import NamedTuple
 
 from ..errors import CorruptCheckpointError
 from .protowire import WireFormatError, iter_fields, read_varint
+from .protowire import decode_strings_and_ints as _ints_and_strings
+from .protowire import expect_wire_type as _need
+from .protowire import signed64 as _signed
+from .protowire import text as _text
 
 __all__ = ["SavedVariable", "SavedNode", "FusedBatchNorm", "read_saved_object_graph", "decode_saved_object_graph",
            "decode_fused_batch_norms", "read_saved_model", "KIND_NAMES"]
@@ -73,32 +77,6 @@ class SavedNode(NamedTuple):
     kind: str
     identifier: str
     variable: SavedVariable | None
-
-
-def _signed(v: int) -> int:
-    return v - (1 << 64) if v >= (1 << 63) else v
-
-
-def _text(b: bytes) -> str:
-    return b.decode("utf-8", "surrogateescape")
-
-
-def _need(wtype: int, want: int, what: str) -> None:
-    if wtype != want:
-        raise WireFormatError(f"{what} has wire type {wtype}, expected {want}")
-
-
-def _ints_and_strings(buf: bytes, kinds: dict[int, str]) -> dict[int, int | str]:
-    out: dict[int, int | str] = {}
-    for f, wt, v in iter_fields(buf):
-        kind = kinds.get(f)
-        if kind == "s":
-            _need(wt, _LEN, f"string field {f}")
-            out[f] = _text(v)  # type: ignore[arg-type]
-        elif kind == "i":
-            _need(wt, _VARINT, f"int field {f}")
-            out[f] = _signed(v)  # type: ignore[arg-type]
-    return out
 
 
 def _decode_shape(buf: bytes) -> tuple[int, ...] | None:
