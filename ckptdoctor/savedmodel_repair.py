@@ -34,9 +34,9 @@ from .constants import KERAS_METADATA_PB, OBJECT_GRAPH_KEY, SAVED_MODEL_PB, SAVE
 from .data import load_data
 from .errors import CkptDoctorError, CorruptCheckpointError, OutputExistsError, UnsupportedFormatError
 from .keras_model import CODE_CLASSES, lambda_layers, model_inputs
-from .keras_repair import (GAP_NOTE, TRAINING_ARGUMENT, check_model_inputs, check_stored_values, frozen_note,
-                           input_arrays, keras_module, load_keras_model, recompute_bn_moments, replacement_rows,
-                           trainable_bn_layers)
+from .keras_measure import (check_model_inputs, keras_module, load_keras_model, recompute_bn_moments,
+                            trainable_bn_layers)
+from .keras_repair import GAP_NOTE, TRAINING_ARGUMENT, check_stored_values, frozen_note, input_arrays, replacement_rows
 from .repairing import check_options
 
 __all__ = ["is_saved_model", "read_keras_metadata", "repair_saved_model"]
