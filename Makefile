@@ -30,8 +30,10 @@ demo: $(VENV)/.installed
 	@echo "== 4. The repaired checkpoint restored in inference mode =="
 	@$(PY) sample_ckpts/evaluate.py sample_ckpts/seed demo_out/seed-repaired
 
+# Two workers for the two cores; --dist loadfile keeps each test file on one worker, so a
+# file's module fixtures (Keras models built in subprocesses) are built once.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run.py
