@@ -53,9 +53,11 @@ class Commands:
         """List every tensor, cross-reference the graph, diagnose BN statistics.
 
         Args:
-            checkpoint: a prefix (model.ckpt), any file of it (.index, .data-*, .meta), or a
-                directory with a 'checkpoint' state file.
-            graph: the MetaGraphDef (.meta); default: <prefix>.meta when it exists; False: none.
+            checkpoint: a prefix (model.ckpt), any file of it (.index, .data-*, .meta), a directory
+                with a 'checkpoint' state file, a SavedModel directory, or a Keras file (.keras,
+                .weights.h5, .h5).
+            graph: the MetaGraphDef (.meta) or a SavedModel; for a Keras weights file, a .keras, full
+                .h5 or config .json; default: <prefix>.meta when it exists; False: none.
             stats: compute min/max/mean/std and NaN/Inf counts per tensor (reads every value).
             match: a regular expression: list only matching tensors (the diagnosis covers all).
             format: table or json.
