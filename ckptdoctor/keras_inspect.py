@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from .diagnose import Finding, diagnose_bn
-from .errors import GraphError, TensorReadError
+from .errors import CorruptCheckpointError, GraphError, TensorReadError
 from .keras_model import describe_keras_file, lambda_layers
 
 __all__ = ["is_keras_file", "open_keras_reader", "inspect_keras", "FROZEN_CODE"]
@@ -24,13 +24,31 @@ __all__ = ["is_keras_file", "open_keras_reader", "inspect_keras", "FROZEN_CODE"]
 FROZEN_CODE = "bn-frozen-untrained"
 
 
+#: File names Keras writes; a file so named that is not a Keras file is damaged, not a checkpoint.
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
 def is_keras_file(path: str) -> bool:
-    """Whether ``path`` is a Keras ``.keras`` archive or a Keras HDF5 file."""
+    """Whether ``path`` is a Keras ``.keras`` archive or a Keras HDF5 file.
+
+    Raises:
+        CorruptCheckpointError: a file named ``.keras``/``.h5``/``.hdf5`` that is neither
+            a zip archive nor HDF5 (truncated, or something else renamed): without this it
+            would be read as a TensorFlow checkpoint and fail with a confusing message.
+    """
     from .readers.keras_archive import is_keras_archive
     from .readers.keras_h5 import is_keras_h5
 
     path = os.fspath(path)
-    return os.path.isfile(path) and (is_keras_h5(path) or is_keras_archive(path))
+    if not os.path.isfile(path):
+        return False
+    if is_keras_h5(path) or is_keras_archive(path):
+        return True
+    if path.lower().endswith(KERAS_SUFFIXES):
+        what = "a zip archive with config.json" if path.lower().endswith(".keras") else "an HDF5 file"
+        raise CorruptCheckpointError(f"{path} is named like a Keras file but is not {what} (truncated, or another "
+                                     "format renamed): save the model again with model.save()")
+    return False
 
 
 def open_keras_reader(path: str):

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import h5_datasets, run_cli, run_cli_without_tf, run_in_parallel
+from conftest import assert_one_line_error, h5_datasets, run_cli, run_cli_without_tf, run_in_parallel
 
 # Writes a.{keras|h5} and its save_weights file, b.* (the same model trained one more
 # step) and renamed.* (the same weights, one layer renamed in the config).
@@ -119,3 +119,17 @@ def test_keras3_against_legacy_layout_says_names_cannot_match(files):
 def test_keras_diff_never_imports_tensorflow(files):
     proc = run_cli_without_tf("diff", files["keras3"] / "a.keras", files["keras3"] / "b.keras")
     assert proc.returncode == 1 and "TF_LOADED=False" in proc.stderr and "DIFFERENT" in proc.stdout
+
+
+def test_a_damaged_keras_named_file_is_one_line_for_every_command(files, tmp_path):
+    good = files["keras3"] / "a.keras"
+    truncated = tmp_path / "cut.keras"
+    truncated.write_bytes(good.read_bytes()[:500])  # a zip cut short: no central directory
+    renamed = tmp_path / "model.h5"
+    renamed.write_bytes(b"not hdf5 at all" * 10)
+    for command in (["inspect", truncated], ["diff", good, truncated], ["inspect", renamed],
+                    ["repair", truncated, "--data", tmp_path / "X.npy"]):
+        proc = run_cli(*command)
+        name = "cut.keras" if truncated in command else "model.h5"
+        assert_one_line_error(proc, name, "named like a Keras file", "model.save()")
+        assert "sstable" not in proc.stderr  # not mistaken for a TensorFlow checkpoint
