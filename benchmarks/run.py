@@ -1,6 +1,7 @@
 """Run every ckptdoctor benchmark and write BENCHMARKS.md.
 
-    .venv/bin/python benchmarks/run.py            # full run (~20 min), writes BENCHMARKS.md
+    .venv/bin/python benchmarks/run.py            # full run (~30 min), writes BENCHMARKS.md
+    .venv/bin/python benchmarks/run.py --only keras   # section C only; A and B of BENCHMARKS.md stay as they are
     .venv/bin/python benchmarks/run.py --quick    # small sizes, a smoke check (~1 min)
 
 Every timed command is a fresh process started through ``benchmarks/measure.py``
@@ -11,9 +12,10 @@ for both and machine noise falls on both. Every figure is a median with the
 min-max of the repetitions; comparisons are ratios of medians, with the range of
 the per-repetition (paired) ratios.
 
-Inputs are built by ``build_ckpts.py`` (TensorFlow, eager) and ``build_convnet.py``
-(TensorFlow, graph mode) under ``bench_work/`` and deleted at the end (``--keep``
-keeps them). A quick run writes ``bench_work/BENCHMARKS-quick.md`` unless
+Inputs are built by ``build_ckpts.py`` (TensorFlow, eager), ``build_convnet.py``
+(TensorFlow, graph mode) and ``build_keras.py`` (Keras 3, section C) under
+``bench_work/`` and deleted at the end (``--keep`` keeps them). ``--only keras``
+runs section C alone and replaces only that section of the output file. A quick run writes ``bench_work/BENCHMARKS-quick.md`` unless
 ``--output`` says otherwise, so it never overwrites the real results.
 """
 
@@ -72,6 +74,10 @@ class Config:
     b2_big_bytes: int
     reps_mem_small: int
     reps_mem_big: int
+    c1_samples: int  # C: Keras repair vs load + one forward pass, 16x16x3 images
+    c2_factor: int  # C2: the big data set has this many times C1's samples
+    reps_keras: int
+    reps_keras_mem: int
     batch_size: int = 256
 
 
@@ -79,12 +85,14 @@ FULL = Config("full", 400, GIB_ROWS, (0.125, 0.25, 0.5, 1.0), (100, 1000, 10000)
               reps_list=7, reps_stats=5, reps_growth=3, warmup=True, train_steps=30,
               b1_samples=10000, b1_size=16, b1_large_samples=40000, reps_repair=5, reps_repair_large=2,
               reps_inproc=3, reps_loops=5,
-              b2_small_bytes=200_000_000, b2_big_bytes=2_000_000_000, reps_mem_small=2, reps_mem_big=2)
+              b2_small_bytes=200_000_000, b2_big_bytes=2_000_000_000, reps_mem_small=2, reps_mem_big=2,
+              c1_samples=10000, c2_factor=10, reps_keras=5, reps_keras_mem=2)
 QUICK = Config("quick", 25, 1024, (0.5, 1.0), (100, 1000), False,
                reps_list=1, reps_stats=1, reps_growth=1, warmup=False, train_steps=5,
                b1_samples=2600, b1_size=8, b1_large_samples=0, reps_repair=1, reps_repair_large=0, reps_inproc=1,
                reps_loops=1,
-               b2_small_bytes=0, b2_big_bytes=20_000_000, reps_mem_small=1, reps_mem_big=1)
+               b2_small_bytes=0, b2_big_bytes=20_000_000, reps_mem_small=1, reps_mem_big=1,
+               c1_samples=1000, c2_factor=10, reps_keras=1, reps_keras_mem=1)
 
 
 def log(msg: str) -> None:
@@ -333,11 +341,11 @@ _PHASES = [
 ]
 
 
-def summarize_profile(path: Path, top: int = 10) -> tuple[str, list]:
+def summarize_profile(path: Path, top: int = 10, phases: list | None = None) -> tuple[str, list]:
     st = pstats.Stats(str(path))
     total = st.total_tt
     phase_rows = []
-    for label, match in _PHASES:
+    for label, match in (phases or _PHASES):
         if match is None:
             phase_rows.append([label, f"{total:.3f}", "100%"])
             continue
@@ -529,6 +537,168 @@ def bench_repair(cfg: Config, runner: Runner, work: Path, net: dict) -> dict:
         if key not in res["b2"]:
             res["b2"][key] = runner.compare({key: repair_cmd(data[key]["path"], key)}, reps, False, (0,), "B2")[key]
     return res
+
+
+# Phases of a Keras repair run (cProfile), found by function as in _PHASES.
+_KERAS_PHASES = [
+    ("whole process (profiled)", None),
+    ("imports", lambda f, n: n == "_find_and_load"),
+    ("repair_keras() (library call)", lambda f, n: f.endswith("ckptdoctor/keras_repair.py") and n == "repair_keras"),
+    ("  load the model (Keras)", lambda f, n: f.endswith("ckptdoctor/keras_measure.py") and n == "load_keras_model"),
+    ("  data check (NaN/Inf scan)", lambda f, n: f.endswith("ckptdoctor/keras_measure.py") and n == "check_model_inputs"),
+    ("  batches + moments + gap passes", lambda f, n: f.endswith("ckptdoctor/keras_measure.py")
+     and n == "recompute_bn_moments"),
+    ("    per-batch moments in float64 (numpy)", lambda f, n: f.endswith("ckptdoctor/keras_measure.py") and n == "_moments"),
+    ("    pooling (PooledMoments.add)", lambda f, n: f.endswith("ckptdoctor/estimator.py") and n == "add"),
+    ("  copy with the new statistics (h5py)", lambda f, n: f.endswith("ckptdoctor/keras_repair.py") and n == "_copy_with"),
+    ("  verification (read back, compare)", lambda f, n: f.endswith("ckptdoctor/keras_repair.py") and n == "_verify"),
+]
+
+
+def build_keras_inputs(cfg: Config, work: Path) -> dict:
+    cmd = [PY, str(HERE / "build_keras.py"), str(work / "keras"), "--steps", str(cfg.train_steps),
+           "--data", f"c1:{cfg.c1_samples}:16", "--data", f"c2_big:{cfg.c1_samples * cfg.c2_factor}:16"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work, timeout=7200)
+    if proc.returncode != 0:
+        raise BenchError("building the Keras model failed:\n" + "\n".join(proc.stderr.strip().splitlines()[-20:]))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_keras(cfg: Config, runner: Runner, work: Path, net: dict) -> dict:
+    """C: the Keras repair (whole CLI) vs loading the .keras and one training-mode forward pass."""
+    model, data = net["path"], net["data"]
+    out_dir = work / "out"
+    out_dir.mkdir(exist_ok=True)
+    timings = work / "timings"
+    timings.mkdir(exist_ok=True)
+    bs = str(cfg.batch_size)
+    res: dict = {"net": net}
+
+    def repair_cmd(npy: str, tag: str, dry: bool = False) -> list:
+        return [CKPTDOCTOR, "repair", model, npy, "--batch-size", bs] + (
+            ["--dry-run"] if dry else ["--output", str(out_dir / f"{tag}.keras"), "--force"])
+
+    counter = {"n": 0}
+
+    def forward_cmd(npy: str) -> list:
+        counter["n"] += 1
+        return [PY, str(HERE / "keras_forward.py"), model, npy, "--batch-size", bs,
+                "--timings", str(timings / f"keras-forward-{counter['n']}.json")]
+
+    c1 = data["c1"]["path"]
+    cmds = {"ckptdoctor repair": repair_cmd(c1, "c1"), "ckptdoctor repair --dry-run": repair_cmd(c1, "c1", True),
+            "load + forward pass": None}
+    labels = list(cmds)
+    log("C1 Keras repair vs load + forward pass")
+    if cfg.warmup:
+        for label in labels:
+            log(f"warm-up C1 {label}")
+            runner.measure(cmds[label] or forward_cmd(c1))
+    first_timed = counter["n"] + 1
+    out = {label: Series() for label in labels}
+    for rep in range(cfg.reps_keras):
+        order = labels[rep % len(labels):] + labels[:rep % len(labels)]
+        for label in order:
+            run = runner.measure(cmds[label] or forward_cmd(c1))
+            out[label].runs.append(run)
+            log(f"C1 {label} rep {rep + 1}/{cfg.reps_keras}: {run.wall:.2f} s, {run.maxrss / MIB:.0f} MiB")
+    res["c1"] = out
+    res["c1_forward_phases"] = [json.loads((timings / f"keras-forward-{i}.json").read_text())
+                                for i in range(first_timed, counter["n"] + 1)]
+
+    log("C2 memory: 10x the data")
+    big = data["c2_big"]["path"]
+    res["c2_big"] = runner.compare({"c2_big": repair_cmd(big, "c2")}, cfg.reps_keras_mem, False, (0,), "C2")["c2_big"]
+
+    log("C profile of the repair")
+    prof = work / "profiles"
+    prof.mkdir(exist_ok=True)
+    try:
+        path = prof / "keras-repair.prof"
+        profile_run(["repair", model, c1, "--batch-size", bs, "--output", str(out_dir / "prof.keras"), "--force"], path)
+        res["profile"] = summarize_profile(path, phases=_KERAS_PHASES)[0]
+    except BenchError as e:
+        res["profile_error"] = str(e).splitlines()[-1]
+    return res
+
+
+def keras_goals(c: dict) -> list:
+    """Rows of C's goals: (goal, measured, verdict)."""
+    c1, big = c["c1"], c["c2_big"]
+    small = c1["ckptdoctor repair"]
+    r1 = ratio(small, c1["load + forward pass"])
+    mem = big.median("maxrss") / small.median("maxrss")
+    d = c["net"]["data"]
+    return [
+        [f"C1 Keras repair (whole CLI) ≤1.5x loading the .keras + one training-mode forward pass "
+         f"({d['c1']['samples']} samples)", fmt_ratio(small, c1["load + forward pass"]), verdict(r1 <= 1.5)],
+        [f"C2 peak RSS of the Keras repair ≤1.2x for 10x the data ({human_gib(d['c1']['bytes'])} vs "
+         f"{human_gib(d['c2_big']['bytes'])})",
+         f"{mem:.2f}x ({small.median('maxrss') / MIB:.0f} vs {big.median('maxrss') / MIB:.0f} MiB; file-backed "
+         f"{fmt_mib(small, 'file')} vs {fmt_mib(big, 'file')})", verdict(mem <= 1.2)],
+    ]
+
+
+def render_keras(cfg: Config, c: dict, header: str) -> str:
+    out = []
+    w = out.append
+    net, d = c["net"], c["net"]["data"]
+    w("## C. Keras repair\n")
+    w(header + "\n")
+    w(f"Model: `benchmarks/build_keras.py`, Keras {net['keras']} (TensorFlow backend), functional: input "
+      f"`(None, None, 3)`, {net['bn_layers']} blocks of `Conv2D` 3x3 (no bias) + `BatchNormalization(momentum=0.99)` "
+      "+ ReLU, 16-16-16-32-32-32-32-32 channels (stride 2 at the first 32 and the seventh block), global average pool, "
+      f"`Dense(10)`; {net['params']} parameters, {net['steps']} Adam steps (`train_on_batch`), so the moving "
+      f"statistics are stale; saved as `model.keras` ({net['bytes'] / 1024:.0f} KiB). Data: float32 16x16x3 images, "
+      f"memory-mapped `.npy`. Batch size {cfg.batch_size} everywhere.\n")
+    w("* ckptdoctor repair: `ckptdoctor repair model.keras X.npy --batch-size 256 --output OUT.keras --force` (the "
+      "whole CLI: load with Keras in safe mode, data check, every batch `model(x, training=True)` with each BN "
+      "layer's `call` wrapped to read its input, per-channel moments pooled in float64 numpy, gap passes on the "
+      "first batch before and after, the h5py copy, read back and verified)")
+    w("* `--dry-run`: the same without writing and verifying the output")
+    w("* load + forward pass: `python benchmarks/keras_forward.py model.keras X.npy --batch-size 256`: "
+      "`keras.saving.load_model(path, compile=False)`, then `model(batch, training=True)` over the same batches: "
+      "what a user recalibrating by hand would run, minus any bookkeeping\n")
+    w("### Goals\n")
+    w(table(["goal", "measured (ratio of medians)", "verdict"], keras_goals(c)))
+    w("")
+    c1 = c["c1"]
+    base = c1["load + forward pass"]
+    w(f"### C1. Keras repair vs load + one forward pass: {d['c1']['samples']} samples "
+      f"({human_gib(d['c1']['bytes'])}), {cfg.reps_keras} repetitions, interleaved"
+      + (", after one warm-up of each" if cfg.warmup else "") + "\n")
+    w(table(["command", "wall s", "CPU s", "peak RSS MiB", "÷ load + forward pass"], [
+        [label, fmt_s(s), fmt_s(s, "cpu"), fmt_mib(s), "1" if s is base else fmt_ratio(s, base)]
+        for label, s in c1.items()]))
+    w("")
+    full, dry = c1["ckptdoctor repair"], c1["ckptdoctor repair --dry-run"]
+    w(f"Writing + verifying the output (full ÷ dry run): {fmt_ratio(full, dry)}, "
+      f"{full.median() - dry.median():+.2f} s in medians.\n")
+    fp = c["c1_forward_phases"]
+    if fp:
+        w("Phases of the baseline (medians of its timed runs): "
+          + ", ".join(f"{k[:-2]} {median_of(fp, k):.2f} s" for k in ("import_s", "load_s", "loop_s", "total_s"))
+          + ".\n")
+    big = c["c2_big"]
+    w(f"### C2. Peak memory vs data size: {d['c1']['samples']} vs {d['c2_big']['samples']} samples "
+      f"({human_gib(d['c1']['bytes'])} vs {human_gib(d['c2_big']['bytes'])}), same model and batch size\n")
+    w(table(["data", "runs", "wall s", "peak RSS MiB", "anon MiB (sampled)", "file-backed MiB (sampled)"], [
+        [human_gib(d[k]["bytes"]), len(s.runs), fmt_s(s), fmt_mib(s), fmt_mib(s, "anon"), fmt_mib(s, "file")]
+        for k, s in (("c1", full), ("c2_big", big))]))
+    w("")
+    w(f"The small row is C1's repair runs. Big ÷ small peak RSS: **{big.median('maxrss') / full.median('maxrss'):.2f}x**.\n")
+    w("### Where the time goes (cProfile, one repair of the C1 data; deterministic profiling adds overhead to "
+      "Python-level calls, so shares are indicative)\n")
+    w(c.get("profile") or f"Not available in this run: {c.get('profile_error', 'not run')}")
+    w("")
+    return "\n".join(out) + "\n"
+
+
+def splice_section_c(existing: str, section: str) -> str:
+    """``existing`` with its section C (to the end of the file) replaced by ``section``; A and B untouched."""
+    marker = "\n## C. Keras repair\n"
+    head = existing.split(marker, 1)[0] if marker in existing else existing
+    return head.rstrip("\n") + "\n\n" + section
 
 
 # --------------------------------------------------------------------------- report
@@ -776,6 +946,8 @@ def main(argv=None) -> int:
                                          "bench_work/BENCHMARKS-quick.md)")
     parser.add_argument("--work", help="working folder (default bench_work/run-full or run-quick)")
     parser.add_argument("--keep", action="store_true", help="keep the built checkpoints and data")
+    parser.add_argument("--only", choices=["keras"], help="run one part only: 'keras' runs section C and rewrites "
+                                                          "only that section of the output (A and B stay as they are)")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     work = Path(args.work) if args.work else ROOT / "bench_work" / f"run-{cfg.name}"
@@ -790,7 +962,10 @@ def main(argv=None) -> int:
     work.mkdir(parents=True)
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    command = ".venv/bin/python benchmarks/run.py" + (" --quick" if args.quick else "")
+    command = ".venv/bin/python benchmarks/run.py" + (" --quick" if args.quick else "") + (
+        f" --only {args.only}" if args.only else "")
+    if args.only == "keras":
+        return main_keras_only(cfg, work, output, command, args.keep)
     started = time.perf_counter()
     facts = machine_facts()
     snapshot = snapshot_package(work)
@@ -832,20 +1007,74 @@ def main(argv=None) -> int:
         if not args.keep:
             shutil.rmtree(work / "ckpt", ignore_errors=True)
         b = bench_repair(cfg, runner, work, built_out["net"])
+        if not args.keep:
+            shutil.rmtree(work / "net", ignore_errors=True)
+        c = run_keras_part(cfg, runner, work)
     finally:
         if not args.keep:
-            for sub in ("ckpt", "net", "out", "pkg"):
+            for sub in ("ckpt", "net", "keras", "out", "pkg"):
                 shutil.rmtree(work / sub, ignore_errors=True)
     elapsed = time.perf_counter() - started
     if package_fingerprint() != snap_fp:
         facts[key] += "; the working tree changed during the run, the figures are for the copy"
         log("note: the package in the working tree changed during the run; the figures are for the copy")
     text = render(cfg, command, facts, load_before, loadavg(), elapsed, a, b)
+    text = splice_section_c(text, render_keras(cfg, c, f"Produced by the same run as sections A and B (`{command}`, "
+                                                        "machine and package as stated at the top)."))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     if args.quick:
         print(text)
     log(f"wrote {output} ({elapsed / 60:.1f} min, {runner.count} measured processes)")
+    return 0
+
+
+def run_keras_part(cfg: Config, runner: Runner, work: Path) -> dict:
+    """Build the Keras model and data, run section C. Keras 3 as a user has it: no TF_USE_LEGACY_KERAS."""
+    saved = os.environ.pop("TF_USE_LEGACY_KERAS", None)
+    try:
+        log("C building the Keras model and data")
+        net = build_keras_inputs(cfg, work)
+        return bench_keras(cfg, runner, work, net)
+    finally:
+        if saved is not None:
+            os.environ["TF_USE_LEGACY_KERAS"] = saved
+
+
+def main_keras_only(cfg: Config, work: Path, output: Path, command: str, keep: bool) -> int:
+    """``--only keras``: run section C and replace only that section of ``output`` (A and B byte for byte)."""
+    started = time.perf_counter()
+    facts = machine_facts()
+    snapshot = snapshot_package(work)
+    snap_fp = package_fingerprint(snapshot)
+    load_before = loadavg()
+    runner = Runner(work)
+    try:
+        c = run_keras_part(cfg, runner, work)
+    finally:
+        if not keep:
+            for sub in ("keras", "out", "pkg"):
+                shutil.rmtree(work / sub, ignore_errors=True)
+    elapsed = time.perf_counter() - started
+    changed = "; the working tree changed during the run, the figures are for the copy" \
+        if package_fingerprint() != snap_fp else ""
+    existing = output.read_text() if output.exists() else ""
+    earlier = ("Sections A and B above come from an earlier full run (`.venv/bin/python benchmarks/run.py`, dated and "
+               "described at the top of this file) and were left as they were. " if "\n## A. " in existing else "")
+    header = (f"Produced by `{command}` on {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} ({cfg.name} sizes, "
+              f"{elapsed / 60:.1f} min, {runner.count} measured processes). {earlier}This run: commit "
+              f"{facts['commit']}, package fingerprint {snap_fp} (a copy taken at the start{changed}), "
+              f"TensorFlow {facts['tensorflow']}, Python {facts['python']}, numpy {facts['numpy']}, "
+              f"{facts['nproc']} CPUs ({facts['cpu']}), load average {load_before} at the start, {loadavg()} at the "
+              "end. How to read the figures: as above (fresh processes through `benchmarks/measure.py`, medians "
+              "with min–max, ratios of medians with the paired range).")
+    section = render_keras(cfg, c, header)
+    text = splice_section_c(existing, section) if existing else "# ckptdoctor benchmarks\n\n" + section
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    if cfg.name == "quick":
+        print(section)
+    log(f"wrote section C of {output} ({elapsed / 60:.1f} min, {runner.count} measured processes)")
     return 0
 
 

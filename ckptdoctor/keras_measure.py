@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .data import check_data
+from .data import check_data, release_rows
 from .errors import BadDataError, UnsupportedFormatError
 from .estimator import PooledMoments
 from .keras_model import BN_CLASSES
@@ -293,8 +293,13 @@ def recompute_bn_moments(model, bns: list[BNLayer], frozen: list[BNLayer], xs: l
     from .repairing import Progress
 
     def batches():
+        # A copy of each batch, then its mapped pages let go (as ``repairing._batches``): otherwise every
+        # page of a memory-mapped .npy read stays resident and peak memory grows with the data.
         for start in range(0, n, batch_size):
-            yield [np.asarray(a[start:start + batch_size]).astype(d, copy=False) for a, d in zip(xs, dtypes)]
+            stop = min(n, start + batch_size)
+            yield [np.array(a[start:stop], dtype=d) for a, d in zip(xs, dtypes)]
+            for a in xs:
+                release_rows(a, start, stop)
 
     every = bns + frozen
     snapshot = {bn.name: (variable_values(bn.layer.moving_mean), variable_values(bn.layer.moving_variance)) for bn in every}
