@@ -84,16 +84,21 @@ def build(outdir: str, steps: int) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    return run_builder(build, __doc__, argv, first_seed=10)
+
+
+def run_builder(build_model, doc: str, argv=None, first_seed: int = 10) -> int:
+    """The command line of a model builder: OUTDIR [--steps N] [--data NAME:SAMPLES:SIZE ...]; prints JSON."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("outdir")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--data", action="append", default=[], help="NAME:SAMPLES:SIZE")
     args = parser.parse_args(argv)
     os.makedirs(args.outdir, exist_ok=True)
     started = time.perf_counter()
-    info = build(args.outdir, args.steps)
+    info = build_model(args.outdir, args.steps)
     info["data"] = {}
-    for seed, spec in enumerate(args.data, start=10):
+    for seed, spec in enumerate(args.data, start=first_seed):
         name, samples, size = spec.split(":")
         path = os.path.join(args.outdir, name + ".npy")
         info["data"][name] = {"path": path, "samples": int(samples), "size": int(size),

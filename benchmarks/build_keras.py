@@ -14,14 +14,11 @@ Each ``--data NAME:SAMPLES:SIZE`` writes ``OUTDIR/NAME.npy`` with the same gener
 never whole in memory. Prints a JSON summary on stdout.
 """
 
-import argparse
-import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from build_convnet import images, write_data  # noqa: E402  (sets TF_USE_LEGACY_KERAS: undone below)
+from build_convnet import images, run_builder  # noqa: E402  (sets TF_USE_LEGACY_KERAS: undone below)
 
 os.environ.pop("TF_USE_LEGACY_KERAS", None)  # Keras 3 here
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -58,23 +55,7 @@ def build(outdir: str, steps: int) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("outdir")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--data", action="append", default=[], help="NAME:SAMPLES:SIZE")
-    args = parser.parse_args(argv)
-    os.makedirs(args.outdir, exist_ok=True)
-    started = time.perf_counter()
-    info = build(args.outdir, args.steps)
-    info["data"] = {}
-    for seed, spec in enumerate(args.data, start=20):
-        name, samples, size = spec.split(":")
-        path = os.path.join(args.outdir, name + ".npy")
-        info["data"][name] = {"path": path, "samples": int(samples), "size": int(size),
-                              "bytes": write_data(path, int(samples), int(size), seed)}
-    info["build_s"] = time.perf_counter() - started
-    print(json.dumps(info))
-    return 0
+    return run_builder(build, __doc__, argv, first_seed=20)
 
 
 if __name__ == "__main__":
