@@ -7,7 +7,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from .diagnose import (
-    BNLayerStatus, Finding, bn_layers_from_names, diagnose_bn, diagnose_graph, role_from_name,
+    SEVERITIES, BNLayerStatus, Finding, bn_layers_from_names, diagnose_bn, diagnose_graph, role_from_name,
 )
 from .errors import CkptDoctorError, TensorReadError
 from .readers import open_reader
@@ -148,6 +148,12 @@ def list_tensors(reader, entries, *, stats: bool, pattern, role_of, in_graph_of,
     return tensors, findings
 
 
+def sort_findings(findings) -> list[Finding]:
+    """Findings in the order inspect lists them: errors, warnings, infos; then by code, layer and tensor."""
+    order = {severity: i for i, severity in enumerate(SEVERITIES)}
+    return sorted(findings, key=lambda f: (order[f.severity], f.code, f.layer or "", f.tensor or ""))
+
+
 def assemble_report(*, checkpoint: str, format: str, graph: str | None, entries, tensors, bn_rows,
                     findings: list, unreadable: dict, notes: list, stats: bool, resolved_from: str) -> InspectReport:
     """The finished report: unreadable tensors become findings, findings are ordered, totals summed."""
@@ -156,8 +162,7 @@ def assemble_report(*, checkpoint: str, format: str, graph: str | None, entries,
     if not stats:
         notes = list(notes) + ["statistics not computed (--stats=False): NaN/Inf in weights not checked"]
     total_bytes = sum(e.nbytes for e in entries)
-    order = {"error": 0, "warning": 1, "info": 2}
-    findings.sort(key=lambda f: (order[f.severity], f.code, f.layer or "", f.tensor or ""))
+    findings = sort_findings(findings)
     return InspectReport(
         checkpoint=checkpoint, format=format, graph=graph, tensors=tuple(tensors), bn_layers=tuple(bn_rows),
         findings=tuple(findings), notes=tuple(notes), resolved_from=resolved_from,

@@ -79,12 +79,10 @@ def with_staleness(report, repair_report):
 
     The BN table's status of a stale layer becomes ``stale``.
     """
-    from .inspection import _summary
+    from .inspection import _summary, sort_findings
 
     findings, notes = stale_findings(repair_report)
-    order = {"error": 0, "warning": 1, "info": 2}  # the order inspect lists findings in
-    all_findings = tuple(sorted(tuple(report.findings) + tuple(findings),
-                                key=lambda f: (order[f.severity], f.code, f.layer or "", f.tensor or "")))
+    all_findings = tuple(sort_findings(tuple(report.findings) + tuple(findings)))
     stale = {f.layer for f in findings}
     bn_layers = tuple(dataclasses.replace(row, status="stale") if row.layer in stale else row for row in report.bn_layers)
     return dataclasses.replace(
