@@ -148,7 +148,8 @@ class Commands:
             progress: show a progress bar on stderr.
             unsafe: Keras models only: allow Lambda layers, whose Python code runs when the model loads.
 
-        Exit code: 0 repaired (or dry run), 2 error.
+        Exit code: 0 repaired (or dry run), 1 refused (the repair would not bring the inference outputs closer
+        to the reference; nothing written), 2 error.
         """
         from .render import render_repair, to_json
         from .repairing import repair
@@ -164,7 +165,7 @@ class Commands:
             unsafe=bool(unsafe),
         )
         text = to_json(result.to_dict()) if format == "json" else render_repair(result)
-        return Outcome(text, 0)
+        return Outcome(text, result.exit_code)
 
 
 def _check_options(argv: list[str]) -> list[str]:

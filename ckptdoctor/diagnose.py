@@ -34,6 +34,8 @@ CODES = {
     "tensor-unreadable": "a tensor's bytes cannot be read (a truncated or missing data file)",
     "bn-frozen-untrained": "a Keras BN layer frozen from the start (trainable=False) kept its initial statistics",
     "bn-stats-stale": "with --data: a BN layer's stored statistics differ from its input's moments on the data",
+    "repair-not-improved": "repair: the new statistics would not bring the inference outputs closer to the "
+                           "BN-training reference; nothing was written",
 }
 
 

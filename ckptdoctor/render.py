@@ -171,8 +171,23 @@ def render_repair(report) -> str:
     lines.append("")
     if report.gap_note:
         lines.append(report.gap_note)
+    if report.held_in_inference:
+        held = report.held_in_inference
+        lines.append(f"held in inference mode while the BN layers ran in training mode ({len(held)}): "
+                     f"{', '.join(held[:12])}{' ...' if len(held) > 12 else ''}")
+    check = report.output_check
+    if check is not None:
+        verdict = "better" if check.gap_after < check.gap_before else (
+            "unchanged (round-off)" if check.improved else "NOT better")
+        lines.append(f"output check: final output vs the BN-training reference on the first {check.samples} samples, "
+                     f"relative gap {_num(check.gap_before)} -> {_num(check.gap_after)}: {verdict}")
+        if check.grown:
+            lines.append(f"layers whose own gap grew: {', '.join(check.grown[:12])}"
+                         f"{' ...' if len(check.grown) > 12 else ''}")
     for n in report.notes:
         lines.append(f"note: {n}")
+    for f in report.findings:
+        lines.append(f"{f.severity}: {f.code}: {f.message}")
     if report.output:
         # a Keras file, a SavedModel directory, or a prefix
         files = "" if os.path.isfile(report.output) else "/" if os.path.isdir(report.output) \

@@ -15,11 +15,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .data import check_data, load_data, release_rows
-from .diagnose import diagnose_bn
+from .diagnose import Finding, diagnose_bn
 from .errors import BadDataError, CkptDoctorError, GraphError
 from .estimator import PooledMoments
 from .readers import open_reader
 from .resolve import resolve_checkpoint
+from .selfcheck import OutputCheck
 
 __all__ = ["LayerRepair", "RepairReport", "repair"]
 
@@ -71,6 +72,20 @@ class RepairReport:
     updated: int
     notes: tuple[str, ...] = ()
     gap_note: str = ""
+    #: Layers (Keras) or ops (graphs) that take a training argument or switch but were held in
+    #: inference mode while the BN layers ran in training mode: dropout, noise, stochastic depth...
+    held_in_inference: tuple[str, ...] = ()
+    #: The final output's gap to the reference before and after (``selfcheck``); None when it
+    #: could not be measured (the notes say why).
+    output_check: OutputCheck | None = None
+    #: ``repair-not-improved`` when the repair was refused (nothing written).
+    findings: tuple[Finding, ...] = ()
+    refused: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """1 when the repair was refused (nothing written), else 0."""
+        return 1 if self.refused else 0
 
     def to_dict(self) -> dict:
         d = asdict(self)
