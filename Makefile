@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 
-.PHONY: demo test bench samples clean
+.PHONY: demo test zoo bench samples clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ demo: $(VENV)/.installed
 # file's module fixtures (Keras models built in subprocesses) are built once.
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 --dist loadfile
+
+# The whole architecture zoo (tests/test_zoo.py; make test runs a subset): one xdist group per net, so
+# each net is built once, on one worker.
+zoo: $(VENV)/.installed
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m zoo tests/test_zoo.py
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run.py

@@ -133,3 +133,14 @@ def h5_datasets(path) -> dict:
         with h5py.File(path, "r") as f:
             visit(f)
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """The architecture zoo (tests/test_zoo.py): plain ``pytest`` runs only its ``zoo_subset`` cases; a ``-m``
+    expression naming ``zoo`` (``make zoo``: ``pytest -m zoo``) selects from all of them."""
+    if "zoo" in (config.getoption("markexpr") or ""):
+        return
+    extra = [i for i in items if i.get_closest_marker("zoo") and not i.get_closest_marker("zoo_subset")]
+    if extra:
+        config.hook.pytest_deselected(items=extra)
+        items[:] = [i for i in items if i not in extra]
