@@ -31,6 +31,13 @@ CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
 FUSED_BN_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
 ASSIGN_OPS = frozenset({"AssignSub", "AssignSubVariableOp", "Assign", "AssignVariableOp", "AssignMovingAvg"})
 SAVE_OPS = frozenset({"SaveV2", "Save", "SaveSlices"})
+#: Ops that hand a graph its data without a placeholder (tf.data iterators, queues): their outputs can be fed.
+DATA_SOURCE_OPS = frozenset({"IteratorGetNext", "IteratorGetNextSync", "QueueDequeueV2", "QueueDequeueManyV2",
+                             "QueueDequeueUpToV2", "QueueDequeue", "QueueDequeueMany", "QueueDequeueUpTo"})
+#: Ops whose output is random: upstream of a BN input in a graph fixed to training, they are dropout or noise.
+RANDOM_OPS = frozenset({"RandomUniform", "RandomStandardNormal", "TruncatedNormal", "StatelessRandomUniformV2",
+                        "StatelessRandomNormalV2", "StatelessRandomUniform", "StatelessRandomNormal",
+                        "RandomUniformInt", "StatelessRandomUniformFullIntV2"})
 
 #: SavedModel directories: the graph, tf-keras' model description, the variables bundle.
 SAVED_MODEL_PB = "saved_model.pb"

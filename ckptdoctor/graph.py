@@ -59,6 +59,10 @@ class BNLayer:
         training_flags: boolean placeholders the layer's mode depends on.
         mode: ``switch`` (chosen at run time), ``training`` or ``inference``.
         epsilon: the variance epsilon, when known.
+        switch_inputs: ``(op name, input index)`` of the outer-graph ops that read the training
+            switch on this layer's behalf (its own conditionals: v1 ``cond/Switch`` and
+            ``cond/pred_id``, or a v2 ``If``), so that a repair can give the BN layers a switch
+            of their own and hold every other consumer (dropout) in inference mode.
     """
 
     layer: str
@@ -74,6 +78,7 @@ class BNLayer:
     mode: str
     epsilon: float | None = None
     output_tensor: str | None = None
+    switch_inputs: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -240,7 +245,8 @@ class GraphTracer:
     def sources(self, tensor, frame, preds=None, _depth=0):
         """Variable ops whose value reaches ``tensor`` unchanged (through any branch).
 
-        Predicates of the conds passed on the way are added to ``preds``.
+        Predicates of the conds passed on the way are added to ``preds`` as
+        ``(predicate tensor, frame, op reading it)``.
         """
         if _depth > 200:
             return set()
@@ -252,7 +258,7 @@ class GraphTracer:
             inputs = list(op.inputs)
             if op.type in ("Switch", "RefSwitch"):
                 if preds is not None:
-                    preds.append((op.inputs[1], frame))
+                    preds.append((op.inputs[1], frame, op))
                 inputs = inputs[:1]
             elif op.type in ("Reshape", "Enter", "RefEnter", "Identity", "ReadVariableOp", "Snapshot", "RefIdentity"):
                 inputs = inputs[:1]
@@ -263,7 +269,7 @@ class GraphTracer:
             return found
         if op.type in C.IF_OPS or op.type in C.CALL_OPS:
             if op.type in C.IF_OPS and preds is not None:
-                preds.append((op.inputs[0], frame))
+                preds.append((op.inputs[0], frame, op))
             for name in self.branches(op):
                 fg = self.function_graph(name)
                 if fg is None or tensor.value_index >= len(fg.outputs):
@@ -357,7 +363,7 @@ def _const_value(tensor):
 
 def _flags_from_preds(tracer, preds) -> tuple[str, ...]:
     flags = set()
-    for pred, frame in preds:
+    for pred, frame, _op in preds:
         outer, _ = tracer.outer(pred, frame)
         for name in tracer.ancestors([outer.op]):
             op = tracer.graph.get_operation_by_name(name)
@@ -366,7 +372,48 @@ def _flags_from_preds(tracer, preds) -> tuple[str, ...]:
     return tuple(sorted(flags))
 
 
-def _find_fused(tracer):
+#: How far back from an update op's value a batch statistic may sit: ``(moving - batch) * decay``
+#: puts it two ops back, a Bessel correction three.
+_UPDATE_DEPTH = 3
+
+
+def _update_targets(tracer) -> dict[str, set]:
+    """Tensor name -> the variables that update ops of the outer graph move towards it.
+
+    A BN layer whose mode is fixed to training (``training=True`` as a Python constant)
+    never reads its moving statistics in the forward pass: only its update ops tie the
+    layer's batch moments (``FusedBatchNorm:1/:2``, or the ``moments`` of the non-fused
+    pattern) to the moving mean and variance, ``moving -= (moving - batch) * (1 - momentum)``.
+    """
+    targets: dict[str, set] = {}
+    for op, frame in tracer.walk():
+        if frame or op.type not in C.ASSIGN_OPS or len(op.inputs) < 2 or op.name.endswith("/Assign"):
+            continue
+        if _is_initializer(op) or _is_restore(op):
+            continue
+        target = tracer.one_source(op.inputs[0], frame)
+        if target is None:
+            continue
+        stack = [(op.inputs[1], 0)]
+        seen = set()
+        while stack:
+            t, depth = stack.pop()
+            if t.name in seen:
+                continue
+            seen.add(t.name)
+            targets.setdefault(t.name, set()).add(target)
+            if depth < _UPDATE_DEPTH and t.op.type not in C.VARIABLE_OPS:
+                stack.extend((i, depth + 1) for i in t.op.inputs)
+    return targets
+
+
+def _updated_by(targets: dict, tensor, exclude=()) -> str | None:
+    """The one variable the update ops move towards ``tensor`` (None when none or several)."""
+    found = targets.get(tensor.name, set()) - set(exclude)
+    return next(iter(found)) if len(found) == 1 else None
+
+
+def _find_fused(tracer, targets):
     layers = {}
     for op, frame in tracer.walk():
         if op.type not in C.FUSED_BN_OPS:
@@ -374,7 +421,12 @@ def _find_fused(tracer):
         preds: list = []
         mean = tracer.one_source(op.inputs[3], frame, preds)
         var = tracer.one_source(op.inputs[4], frame, preds)
-        if mean is None or var is None:
+        if (mean is None or var is None) and not frame and bool(op.get_attr("is_training")):
+            # Training mode with empty mean/variance inputs (TF-Slim, nn.fused_batch_norm): the
+            # update ops name the moving statistics.
+            mean = _updated_by(targets, op.outputs[1])
+            var = _updated_by(targets, op.outputs[2], exclude=(mean,))
+        if mean is None or var is None or mean == var:
             continue
         gamma = tracer.one_source(op.inputs[1], frame)
         beta = tracer.one_source(op.inputs[2], frame)
@@ -388,7 +440,7 @@ def _find_fused(tracer):
         training = bool(op.get_attr("is_training"))
         for f, caller in frame:
             if caller.type in C.IF_OPS:
-                preds.append((caller.inputs[0], ()))
+                preds.append((caller.inputs[0], (), caller))
         entry = layers.setdefault((mean, var), {
             "gamma": gamma, "beta": beta, "x": x, "axis": 1 if fmt.startswith("NC") else -1,
             "modes": set(), "preds": [], "eps": float(op.get_attr("epsilon")), "out": None,
@@ -401,15 +453,48 @@ def _find_fused(tracer):
             merges = [c for c in op.outputs[0].consumers() if c.type in ("Merge", "RefMerge")]
             result = merges[0].outputs[0] if merges else op.outputs[0]
         entry["out"] = entry["out"] or result.name
+        if entry["x"] is None:
+            entry["x"] = x
     out = []
     for (mean, var), e in layers.items():
         flags = _flags_from_preds(tracer, e["preds"])
         mode = "switch" if len(e["modes"]) > 1 or flags else ("training" if True in e["modes"] else "inference")
-        out.append((mean, var, e["gamma"], e["beta"], e["x"], e["axis"], True, flags, mode, e["eps"], e["out"]))
+        out.append((mean, var, e["gamma"], e["beta"], e["x"], e["axis"], True, flags, mode, e["eps"], e["out"],
+                    _switch_inputs(tracer, e["preds"])))
     return out
 
 
-def _find_nonfused(tracer):
+def _switch_inputs(tracer, preds) -> tuple[tuple[str, int], ...]:
+    """The ``(op, input index)`` pairs through which one BN layer's conditionals read the training switch.
+
+    Control flow v2: the layer's own ``If`` op, input 0. Control flow v1: a conditional
+    ``S`` reads its predicate in ``S/Switch`` (which makes ``switch_t``/``switch_f``) and in
+    ``S/pred_id``; every ``Switch`` inside takes ``S/pred_id``. Both reads are listed so that
+    the whole conditional follows a replacement switch, never half of it. Predicates that
+    are computations of the switch (``logical_and``) are not pass-through: not listed.
+    """
+    pairs: set[tuple[str, int]] = set()
+    for pred, frame, op in preds:
+        if frame or op is None:
+            continue
+        if op.type in C.IF_OPS:
+            pairs.add((op.name, 0))
+            continue
+        pred_op = pred.op
+        if pred_op.type == "Identity" and pred_op.name.endswith("/pred_id"):
+            scope = pred_op.name[: -len("pred_id")]
+            source = pred_op.inputs[0]
+            for c in source.consumers():
+                if c.name.startswith(scope) and c.name[len(scope):].count("/") == 0:
+                    for i, t in enumerate(c.inputs):
+                        if t is source:
+                            pairs.add((c.name, i))
+        else:
+            pairs.add((op.name, 1))
+    return tuple(sorted(pairs))
+
+
+def _find_nonfused(tracer, targets):
     layers = []
     for op, frame in tracer.walk():
         if op.type != "Rsqrt" or op.inputs[0].op.type not in ("Add", "AddV2"):
@@ -424,6 +509,15 @@ def _find_nonfused(tracer):
                 c = _const_value(add.inputs[1 - i])
                 eps = float(c) if c is not None and c.size == 1 else None
                 break
+        if var is None and not frame:
+            # Training mode fixed: the variance is the batch's (``moments``); the update ops name the
+            # moving variance.
+            for i in (0, 1):
+                var = _updated_by(targets, add.inputs[i])
+                if var is not None:
+                    c = _const_value(add.inputs[1 - i])
+                    eps = float(c) if c is not None and c.size == 1 else None
+                    break
         if var is None:
             continue
         rsqrt = op.outputs[0]
@@ -444,8 +538,14 @@ def _find_nonfused(tracer):
             if consumer.type != "Mul":
                 continue
             other = consumer.inputs[1] if consumer.inputs[0] is scale else consumer.inputs[0]
-            m = tracer.one_source(other, frame, preds)
+            # Predicates count only on the path that leads to the mean (not through the input's own
+            # conditionals, such as a dropout before the layer).
+            tried: list = []
+            m = tracer.one_source(other, frame, tried)
+            if m is None and not frame:
+                m = _updated_by(targets, other, exclude=(var,))
             if m is not None:
+                preds.extend(tried)
                 mean, mean_mul = m, consumer
                 shape = _reshape_target(other)
                 if shape is not None:
@@ -471,8 +571,9 @@ def _find_nonfused(tracer):
         if mean is None:
             continue
         flags = _flags_from_preds(tracer, preds)
-        mode = "switch" if flags else "inference"
-        layers.append((mean, var, gamma, beta, x, axis, False, flags, mode, eps, out))
+        computed = tracer.one_source(add.inputs[0], frame) is None and tracer.one_source(add.inputs[1], frame) is None
+        mode = "switch" if flags else ("training" if computed else "inference")
+        layers.append((mean, var, gamma, beta, x, axis, False, flags, mode, eps, out, _switch_inputs(tracer, preds)))
     return layers
 
 
@@ -537,10 +638,11 @@ def describe_graph(graph, path: str) -> GraphInfo:
     def k(op_name):
         return None if op_name is None else op_to_key.get(op_name, key_of(op_name))
 
-    found = _find_fused(tracer) + _find_nonfused(tracer)
+    targets = _update_targets(tracer)
+    found = _find_fused(tracer, targets) + _find_nonfused(tracer, targets)
     bn_layers = []
     seen = set()
-    for mean, var, gamma, beta, x, axis, fused, flags, mode, eps, out in found:
+    for mean, var, gamma, beta, x, axis, fused, flags, mode, eps, out, switch_inputs in found:
         if (mean, var) in seen:
             continue
         seen.add((mean, var))
@@ -552,7 +654,7 @@ def describe_graph(graph, path: str) -> GraphInfo:
         bn_layers.append(BNLayer(
             layer=_layer_name(named), moving_mean=k(mean), moving_variance=k(var), gamma=k(gamma), beta=k(beta),
             channels=channels, fused=fused, axis=axis, input_tensor=None if x is None else x.name,
-            training_flags=flags, mode=mode, epsilon=eps, output_tensor=out,
+            training_flags=flags, mode=mode, epsilon=eps, output_tensor=out, switch_inputs=switch_inputs,
         ))
     bn_layers.sort(key=lambda layer: layer.layer)
 

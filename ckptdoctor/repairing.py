@@ -10,17 +10,19 @@ from __future__ import annotations
 import ast
 import os
 import sys
+from itertools import islice
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from .data import check_data, load_data, release_rows
 from .diagnose import Finding, diagnose_bn
+from . import constants as C
 from .errors import BadDataError, CkptDoctorError, GraphError
 from .estimator import PooledMoments
 from .readers import open_reader
 from .resolve import resolve_checkpoint
-from .selfcheck import OutputCheck
+from .selfcheck import OutputCheck, checked_batches, judge, largest_gap, output_scale, refusal
 
 __all__ = ["LayerRepair", "RepairReport", "repair"]
 
@@ -123,8 +125,20 @@ def _tensor(graph, name: str, what: str):
         raise BadDataError(f"the graph has no {what} named {name!r}") from e
 
 
+def _data_sources(graph):
+    """Placeholders, then the outputs of iterators and queues (feedable too): where data can enter."""
+    sources = [op.outputs[0] for op in _placeholders(graph)]
+    sources += [t for op in graph.get_operations() if op.type in C.DATA_SOURCE_OPS for t in op.outputs]
+    return sources
+
+
 def _choose_inputs(graph, data: dict, input_name: str | None, exclude: set[str]):
-    """Map each data array to the placeholder it feeds."""
+    """Map each data array to the tensor it feeds: a placeholder, or an iterator's output.
+
+    Without ``--input``, the one floating placeholder whose shape fits the data; when no
+    placeholder fits, the one iterator or queue output that fits (``IteratorGetNext:0``):
+    the only data source of a training graph fed by ``tf.data``.
+    """
     if None not in data:  # .npz or a bare .h5: keys are placeholder names
         unknown = []
         for key in data:
@@ -141,15 +155,23 @@ def _choose_inputs(graph, data: dict, input_name: str | None, exclude: set[str])
         return {_tensor(graph, key, "placeholder"): arr for key, arr in data.items()}
     array = data[None]
     if input_name:
-        return {_tensor(graph, input_name, "placeholder (--input)"): array}
-    candidates = []
-    for op in _placeholders(graph):
-        t = op.outputs[0]
-        if t.name in exclude or not t.dtype.is_floating:
-            continue
+        t = _tensor(graph, input_name, "tensor (--input)")
+        if not graph.is_feedable(t):
+            raise BadDataError(f"--input {input_name}: TensorFlow cannot feed this tensor; pass a placeholder or an "
+                               "iterator's output such as IteratorGetNext:0")
+        return {t: array}
+
+    def fits(t):
         shape = _shape_list(t)
-        if shape is None or (len(shape) == array.ndim and all(s is None or s == d for s, d in zip(shape[1:], array.shape[1:]))):
-            candidates.append(t)
+        return shape is None or (len(shape) == array.ndim and all(
+            s is None or s == d for s, d in zip(shape[1:], array.shape[1:])))
+
+    sources = _data_sources(graph)
+    placeholders = {op.outputs[0].name for op in _placeholders(graph)}
+    candidates = [t for t in sources if t.name in placeholders and t.name not in exclude and t.dtype.is_floating
+                  and fits(t)]
+    if not candidates:
+        candidates = [t for t in sources if t.name not in placeholders and t.dtype.is_floating and fits(t)]
     if len(candidates) == 1:
         return {candidates[0]: array}
     if not candidates:
@@ -307,6 +329,7 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
                                   method=method, output=output, in_place=in_place, dry_run=dry_run, force=force,
                                   report=report, unsafe=unsafe, progress=progress)
     from .graph import GraphTracer, describe_graph, load_graph
+    from .graph_modes import forward_outputs, held_consumers, random_upstream, separate_bn_switch
     from .tfcompat import import_tensorflow
     from .writer import ensure_writable, write_checkpoint
 
@@ -350,11 +373,10 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
             flag = g.get_tensor_by_name(flags[0])
         elif len(flags) > 1:
             raise BadDataError(f"the BN layers depend on several boolean switches ({', '.join(flags)}): pass --training NAME")
-    if method == "train" and flag is None:
-        modes = {layer.mode for layer in layers}
-        if modes != {"training"}:
-            raise BadDataError("no training switch found for the BN layers (their mode is fixed to inference): "
-                               "pass --training NAME, or use --method sequential")
+    modes = {layer.mode for layer in layers}
+    if method == "train" and flag is None and modes != {"training"}:
+        raise BadDataError("no training switch found for the BN layers (their mode is fixed to inference): "
+                           "pass --training NAME, or use --method sequential")
     feeds = _parse_feeds(g, feed)
     exclude = {t.name for t in feeds} | ({flag.name} if flag is not None else set())
     inputs = _choose_inputs(g, arrays_by_key, input, exclude)
@@ -372,6 +394,31 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
         raise BadDataError(f"the forward pass needs placeholders nobody feeds: {', '.join(missing)}; "
                            "supply them with --feed NAME=VALUE (e.g. --feed keep_prob=1.0)")
 
+    notes = []
+    # Only the BN layers in training mode: their conditionals get a switch of their own.
+    bn_switch = None
+    if flag is not None:
+        with g.as_default():
+            bn_switch = separate_bn_switch(tf, g, layers, flag)
+        if bn_switch is None:
+            notes.append(f"cannot tell the BN layers' use of {flag.name} from other layers' (a computed "
+                         "predicate): everything that reads it ran in training mode, dropout included; the "
+                         "statistics may be off and the output check was not made")
+    final = forward_outputs(g, list(inputs), fed, layers) if bn_switch is not None else []
+    held = held_consumers(tracer, g, flag, list(xs.values()) + final) if bn_switch is not None else ()
+    if flag is None and modes == {"training"}:
+        notes.append("the graph fixes its BN layers to training mode: the statistics are the moments of each BN "
+                     "input over the data; the graph has no inference mode to check the repair against")
+        noisy = random_upstream(tracer, g, list(xs.values()))
+        if noisy:
+            notes.append(f"random ops ({', '.join(noisy[:3])}) feed the BN inputs and ran during the statistics "
+                         "pass (dropout or noise fixed to training): cannot be sure the statistics match "
+                         "inference; repair with the inference graph (--graph eval.meta) instead")
+    elif flag is None:
+        notes.append("no training switch: no BN-training reference, the output check was not made")
+    elif bn_switch is not None and not final:
+        notes.append("no network output found downstream of the BN layers: the output check was not made")
+
     source = open_reader(resolved)
     try:
         entries = {e.name: e for e in source.entries()}
@@ -387,20 +434,29 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
             loader = _StatLoader(tf, key_vars, layers)
         with tf.compat.v1.Session(graph=g) as sess:
             _restore(tf, g, sess, key_vars, entries, resolved.prefix)
-            first = next(_batches(inputs, n, batch_size))[2]
             base_feed = dict(feeds)
 
-            def mode_feed(batch, is_training):
+            def mode_feed(batch, bn_training):
+                """BN layers in training mode or not; everything else that reads the switch in inference mode."""
                 d = dict(base_feed)
                 d.update(batch)
-                if flag is not None:
-                    d[flag] = is_training
+                if bn_switch is not None:
+                    d[flag] = False
+                    d[bn_switch] = bn_training
+                elif flag is not None:
+                    d[flag] = bn_training
                 return d
 
             outs = {layer.layer: g.get_tensor_by_name(layer.output_tensor) for layer in layers if layer.output_tensor}
-            # Training mode never reads the moving statistics: its outputs serve before and after.
+            checked = [b for _, _, b in islice(_batches(inputs, n, batch_size), checked_batches(n, batch_size))] \
+                if final else []
+            # The reference: BN in training mode, nothing else. It never reads the moving
+            # statistics, so it serves before and after.
+            reference = [sess.run(final, mode_feed(b, True)) for b in checked]
+            first = checked[0] if checked else next(_batches(inputs, n, batch_size))[2]
             train_outs = sess.run(outs, mode_feed(first, True)) if flag is not None and outs else {}
             gaps_before = _gaps(sess, outs, mode_feed, first, train_outs)
+            final_before = _final_gap(sess, final, mode_feed, checked, reference)
 
             pooled = {layer.layer: PooledMoments(layer.channels) for layer in layers}
             batches = -(-n // batch_size)
@@ -432,27 +488,32 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
             if method == "train":
                 loader.load(sess, pooled)
             gaps_after = _gaps(sess, outs, mode_feed, first, train_outs)
+            final_after = _final_gap(sess, final, mode_feed, checked, reference)
 
+        check = None
+        if final:
+            check = judge(tuple(t.name for t in final), sum(len(next(iter(b.values()))) for b in checked),
+                          output_scale(reference), final_before, final_after, gaps_before, gaps_after)
+        refused = check is not None and not check.improved
         rows = []
         for layer in layers:
             rows.append(layer_row(layer, pooled[layer.layer], stored, n, gaps_before, gaps_after))
 
         written = {"untouched": 0, "updated": 0, "backup": None}
-        if not dry_run:
+        if not dry_run and not refused:
             written = write_checkpoint(source, out_prefix, replacements, meta, force=force, in_place=in_place)
     finally:
         source.close()
 
-    notes = []
-    if flag is None:
-        notes.append("no training switch: inference-vs-training gaps not measured")
     result = RepairReport(
         checkpoint=resolved.prefix, graph=meta, data=data, inputs=tuple(t.name for t in inputs),
         training_flag=None if flag is None else flag.name, method=method, batch_size=batch_size, samples=n,
-        layers=tuple(rows), output=None if dry_run else out_prefix, backup=written["backup"], dry_run=dry_run,
-        untouched=written["untouched"], updated=written["updated"], notes=tuple(notes),
-        gap_note="gaps: largest |inference-mode output - training-mode output| of each BN layer on the first batch"
+        layers=tuple(rows), output=None if dry_run or refused else out_prefix, backup=written["backup"],
+        dry_run=dry_run, untouched=written["untouched"], updated=written["updated"], notes=tuple(notes),
+        gap_note="gaps: largest |inference-mode output - BN-training output| of each BN layer on the first batch"
         if flag is not None else "",
+        held_in_inference=tuple(held), output_check=check,
+        findings=(refusal(check, tuple(held)),) if refused else (), refused=refused,
     )
     if report:
         from .h5report import write_repair_report
@@ -514,6 +575,12 @@ class _StatLoader:
                 fetch.append(op)
         if fetch:
             sess.run(fetch, feed)
+
+
+def _final_gap(sess, final, mode_feed, checked, reference) -> float:
+    """Largest |inference-mode output - reference| of the network's final outputs over the checked batches."""
+    return max((largest_gap(sess.run(final, mode_feed(b, False)), ref) for b, ref in zip(checked, reference)),
+               default=0.0)
 
 
 def _gaps(sess, outs, mode_feed, batch, train_outs) -> dict[str, float]:
