@@ -133,3 +133,32 @@ def test_input_names_an_iterator_output(built, tmp_path):
     assert json.loads(proc.stdout)["inputs"] == ["IteratorGetNext:0"]
     proc = run_cli("repair", folder, "--data", folder / "X.npy", "--input", "IteratorGetNext:7", "--dry-run")
     assert proc.returncode == 2 and "has no tensor (--input) named" in proc.stderr
+
+
+def test_a_repair_that_makes_the_outputs_worse_is_refused(tmp_path):
+    """Healthy statistics, data whose first batches are the training data and whose bulk is shifted:
+    the new statistics fit the bulk, not the training data, so the output check must refuse them."""
+    import ckptdoctor
+
+    sample = Path(__file__).resolve().parents[1] / "sample_ckpts" / "convnet"
+    X = np.load(sample / "X.npy")
+    rng = np.random.default_rng(1)
+    mixed = np.concatenate([X[:256], X[rng.integers(0, len(X), 1500)] * 3 + 5]).astype(np.float32)
+    data = tmp_path / "mixed.npy"
+    np.save(data, mixed)
+    out = tmp_path / "repaired"
+    proc = run_cli("repair", sample, "--data", data, "--batch-size", 64, "--output", out, "--format", "json")
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["refused"] and report["output"] is None
+    [finding] = report["findings"]
+    check = report["output_check"]
+    assert finding["code"] == "repair-not-improved" and finding["severity"] == "error"
+    assert f"{check['gap_before']:.3g}" in finding["message"] and f"{check['gap_after']:.3g}" in finding["message"]
+    assert check["gap_after"] > 5 * check["gap_before"]
+    assert not list(tmp_path.glob("repaired*")) and not list(tmp_path.glob(".ckptdoctor-tmp*"))
+    # The table says so too, and the library returns the same verdict.
+    proc = run_cli("repair", sample, "--data", data, "--batch-size", 64, "--output", out)
+    assert proc.returncode == 1 and "error: repair-not-improved: repair refused, nothing written" in proc.stdout
+    result = ckptdoctor.repair(str(sample), str(data), batch_size=64, output=str(out))
+    assert result.refused and result.exit_code == 1 and not list(tmp_path.glob("repaired*"))
