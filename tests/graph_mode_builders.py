@@ -12,6 +12,7 @@ Kinds:
 * ``training-only-raw``: as ``training-only``, the BN layers built as TF-Slim builds them in training
   mode (``nn.fused_batch_norm(is_training=True)`` without mean and variance inputs, or ``nn.moments``),
   tied to their moving statistics only by ``assign_moving_average`` update ops.
+* ``training-only-dropout``: ``training-only`` with the dropout layers, fixed to training mode too.
 * ``training-only``: the same layers without dropout, BN built with ``training=True`` (a Python
   constant), the data from a ``tf.data`` iterator (``IteratorGetNext``): the usual training graph of
   TF-Slim's train script and of Estimator's TRAIN mode. No placeholder at all.
@@ -92,7 +93,7 @@ def build(kind: str, outdir: str, control_flow: str, fused: bool) -> dict:
             training = is_training
             names["training_flag"] = is_training.name
             feed_train = lambda: {inp: x_np, target: y_np, is_training: True}  # noqa: E731
-        elif kind in ("training-only", "training-only-raw"):
+        elif kind in ("training-only", "training-only-raw", "training-only-dropout"):
             ds = tf.data.Dataset.from_tensor_slices((x_np, y_np)).repeat().batch(64)
             it = v1.data.make_one_shot_iterator(ds)
             inp, target = it.get_next()
@@ -106,7 +107,7 @@ def build(kind: str, outdir: str, control_flow: str, fused: bool) -> dict:
         bn_layers = []
         for i, width in enumerate(widths):
             h = v1.layers.conv2d(h, width, 1, name=f"dense{i}")
-            if kind == "dropout-switch":
+            if kind in ("dropout-switch", "training-only-dropout"):
                 h = v1.layers.dropout(h, rate=rates[i], training=training, name=f"drop{i}")
             if kind == "training-only-raw":
                 h = _raw_training_bn(tf, h, width, fused, f"bn{i}")

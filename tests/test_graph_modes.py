@@ -22,7 +22,7 @@ CASES = [
     ("dropout-switch", "v1", 1), ("dropout-switch", "v1", 0), ("dropout-switch", "v2", 1),
     ("dropout-switch", "v2", 0),
     ("training-only", "v1", 1), ("training-only", "v2", 0),
-    ("training-only-raw", "v2", 1), ("training-only-raw", "v1", 0),
+    ("training-only-raw", "v2", 1), ("training-only-raw", "v1", 0), ("training-only-dropout", "v2", 1),
 ]
 IDS = [f"{k}-{cf}-{'fused' if f else 'nonfused'}" for k, cf, f in CASES]
 
@@ -56,7 +56,8 @@ def test_inspect_finds_every_bn_layer_and_their_init_stats(built, case):
 
 
 # Sequential runs the layers in inference mode: graphs fixed to training mode have none.
-REPAIRS = [(case, "train") for case in IDS] + [(case, "sequential") for case in IDS if case.startswith("dropout")]
+REPAIRS = [(case, "train") for case in IDS if "dropout" not in case or case.startswith("dropout")] + \
+    [(case, "sequential") for case in IDS if case.startswith("dropout")]
 
 
 @pytest.mark.parametrize("case,method", REPAIRS)
@@ -123,6 +124,21 @@ def test_dropout_shared_switch_is_wrong_without_the_separation(built, tmp_path):
     with_dropout = np.array(json.loads(proc.stdout.strip().splitlines()[-1]))
     ratio = with_dropout / np.array(info["expected"]["bn0"]["variance"])
     assert np.median(ratio) > 1.5, ratio
+
+
+def test_training_only_graph_with_dropout_says_it_cannot_be_sure(built):
+    """Dropout fixed to training mode cannot be held off: the repair says so in one line."""
+    folder = built["training-only-dropout-v2-fused"]
+    proc = run_cli("repair", folder, "--data", folder / "X.npy", "--batch-size", 1000, "--dry-run", "--format",
+                   "json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    [note] = [n for n in report["notes"] if "random ops" in n]
+    assert "cannot be sure" in note and "drop0/" in note and "--graph" in note
+    # Without dropout, no such note.
+    folder = built["training-only-v1-fused"]
+    proc = run_cli("repair", folder, "--data", folder / "X.npy", "--dry-run", "--format", "json")
+    assert not [n for n in json.loads(proc.stdout)["notes"] if "random ops" in n]
 
 
 def test_input_names_an_iterator_output(built, tmp_path):
