@@ -59,22 +59,40 @@ def open_keras_reader(path: str):
     return KerasArchiveReader(path) if is_keras_archive(path) else KerasH5Reader(path)
 
 
-def _config_from(path: str) -> dict:
+def _config_from(path: str) -> tuple[dict, str | None]:
+    """The model config in ``path`` and the Keras version that wrote it (None: not recorded)."""
     if not os.path.isfile(path):
         raise GraphError(f"no model config at {path}: pass --graph with a .keras file, a full .h5 or a config .json")
     if path.endswith(".json"):
         try:
             with open(path, encoding="utf-8") as f:
-                return json.load(f)
+                config = json.load(f)
         except (OSError, ValueError) as e:
             raise GraphError(f"{path} is not a readable JSON model config ({e})") from e
+        return config, config.get("keras_version") if isinstance(config, dict) else None
     reader = open_keras_reader(path)
     try:
         if not reader.model_config:
             raise GraphError(f"{path} holds no model config: pass a .keras file, a full .h5 or a config .json")
-        return reader.model_config
+        return reader.model_config, reader.keras_version
     finally:
         reader.close()
+
+
+def _expectation_notes(layout, config) -> list[str]:
+    """What the layers' weights were checked against (a note, so "not checked" is never silent)."""
+    if not config:
+        return []
+    exp = layout.expectation
+    if exp.keras is None or exp.reason:
+        return [f"layer weights not checked against {exp.keras or 'Keras'} ({exp.reason}): only what the file "
+                "itself names (and BN layers' weights) was checked"]
+    notes = [f"layer weights checked against {exp.keras}, which rebuilt {len(exp.layers)} layers from the config"]
+    if exp.unchecked:
+        shown = "; ".join(f"{path}: {why}" for path, why in exp.unchecked[:3])
+        more = f" and {len(exp.unchecked) - 3} more" if len(exp.unchecked) > 3 else ""
+        notes.append(f"{len(exp.unchecked)} layers not checked against Keras ({shown}{more})")
+    return notes
 
 
 def _trained(reader, layout) -> bool | None:
@@ -94,11 +112,11 @@ def inspect_keras(path: str, graph=None, stats: bool = True, match: str | None =
     pattern = compile_match(match)
     reader = open_keras_reader(path)
     try:
-        config = reader.model_config
+        config, keras_version = reader.model_config, reader.keras_version
         config_label = None
         notes: list[str] = []
         if graph not in (None, False, True, ""):
-            config = _config_from(os.fspath(graph))
+            config, keras_version = _config_from(os.fspath(graph))
             config_label = os.fspath(graph)
         elif config:
             config_label = f"{path} (model config)"
@@ -111,7 +129,8 @@ def inspect_keras(path: str, graph=None, stats: bool = True, match: str | None =
         if names:
             notes.append(f"Lambda layers ({', '.join(names[:3])}) hold Python code: inspect never runs it; "
                          "repair refuses them unless --unsafe")
-        layout = describe_keras_file(reader, config)
+        layout = describe_keras_file(reader, config, keras_version, check_with_keras=True)
+        notes.extend(_expectation_notes(layout, config))
         entries = reader.entries()
         by_key = {e.name: e for e in entries}
         findings: list[Finding] = []
@@ -161,7 +180,8 @@ def inspect_keras(path: str, graph=None, stats: bool = True, match: str | None =
 
         for layer_name, weight, trainable in layout.missing:
             findings.append(Finding(
-                "missing-in-checkpoint", "error" if trainable or weight.startswith("moving_") else "warning",
+                "missing-in-checkpoint",
+                "error" if trainable or weight.rsplit("/", 1)[-1].startswith("moving_") else "warning",
                 layer_name, f"{layer_name}/{weight}",
                 f"the config's layer {layer_name} declares {weight}, which the file does not hold: loading "
                 "fails or leaves it at its initial value; save the whole model again (model.save)",
@@ -171,6 +191,13 @@ def inspect_keras(path: str, graph=None, stats: bool = True, match: str | None =
                 "unexpected-in-checkpoint", "warning", None, key,
                 f"{key} belongs to no layer of the model config: it is ignored or fails on load; check that "
                 "the config is the model that wrote these weights",
+            ))
+
+        for layer_name, weight, key, want, got in layout.mismatched:
+            findings.append(Finding(
+                "shape-mismatch", "error", layer_name, key,
+                f"{key} ({layer_name}/{weight}) has shape {list(got)}, but the config's layer builds it as "
+                f"{list(want)}: loading fails; check that the config is the model that wrote these weights",
             ))
 
         tensors, listed = list_tensors(

@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from .keras_expect import Expectation, expect_weights, legacy_key
+
 __all__ = ["ConfigLayer", "KerasLayer", "KerasLayout", "BN_CLASSES", "config_layers", "describe_keras_file",
            "model_inputs", "lambda_layers"]
 
@@ -32,16 +34,6 @@ BN_CLASSES = frozenset({"BatchNormalization", "SyncBatchNormalization", "BatchNo
 MODEL_CLASSES = frozenset({"Functional", "Sequential", "Model"})
 #: Layer classes whose code runs from the file when loaded.
 CODE_CLASSES = frozenset({"Lambda"})
-_NO_WEIGHTS = frozenset({
-    "InputLayer", "Activation", "Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise", "Flatten",
-    "Reshape", "ReLU", "LeakyReLU", "Softmax", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
-    "Concatenate", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
-    "AveragePooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D",
-    "GlobalMaxPooling2D", "ZeroPadding1D", "ZeroPadding2D", "Cropping1D", "Cropping2D", "UpSampling2D",
-    "Permute", "RepeatVector", "Identity",
-})
-_KERNEL_BIAS = frozenset({"Dense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose",
-                          "Conv3DTranspose", "DepthwiseConv2D", "DepthwiseConv1D"})
 _OPTIMIZER_ROOTS = ("optimizer", "optimizer_weights", "metrics")
 _ITERATION_LEAF = re.compile(r"(^|/)(iter|iteration|iterations)(:0)?$")
 
@@ -56,28 +48,23 @@ class ConfigLayer:
     depth: int  # 0 for the top model's layers, 1 inside a nested model...
     path: str = ""  # names from the top model down, joined by "/": "backbone/block/bn2"
     parent: str = ""  # the enclosing nested model's path ("" for the top model's layers)
+    item: dict | None = field(default=None, compare=False, repr=False)  # the layer's whole config entry
 
     @property
     def trainable(self) -> bool:
         return bool(self.config.get("trainable", True))
 
-    def expected_weights(self) -> list[str] | None:
-        """Names of the weights this layer declares, in its variable order (None: unknown class)."""
-        c, cls = self.config, self.class_name
-        if cls in BN_CLASSES:
-            return (["gamma"] if c.get("scale", True) else []) + (["beta"] if c.get("center", True) else []) + \
-                ["moving_mean", "moving_variance"]
-        if cls in _KERNEL_BIAS:
-            return ["kernel"] + (["bias"] if c.get("use_bias", True) else [])
-        if cls in ("SeparableConv1D", "SeparableConv2D"):
-            return ["depthwise_kernel", "pointwise_kernel"] + (["bias"] if c.get("use_bias", True) else [])
-        if cls == "Embedding":
-            return ["embeddings"]
-        if cls == "LayerNormalization":
-            return (["gamma"] if c.get("scale", True) else []) + (["beta"] if c.get("center", True) else [])
-        if cls in _NO_WEIGHTS:
-            return []
-        return None
+    def bn_weights(self) -> list[str] | None:
+        """A BN layer's weights in its variable order, from its config (None for other classes).
+
+        The one rule kept without Keras: BN layers are what ckptdoctor checks and repairs, so their
+        weights must be named even where Keras is not installed to say what a layer stores.
+        """
+        if self.class_name not in BN_CLASSES:
+            return None
+        c = self.config
+        return (["gamma"] if c.get("scale", True) else []) + (["beta"] if c.get("center", True) else []) + \
+            ["moving_mean", "moving_variance"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +92,8 @@ class KerasLayout:
     roles: dict = field(default_factory=dict)
     iterations_key: str | None = None
     has_config: bool = False
+    mismatched: list = field(default_factory=list)  # (layer, weight, key, expected shape, stored shape)
+    expectation: Expectation = field(default_factory=Expectation)  # what Keras said each layer stores
 
 
 def config_layers(config: dict | None, depth: int = 0, parent: str = "") -> list[ConfigLayer]:
@@ -122,7 +111,7 @@ def config_layers(config: dict | None, depth: int = 0, parent: str = "") -> list
         cfg = item.get("config", {}) or {}
         name = cfg.get("name") or item.get("name") or ""
         path = f"{parent}/{name}" if parent else name
-        out.append(ConfigLayer(name, cls, cfg, depth, path, parent))
+        out.append(ConfigLayer(name, cls, cfg, depth, path, parent, item))
         if cls in MODEL_CLASSES or "layers" in cfg:
             out.extend(config_layers(item, depth + 1, path))
     return out
@@ -166,17 +155,31 @@ def _leaf(key: str) -> str:
     return leaf[:-2] if leaf.endswith(":0") else leaf
 
 
-def describe_keras_file(reader, config: dict | None) -> KerasLayout:
+def describe_keras_file(reader, config: dict | None, keras_version: str | None = None,
+                        check_with_keras: bool = False) -> KerasLayout:
     """Map the file's weight groups to the config's layers; find BN layers and cross-reference problems.
+
+    What each layer should store comes from the file and, with ``check_with_keras``, from the Keras
+    that wrote it (``keras_expect``): a legacy file names its weights (``weight_names``), and a name
+    it lists without the dataset is missing whatever Keras says; Keras 3 numbers them (``vars/0``),
+    and a gap in the numbers is missing. Beyond that, a layer Keras could not rebuild (or without
+    Keras) is not checked: never reported missing. BN layers' weights are named by their config
+    when Keras does not name them.
 
     Args:
         reader: a ``KerasH5Reader`` (or archive reader).
         config: the model config, or None (a weights-only file): BN layers are then
             found by group name (Keras 3 layout) or weight names (legacy layout).
+        keras_version: the Keras that wrote the config (default: the file's ``keras_version``).
+        check_with_keras: rebuild the config's layers with that Keras to learn their weights.
     """
     layout = KerasLayout(has_config=bool(config))
     groups = [g for g in reader.layer_groups() if g["path"] and not g["path"].split("/")[0] in _OPTIMIZER_ROOTS]
-    keys = [e.name for e in reader.entries()]
+    if reader.layout == "v3":
+        groups = _fold_sublayer_groups(groups)
+    entries = reader.entries()
+    keys = [e.name for e in entries]
+    shapes = {e.name: tuple(e.shape) for e in entries}
     present = set(keys)
     for key in keys:
         if key.split("/")[0] in _OPTIMIZER_ROOTS:
@@ -191,6 +194,9 @@ def describe_keras_file(reader, config: dict | None) -> KerasLayout:
         layout.iterations_key = "optimizer/vars/0"
 
     cfg_layers = config_layers(config)
+    if check_with_keras and config:
+        layout.expectation = expect_weights(cfg_layers, config, keras_version or reader.keras_version, reader.layout)
+    expected_of = layout.expectation.layers
     by_path = {c.path: c for c in cfg_layers}
     by_name: dict[str, ConfigLayer] = {}
     for c in cfg_layers:
@@ -211,8 +217,8 @@ def describe_keras_file(reader, config: dict | None) -> KerasLayout:
     for g in groups:
         c = matched.get(g["path"])
         cls = c.class_name if c else _class_from_group(g, reader.layout)
-        expected = c.expected_weights() if c else None
-        weights = _name_weights(g, reader.layout, cls, expected)
+        expected = expected_of.get(c.path) if c else None
+        weights = _name_weights(g, reader.layout, cls, expected, c.bn_weights() if c else None, present)
         name = c.path if c else (g["name"] or g["path"])
         layer = KerasLayer(name=name, class_name=cls, path=g["path"], keys=tuple(g["keys"]), weights=weights,
                            trainable=_trainable(c, by_path) if c else None,
@@ -221,18 +227,12 @@ def describe_keras_file(reader, config: dict | None) -> KerasLayout:
         if c is not None:
             seen_layers.add(c.path)
             layout.config_keys.update(g["keys"])
-            if expected is not None:
-                stored = [k for k in g["keys"] if k in present]
-                if reader.layout == "legacy":  # weight_names may list what the file lacks
-                    leaves = {_leaf(k) for k in stored}
-                    gone = [w for w in expected if w not in leaves]
-                    extra = [k for k in stored if _leaf(k) not in expected]
-                else:
-                    gone, extra = expected[len(stored):], stored[len(expected):]
-                layout.missing.extend((c.path, w, c.trainable) for w in gone)
-                layout.unexpected.extend(extra)
+            gone, extra, mismatched = _cross_reference(g, reader.layout, expected, c.bn_weights(), present, shapes)
+            layout.missing.extend((c.path, w, c.trainable) for w in gone)
+            layout.unexpected.extend(extra)
+            layout.mismatched.extend((c.path, w, key, want, got) for w, key, want, got in mismatched)
         elif config and g["keys"]:
-            layout.unexpected.extend(g["keys"])
+            layout.unexpected.extend(k for k in g["keys"] if k in present)
         if cls in BN_CLASSES and ("moving_mean" in weights or "moving_variance" in weights or c is not None):
             layout.bn_layers.append(layer)
             for w, key in weights.items():
@@ -241,17 +241,77 @@ def describe_keras_file(reader, config: dict | None) -> KerasLayout:
     for c in cfg_layers:
         if c.path in seen_layers or c.class_name in MODEL_CLASSES:
             continue
-        expected = c.expected_weights()
-        if expected:
-            for w in expected:
-                layout.missing.append((c.path, w, c.trainable))
-            if c.class_name in BN_CLASSES:
-                layer = KerasLayer(name=c.path, class_name=c.class_name, path="", keys=(), weights={},
-                                   trainable=_trainable(c, by_path), axis=c.config.get("axis", -1))
-                layout.bn_layers.append(layer)
+        expected = expected_of.get(c.path)
+        for w in ([e.name for e in expected] if expected is not None else c.bn_weights() or []):
+            layout.missing.append((c.path, w, c.trainable))
+        if c.class_name in BN_CLASSES:
+            layer = KerasLayer(name=c.path, class_name=c.class_name, path="", keys=(), weights={},
+                               trainable=_trainable(c, by_path), axis=c.config.get("axis", -1))
+            layout.bn_layers.append(layer)
     for key in keys:
         layout.roles.setdefault(key, "weight")
     return layout
+
+
+def _relative(group: dict, key: str, layout: str) -> str:
+    """A key relative to its layer: ``vars/0``, ``cell/vars/1`` (Keras 3); ``kernel``, ``lstm_cell/kernel`` (legacy)."""
+    root = group.get("root", group["path"])
+    rel = key[len(root) + 1:]
+    return legacy_key(rel) if layout == "legacy" else rel
+
+
+def _cross_reference(group: dict, layout: str, expected, bn_weights, present: set, shapes: dict):
+    """(weights missing, keys unexpected, (weight, key, expected shape, stored shape) that differ) for one layer.
+
+    ``expected`` (from Keras) decides when given; otherwise only what the file itself says: names its
+    ``weight_names`` list without a dataset (legacy), gaps in the ``vars`` numbering (Keras 3), and a BN
+    layer's weights from its config.
+    """
+    rel = {_relative(group, k, layout): k for k in group["keys"]}
+    stored = {r: k for r, k in rel.items() if k in present}
+    gone = [r for r, k in rel.items() if k not in present]  # legacy: listed in weight_names, not stored
+    extra, mismatched = [], []
+    if expected is not None:
+        want = {e.key: e for e in expected}
+        gone += [e.name for e in expected if e.key not in stored and e.name not in gone]
+        extra = [k for r, k in stored.items() if r not in want]
+        mismatched = [(want[r].name, k, want[r].shape, shapes[k]) for r, k in stored.items()
+                      if r in want and want[r].shape and tuple(shapes[k]) != tuple(want[r].shape)]
+    elif layout == "v3":
+        for prefix in {r.rsplit("/vars/", 1)[0] if "/vars/" in r else "" for r in stored}:
+            own = "vars/" if not prefix else prefix + "/vars/"
+            numbers = {int(r[len(own):]) for r in stored if r.startswith(own) and r[len(own):].isdigit()}
+            gone += [f"{own}{i}" for i in range(max(numbers, default=-1) + 1) if i not in numbers]
+        if bn_weights is not None:
+            own = [r for r in stored if r.startswith("vars/")]
+            gone += [w for w in bn_weights[len(own):] if w not in gone]
+    elif bn_weights is not None:
+        gone += [w for w in bn_weights if w not in stored and w not in gone]
+    return gone, extra, mismatched
+
+
+def _fold_sublayer_groups(groups: list[dict]) -> list[dict]:
+    """Keras 3 layout: a layer's sub-objects (an LSTM's ``cell``, MultiHeadAttention's ``query_dense``, a
+    wrapper's ``layer``) are groups below the layer's own ``.../layers/<name>`` group: their weights are the
+    layer's. A sub-object without such a group above it stays a group of its own."""
+    layer_group = re.compile(r"(^|/)layers/[^/]+$")
+    out, by_path = [], {}
+    for g in groups:
+        parts = g["path"].split("/")
+        owner = next((p for p in ("/".join(parts[:i]) for i in range(len(parts) - 1, 0, -1))
+                      if layer_group.search(p)), None) if not layer_group.search(g["path"]) else None
+        if owner is None:
+            if g["path"] in by_path:  # its sub-objects came first
+                by_path[g["path"]].update(name=g["name"], keys=list(g["keys"]) + by_path[g["path"]]["keys"])
+            else:
+                by_path[g["path"]] = dict(g, keys=list(g["keys"]))
+                out.append(by_path[g["path"]])
+            continue
+        if owner not in by_path:
+            by_path[owner] = {"path": owner, "name": None, "keys": []}
+            out.append(by_path[owner])
+        by_path[owner]["keys"].extend(g["keys"])
+    return out
 
 
 def _trainable(c: ConfigLayer, by_path: dict) -> bool:
@@ -316,7 +376,7 @@ def _split_legacy_groups(groups: list[dict], by_path: dict, cfg_layers: list[Con
         inner: dict[str | None, list[str]] = {}
         for key in g["keys"]:
             parts = key[len(g["path"]) + 1:].split("/")
-            inner.setdefault(parts[-2] if len(parts) >= 2 else None, []).append(key)
+            inner.setdefault(parts[0] if len(parts) >= 2 else None, []).append(key)
         top = by_path.get(g["name"])
         nested = top is not None and any(c.parent == top.path for c in cfg_layers)
         if not (nested or (not has_config and len(set(inner) - {None}) > 1)):  # one layer: its own group
@@ -324,11 +384,11 @@ def _split_legacy_groups(groups: list[dict], by_path: dict, cfg_layers: list[Con
             continue
         for name, keys in inner.items():
             if name is None:
-                out.append(dict(g, keys=keys))
+                out.append(dict(g, keys=keys, root=g["path"]))
                 continue
             found = [c for c in cfg_layers if c.name == name and c.path.startswith(g["name"] + "/")]
             out.append({"path": f"{g['path']}/{name}", "name": found[0].path if found else f"{g['name']}/{name}",
-                        "keys": keys})
+                        "keys": keys, "root": g["path"]})
     return out
 
 
@@ -345,16 +405,20 @@ def _class_from_group(group: dict, layout: str) -> str | None:
     return None
 
 
-def _name_weights(group: dict, layout: str, cls: str | None, expected: list[str] | None) -> dict:
-    """Weight name -> key for one group."""
+def _name_weights(group: dict, layout: str, cls: str | None, expected, bn_weights: list[str] | None,
+                  present: set) -> dict:
+    """Weight name -> key for one group (Keras 3 keys are numbered: named by Keras or by the BN rule)."""
     keys = group["keys"]
     if layout == "legacy":
         return {_leaf(k): k for k in keys}
-    if expected is not None and len(expected) == len(keys):
-        return dict(zip(expected, keys))
-    if cls in BN_CLASSES and len(keys) >= 2:
-        named = {"moving_mean": keys[-2], "moving_variance": keys[-1]}
-        if len(keys) == 4:
-            named.update(gamma=keys[0], beta=keys[1])
+    if expected is not None:
+        return {e.name: f"{group['path']}/{e.key}" for e in expected if f"{group['path']}/{e.key}" in present}
+    own = [k for k in keys if k.startswith(f"{group['path']}/vars/")]
+    if bn_weights is not None and len(bn_weights) == len(own):
+        return dict(zip(bn_weights, own))
+    if cls in BN_CLASSES and len(own) >= 2:
+        named = {"moving_mean": own[-2], "moving_variance": own[-1]}
+        if len(own) == 4:
+            named.update(gamma=own[0], beta=own[1])
         return named
     return {}
