@@ -72,7 +72,8 @@ def _raw_training_bn(tf, x, channels, fused, name):
     return y
 
 
-def build(kind: str, outdir: str, control_flow: str, fused: bool) -> dict:
+def build(kind: str, outdir: str, control_flow: str, fused: bool, switch: str = "placeholder",
+          layers: str = "tf-layers") -> dict:
     import tensorflow as tf
 
     if control_flow == "v1":
@@ -89,8 +90,12 @@ def build(kind: str, outdir: str, control_flow: str, fused: bool) -> dict:
         if kind == "dropout-switch":
             inp = v1.placeholder(tf.float32, (None, 3, 3, 4), name="x")
             target = v1.placeholder(tf.float32, (None, 1), name="y")
-            is_training = v1.placeholder(tf.bool, (), name="is_training")
-            training = is_training
+            if switch == "with-default":
+                is_training = v1.placeholder_with_default(False, (), name="is_training")
+            else:
+                is_training = v1.placeholder(tf.bool, (), name="is_training")
+            # "identity": the layers read the switch through the user's own tf.identity.
+            training = tf.identity(is_training, name="training_id") if switch == "identity" else is_training
             names["training_flag"] = is_training.name
             feed_train = lambda: {inp: x_np, target: y_np, is_training: True}  # noqa: E731
         elif kind in ("training-only", "training-only-raw", "training-only-dropout"):
@@ -108,9 +113,17 @@ def build(kind: str, outdir: str, control_flow: str, fused: bool) -> dict:
         for i, width in enumerate(widths):
             h = v1.layers.conv2d(h, width, 1, name=f"dense{i}")
             if kind in ("dropout-switch", "training-only-dropout"):
-                h = v1.layers.dropout(h, rate=rates[i], training=training, name=f"drop{i}")
+                if layers == "keras":
+                    h = tf.compat.v1.keras.layers.Dropout(rates[i], name=f"drop{i}")(h, training=training)
+                else:
+                    h = v1.layers.dropout(h, rate=rates[i], training=training, name=f"drop{i}")
             if kind == "training-only-raw":
                 h = _raw_training_bn(tf, h, width, fused, f"bn{i}")
+            elif layers == "keras":
+                bn = tf.compat.v1.keras.layers.BatchNormalization(fused=bool(fused), name=f"bn{i}")
+                h = bn(h, training=training)
+                for op in bn.updates:
+                    v1.add_to_collection(v1.GraphKeys.UPDATE_OPS, op)
             else:
                 h = v1.layers.batch_normalization(h, training=training, fused=fused, name=f"bn{i}")
             bn_layers.append(f"bn{i}")
@@ -143,7 +156,8 @@ def build(kind: str, outdir: str, control_flow: str, fused: bool) -> dict:
         h = np.tanh(h)
     out_np = h.mean(axis=(1, 2)) @ weights["head/kernel"] + weights["head/bias"]
     np.save(os.path.join(outdir, "expected_output.npy"), out_np)
-    info = {"kind": kind, "control_flow": control_flow, "fused": fused, "bn_layers": bn_layers,
+    info = {"kind": kind, "control_flow": control_flow, "fused": fused, "switch": switch, "layers": layers,
+            "bn_layers": bn_layers,
             "expected": expected, "samples": SAMPLES, **names}
     with open(os.path.join(outdir, "info.json"), "w") as f:
         json.dump(info, f, indent=1)
@@ -171,12 +185,14 @@ def main(argv=None) -> int:
     parser.add_argument("outdir")
     parser.add_argument("--control-flow", default="v1", choices=("v1", "v2"))
     parser.add_argument("--fused", type=int, default=1)
+    parser.add_argument("--switch", default="placeholder", choices=("placeholder", "with-default", "identity"))
+    parser.add_argument("--layers", default="tf-layers", choices=("tf-layers", "keras"))
     parser.add_argument("--evaluate", default=None, help="print the inference output after restoring this prefix")
     args = parser.parse_args(argv)
     if args.evaluate:
         print(json.dumps(evaluate(args.outdir, args.evaluate)))
         return 0
-    build(args.kind, args.outdir, args.control_flow, bool(args.fused))
+    build(args.kind, args.outdir, args.control_flow, bool(args.fused), args.switch, args.layers)
     return 0
 
 

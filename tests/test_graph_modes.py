@@ -17,21 +17,26 @@ from conftest import run_cli, run_in_parallel, tf_reader_values
 
 BUILDER = Path(__file__).with_name("graph_mode_builders.py")
 
-# (kind, control flow, fused)
+# (kind, control flow, fused, switch, layers)
 CASES = [
-    ("dropout-switch", "v1", 1), ("dropout-switch", "v1", 0), ("dropout-switch", "v2", 1),
-    ("dropout-switch", "v2", 0),
-    ("training-only", "v1", 1), ("training-only", "v2", 0),
-    ("training-only-raw", "v2", 1), ("training-only-raw", "v1", 0), ("training-only-dropout", "v2", 1),
+    ("dropout-switch", "v1", 1, "placeholder", "tf-layers"), ("dropout-switch", "v1", 0, "placeholder", "tf-layers"),
+    ("dropout-switch", "v2", 1, "placeholder", "tf-layers"), ("dropout-switch", "v2", 0, "placeholder", "tf-layers"),
+    # A placeholder_with_default switch with tf.compat.v1.keras layers; the switch through the user's tf.identity.
+    ("dropout-switch", "v1", 1, "with-default", "keras"), ("dropout-switch", "v2", 1, "identity", "tf-layers"),
+    ("training-only", "v1", 1, "placeholder", "tf-layers"), ("training-only", "v2", 0, "placeholder", "tf-layers"),
+    ("training-only-raw", "v2", 1, "placeholder", "tf-layers"), ("training-only-raw", "v1", 0, "placeholder", "tf-layers"),
+    ("training-only-dropout", "v2", 1, "placeholder", "tf-layers"),
 ]
-IDS = [f"{k}-{cf}-{'fused' if f else 'nonfused'}" for k, cf, f in CASES]
+IDS = [f"{k}-{cf}-{'fused' if f else 'nonfused'}" + ("" if sw == "placeholder" else f"-{sw}") +
+       ("" if ly == "tf-layers" else f"-{ly}") for k, cf, f, sw, ly in CASES]
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("graph-modes")
-    commands = {name: [sys.executable, BUILDER, kind, root / name, "--control-flow", cf, "--fused", str(fused)]
-                for name, (kind, cf, fused) in zip(IDS, CASES)}
+    commands = {name: [sys.executable, BUILDER, kind, root / name, "--control-flow", cf, "--fused", str(fused),
+                       "--switch", switch, "--layers", layers]
+                for name, (kind, cf, fused, switch, layers) in zip(IDS, CASES)}
     names = list(commands)
     for i in range(0, len(names), 2):  # two at a time: two cores
         run_in_parallel({n: commands[n] for n in names[i:i + 2]})
