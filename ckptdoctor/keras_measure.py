@@ -7,14 +7,19 @@ BN layers are found at any depth of nested models (``find_bn_layers``); a layer 
 frozen when it, or any model holding it, has ``trainable=False``. Each trainable
 layer's input is read where Keras hands it to the layer (``_Taps`` wraps ``call`` on
 the layer instance and always unwraps it), so no probe model has to reach across a
-nested model's graph boundary. ``recompute_bn_moments`` pools the inputs over
-consecutive batches (``estimator.PooledMoments``) in training mode (``train``) or
-layer by layer in inference mode (``sequential``), and measures each layer's
-inference-vs-training gap on the first batch before and after (in memory only).
+nested model's graph boundary. The same wrapper puts only the BN layers in training
+mode: the model itself is always called with ``training=False``, so dropout, noise
+and stochastic depth stay off (``held_in_inference`` names those layers).
+``recompute_bn_moments`` pools the inputs over consecutive batches
+(``estimator.PooledMoments``) with the BN layers in training mode (``train``) or
+layer by layer in inference mode (``sequential``), and measures each layer's and the
+final output's gap to the BN-training reference before and after (in memory only).
 """
 
 from __future__ import annotations
 
+import inspect
+import itertools
 from typing import NamedTuple
 
 import numpy as np
@@ -22,10 +27,11 @@ import numpy as np
 from .data import check_data, release_rows
 from .errors import BadDataError, UnsupportedFormatError
 from .estimator import PooledMoments
-from .keras_model import BN_CLASSES
+from .keras_model import BN_CLASSES, config_layers
+from .selfcheck import OutputCheck, checked_batches, judge, largest_gap, output_scale
 
-__all__ = ["BNLayer", "keras_module", "load_keras_model", "find_bn_layers", "trainable_bn_layers",
-           "check_model_inputs", "recompute_bn_moments", "variable_values"]
+__all__ = ["BNLayer", "Measured", "keras_module", "load_keras_model", "find_bn_layers", "trainable_bn_layers",
+           "check_loadable", "check_model_inputs", "held_in_inference", "recompute_bn_moments", "variable_values"]
 
 
 def keras_module(version: str | None, fmt: str):
@@ -57,6 +63,25 @@ def load_keras_model(K, legacy: bool, path: str, unsafe: bool):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnsupportedFormatError(f"Keras cannot load {path}: {first[:300]} (custom layers must be importable "
                                      "and registered; ckptdoctor never runs code from the file)") from e
+
+
+def check_loadable(config: dict | None, path: str) -> None:
+    """Refuse, before Keras loads anything, the BN layers Keras cannot load back from their own config.
+
+    tf-keras ``BatchNormalization(virtual_batch_size=...)`` stores the axis it shifted
+    for its virtual batch dimension, so loading it fails (``Invalid value for axis``).
+
+    Raises:
+        UnsupportedFormatError: naming the layer, why, and what to do.
+    """
+    for layer in config_layers(config):
+        if layer.class_name in BN_CLASSES and layer.config.get("virtual_batch_size") is not None:
+            raise UnsupportedFormatError(
+                f"BN layer {layer.path} of {path} has virtual_batch_size={layer.config['virtual_batch_size']}: "
+                "tf-keras saves such a layer with the axis it shifted for its virtual batches and cannot load it "
+                "back (Invalid value for axis), so the model cannot run; rebuild the model in code with "
+                "virtual_batch_size=None (inference is the same), load these weights (model.load_weights), save "
+                "it and repair that file")
 
 
 def _layer_axis(layer) -> int:
@@ -170,14 +195,29 @@ class _Stop(BaseException):
     """Ends a forward pass once the measured layer's input was seen (not an Exception: Keras re-raises those)."""
 
 
+def _as_numpy(value):
+    """A model's outputs (a tensor, or lists and dicts of them) as numpy arrays of the same structure."""
+    if isinstance(value, dict):
+        return {k: _as_numpy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_numpy(v) for v in value]
+    return np.asarray(value)
+
+
 class _Taps:
-    """Sees each trainable BN layer's input and output where Keras hands them over.
+    """Sees each trainable BN layer's input and output where Keras hands them over, and sets its mode.
 
     ``call`` is wrapped on each layer instance (and the wrapper removed by ``close``),
     so inputs are read at any nesting depth, inside Functional, Sequential and
     subclassed models alike, in Keras 3 and tf-keras: no probe model has to reach
     across a nested model's graph boundary, and a layer that runs more than once per
     forward pass (a shared layer or nested model) is seen doing so.
+
+    The model is always called with ``training=False``. With ``bn_training`` set, the
+    wrapper hands each tapped BN layer ``training=True``: the BN layers normalise with
+    their batch's statistics while dropout, noise and stochastic depth stay off, as at
+    inference. Renormalisation (``renorm=True``) is switched off on the tapped layers
+    until ``close``, so that training mode is plain batch normalisation.
     """
 
     def __init__(self, bns: list[BNLayer]):
@@ -185,15 +225,21 @@ class _Taps:
         self.axes = {bn.name: _layer_axis(bn.layer) for bn in bns}
         self.channels = {bn.name: int(bn.layer.moving_mean.shape[0]) for bn in bns}
         self.calls: list[str] = []
+        self.bn_training = False
         self.outputs: dict | None = None
         self.reference: dict | None = None
         self._gaps: dict[str, float] = {}
         self.pooled: dict | None = None
         self.only: str | None = None
         self._tapped = []
+        self._renorm = []
         try:
             for bn in bns:
                 self._tap(bn)
+            for bn in bns:
+                if getattr(bn.layer, "renorm", False) is True:
+                    bn.layer.renorm = False
+                    self._renorm.append(bn.layer)
         except BaseException:
             self.close()
             raise
@@ -203,6 +249,11 @@ class _Taps:
 
         def call(*args, **kwargs):
             self.calls.append(bn.name)
+            if self.bn_training:
+                if len(args) > 1:  # training passed by position: call(inputs, training, mask)
+                    args = (args[0], True) + tuple(args[2:])
+                else:
+                    kwargs["training"] = True
             if self.pooled is not None and self.only in (None, bn.name):
                 x = args[0] if args else kwargs["inputs"]
                 self.pooled[bn.name].add(*_moments(x, self.axes[bn.name], self.channels[bn.name]))
@@ -218,33 +269,42 @@ class _Taps:
         object.__setattr__(bn.layer, "call", call)
         self._tapped.append(bn.layer)
 
-    def run(self, model, batch: list, training: bool, keep: bool = False, pooled: dict | None = None,
-            only: str | None = None) -> dict | None:
-        """One forward pass; ``keep``: return each layer's output; ``pooled``: add each layer's input moments
-        (``only``: this layer's, then stop)."""
+    def run(self, model, batch: list, bn_training: bool, keep: bool = False, pooled: dict | None = None,
+            only: str | None = None):
+        """One forward pass in inference mode (``bn_training``: the tapped BN layers in training mode); return
+        the model's outputs as numpy. ``keep``: keep each layer's output in ``outputs``; ``pooled``: add each
+        layer's input moments (``only``: this layer's, then stop and return None)."""
         self.calls, self.outputs, self.pooled, self.only = [], ({} if keep else None), pooled, only
+        self.bn_training = bn_training
         try:
-            model(batch[0] if len(batch) == 1 else batch, training=training)
+            return _as_numpy(model(batch[0] if len(batch) == 1 else batch, training=False))
         except _Stop:
-            pass
+            return None
         finally:
-            self.pooled, self.only = None, None
-        return self.outputs
+            self.pooled, self.only, self.bn_training = None, None, False
 
-    def gaps(self, model, batch: list, reference: dict) -> dict[str, float]:
-        """One inference-mode pass: each layer's largest |output - reference output|."""
-        self._gaps, self.reference = {}, reference
-        try:
-            self.run(model, batch, training=False)
-        finally:
-            self.reference = None
-        return self._gaps
+    def gaps(self, model, batches: list, layer_reference: dict, references: list) -> tuple[dict[str, float], float]:
+        """Inference-mode passes over ``batches``: each layer's largest |output - reference output| on the first
+        batch, and the largest |model output - reference| over all of them."""
+        gap = 0.0
+        for i, (batch, reference) in enumerate(zip(batches, references)):
+            if i == 0:
+                self._gaps, self.reference = {}, layer_reference
+            try:
+                out = self.run(model, batch, bn_training=False)
+            finally:
+                self.reference = None
+            gap = max(gap, largest_gap(out, reference))
+        return self._gaps, gap
 
     def close(self) -> None:
         for layer in self._tapped:
             if "call" in vars(layer):
                 object.__delattr__(layer, "call")
         self._tapped = []
+        for layer in self._renorm:
+            layer.renorm = True
+        self._renorm = []
 
 
 def _check_calls(bns: list[BNLayer], calls: list[str]) -> None:
@@ -269,23 +329,95 @@ def _assign(bn: BNLayer, mean, variance) -> None:
     bn.layer.moving_variance.assign(np.asarray(variance).astype(_np_dtype(bn.layer.moving_variance)))
 
 
+def _takes_training(layer) -> bool:
+    """The layer's ``call`` names a ``training`` parameter (tf-keras' ``_expects_training_arg`` is also true
+    for a ``call(inputs, **kwargs)``, as its InputLayer's, so the signature decides there)."""
+    if type(layer).__name__ == "InputLayer":
+        return False
+    value = getattr(layer, "_call_has_training_arg", None)  # Keras 3
+    if isinstance(value, bool):
+        return value
+    try:
+        return "training" in inspect.signature(type(layer).call).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+def _ignores_training(K, layer) -> bool:
+    """Keras 3's Dense and EinsumDense take ``training`` and ignore it (unless quantized to float8)."""
+    for name in ("Dense", "EinsumDense"):
+        cls = getattr(K.layers, name, None)
+        if cls is not None and getattr(type(layer), "call", None) is getattr(cls, "call", ()) \
+                and getattr(layer, "quantization_mode", None) in (None, "int8", "int4"):
+            return True
+    return False
+
+
+def held_in_inference(K, model) -> tuple[str, ...]:
+    """The layers the BN-training passes hold in inference mode: every leaf layer (not a model or container, not
+    a BN layer) whose ``call`` takes a ``training`` argument (dropout, noise, stochastic depth, RNNs...), named
+    by its path from the top model (``backbone/drop1``)."""
+    bn_type = K.layers.BatchNormalization
+    held: list[str] = []
+    seen: set[int] = set()
+
+    def walk(container, names: list[str]) -> None:
+        for sub in _children(container):
+            if id(sub) in seen:
+                continue
+            seen.add(id(sub))
+            path = names + [sub.name]
+            if isinstance(sub, bn_type) or type(sub).__name__ in BN_CLASSES:
+                continue
+            if _children(sub):
+                walk(sub, path)
+            elif _takes_training(sub) and not _ignores_training(K, sub):
+                held.append("/".join(path))
+
+    walk(model, [])
+    return tuple(held)
+
+
+class Measured(NamedTuple):
+    """What ``recompute_bn_moments`` measured (all in memory; nothing written)."""
+
+    pooled: dict  # layer name -> PooledMoments of its input
+    gaps_before: dict  # layer name -> largest |inference output - reference output|, stored statistics
+    gaps_after: dict  # the same with the new statistics
+    check: OutputCheck  # the final output's gap to the reference, before and after (``selfcheck.judge``)
+
+
 def recompute_bn_moments(model, bns: list[BNLayer], frozen: list[BNLayer], xs: list, dtypes: list, n: int,
-                         batch_size: int, method: str, progress: bool) -> tuple[dict, dict, dict]:
+                         batch_size: int, method: str, progress: bool) -> Measured:
     """Pool each BN layer's input moments over the first ``n`` samples, in consecutive batches.
 
-    ``train``: one forward pass per batch with the whole model in training mode,
-    every layer's input read at once. ``sequential``: layer by layer in the order
-    the layers run, the model in inference mode, each layer's new statistics
-    assigned (in memory only) before the next layer is measured. Batches are merged
-    exactly by ``PooledMoments`` (population variance over all samples).
+    The target: for each BN layer, the population mean and (biased) variance of its
+    input, per channel, as the network computes that input at inference. Layers that
+    behave differently in training (dropout, noise, stochastic depth) therefore stay
+    in inference mode throughout: the model is called with ``training=False`` and only
+    the trainable BN layers are put in training mode (``_Taps``); frozen BN layers keep
+    their stored statistics, in inference mode.
 
-    Inference-vs-training gaps: on the first batch, the largest |inference-mode
-    output - training-mode output| of each layer, before (the stored statistics) and
-    after (the new ones, assigned to the loaded model in memory only). Training mode
-    never reads the moving statistics, so one training-mode pass serves both.
+    ``train``: one forward pass per batch with the BN layers in training mode, every
+    layer's input read at once. Each batch is normalised with its own statistics, so
+    with one batch holding all samples every layer's input is exactly what inference
+    computes with the new statistics, and the result is the target. ``sequential``:
+    layer by layer in the order the layers run, the whole model in inference mode,
+    each layer's new statistics assigned (in memory only) before the next layer is
+    measured; it reaches the target layer by layer, whatever the batch size. Batches
+    are merged exactly by ``PooledMoments`` (population variance over all samples).
+    Keras' own moving-average updates of the training-mode passes are undone.
+
+    The reference, for both methods: the model's outputs with the BN layers in training
+    mode and nothing else in training mode, on the first ``selfcheck.checked_batches``
+    batches. Per layer, on the first batch: the largest |inference-mode output -
+    reference output| before (the stored statistics) and after (the new ones, assigned
+    to the loaded model in memory only); for the final output, the same over the
+    checked batches, judged by ``selfcheck.judge``. Training mode never reads the
+    moving statistics, so one reference pass serves before and after.
 
     Returns:
-        ``(pooled, gaps_before, gaps_after)``, keyed by layer name.
+        A ``Measured``: the pooled moments and per-layer gaps keyed by layer name, and the output check.
 
     Raises:
         UnsupportedFormatError: a layer runs more or less than once per forward pass.
@@ -305,27 +437,34 @@ def recompute_bn_moments(model, bns: list[BNLayer], frozen: list[BNLayer], xs: l
     snapshot = {bn.name: (variable_values(bn.layer.moving_mean), variable_values(bn.layer.moving_variance)) for bn in every}
     pooled = {bn.name: PooledMoments(int(bn.layer.moving_mean.shape[0])) for bn in bns}
     steps = -(-n // batch_size)
-    first = next(batches())
+    k = checked_batches(n, batch_size)
+    checked, references = [], []  # the first k batches and their reference outputs (at most 4 batches)
     taps = _Taps(bns)
     try:
-        # The first pass is a training-mode pass on the first batch: its outputs are the
-        # gaps' reference, and its calls show each layer running once, in which order.
+        # The first pass is a BN-training pass on the first batch: its outputs are the reference,
+        # and its calls show each layer running once, in which order.
         if method == "train":
             bar = Progress(steps, progress, "repair")
-            train = None
-            for batch in batches():
-                out = taps.run(model, batch, training=True, keep=train is None, pooled=pooled)
-                if train is None:
+            for i, batch in enumerate(batches()):
+                out = taps.run(model, batch, bn_training=True, keep=i == 0, pooled=pooled)
+                if i == 0:
                     _check_calls(bns, taps.calls)
-                    train = out
+                    layer_reference, order = taps.outputs, list(dict.fromkeys(taps.calls))
+                if i < k:
+                    checked.append(batch)
+                    references.append(out)
                 bar.step()
         else:
-            train = taps.run(model, first, training=True, keep=True)
-            _check_calls(bns, taps.calls)
-        order = list(dict.fromkeys(taps.calls))
+            for i, batch in enumerate(itertools.islice(batches(), k)):
+                out = taps.run(model, batch, bn_training=True, keep=i == 0)
+                if i == 0:
+                    _check_calls(bns, taps.calls)
+                    layer_reference, order = taps.outputs, list(dict.fromkeys(taps.calls))
+                checked.append(batch)
+                references.append(out)
         for bn in every:  # undo Keras' own moving-average updates of the training-mode passes
             _assign(bn, *snapshot[bn.name])
-        gaps_before = taps.gaps(model, first, train)
+        gaps_before, out_before = taps.gaps(model, checked, layer_reference, references)
         if method == "train":
             for bn in bns:
                 _assign(bn, pooled[bn.name].mean, pooled[bn.name].variance)
@@ -334,13 +473,16 @@ def recompute_bn_moments(model, bns: list[BNLayer], frozen: list[BNLayer], xs: l
             bar = Progress(steps * len(order), progress, "repair")
             for name in order:
                 for batch in batches():
-                    taps.run(model, batch, training=False, pooled=pooled, only=name)
+                    taps.run(model, batch, bn_training=False, pooled=pooled, only=name)
                     bar.step()
                 _assign(by_name[name], pooled[name].mean, pooled[name].variance)
-        gaps_after = taps.gaps(model, first, train)
+        gaps_after, out_after = taps.gaps(model, checked, layer_reference, references)
     finally:
         taps.close()
-    return pooled, gaps_before, gaps_after
+    samples = sum(int(batch[0].shape[0]) for batch in checked)
+    check = judge(("model output",), samples, output_scale(references), out_before, out_after, gaps_before,
+                  gaps_after)
+    return Measured(pooled, gaps_before, gaps_after, check)
 
 
 def _largest_gap(a, b) -> float:

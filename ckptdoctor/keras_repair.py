@@ -17,6 +17,12 @@ part. Here each layer's file key is the one the file's layout gives its path
 anything runs. Frozen layers (``trainable=False``, or inside a nested model with
 ``trainable=False``) are left as they are; a layer that runs more than once per
 forward pass is refused.
+
+Before anything is written, the repair checks its own result (``selfcheck``): the
+final output's gap to the BN-training reference (BN layers in training mode, every
+other layer in inference mode) with the stored and with the new statistics. A repair
+that does not shrink it writes nothing (no output, no in-place swap, no backup, no
+``--report``) and returns a refused report with a ``repair-not-improved`` finding.
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ import numpy as np
 
 from .data import load_data
 from .errors import BadDataError, CkptDoctorError, OutputExistsError, UnsupportedFormatError
-from .keras_measure import (BNLayer, variable_values, check_model_inputs, keras_module, load_keras_model,
-                            recompute_bn_moments, trainable_bn_layers)
+from .keras_measure import (BNLayer, Measured, variable_values, check_loadable, check_model_inputs,
+                            held_in_inference, keras_module, load_keras_model, recompute_bn_moments,
+                            trainable_bn_layers)
 from .repairing import check_options
 from .keras_inspect import open_keras_reader
 from .keras_model import describe_keras_file, lambda_layers, model_inputs
@@ -185,10 +192,12 @@ def replacement_rows(bns: list[BNLayer], weights: dict[str, dict], pooled: dict,
     return replacements, rows
 
 
-#: What switches the BN layers between training and inference mode (the report's ``training_flag``).
-TRAINING_ARGUMENT = "model(x, training=True|False)"
+#: What switches the BN layers between training and inference mode (the report's ``training_flag``): the
+#: model always runs in inference mode, and each BN layer's own call is handed training=True or False.
+TRAINING_ARGUMENT = "model(x, training=False), each BN layer's call(training=True|False)"
 #: The report's explanation of the gap columns (as the graph repair's).
-GAP_NOTE = "gaps: largest |inference-mode output - training-mode output| of each BN layer on the first batch"
+GAP_NOTE = ("gaps: largest |inference-mode output - reference output| of each BN layer on the first batch; the "
+            "reference runs the BN layers in training mode and every other layer in inference mode")
 
 
 def frozen_note(frozen: list[BNLayer]) -> list[str]:
@@ -197,6 +206,25 @@ def frozen_note(frozen: list[BNLayer]) -> list[str]:
         return []
     return [f"left as they are: frozen BN layers ({'; '.join(f'{bn.name}: {bn.reason}' for bn in frozen)}); "
             "the model learned with their stored statistics, in training mode too"]
+
+
+def variant_notes(bns: list[BNLayer]) -> list[str]:
+    """Report notes on BN variants whose extra state repair leaves as it is."""
+    renorm = [bn.name for bn in bns if getattr(bn.layer, "renorm", False) is True]
+    if not renorm:
+        return []
+    return [f"batch renormalization (renorm=True: {', '.join(renorm)}): measured as plain batch normalization; "
+            "renorm_mean and renorm_stddev (and Keras 3's moving_stddev), used only in training mode, are left as "
+            "they are"]
+
+
+def verdict(measured: Measured, held: tuple[str, ...]) -> tuple:
+    """``(refused, findings)`` from the output check: a repair that does not shrink the gap is refused."""
+    from .selfcheck import refusal
+
+    if measured.check.improved:
+        return False, ()
+    return True, (refusal(measured.check, held),)
 
 
 def repair_keras(path: str, data: str, input: str | None = None, batch_size: int = 256,
@@ -209,7 +237,8 @@ def repair_keras(path: str, data: str, input: str | None = None, batch_size: int
     feeds (default: the only one); ``unsafe`` allows Lambda layers (their code runs).
 
     Returns:
-        A ``RepairReport``.
+        A ``RepairReport``; ``refused`` (nothing written) when the output check finds the new statistics
+        no closer to the reference than the stored ones.
     """
     from .atomic import atomic_output
     from .repairing import RepairReport
@@ -242,6 +271,7 @@ def repair_keras(path: str, data: str, input: str | None = None, batch_size: int
             arrays = {input: arrays[None]}
         xs = input_arrays(config, arrays, data)
 
+        check_loadable(config, path)
         K, legacy = keras_module(reader.keras_version, fmt)
         quiet = warnings.catch_warnings()
         quiet.__enter__()
@@ -256,13 +286,15 @@ def repair_keras(path: str, data: str, input: str | None = None, batch_size: int
         n, dtypes = check_model_inputs(model, xs, names, data, max_samples)
         weights = {name: k.weights for name, k in keys.items()}
         stored = check_stored_values(bns, weights, reader.read, path)
-        pooled, gaps_before, gaps_after = recompute_bn_moments(model, bns, frozen, xs, dtypes, n, batch_size, method,
-                                                               progress)
-        replacements, rows = replacement_rows(bns, weights, pooled, stored, n, gaps_before, gaps_after)
+        held = held_in_inference(K, model)
+        measured = recompute_bn_moments(model, bns, frozen, xs, dtypes, n, batch_size, method, progress)
+        replacements, rows = replacement_rows(bns, weights, measured.pooled, stored, n, measured.gaps_before,
+                                              measured.gaps_after)
+        refused, findings = verdict(measured, held)
 
         written = {"untouched": 0, "updated": 0}
         backup = None
-        if not dry_run:
+        if not dry_run and not refused:
             out_dir = os.path.dirname(os.path.abspath(out_path))
             if not os.path.isdir(out_dir):
                 raise CkptDoctorError(f"the output folder {out_dir} does not exist: create it or choose --output elsewhere")
@@ -278,14 +310,15 @@ def repair_keras(path: str, data: str, input: str | None = None, batch_size: int
             quiet.__exit__(None, None, None)
         reader.close()
 
-    notes = frozen_note(frozen)
+    notes = frozen_note(frozen) + variant_notes(bns)
     result = RepairReport(
         checkpoint=path, graph=f"{path} (model config, {'tf-keras' if legacy else 'Keras 3'})", data=data,
         inputs=tuple(names), training_flag=TRAINING_ARGUMENT, method=method, batch_size=batch_size, samples=n,
-        layers=tuple(rows), output=None if dry_run else out_path, backup=backup, dry_run=dry_run,
+        layers=tuple(rows), output=None if dry_run or refused else out_path, backup=backup, dry_run=dry_run,
         untouched=written["untouched"], updated=written["updated"], notes=tuple(notes), gap_note=GAP_NOTE,
+        held_in_inference=held, output_check=measured.check, findings=findings, refused=refused,
     )
-    if report:
+    if report and not refused:
         from .h5report import write_repair_report
 
         write_repair_report(result, report, force=force)

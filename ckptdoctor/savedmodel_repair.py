@@ -34,9 +34,10 @@ from .constants import KERAS_METADATA_PB, OBJECT_GRAPH_KEY, SAVED_MODEL_PB, SAVE
 from .data import load_data
 from .errors import CkptDoctorError, CorruptCheckpointError, OutputExistsError, UnsupportedFormatError
 from .keras_model import CODE_CLASSES, lambda_layers, model_inputs
-from .keras_measure import (check_model_inputs, keras_module, load_keras_model, recompute_bn_moments,
-                            trainable_bn_layers)
-from .keras_repair import GAP_NOTE, TRAINING_ARGUMENT, check_stored_values, frozen_note, input_arrays, replacement_rows
+from .keras_measure import (check_loadable, check_model_inputs, held_in_inference, keras_module, load_keras_model,
+                            recompute_bn_moments, trainable_bn_layers)
+from .keras_repair import (GAP_NOTE, TRAINING_ARGUMENT, check_stored_values, frozen_note, input_arrays,
+                           replacement_rows, variant_notes, verdict)
 from .repairing import check_options
 
 __all__ = ["is_saved_model", "read_keras_metadata", "repair_saved_model"]
@@ -262,7 +263,7 @@ def repair_saved_model(path: str, data: str, input: str | None = None, batch_siz
     ``<dir>-repaired``).
 
     Returns:
-        A ``RepairReport``.
+        A ``RepairReport``; ``refused`` (nothing written) as ``keras_repair.repair_keras``'s.
     """
     from .readers.bundle import BundleReader
     from .repairing import RepairReport
@@ -295,6 +296,7 @@ def repair_saved_model(path: str, data: str, input: str | None = None, batch_siz
         arrays = {input: arrays[None]}
     xs = input_arrays(config, arrays, data)
 
+    check_loadable(config, path)
     K, _legacy = keras_module(version if version and version.startswith("2") else "2", "keras-saved-model")
     reader = BundleReader(prefix)
     quiet = warnings.catch_warnings()
@@ -307,24 +309,29 @@ def repair_saved_model(path: str, data: str, input: str | None = None, batch_siz
         stored = check_stored_values(bns, keys, reader.read, path)  # before anything runs
         names = model_inputs(config) or ["input"]
         n, dtypes = check_model_inputs(model, xs, names, data, max_samples)
-        pooled, gaps_before, gaps_after = recompute_bn_moments(model, bns, frozen, xs, dtypes, n, batch_size, method,
-                                                               progress)
-        replacements, rows = replacement_rows(bns, keys, pooled, stored, n, gaps_before, gaps_after)
+        held = held_in_inference(K, model)
+        measured = recompute_bn_moments(model, bns, frozen, xs, dtypes, n, batch_size, method, progress)
+        replacements, rows = replacement_rows(bns, keys, measured.pooled, stored, n, measured.gaps_before,
+                                              measured.gaps_after)
+        refused, findings = verdict(measured, held)
         written, backup = {"untouched": 0, "updated": 0}, None
-        if not dry_run:
+        if not dry_run and not refused:
             written, backup = _write_directory(path, out, reader, replacements, in_place)
     finally:
         quiet.__exit__(None, None, None)
         reader.close()
 
-    notes = [f"only {SAVED_MODEL_VARIABLES}.* was rewritten; every other file is the input's own"] + frozen_note(frozen)
+    notes = ([] if dry_run or refused else
+             [f"only {SAVED_MODEL_VARIABLES}.* was rewritten; every other file is the input's own"])
+    notes += frozen_note(frozen) + variant_notes(bns)
     result = RepairReport(
         checkpoint=path, graph=f"{path} ({KERAS_METADATA_PB}, tf-keras)", data=data, inputs=tuple(names),
         training_flag=TRAINING_ARGUMENT, method=method, batch_size=batch_size, samples=n, layers=tuple(rows),
-        output=None if dry_run else out, backup=backup, dry_run=dry_run, untouched=written["untouched"],
-        updated=written["updated"], notes=tuple(notes), gap_note=GAP_NOTE,
+        output=None if dry_run or refused else out, backup=backup, dry_run=dry_run, untouched=written["untouched"],
+        updated=written["updated"], notes=tuple(notes), gap_note=GAP_NOTE, held_in_inference=held,
+        output_check=measured.check, findings=findings, refused=refused,
     )
-    if report:
+    if report and not refused:
         from .h5report import write_repair_report
 
         write_repair_report(result, report, force=force)
