@@ -91,7 +91,8 @@ def _expectation_notes(layout, config) -> list[str]:
     if exp.unchecked:
         shown = "; ".join(f"{path}: {why}" for path, why in exp.unchecked[:3])
         more = f" and {len(exp.unchecked) - 3} more" if len(exp.unchecked) > 3 else ""
-        notes.append(f"{len(exp.unchecked)} layers not checked against Keras ({shown}{more})")
+        count = f"{len(exp.unchecked)} layer{'s' if len(exp.unchecked) > 1 else ''}"
+        notes.append(f"{count} not checked against Keras ({shown}{more})")
     return notes
 
 

@@ -2,8 +2,10 @@
 
 The config plays the graph's part for Keras files: it names each layer, its class
 (so BN layers are found by class, not guessed from names), its axis, whether it is
-trainable, and how many weights it declares. This module maps each config layer to
-the file's weights and reports the layers and roles ``inspect`` and ``repair`` use.
+trainable. This module maps each config layer to the file's weights and reports the
+layers and roles ``inspect`` and ``repair`` use. Which weights a layer class stores is
+not kept here: ``keras_expect`` asks the Keras that wrote the file (only BN layers'
+weights are named from their config, so that they are found without Keras).
 
 Layers inside nested models (a backbone model used as a layer) are named by their
 path from the top model, ``backbone/block/bn2``: layer names are unique within one
@@ -11,10 +13,13 @@ model only. Where a nested layer's weights are stored:
 
 * Keras 3 layout: ``layers/functional/layers/sequential/layers/batch_normalization/vars/2``;
   each model's group records its name (``vars`` attribute ``name``), which gives the path.
+  A layer's own sub-objects sit below its group under their attribute names (an LSTM's
+  ``cell/vars/0``, MultiHeadAttention's ``query_dense/vars/0``): they are the layer's weights.
 * legacy layout: every weight of a nested model sits in its top-level layer's group under
   the variable's own name, ``model_weights/backbone/bn2/moving_mean:0`` (no models in
-  between; tf-keras lists trainable weights first), so the group is split by that name and
-  each part matched to the layer of that name inside the top-level layer's config.
+  between; tf-keras lists trainable weights first), so the group is split by that name (the
+  variable name's first scope: ``lstm/lstm_cell/kernel:0`` belongs to ``lstm``) and each part
+  matched to the layer of that name inside the top-level layer's config.
 """
 
 from __future__ import annotations

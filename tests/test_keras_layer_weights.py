@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 
 from conftest import h5_datasets, run_cli, run_cli_without_tf, run_in_parallel
@@ -186,4 +187,20 @@ def test_without_tensorflow_a_listed_weight_removed_is_still_missing(built, tmp_
         del f[f"model_weights/{layer}/{layer}/lstm_cell/recurrent_kernel:0"]
     proc, report = inspect_json(path, without_tf=True)
     assert missing(report) == [(layer, f"{layer}/lstm_cell/recurrent_kernel")]
+    assert proc.returncode == 1
+
+
+def test_legacy_weight_of_the_wrong_shape_is_a_shape_mismatch(built, tmp_path):
+    folder, info = built["tfkeras"]
+    layer = info["classes"]["SeparableConv2D"][0]
+    path = tmp_path / "reshaped.h5"
+    shutil.copyfile(folder / "layers.h5", path)
+    with h5py.File(path, "r+") as f:
+        group = f[f"model_weights/{layer}/{layer}"]
+        shape = group["pointwise_kernel:0"].shape
+        del group["pointwise_kernel:0"]
+        group.create_dataset("pointwise_kernel:0", data=np.zeros(shape[:-1] + (shape[-1] + 1,), "float32"))
+    proc, report = inspect_json(path)
+    found = [(f["code"], f["layer"], f["tensor"]) for f in cross_reference(report)]
+    assert found == [("shape-mismatch", layer, f"model_weights/{layer}/{layer}/pointwise_kernel:0")]
     assert proc.returncode == 1
