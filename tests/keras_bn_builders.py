@@ -10,6 +10,7 @@ momentum 0.99 and a high learning rate, so their moving statistics are stale. Ki
 
 - ``dropout``: d1 -> Dropout(0.5) drop1 -> bn1 -> relu -> d2 -> GaussianNoise(0.5) noise -> bn2 -> relu -> head
   (tf-keras: also ROOT/dropout/savedmodel, written by ``model.save(dir)``)
+- ``nested`` (Keras 3): a Sequential backbone (d1 -> Dropout(0.5) drop1 -> bn1) -> relu -> head
 - ``sync`` (Keras 3): bn1 with ``synchronized=True``; ``renorm``: bn1 with ``renorm=True``
 - ``centerscale``: bn1 with ``center=False``, bn2 with ``scale=False``
 - ``axis1``: channels-first Conv1D -> bn_conv (axis=1) -> Dense on (N, C, L) -> bn_dense (axis=1) -> Flatten ->
@@ -23,7 +24,7 @@ momentum 0.99 and a high learning rate, so their moving statistics are stale. Ki
   two training steps on 64 samples
 
 ``check`` prints one JSON line per triple, computed with Keras alone (independent of ckptdoctor): ``stats``, each
-trainable BN layer's input moments over all samples with the REPAIRED model in inference mode (a sub-model up
+trainable top-level BN layer's input moments over all samples with the REPAIRED model in inference mode (a sub-model up
 to the layer's input, ``training=False``, numpy mean and population variance); ``stored``, the REPAIRED model's
 moving statistics as Keras loads them; and the inference outputs' gap to the reference, the ORIGINAL model with
 every dropout rate and noise stddev set to 0 (and renorm off) called with ``training=True`` on all samples in one batch
@@ -38,7 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-KERAS3_KINDS = ("dropout", "sync", "renorm", "centerscale", "axis1", "mixed", "refuse", "effnet")
+KERAS3_KINDS = ("dropout", "nested", "sync", "renorm", "centerscale", "axis1", "mixed", "refuse", "effnet")
 TFKERAS_KINDS = ("dropout", "renorm", "centerscale", "axis1", "mixed", "vbs")
 
 
@@ -80,6 +81,12 @@ def _model(K, which, kind, rng):
         h = L.GaussianNoise(0.5, name="noise")(L.Dense(16, name="d2")(L.Activation("relu")(h)))
         h = L.BatchNormalization(name="bn2", momentum=0.99)(h)
         return K.Model(inp, L.Dense(1, name="head")(L.Activation("relu")(h))), x, y
+    if kind == "nested":
+        x, y = _dense_data(rng)
+        backbone = K.Sequential([K.Input((10,)), L.Dense(16, name="d1"), L.Dropout(0.5, name="drop1"),
+                                 L.BatchNormalization(name="bn1", momentum=0.99)], name="backbone")
+        inp = K.Input((10,), name="features")
+        return K.Model(inp, L.Dense(1, name="head")(L.Activation("relu")(backbone(inp)))), x, y
     if kind == "sync":
         x, y = _dense_data(rng)
         return _two_bn(K, x, bn1={"synchronized": True}), x, y
@@ -213,10 +220,9 @@ def check(which, *paths):
         before = np.asarray(_load(K, which, original)(x, training=False), np.float64)
         model = _load(K, which, repaired)
         after = np.asarray(model(x, training=False), np.float64)
-        bns = [(p, layer) for p, layer in _layers(model)
-               if isinstance(layer, K.layers.BatchNormalization) and layer.trainable]
-        probe = K.Model(model.inputs, [layer.input for _p, layer in bns])
-        seen = probe(x, training=False)
+        bns = [(p, layer) for p, layer in _layers(model)  # top-level ones: a probe cannot reach into a nested model
+               if isinstance(layer, K.layers.BatchNormalization) and layer.trainable and "/" not in p]
+        seen = K.Model(model.inputs, [layer.input for _p, layer in bns])(x, training=False) if bns else []
         seen = seen if isinstance(seen, (list, tuple)) else [seen]
         stats, stored = {}, {}
         for (p, layer), value in zip(bns, seen):

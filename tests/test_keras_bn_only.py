@@ -21,7 +21,7 @@ import pytest
 from conftest import assert_one_line_error, cli_command, h5_datasets, run_cli, run_in_parallel
 
 BUILDERS = Path(__file__).with_name("keras_bn_builders.py")
-KINDS = {"keras3": "dropout,sync,renorm,centerscale,axis1,mixed,refuse",
+KINDS = {"keras3": "dropout,nested,sync,renorm,centerscale,axis1,mixed,refuse",
          "tfkeras": "dropout,renorm,centerscale,axis1,mixed,vbs"}
 EXT = {"keras3": ".keras", "tfkeras": ".h5"}
 N_ALL = 256  # samples of every dense and axis1 model: --batch-size N_ALL puts all in one batch
@@ -32,6 +32,7 @@ REPAIRS = {
     "tfkeras-dropout": ("tfkeras", "dropout", "model.h5", ()),
     "tfkeras-dropout-savedmodel": ("tfkeras", "dropout", "savedmodel", ()),
     "keras3-dropout-sequential": ("keras3", "dropout", "model.keras", ("--method", "sequential", "--batch-size", 64)),
+    "keras3-nested": ("keras3", "nested", "model.keras", ()),
     "keras3-sync": ("keras3", "sync", "model.keras", ()),
     "keras3-renorm": ("keras3", "renorm", "model.keras", ()),
     "tfkeras-renorm": ("tfkeras", "renorm", "model.h5", ()),
@@ -164,6 +165,15 @@ def test_sequential_method_measures_in_inference_mode(repaired):
     assert_repaired(r, {"bn1", "bn2"})
     assert r.report["held_in_inference"] == ["drop1", "noise"]
     assert r.report["output_check"]["samples"] == 256  # four checked batches of 64
+
+
+def test_held_layers_inside_a_nested_model_are_named_by_path(repaired):
+    r = repaired["keras3-nested"]
+    assert r.proc.returncode == 0, r.proc.stderr
+    assert r.report["held_in_inference"] == ["backbone/drop1"]
+    assert [layer["layer"] for layer in r.report["layers"]] == ["backbone/bn1"]
+    assert r.check["gap_before"] > 0.05 and r.check["gap_after"] < 1e-3, r.check  # the independent reference
+    assert r.report["output_check"]["gap_before"] == pytest.approx(r.check["gap_before"], rel=1e-2)
 
 
 # --------------------------------------------------------------------------- the output check refuses
