@@ -35,10 +35,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
-# The whole architecture zoo (tests/test_zoo.py; make test runs a subset): one xdist group per net, so
-# each net is built once, on one worker.
+# The whole architecture zoo (tests/test_zoo.py; make test runs a subset): --dist loadscope keeps each
+# net's test class on one worker, so each net is built once.
 zoo: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 --dist loadgroup -m zoo tests/test_zoo.py
+	$(PY) -m pytest -q -n 2 --dist loadscope -m zoo tests/test_zoo.py
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run.py

@@ -44,17 +44,6 @@ NO_BN = {"keras3-ConvNeXtTiny"}
 TOLERANCE = {"keras3": 1e-3, "tfkeras": 1e-3, "slim": 5e-3}
 
 
-def _params():
-    for family, net in CASES:
-        case = f"{family}-{net}"
-        marks = [pytest.mark.zoo, pytest.mark.xdist_group(case)] + ([pytest.mark.zoo_subset] if case in SUBSET else [])
-        yield pytest.param(case, id=case, marks=marks)
-
-
-cases = pytest.mark.parametrize("case", list(_params()))
-repairable = pytest.mark.parametrize("case", [p for p in _params() if p.values[0] not in NO_BN])
-
-
 class Case:
     """One built net: its folder, info.json, the model path, and what the tests ran on it (cached)."""
 
@@ -142,99 +131,105 @@ def errors(report: dict) -> list:
 def stored(c: Case, path: Path) -> dict:
     """Every stored tensor: HDF5 datasets of Keras files, TensorFlow's reader for checkpoints and SavedModels."""
     if c.family == "slim":
-        return tf_reader_values(str(path))
-    if path.is_dir():
-        return tf_reader_values(str(path / "variables" / "variables"))
-    return h5_datasets(path)
-
-
-# --------------------------------------------------------------------------- inspect
-
-
-@cases
-def test_inspect_finds_exactly_the_models_bn_layers(zoo, case):
-    c = zoo(case)
-    proc, report = inspect(c, c.model, "inspect")
-    names = [b["layer"] for b in report["bn_layers"]]
-    assert len(names) == len(set(names))
-    assert set(names) == set(c.info["bn_layers"]), (sorted(set(names) ^ set(c.info["bn_layers"]))[:20])
-    assert report["summary"]["bn_layers"] == len(c.info["bn_layers"])
-    if case in NO_BN:
-        assert c.info["bn_layers"] == [] and names == []
+        values = tf_reader_values(str(path))
+    elif path.is_dir():
+        values = tf_reader_values(str(path / "variables" / "variables"))
     else:
-        assert len(names) > 10  # published nets: dozens of BN layers
-    if c.family == "slim":  # trained without UPDATE_OPS: every layer's statistics are still at init
-        assert proc.returncode == 1
-        assert {b["status"] for b in report["bn_layers"]} == {"at-init"}
-        at_init = {f["layer"] for f in report["findings"] if f["code"] == "bn-stats-at-init"}
-        assert at_init == set(names)
-        assert [f["code"] for f in errors(report) if f["code"] != "bn-stats-at-init"] == []
-        assert any(f["code"] == "bn-update-ops-unused" for f in report["findings"])
-    else:  # a Keras file written by model.save after training is healthy as a file
+        values = h5_datasets(path)
+    return {k: np.asarray(v) for k, v in values.items()}  # TensorFlow's reader gives string tensors as bytes
+
+
+# --------------------------------------------------------------------------- the tests of one case
+# One class per case (made below): --dist loadscope (make zoo) keeps a class on one worker, so each net is built
+# once. (pytest-xdist's --dist loadgroup did not group parametrized tests here: pytest 9, xdist 3.8.)
+
+
+class ZooCase:
+    case = ""
+
+    def test_inspect_finds_exactly_the_models_bn_layers(self, zoo):
+        c = zoo(self.case)
+        proc, report = inspect(c, c.model, "inspect")
+        names = [b["layer"] for b in report["bn_layers"]]
+        assert len(names) == len(set(names))
+        assert set(names) == set(c.info["bn_layers"]), (sorted(set(names) ^ set(c.info["bn_layers"]))[:20])
+        assert report["summary"]["bn_layers"] == len(c.info["bn_layers"])
+        if self.case in NO_BN:
+            assert c.info["bn_layers"] == [] and names == []
+        else:
+            assert len(names) > 10  # published nets: dozens of BN layers
+        if c.family == "slim":  # trained without UPDATE_OPS: every layer's statistics are still at init
+            assert proc.returncode == 1
+            assert {b["status"] for b in report["bn_layers"]} == {"at-init"}
+            at_init = {f["layer"] for f in report["findings"] if f["code"] == "bn-stats-at-init"}
+            assert at_init == set(names)
+            assert [f["code"] for f in errors(report) if f["code"] != "bn-stats-at-init"] == []
+            assert any(f["code"] == "bn-update-ops-unused" for f in report["findings"])
+        else:  # a Keras file written by model.save after training is healthy as a file
+            assert errors(report) == [], errors(report)[:5]
+            assert proc.returncode == 0
+            assert {b["status"] for b in report["bn_layers"]} <= {"ok"}
+
+
+class RepairableCase(ZooCase):
+    def test_repair_gives_the_training_mode_outputs(self, zoo):
+        c = zoo(self.case)
+        result = c.repair()
+        assert {layer["layer"] for layer in result["layers"]} == set(c.info["bn_layers"])
+        assert result["updated"] == 2 * len(c.info["bn_layers"])
+        assert result["samples"] == c.info["samples"]
+        out = c.outputs()
+        scale = float(np.abs(c.ref).max())
+        gap_before = float(np.abs(out["original"] - c.ref).max()) / scale
+        gap_after = float(np.abs(out["repaired"] - c.ref).max()) / scale
+        c.timings.update(gap_before=float(f"{gap_before:.3g}"), gap_after=float(f"{gap_after:.3g}"))
+        print(f"{self.case}: {len(c.info['bn_layers'])} BN layers, zeroed {c.info['zeroed']}, "
+              f"relative gap before {gap_before:.3g}, after {gap_after:.3g}")
+        assert out["repaired"].shape == c.ref.shape and np.isfinite(out["repaired"]).all()
+        assert gap_after <= TOLERANCE[c.family], (gap_before, gap_after)
+        assert gap_before > 10 * TOLERANCE[c.family], gap_before  # the statistics were wrong before
+
+    def test_repair_leaves_every_other_tensor_bit_identical(self, zoo):
+        c = zoo(self.case)
+        result = c.repair()
+        before, after = stored(c, c.model), stored(c, c.repaired)
+        assert set(before) == set(after)
+        stats = {layer[k] for layer in result["layers"] for k in ("moving_mean", "moving_variance")}
+        assert len(stats) == 2 * len(c.info["bn_layers"]) and stats <= set(before)
+        untouched = 0
+        for key in before:
+            if c.family == "slim" and key.rsplit("/", 1)[-1] in ("moving_mean", "moving_variance"):
+                assert key in stats, key  # a slim net's every moving statistic is a BN layer's
+            if key in stats:
+                continue
+            assert before[key].dtype == after[key].dtype and before[key].shape == after[key].shape, key
+            assert before[key].tobytes() == after[key].tobytes(), key
+            untouched += 1
+        assert untouched == len(before) - len(stats)
+        changed = [key for key in stats if before[key].tobytes() != after[key].tobytes()]
+        assert len(changed) == len(stats)  # every statistic was recomputed (all were stale)
+
+    def test_repaired_file_is_healthy(self, zoo):
+        c = zoo(self.case)
+        c.repair()
+        proc, report = inspect(c, c.repaired, "inspect repaired")
         assert errors(report) == [], errors(report)[:5]
-        assert proc.returncode == 0
-        assert {b["status"] for b in report["bn_layers"]} <= {"ok"}
+        assert {b["layer"] for b in report["bn_layers"]} == set(c.info["bn_layers"])
+        assert {b["status"] for b in report["bn_layers"]} == {"ok"}
 
 
-# --------------------------------------------------------------------------- repair
+class NoBnCase(ZooCase):
+    def test_repair_says_there_is_no_bn_layer(self, zoo):
+        c = zoo(self.case)
+        proc = c.timed_cli("repair", "repair", c.model, "--data", c.X, "--batch-size", c.info["samples"],
+                           "--output", c.repaired)
+        assert_one_line_error(proc, "no BatchNormalization layer", "nothing to repair")
+        assert not c.repaired.exists()
 
 
-@repairable
-def test_repair_gives_the_training_mode_outputs(zoo, case):
-    c = zoo(case)
-    result = c.repair()
-    assert {layer["layer"] for layer in result["layers"]} == set(c.info["bn_layers"])
-    assert result["updated"] == 2 * len(c.info["bn_layers"])
-    assert result["samples"] == c.info["samples"]
-    out = c.outputs()
-    scale = float(np.abs(c.ref).max())
-    gap_before = float(np.abs(out["original"] - c.ref).max()) / scale
-    gap_after = float(np.abs(out["repaired"] - c.ref).max()) / scale
-    print(f"{case}: {len(c.info['bn_layers'])} BN layers, zeroed {c.info['zeroed']}, "
-          f"relative gap before {gap_before:.3g}, after {gap_after:.3g}")
-    assert out["repaired"].shape == c.ref.shape and np.isfinite(out["repaired"]).all()
-    assert gap_after <= TOLERANCE[c.family], (gap_before, gap_after)
-    assert gap_before > 10 * TOLERANCE[c.family], gap_before  # the statistics were wrong before
-
-
-@repairable
-def test_repair_leaves_every_other_tensor_bit_identical(zoo, case):
-    c = zoo(case)
-    result = c.repair()
-    before, after = stored(c, c.model), stored(c, c.repaired)
-    assert set(before) == set(after)
-    stats = {layer[k] for layer in result["layers"] for k in ("moving_mean", "moving_variance")}
-    assert len(stats) == 2 * len(c.info["bn_layers"]) and stats <= set(before)
-    untouched = 0
-    for key in before:
-        if c.family == "slim" and key.rsplit("/", 1)[-1] in ("moving_mean", "moving_variance"):
-            assert key in stats, key  # a slim net's every moving statistic is a BN layer's
-        if key in stats:
-            continue
-        assert before[key].dtype == after[key].dtype and before[key].shape == after[key].shape, key
-        assert before[key].tobytes() == after[key].tobytes(), key
-        untouched += 1
-    assert untouched == len(before) - len(stats)
-    changed = [key for key in stats if before[key].tobytes() != after[key].tobytes()]
-    assert len(changed) == len(stats)  # every statistic was recomputed (all were stale)
-
-
-@repairable
-def test_repaired_file_is_healthy(zoo, case):
-    c = zoo(case)
-    c.repair()
-    proc, report = inspect(c, c.repaired, "inspect repaired")
-    assert errors(report) == [], errors(report)[:5]
-    assert {b["layer"] for b in report["bn_layers"]} == set(c.info["bn_layers"])
-    assert {b["status"] for b in report["bn_layers"]} == {"ok"}
-
-
-@pytest.mark.zoo
-@pytest.mark.xdist_group("keras3-ConvNeXtTiny")
-@pytest.mark.parametrize("case", sorted(NO_BN))
-def test_repair_of_the_negative_control_says_there_is_no_bn_layer(zoo, case):
-    c = zoo(case)
-    proc = c.timed_cli("repair", "repair", c.model, "--data", c.X, "--batch-size", c.info["samples"],
-                       "--output", c.repaired)
-    assert_one_line_error(proc, "no BatchNormalization layer", "nothing to repair")
-    assert not c.repaired.exists()
+for _family, _net in CASES:
+    _case = f"{_family}-{_net}"
+    _name = "Test_" + "".join(ch if ch.isalnum() else "_" for ch in _case)
+    _marks = [pytest.mark.zoo] + ([pytest.mark.zoo_subset] if _case in SUBSET else [])
+    globals()[_name] = type(_name, (NoBnCase if _case in NO_BN else RepairableCase,), {"case": _case, "pytestmark": _marks})
+del _family, _net, _case, _name, _marks
