@@ -68,8 +68,10 @@ class ConfigLayer:
         if self.class_name not in BN_CLASSES:
             return None
         c = self.config
+        # renorm=True adds its own statistics after the moving ones (Keras 3 and tf-keras alike).
         return (["gamma"] if c.get("scale", True) else []) + (["beta"] if c.get("center", True) else []) + \
-            ["moving_mean", "moving_variance"]
+            ["moving_mean", "moving_variance"] + (["moving_stddev", "renorm_mean", "renorm_stddev"]
+                                                  if c.get("renorm", False) else [])
 
 
 @dataclass(frozen=True)

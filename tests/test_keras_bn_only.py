@@ -212,14 +212,13 @@ def test_synchronized_batch_normalization(repaired):
     assert_repaired(repaired["keras3-sync"], {"bn1", "bn2"})
 
 
-@pytest.mark.parametrize("which", [pytest.param("keras3", marks=pytest.mark.xfail(
-    strict=True, reason="keras_model.ConfigLayer.bn_weights does not name Keras 3's renorm variables (moving_stddev, "
-    "renorm_mean, renorm_stddev), so the file's moving_variance key is not found (repair refuses: exit 2)")),
-    "tfkeras"])
+@pytest.mark.parametrize("which", ["keras3", "tfkeras"])
 def test_renorm_is_measured_as_plain_batch_normalization(repaired, which):
     r = repaired[f"{which}-renorm"]
     assert_repaired(r, {"bn1", "bn2"})  # renorm_mean/renorm_stddev among the bit-identical tensors
-    assert any(k.endswith(("renorm_mean", "renorm_mean:0")) for k in stored(r.output))
+    # The renorm statistics are stored (tf-keras by name; Keras 3 as the BN group's vars 4-6).
+    renorm = ("renorm_mean", "renorm_mean:0") if which == "tfkeras" else ("/vars/5", "/vars/6")
+    assert any(k.endswith(renorm) for k in stored(r.output))
     assert any("renorm=True: bn1" in note and "left as they are" in note for note in r.report["notes"])
 
 
