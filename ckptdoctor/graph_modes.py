@@ -129,24 +129,30 @@ def _is_update(op) -> bool:
 def forward_outputs(graph, inputs, fed: set[str], layers) -> list:
     """The network's final outputs: what the output check compares.
 
-    The floating tensors downstream of the data that can be computed from what is fed
-    (so not the loss, which needs the labels, nor any gradient), that nothing computable
-    consumes and that feed no update op, downstream of the most BN layers' outputs.
+    The floating tensors (not scalars) downstream of the data that can be computed from what
+    is fed (so not the loss, which needs the labels, nor any gradient), that no other such
+    tensor consumes and that feed no update op, downstream of the most BN layers' outputs.
     """
     unfed = [op.outputs[0] for op in graph.get_operations()
              if op.type in ("Placeholder",) and op.outputs[0].name not in fed]
     unfed += [t for op in graph.get_operations() if op.type in C.DATA_SOURCE_OPS for t in op.outputs
               if t.name not in fed]
     blocked = _descendants(unfed)
-    forward = {name for name in _descendants(inputs) - blocked if not name.startswith("gradients")}
+    reached = {name for name in _descendants(inputs) - blocked if not name.startswith("gradients")}
+
+    def is_tensor_output(op) -> bool:
+        if _is_update(op) or not op.outputs:
+            return False
+        t = op.outputs[0]
+        return t.dtype.is_floating and not t.dtype._is_ref_dtype and t.shape.rank != 0
+
+    # Scalars (a loss or a metric computable without labels) do not count as consumers: the
+    # tensor they reduce is an output.
+    forward = {name for name in reached if is_tensor_output(graph.get_operation_by_name(name))}
     candidates = []
     for name in forward:
         op = graph.get_operation_by_name(name)
-        if _is_update(op) or not op.outputs:
-            continue
         t = op.outputs[0]
-        if not t.dtype.is_floating or t.dtype._is_ref_dtype or t.shape.rank == 0:
-            continue
         consumers = [c for out in op.outputs for c in out.consumers()]
         if any(c.name in forward or _is_update(c) for c in consumers):
             continue
