@@ -140,19 +140,18 @@ def forward_outputs(graph, inputs, fed: set[str], layers) -> list:
     blocked = _descendants(unfed)
     reached = {name for name in _descendants(inputs) - blocked if not name.startswith("gradients")}
 
-    def is_tensor_output(op) -> bool:
-        if _is_update(op) or not op.outputs:
-            return False
-        t = op.outputs[0]
-        return t.dtype.is_floating and not t.dtype._is_ref_dtype and t.shape.rank != 0
+    def counts(op) -> bool:
+        """A computation downstream of the data that is not a scalar (a loss or a metric computable
+        without labels does not count: the tensor it reduces is an output)."""
+        return not _is_update(op) and bool(op.outputs) and op.outputs[0].shape.rank != 0
 
-    # Scalars (a loss or a metric computable without labels) do not count as consumers: the
-    # tensor they reduce is an output.
-    forward = {name for name in reached if is_tensor_output(graph.get_operation_by_name(name))}
+    forward = {name for name in reached if counts(graph.get_operation_by_name(name))}
     candidates = []
     for name in forward:
         op = graph.get_operation_by_name(name)
         t = op.outputs[0]
+        if not t.dtype.is_floating or t.dtype._is_ref_dtype or op.type in C.RANDOM_OPS:
+            continue
         consumers = [c for out in op.outputs for c in out.consumers()]
         if any(c.name in forward or _is_update(c) for c in consumers):
             continue
