@@ -1,5 +1,14 @@
 """Exact per-channel mean and population variance pooled over batches.
 
+The target: the population statistics of each BN input *as the network computes it at
+inference* (dropout, noise and stochastic depth off; every earlier BN layer normalising
+with its own new statistics). The runners feed this estimator accordingly: only the BN
+layers run in training mode, every other layer that has a training mode is held in
+inference mode (``graph_modes`` for TF1 graphs, ``keras_measure`` for Keras models). With
+one batch holding every sample, ``--method train`` gives the target exactly (each BN layer
+then normalises with the batch's statistics, which are the new ones); ``--method
+sequential`` gives it exactly whatever the batch size, one layer at a time.
+
 Why not average batch variances: the variance of the union of batches is not the
 mean of the batches' variances. It also holds the spread *between* batch means,
 and batches of unequal size must weigh by their counts. Averaging per-batch
