@@ -42,6 +42,7 @@ returns them (same dtype and bytes), with these choices:
 
 from __future__ import annotations
 
+import functools
 import glob
 import mmap
 import os
@@ -51,7 +52,6 @@ from collections import deque
 from typing import Iterator, NamedTuple, Sequence
 
 import google_crc32c
-import ml_dtypes
 import numpy as np
 
 from ckptdoctor.errors import (
@@ -107,11 +107,28 @@ class TensorNotFoundError(CkptDoctorError, KeyError):
 
 class _DType(NamedTuple):
     name: str  # tf.dtypes.as_dtype(enum).name
-    np_dtype: np.dtype | None  # little-endian element layout; None: not a raw array
+    layout: str | None  # numpy's little-endian element layout, or "ml_dtypes.NAME"; None: not a raw array
+
+    @property
+    def np_dtype(self) -> np.dtype | None:
+        return _np_dtype(self.layout)
+
+
+@functools.lru_cache(maxsize=None)
+def _np_dtype(layout: str | None) -> np.dtype | None:
+    """The numpy dtype of a layout; ml_dtypes (0.4 s to import) is imported only when such a tensor is read."""
+    if layout is None:
+        return None
+    if layout.startswith("ml_dtypes."):
+        import ml_dtypes
+
+        found = getattr(ml_dtypes, layout.split(".", 1)[1], None)
+        return None if found is None else np.dtype(found)
+    return np.dtype(layout)
 
 
 def _dtype_table() -> dict[int, _DType]:
-    raw: dict[int, tuple[str, object]] = {
+    raw: dict[int, tuple[str, str | None]] = {
         1: ("float32", "<f4"),
         2: ("float64", "<f8"),
         3: ("int32", "<i4"),
@@ -125,7 +142,7 @@ def _dtype_table() -> dict[int, _DType]:
         11: ("qint8", "i1"),
         12: ("quint8", "u1"),
         13: ("qint32", "<i4"),
-        14: ("bfloat16", ml_dtypes.bfloat16),
+        14: ("bfloat16", "ml_dtypes.bfloat16"),
         15: ("qint16", "<i2"),
         16: ("quint16", "<u2"),
         17: ("uint16", "<u2"),
@@ -135,19 +152,19 @@ def _dtype_table() -> dict[int, _DType]:
         21: ("variant", None),
         22: ("uint32", "<u4"),
         23: ("uint64", "<u8"),
-        24: ("float8_e5m2", ml_dtypes.float8_e5m2),
-        25: ("float8_e4m3fn", ml_dtypes.float8_e4m3fn),
-        26: ("float8_e4m3fnuz", ml_dtypes.float8_e4m3fnuz),
-        27: ("float8_e4m3b11fnuz", ml_dtypes.float8_e4m3b11fnuz),
-        28: ("float8_e5m2fnuz", ml_dtypes.float8_e5m2fnuz),
-        29: ("int4", ml_dtypes.int4),
-        30: ("uint4", ml_dtypes.uint4),
+        24: ("float8_e5m2", "ml_dtypes.float8_e5m2"),
+        25: ("float8_e4m3fn", "ml_dtypes.float8_e4m3fn"),
+        26: ("float8_e4m3fnuz", "ml_dtypes.float8_e4m3fnuz"),
+        27: ("float8_e4m3b11fnuz", "ml_dtypes.float8_e4m3b11fnuz"),
+        28: ("float8_e5m2fnuz", "ml_dtypes.float8_e5m2fnuz"),
+        29: ("int4", "ml_dtypes.int4"),
+        30: ("uint4", "ml_dtypes.uint4"),
         # In TF 2.21's enum; stored one element per byte like int4 (observed).
-        31: ("int2", getattr(ml_dtypes, "int2", None)),
-        32: ("uint2", getattr(ml_dtypes, "uint2", None)),
-        33: ("float4_e2m1fn", getattr(ml_dtypes, "float4_e2m1fn", None)),
+        31: ("int2", "ml_dtypes.int2"),
+        32: ("uint2", "ml_dtypes.uint2"),
+        33: ("float4_e2m1fn", "ml_dtypes.float4_e2m1fn"),
     }
-    return {k: _DType(name, None if dt is None else np.dtype(dt)) for k, (name, dt) in raw.items()}
+    return {k: _DType(name, layout) for k, (name, layout) in raw.items()}
 
 
 _DTYPES = _dtype_table()

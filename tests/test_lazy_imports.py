@@ -1,0 +1,45 @@
+"""Heavy imports happen only when needed: ml_dtypes (0.4 s) only for a tensor of one of its dtypes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_ckpts" / "convnet"
+
+_LIST = (
+    "import contextlib, io, json, sys\n"
+    "from ckptdoctor.cli import main\n"
+    "out = io.StringIO()\n"
+    "with contextlib.redirect_stdout(out):\n"
+    "    code = main(['inspect', sys.argv[1], '--graph', 'False', '--format', 'json'])\n"
+    "print(json.dumps({'code': code, 'ml_dtypes': 'ml_dtypes' in sys.modules,\n"
+    "                  'tensorflow': 'tensorflow' in sys.modules, 'report': json.loads(out.getvalue())}))\n"
+)
+
+
+def _inspect(path) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _LIST, str(path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_float32_checkpoint_lists_without_ml_dtypes():
+    result = _inspect(SAMPLE)
+    assert result["code"] == 0 and result["report"]["tensors"]
+    assert not result["ml_dtypes"] and not result["tensorflow"]
+
+
+def test_bfloat16_tensor_loads_ml_dtypes_and_reads_right(tmp_path):
+    code = (
+        "import sys, tensorflow as tf\n"
+        "v = tf.Variable(tf.constant([1.5, -2.0, 3.25], tf.bfloat16))\n"
+        "tf.train.Checkpoint(v=v).write(sys.argv[1])\n"
+    )
+    prefix = tmp_path / "bf16"
+    proc = subprocess.run([sys.executable, "-c", code, str(prefix)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = _inspect(prefix)
+    [row] = [t for t in result["report"]["tensors"] if t["dtype"] == "bfloat16"]
+    assert (row["min"], row["max"]) == (-2.0, 3.25)
+    assert result["ml_dtypes"] and not result["tensorflow"]
