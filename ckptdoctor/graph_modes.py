@@ -61,8 +61,15 @@ def separate_bn_switch(tf, graph, layers, flag):
     if not ops:
         return None
     switch = tf.compat.v1.placeholder_with_default(False, shape=(), name=BN_SWITCH_NAME)
-    for op, index in ops:
-        op._update_input(index, switch)  # the public API has no way to re-wire an imported graph
+    done = []
+    try:
+        for op, index in ops:
+            op._update_input(index, switch)  # the public API has no way to re-wire an imported graph
+            done.append((op, index))
+    except (AttributeError, TypeError, ValueError, tf.errors.OpError):
+        for op, index in done:  # all or nothing: a half re-wired conditional would compute dead tensors
+            op._update_input(index, flag)
+        return None
     return switch
 
 
@@ -126,7 +133,7 @@ def _is_update(op) -> bool:
                                                           "ResourceSparseApply"))
 
 
-def forward_outputs(graph, inputs, fed: set[str], layers) -> list:
+def forward_outputs(graph, inputs, fed: set[str], layers, tracer=None) -> list:
     """The network's final outputs: what the output check compares.
 
     The floating tensors (not scalars) downstream of the data that can be computed from what
@@ -159,9 +166,10 @@ def forward_outputs(graph, inputs, fed: set[str], layers) -> list:
     if not candidates:
         return []
     bn_outputs = {layer.output_tensor.split(":")[0] for layer in layers if layer.output_tensor}
-    from .graph import GraphTracer
+    if tracer is None:
+        from .graph import GraphTracer
 
-    tracer = GraphTracer(graph)
+        tracer = GraphTracer(graph)
     counts = {t.name: len(bn_outputs & tracer.ancestors([t.op])) for t in candidates}
     best = max(counts.values())
     if best == 0:

@@ -404,7 +404,7 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
             notes.append(f"cannot tell the BN layers' use of {flag.name} from other layers' (a computed "
                          "predicate): everything that reads it ran in training mode, dropout included; the "
                          "statistics may be off and the output check was not made")
-    final = forward_outputs(g, list(inputs), fed, layers) if bn_switch is not None else []
+    final = forward_outputs(g, list(inputs), fed, layers, tracer) if bn_switch is not None else []
     held = held_consumers(tracer, g, flag, list(xs.values()) + final) if bn_switch is not None else ()
     if flag is None and modes == {"training"}:
         notes.append("the graph fixes its BN layers to training mode: the statistics are the moments of each BN "
