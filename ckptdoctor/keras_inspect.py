@@ -143,10 +143,11 @@ def inspect_keras(path: str, graph=None, stats: bool = True, match: str | None =
         rows, statuses = [], {}
         for layer in layout.bn_layers:
             w = layer.weights
-            missing_key = lambda kind: w.get(kind) or f"{layer.name}/{kind}"  # noqa: E731
-            spec = {"layer": layer.name, "moving_mean": missing_key("moving_mean"),
-                    "moving_variance": missing_key("moving_variance"), "gamma": w.get("gamma"),
-                    "beta": w.get("beta"), "channels": None}
+            # A statistic the file lacks is named after the layer, so its finding says which.
+            spec = {"layer": layer.name,
+                    "moving_mean": w.get("moving_mean") or f"{layer.name}/moving_mean",
+                    "moving_variance": w.get("moving_variance") or f"{layer.name}/moving_variance",
+                    "gamma": w.get("gamma"), "beta": w.get("beta"), "channels": None}
             row, layer_findings = diagnose_bn(spec, set(by_key), values, from_graph=True)
             rows.append((layer, row, layer_findings))
             statuses[layer.name] = row.status
