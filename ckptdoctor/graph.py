@@ -377,8 +377,22 @@ def _flags_from_preds(tracer, preds) -> tuple[str, ...]:
 _UPDATE_DEPTH = 3
 
 
-def _update_targets(tracer) -> dict[str, set]:
-    """Tensor name -> the variables that update ops of the outer graph move towards it.
+def _variable_updates(tracer) -> list[tuple]:
+    """``(op, frame, variable)`` for every op that assigns to a variable, initializers and restores aside."""
+    updates = []
+    for op, frame in tracer.walk():
+        if op.type not in C.ASSIGN_OPS or not op.inputs or op.name.endswith("/Assign"):
+            continue
+        if _is_initializer(op) or _is_restore(op):
+            continue
+        target = tracer.one_source(op.inputs[0], frame)
+        if target is not None:
+            updates.append((op, frame, target))
+    return updates
+
+
+def _update_targets(updates) -> dict[str, set]:
+    """Tensor name -> the variables that update ops of the outer graph (``_variable_updates``) move towards it.
 
     A BN layer whose mode is fixed to training (``training=True`` as a Python constant)
     never reads its moving statistics in the forward pass: only its update ops tie the
@@ -386,13 +400,8 @@ def _update_targets(tracer) -> dict[str, set]:
     pattern) to the moving mean and variance, ``moving -= (moving - batch) * (1 - momentum)``.
     """
     targets: dict[str, set] = {}
-    for op, frame in tracer.walk():
-        if frame or op.type not in C.ASSIGN_OPS or len(op.inputs) < 2 or op.name.endswith("/Assign"):
-            continue
-        if _is_initializer(op) or _is_restore(op):
-            continue
-        target = tracer.one_source(op.inputs[0], frame)
-        if target is None:
+    for op, frame, target in updates:
+        if frame or len(op.inputs) < 2:
             continue
         stack = [(op.inputs[1], 0)]
         seen = set()
@@ -638,7 +647,8 @@ def describe_graph(graph, path: str) -> GraphInfo:
     def k(op_name):
         return None if op_name is None else op_to_key.get(op_name, key_of(op_name))
 
-    targets = _update_targets(tracer)
+    updates = _variable_updates(tracer)
+    targets = _update_targets(updates)
     found = _find_fused(tracer, targets) + _find_nonfused(tracer, targets)
     bn_layers = []
     seen = set()
@@ -660,12 +670,7 @@ def describe_graph(graph, path: str) -> GraphInfo:
 
     moving = {op for m, v, *_ in found for op in (m, v)}
     update_ops = tuple(op.name for op in graph.get_collection("update_ops"))
-    bn_update_ops = set()
-    for op, frame in tracer.walk():
-        if op.type in C.ASSIGN_OPS and op.inputs and not op.name.endswith("/Assign"):
-            target = tracer.one_source(op.inputs[0], frame)
-            if target in moving and not _is_initializer(op) and not _is_restore(op):
-                bn_update_ops.add(frame[0][1].name if frame else op.name)
+    bn_update_ops = {frame[0][1].name if frame else op.name for op, frame, target in updates if target in moving}
     bn_update_ops |= {name for name in update_ops}
 
     apply_ops = [op for op in graph.get_operations() if _is_apply(op.type)]

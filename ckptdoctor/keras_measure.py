@@ -263,7 +263,7 @@ class _Taps:
             if self.outputs is not None:
                 self.outputs[bn.name] = np.asarray(out)
             elif self.reference is not None:  # compared at once: one set of outputs is held, not two
-                self._gaps[bn.name] = _largest_gap(out, self.reference[bn.name])
+                self._gaps[bn.name] = largest_gap(out, self.reference[bn.name])
             return out
 
         object.__setattr__(bn.layer, "call", call)
@@ -483,10 +483,6 @@ def recompute_bn_moments(model, bns: list[BNLayer], frozen: list[BNLayer], xs: l
     check = judge(("model output",), samples, output_scale(references), out_before, out_after, gaps_before,
                   gaps_after)
     return Measured(pooled, gaps_before, gaps_after, check)
-
-
-def _largest_gap(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))) if np.size(a) else 0.0
 
 
 def _np_dtype(variable) -> str:

@@ -38,12 +38,13 @@ import numpy as np
 
 from .data import load_data
 from .errors import BadDataError, CkptDoctorError, OutputExistsError, UnsupportedFormatError
-from .keras_measure import (BNLayer, Measured, variable_values, check_loadable, check_model_inputs,
+from .keras_measure import (BNLayer, variable_values, check_loadable, check_model_inputs,
                             held_in_inference, keras_module, load_keras_model, recompute_bn_moments,
                             trainable_bn_layers)
 from .repairing import check_options
 from .keras_inspect import open_keras_reader
 from .keras_model import describe_keras_file, lambda_layers, model_inputs
+from .selfcheck import verdict
 
 __all__ = ["repair_keras", "default_output"]
 
@@ -218,15 +219,6 @@ def variant_notes(bns: list[BNLayer]) -> list[str]:
             "they are"]
 
 
-def verdict(measured: Measured, held: tuple[str, ...]) -> tuple:
-    """``(refused, findings)`` from the output check: a repair that does not shrink the gap is refused."""
-    from .selfcheck import refusal
-
-    if measured.check.improved:
-        return False, ()
-    return True, (refusal(measured.check, held),)
-
-
 def repair_keras(path: str, data: str, input: str | None = None, batch_size: int = 256,
                  max_samples: int | None = None, method: str = "train", output: str | None = None,
                  in_place: bool = False, dry_run: bool = False, force: bool = False, report: str | None = None,
@@ -290,7 +282,7 @@ def repair_keras(path: str, data: str, input: str | None = None, batch_size: int
         measured = recompute_bn_moments(model, bns, frozen, xs, dtypes, n, batch_size, method, progress)
         replacements, rows = replacement_rows(bns, weights, measured.pooled, stored, n, measured.gaps_before,
                                               measured.gaps_after)
-        refused, findings = verdict(measured, held)
+        refused, findings = verdict(measured.check, held)
 
         written = {"untouched": 0, "updated": 0}
         backup = None

@@ -22,7 +22,7 @@ from .errors import BadDataError, CkptDoctorError, GraphError
 from .estimator import PooledMoments
 from .readers import open_reader
 from .resolve import resolve_checkpoint
-from .selfcheck import OutputCheck, checked_batches, judge, largest_gap, output_scale, refusal
+from .selfcheck import OutputCheck, checked_batches, judge, largest_gap, output_scale, verdict
 
 __all__ = ["LayerRepair", "RepairReport", "repair"]
 
@@ -125,13 +125,6 @@ def _tensor(graph, name: str, what: str):
         raise BadDataError(f"the graph has no {what} named {name!r}") from e
 
 
-def _data_sources(graph):
-    """Placeholders, then the outputs of iterators and queues (feedable too): where data can enter."""
-    sources = [op.outputs[0] for op in _placeholders(graph)]
-    sources += [t for op in graph.get_operations() if op.type in C.DATA_SOURCE_OPS for t in op.outputs]
-    return sources
-
-
 def _choose_inputs(graph, data: dict, input_name: str | None, exclude: set[str]):
     """Map each data array to the tensor it feeds: a placeholder, or an iterator's output.
 
@@ -166,12 +159,11 @@ def _choose_inputs(graph, data: dict, input_name: str | None, exclude: set[str])
         return shape is None or (len(shape) == array.ndim and all(
             s is None or s == d for s, d in zip(shape[1:], array.shape[1:])))
 
-    sources = _data_sources(graph)
-    placeholders = {op.outputs[0].name for op in _placeholders(graph)}
-    candidates = [t for t in sources if t.name in placeholders and t.name not in exclude and t.dtype.is_floating
-                  and fits(t)]
-    if not candidates:
-        candidates = [t for t in sources if t.name not in placeholders and t.dtype.is_floating and fits(t)]
+    candidates = [op.outputs[0] for op in _placeholders(graph)]
+    candidates = [t for t in candidates if t.name not in exclude and t.dtype.is_floating and fits(t)]
+    if not candidates:  # iterators' and queues' outputs can be fed too
+        candidates = [t for op in graph.get_operations() if op.type in C.DATA_SOURCE_OPS for t in op.outputs
+                      if t.dtype.is_floating and fits(t)]
     if len(candidates) == 1:
         return {candidates[0]: array}
     if not candidates:
@@ -447,21 +439,22 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
                     d[flag] = bn_training
                 return d
 
-            outs = {layer.layer: g.get_tensor_by_name(layer.output_tensor) for layer in layers if layer.output_tensor}
-            checked = [b for _, _, b in islice(_batches(inputs, n, batch_size), checked_batches(n, batch_size))] \
-                if final else []
+            # Each BN layer's output (first batch only; without a switch there is no reference) and the
+            # network's final outputs (every checked batch).
+            outs = {layer.layer: g.get_tensor_by_name(layer.output_tensor) for layer in layers
+                    if layer.output_tensor} if flag is not None else {}
+            checked = [b for _, _, b in islice(_batches(inputs, n, batch_size),
+                                                checked_batches(n, batch_size) if final else 1)]
             # The reference: BN in training mode, nothing else. It never reads the moving
             # statistics, so it serves before and after.
             try:
-                reference = [sess.run(final, mode_feed(b, True)) for b in checked]
+                train_outs, reference = _reference(sess, outs, final, mode_feed, checked)
             except tf.errors.OpError as e:  # an output only one branch of a conditional computes, say
                 notes.append(f"the output check could not compute {', '.join(t.name for t in final)} "
                              f"({str(e).splitlines()[0][:120]}): it was not made")
-                final, checked, reference = [], [], []
-            first = checked[0] if checked else next(_batches(inputs, n, batch_size))[2]
-            train_outs = sess.run(outs, mode_feed(first, True)) if flag is not None and outs else {}
-            gaps_before = _gaps(sess, outs, mode_feed, first, train_outs)
-            final_before = _final_gap(sess, final, mode_feed, checked, reference)
+                final, checked = [], checked[:1]
+                train_outs, reference = _reference(sess, outs, final, mode_feed, checked)
+            gaps_before, final_before = _gaps(sess, outs, final, mode_feed, checked, train_outs, reference)
 
             pooled = {layer.layer: PooledMoments(layer.channels) for layer in layers}
             batches = -(-n // batch_size)
@@ -492,14 +485,13 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
                 replacements[layer.moving_variance] = pooled[layer.layer].variance.astype(dtype)
             if method == "train":
                 loader.load(sess, pooled)
-            gaps_after = _gaps(sess, outs, mode_feed, first, train_outs)
-            final_after = _final_gap(sess, final, mode_feed, checked, reference)
+            gaps_after, final_after = _gaps(sess, outs, final, mode_feed, checked, train_outs, reference)
 
         check = None
         if final:
             check = judge(tuple(t.name for t in final), sum(len(next(iter(b.values()))) for b in checked),
                           output_scale(reference), final_before, final_after, gaps_before, gaps_after)
-        refused = check is not None and not check.improved
+        refused, findings = verdict(check, tuple(held))
         rows = []
         for layer in layers:
             rows.append(layer_row(layer, pooled[layer.layer], stored, n, gaps_before, gaps_after))
@@ -518,9 +510,9 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
         gap_note="gaps: largest |inference-mode output - BN-training output| of each BN layer on the first batch"
         if flag is not None else "",
         held_in_inference=tuple(held), output_check=check,
-        findings=(refusal(check, tuple(held)),) if refused else (), refused=refused,
+        findings=findings, refused=refused,
     )
-    if report:
+    if report and not refused:  # a refused repair writes nothing
         from .h5report import write_repair_report
 
         write_repair_report(result, report, force=force)
@@ -582,18 +574,36 @@ class _StatLoader:
             sess.run(fetch, feed)
 
 
-def _final_gap(sess, final, mode_feed, checked, reference) -> float:
-    """Largest |inference-mode output - reference| of the network's final outputs over the checked batches."""
-    return max((largest_gap(sess.run(final, mode_feed(b, False)), ref) for b, ref in zip(checked, reference)),
-               default=0.0)
+def _reference(sess, outs, final, mode_feed, batches) -> tuple[dict, list]:
+    """The BN-training outputs (nothing else in training mode), one pass per batch: each BN layer's
+    (``outs``) on the first batch, and the final outputs on every batch."""
+    layer_ref: dict = {}
+    final_ref: list = []
+    for i, batch in enumerate(batches):
+        want = outs if i == 0 else {}
+        if not want and not final:
+            break
+        got, got_final = sess.run((want, final), mode_feed(batch, True))
+        layer_ref = got if i == 0 else layer_ref
+        final_ref.append(got_final)
+    return layer_ref, final_ref
 
 
-def _gaps(sess, outs, mode_feed, batch, train_outs) -> dict[str, float]:
-    """Largest |inference-mode - training-mode| output of each BN layer on ``batch``."""
-    if not train_outs:
-        return {}
-    infer = sess.run(outs, mode_feed(batch, False))
-    return {name: float(np.max(np.abs(infer[name].astype(np.float64) - train_outs[name]))) for name in outs}
+def _gaps(sess, outs, final, mode_feed, batches, layer_ref, final_ref) -> tuple[dict[str, float], float]:
+    """One inference-mode pass per batch: each BN layer's largest |output - reference| on the first batch,
+    and the final outputs' largest |output - reference| over every batch."""
+    layer_gaps: dict[str, float] = {}
+    gap = 0.0
+    for i, batch in enumerate(batches):
+        want = outs if i == 0 and layer_ref else {}
+        if not want and not final:
+            break
+        got, got_final = sess.run((want, final), mode_feed(batch, False))
+        if want:
+            layer_gaps = {name: largest_gap(got[name], layer_ref[name]) for name in want}
+        if final:
+            gap = max(gap, largest_gap(got_final, final_ref[i]))
+    return layer_gaps, gap
 
 
 def layer_row(layer, pooled, stored, n, gaps_before, gaps_after) -> LayerRepair:

@@ -37,8 +37,9 @@ from .keras_model import CODE_CLASSES, lambda_layers, model_inputs
 from .keras_measure import (check_loadable, check_model_inputs, held_in_inference, keras_module, load_keras_model,
                             recompute_bn_moments, trainable_bn_layers)
 from .keras_repair import (GAP_NOTE, TRAINING_ARGUMENT, check_stored_values, frozen_note, input_arrays,
-                           replacement_rows, variant_notes, verdict)
+                           replacement_rows, variant_notes)
 from .repairing import check_options
+from .selfcheck import verdict
 
 __all__ = ["is_saved_model", "read_keras_metadata", "repair_saved_model"]
 
@@ -313,7 +314,7 @@ def repair_saved_model(path: str, data: str, input: str | None = None, batch_siz
         measured = recompute_bn_moments(model, bns, frozen, xs, dtypes, n, batch_size, method, progress)
         replacements, rows = replacement_rows(bns, keys, measured.pooled, stored, n, measured.gaps_before,
                                               measured.gaps_after)
-        refused, findings = verdict(measured, held)
+        refused, findings = verdict(measured.check, held)
         written, backup = {"untouched": 0, "updated": 0}, None
         if not dry_run and not refused:
             written, backup = _write_directory(path, out, reader, replacements, in_place)

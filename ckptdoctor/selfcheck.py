@@ -31,7 +31,8 @@ import numpy as np
 
 from .diagnose import Finding
 
-__all__ = ["NOT_IMPROVED", "NOISE_FLOOR", "OutputCheck", "checked_batches", "largest_gap", "output_scale", "judge", "refusal"]
+__all__ = ["NOT_IMPROVED", "NOISE_FLOOR", "OutputCheck", "checked_batches", "largest_gap", "output_scale", "judge",
+           "refusal", "verdict"]
 
 #: The finding code of a refused repair (stable).
 NOT_IMPROVED = "repair-not-improved"
@@ -100,6 +101,13 @@ def judge(outputs: tuple[str, ...], samples: int, scale: float, gap_before: floa
         improved = False
     return OutputCheck(outputs=tuple(outputs), samples=int(samples), scale=float(scale), gap_before=float(before),
                        gap_after=float(after), grown=grown, improved=improved)
+
+
+def verdict(check: OutputCheck | None, held: tuple[str, ...] = ()) -> tuple[bool, tuple[Finding, ...]]:
+    """``(refused, findings)``: a repair whose output check did not improve is refused (no check, no refusal)."""
+    if check is None or check.improved:
+        return False, ()
+    return True, (refusal(check, held),)
 
 
 def refusal(check: OutputCheck, held: tuple[str, ...] = ()) -> Finding:
