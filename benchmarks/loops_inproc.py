@@ -7,15 +7,15 @@ checkpoint once, then alternates, ``--reps`` times each, two loops over every ba
 in training mode:
 
 * forward: fetch the network output (``logits:0``), as ``forward.py`` does;
-* repair: fetch repair's per-layer moment ops (``ckptdoctor.repairing._moment_ops``:
+* repair: fetch repair's per-layer moment ops (``ckptdoctor.pipelines.repair._moment_ops``:
   count, mean and M2 of every BN input in float64) and pool them
-  (``PooledMoments.add``), over the batches ``ckptdoctor.repairing._batches`` yields,
+  (``PooledMoments.add``), over the batches ``ckptdoctor.pipelines.repair._batches`` yields,
   exactly repair's loop body.
 
 Same process, same session, interleaved: TensorFlow import, graph import, restore and
 noise between processes do not enter; what remains is the cost of the statistics
 themselves. Each loop runs once untimed first (TensorFlow builds an executor per
-fetch signature on first use). Uses two private helpers of ``ckptdoctor.repairing``.
+fetch signature on first use). Uses two private helpers of ``ckptdoctor.pipelines.repair``.
 """
 
 import argparse
@@ -43,9 +43,9 @@ def main(argv=None) -> int:
     import numpy as np
     import tensorflow as tf
 
-    import ckptdoctor.repairing as repairing
-    from ckptdoctor.estimator import PooledMoments
-    from ckptdoctor.graph import describe_graph, load_graph
+    import ckptdoctor.pipelines.repair as repairing
+    from ckptdoctor.analysis.estimator import PooledMoments
+    from ckptdoctor.formats.tf1.graph import describe_graph, load_graph
 
     meta = args.prefix + ".meta"
     graph, _saver, _meta = load_graph(meta)

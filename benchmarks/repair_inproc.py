@@ -3,7 +3,7 @@
     python benchmarks/repair_inproc.py PREFIX DATA.npy OUTPUT_PREFIX --batch-size 256 --timings OUT.json
 
 Calls the library (what ``ckptdoctor repair`` calls) after TensorFlow is imported,
-and splits the call's time into phases by wrapping some of ``ckptdoctor.repairing``'s
+and splits the call's time into phases by wrapping some of ``ckptdoctor.pipelines.repair``'s
 helpers at run time (the package's files are not touched): the batch loop (from the
 first batch requested to the last one finished: the forward passes plus merging),
 the data check, graph import and analysis, restore, the inference/training "gap"
@@ -79,9 +79,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     import tensorflow  # noqa: F401  (imported first, as the CLI's repair does)
 
-    import ckptdoctor.graph as graph_mod
-    import ckptdoctor.repairing as repairing
-    import ckptdoctor.writer as writer_mod
+    import ckptdoctor.formats.tf1.graph as graph_mod
+    import ckptdoctor.pipelines.repair as repairing
+    import ckptdoctor.writers.bundle as writer_mod
 
     t1 = time.perf_counter()
     patched = {

@@ -406,7 +406,7 @@ def bench_reader(cfg: Config, runner: Runner, work: Path, built: dict) -> dict:
     res: dict = {"main": built[main], "built": built}
 
     log("A1 listing")
-    floor = [PY, "-c", "import fire, ckptdoctor.cli, ckptdoctor.inspection, ckptdoctor.render, ckptdoctor.readers.bundle"]
+    floor = [PY, "-c", "import fire, ckptdoctor.cli, ckptdoctor.pipelines.inspect, ckptdoctor.reports.table, ckptdoctor.readers.bundle"]
     res["list"] = runner.compare(dict(list_cmds(main), floor=floor), cfg.reps_list, cfg.warmup, INSPECT_CODES, "list")
     log("A2 statistics")
     res["stats"] = runner.compare(stats_cmds(main), cfg.reps_stats, cfg.warmup, INSPECT_CODES, "stats")
@@ -779,7 +779,7 @@ def render(cfg: Config, command: str, facts: dict, load_before: str, load_after:
     w(f"### A1. Listing ({cfg.reps_list} repetitions)\n")
     w("* ckptdoctor: `ckptdoctor inspect CKPT --stats=False --graph=False --format json > /dev/null`")
     w("* tensorflow: `python -c \"import tensorflow as tf; tf.train.list_variables(CKPT)\"`")
-    w("* floor: `python -c \"import fire, ckptdoctor.cli, ckptdoctor.inspection, ckptdoctor.render, "
+    w("* floor: `python -c \"import fire, ckptdoctor.cli, ckptdoctor.pipelines.inspect, ckptdoctor.reports.table, "
       "ckptdoctor.readers.bundle\"` (interpreter start-up and the imports the listing needs, reading nothing)\n")
     lst = a["list"]
     w(table(["command", "wall s", "CPU s", "peak RSS MiB", "vs ckptdoctor"], [

@@ -25,14 +25,14 @@ class Outcome:
 def _fmt(format: str) -> str:
     format = str(format).lower()
     if format not in ("table", "json"):
-        from .errors import CkptDoctorError
+        from ckptdoctor.errors import CkptDoctorError
 
         raise CkptDoctorError(f"--format must be table or json, received {format!r}")
     return format
 
 
 def _render_inspect(report, format):
-    from .render import render_inspect, to_json
+    from ckptdoctor.reports.table import render_inspect, to_json
 
     text = to_json(report.to_dict()) if format == "json" else render_inspect(report)
     return Outcome(text, report.exit_code)
@@ -74,7 +74,7 @@ class Commands:
 
         Exit code: 0 no error-level finding, 1 at least one, 2 the checkpoint could not be read.
         """
-        from . import inspect
+        from ckptdoctor.pipelines.inspect import inspect
 
         format = _fmt(format)
         extra = {}
@@ -85,7 +85,7 @@ class Commands:
         result = inspect(str(checkpoint), graph=graph if graph in (None, False) else str(graph),
                          stats=bool(stats), match=None if match is None else str(match), **extra)
         if report:
-            from .h5report import write_report
+            from ckptdoctor.reports.hdf5 import write_report
 
             write_report(result, str(report), force=bool(force))
             print(f"report written to {report}", file=sys.stderr)
@@ -98,7 +98,7 @@ class Commands:
             path: the HDF5 report.
             format: table or json.
         """
-        from .h5report import read_report
+        from ckptdoctor.reports.hdf5 import read_report
 
         return _render_inspect(read_report(str(path)), _fmt(format))
 
@@ -112,8 +112,8 @@ class Commands:
 
         Exit code: 0 identical, 1 different, 2 error.
         """
-        from .diffing import diff
-        from .render import render_diff, to_json
+        from ckptdoctor.pipelines.diff import diff
+        from ckptdoctor.reports.table import render_diff, to_json
 
         format = _fmt(format)
         result = diff(str(a), str(b))
@@ -151,8 +151,8 @@ class Commands:
         Exit code: 0 repaired (or dry run), 1 refused (the repair would not bring the inference outputs closer
         to the reference; nothing written), 2 error.
         """
-        from .render import render_repair, to_json
-        from .repairing import repair
+        from ckptdoctor.reports.table import render_repair, to_json
+        from ckptdoctor.pipelines.repair import repair
 
         format = _fmt(format)
         result = repair(
@@ -172,7 +172,7 @@ def _check_options(argv: list[str]) -> list[str]:
     """Unknown ``--options`` are one-line errors (fire would print its usage screen); ``--no-x`` means ``--x=False``."""
     import inspect as _inspect
 
-    from .errors import CkptDoctorError
+    from ckptdoctor.errors import CkptDoctorError
 
     if not argv or argv[0].startswith("-") or not hasattr(Commands, argv[0]):
         return argv
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ckptdoctor`` console script."""
     import fire
 
-    from .errors import CkptDoctorError
+    from ckptdoctor.errors import CkptDoctorError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv

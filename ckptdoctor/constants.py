@@ -2,6 +2,9 @@
 
 import re
 
+#: The version of ckptdoctor (the package metadata reads it from here).
+VERSION = "0.1.0"
+
 #: Suffixes of BN variables (tf.compat.v1.layers, tf.keras): used only without a graph.
 BN_MOVING_MEAN = "moving_mean"
 BN_MOVING_VARIANCE = "moving_variance"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from .errors import MissingDependencyError
+from ckptdoctor.errors import MissingDependencyError
 
 __all__ = ["import_tensorflow", "tensorflow_available"]
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ckptdoctor.estimator import PooledMoments
+from ckptdoctor.analysis.estimator import PooledMoments
 
 
 @pytest.mark.parametrize("splits", [[1000], [1, 999], [64] * 15 + [40], [3, 500, 7, 490]])

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ckptdoctor.errors import CkptDoctorError
-from ckptdoctor.inspection import inspect
+from ckptdoctor.pipelines.inspect import inspect
 
 SEED = Path(__file__).resolve().parents[1] / "sample_ckpts" / "seed-no-update"
 FILES = ["model.ckpt.index", "model.ckpt.data-00000-of-00001"]

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from ckptdoctor.errors import CheckpointNotFoundError
-from ckptdoctor.resolve import resolve_checkpoint
+from ckptdoctor.readers.resolve import resolve_checkpoint
 
 SEED = Path(__file__).resolve().parents[1] / "sample_ckpts" / "seed"
 

@@ -232,7 +232,7 @@ def test_mutated_savedmodel_files_give_only_our_errors(built, tmp_path, kind, na
     from hypothesis import strategies as st
 
     from ckptdoctor.errors import CkptDoctorError
-    from ckptdoctor.inspection import inspect
+    from ckptdoctor.pipelines.inspect import inspect
 
     folder = tmp_path / kind
     shutil.copytree(built / kind, folder)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ckptdoctor.repairing import LayerRepair, RepairReport
-from ckptdoctor.staleness import ERROR_RATIO, ERROR_SHIFT, MIN_SAMPLES, STALE_CODE, WARN_RATIO, WARN_SHIFT, \
+from ckptdoctor.reports.results import LayerRepair, RepairReport
+from ckptdoctor.analysis.staleness import ERROR_RATIO, ERROR_SHIFT, MIN_SAMPLES, STALE_CODE, WARN_RATIO, WARN_SHIFT, \
     stale_findings
 from conftest import assert_one_line_error, run_cli
 

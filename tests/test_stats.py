@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ckptdoctor.stats import compute_stats
+from ckptdoctor.analysis.stats import compute_stats
 
 
 def chunks(a, n):

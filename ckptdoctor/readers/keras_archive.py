@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import zipfile
 
-from ..errors import CorruptCheckpointError, UnsupportedFormatError
-from .keras_h5 import KerasH5Reader
+from ckptdoctor.errors import CorruptCheckpointError, UnsupportedFormatError
+from ckptdoctor.readers.keras_h5 import KerasH5Reader
 
 __all__ = ["KerasArchiveReader", "is_keras_archive", "CONFIG_MEMBER", "WEIGHTS_MEMBER", "METADATA_MEMBER"]
 

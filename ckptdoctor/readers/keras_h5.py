@@ -22,8 +22,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import CorruptCheckpointError, TensorReadError, UnsupportedFormatError
-from .base import DEFAULT_CHUNK_BYTES, TensorEntry
+from ckptdoctor.errors import CorruptCheckpointError, TensorReadError, UnsupportedFormatError
+from ckptdoctor.readers.base import DEFAULT_CHUNK_BYTES, TensorEntry
 
 __all__ = ["KerasH5Reader", "is_keras_h5"]
 

@@ -31,12 +31,12 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from ..errors import CorruptCheckpointError
-from .protowire import WireFormatError, iter_fields, read_varint
-from .protowire import decode_strings_and_ints as _ints_and_strings
-from .protowire import expect_wire_type as _need
-from .protowire import signed64 as _signed
-from .protowire import text as _text
+from ckptdoctor.errors import CorruptCheckpointError
+from ckptdoctor.readers.protowire import WireFormatError, iter_fields, read_varint
+from ckptdoctor.readers.protowire import decode_strings_and_ints as _ints_and_strings
+from ckptdoctor.readers.protowire import expect_wire_type as _need
+from ckptdoctor.readers.protowire import signed64 as _signed
+from ckptdoctor.readers.protowire import text as _text
 
 __all__ = ["SavedVariable", "SavedNode", "FusedBatchNorm", "read_saved_object_graph", "decode_saved_object_graph",
            "decode_fused_batch_norms", "read_saved_model", "KIND_NAMES"]

@@ -1,0 +1,1 @@
+"""Keras files: ``.keras`` archives, full legacy ``.h5`` and ``.weights.h5``."""

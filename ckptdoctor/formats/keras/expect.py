@@ -1,0 +1,270 @@
+"""The weights Keras itself stores for each layer of a model config, learned by rebuilding the layer.
+
+Which weights a layer class stores (DepthwiseConv2D's ``depthwise_kernel``, an LSTM's
+``cell/vars/0``, MultiHeadAttention's ``query_dense/...``) changes with Keras; a table kept by
+hand falls behind. So the expectation comes from the Keras that wrote the file, when it is
+installed: each layer is rebuilt from its config and asked what it saves.
+
+* Keras 3 (``keras_version`` 3.x): every layer is rebuilt alone from its config item, built with
+  its ``build_config`` input shape, and walked by Keras' own saving walk into a recorder (nothing
+  is written). Keys are relative to the layer's group: ``vars/0``, ``cell/vars/1``. For a Keras 3
+  legacy ``.h5`` the keys are the variables' paths without the layer's own name. Results are
+  cached per config (names aside), so a model of repeated blocks rebuilds each kind once.
+* tf-keras (``keras_version`` 2.x, legacy ``.h5``): its configs carry no input shapes, so the
+  whole model is rebuilt from its config, as ``load_model`` does; each layer's variable names,
+  trainable first (the order tf-keras writes), without their first scope (the layer's own name,
+  which a renamed layer does not change): ``kernel``, ``lstm_cell/kernel``.
+
+Only built-in classes are rebuilt: a config naming ``Lambda``, a function, or a class from a
+module outside Keras is never deserialized (its layers are "not checked"). Keras is imported
+lazily, here only; without it nothing is checked against Keras, never reported missing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+
+__all__ = ["ExpectedWeight", "Expectation", "expect_weights", "legacy_key"]
+
+#: Model classes: their layers are rebuilt one by one, the model itself stores nothing of its own.
+_MODELS = frozenset({"Functional", "Sequential", "Model"})
+#: Config fields that do not change what a layer stores (left out of the cache key).
+_IRRELEVANT = frozenset({"name", "inbound_nodes", "shared_object_id"})
+
+_CACHE: dict[str, tuple | None] = {}
+
+
+@dataclass(frozen=True)
+class ExpectedWeight:
+    """One weight Keras stores for a layer.
+
+    Attributes:
+        key: where, relative to the layer's group: ``vars/0``, ``cell/vars/1`` (Keras 3 layout) or
+            the variable's name without the layer's scope, ``lstm_cell/kernel`` (legacy layout).
+        name: the variable's name for messages: ``kernel``, ``cell/kernel``.
+        shape: its shape.
+    """
+
+    key: str
+    name: str
+    shape: tuple
+
+
+@dataclass
+class Expectation:
+    """What Keras stores for each checked layer (by config path), and which Keras said so."""
+
+    layers: dict = field(default_factory=dict)  # config path -> tuple[ExpectedWeight, ...]
+    keras: str | None = None  # "Keras 3.15.1", "tf-keras 2.21.0"; None: no Keras to ask
+    unchecked: list = field(default_factory=list)  # (layer path, why)
+    reason: str = ""  # why nothing was checked
+
+
+def legacy_key(name: str) -> str:
+    """A legacy variable name without its layer's scope and ``:0``: ``lstm/lstm_cell/kernel:0`` -> ``lstm_cell/kernel``."""
+    name = re.sub(r":\d+$", "", name)
+    return name.split("/", 1)[1] if "/" in name else name
+
+
+def _flavor(keras_version: str | None, layout: str, config: dict) -> str:
+    if keras_version:
+        return "keras3" if keras_version.split(".")[0] == "3" else "tfkeras"
+    if layout == "v3" or _has_build_configs(config):
+        return "keras3"
+    return "tfkeras"
+
+
+def _has_build_configs(obj) -> bool:
+    if isinstance(obj, dict):
+        return "build_config" in obj or any(_has_build_configs(v) for v in obj.values())
+    if isinstance(obj, list):
+        return any(_has_build_configs(v) for v in obj)
+    return False
+
+
+def _unsafe_part(obj) -> str | None:
+    """What in a config would run or import code outside Keras when deserialized (None: nothing)."""
+    if isinstance(obj, dict):
+        cls = obj.get("class_name")
+        if cls is not None:
+            module = obj.get("module")
+            if cls in ("Lambda", "__lambda__") or "function_type" in obj:
+                return str(cls)
+            if module not in (None, "keras", "tf_keras") and not str(module).startswith(("keras.", "tf_keras.")):
+                return f"{cls} from {module}"
+            if obj.get("registered_name") and ">" in str(obj["registered_name"]):
+                return str(obj["registered_name"])
+        for v in obj.values():
+            found = _unsafe_part(v)
+            if found:
+                return found
+    elif isinstance(obj, list):
+        for v in obj:
+            found = _unsafe_part(v)
+            if found:
+                return found
+    return None
+
+
+def _cache_key(flavor: str, item: dict) -> str:
+    def strip(o):
+        if isinstance(o, dict):
+            return {k: strip(v) for k, v in o.items() if k not in _IRRELEVANT}
+        if isinstance(o, list):
+            return [strip(v) for v in o]
+        return o
+
+    return flavor + json.dumps(strip(item), sort_keys=True, default=str)
+
+
+def _import(flavor: str):
+    """The Keras module for ``flavor`` and its label, or (None, why)."""
+    import importlib.util
+
+    from ckptdoctor.errors import MissingDependencyError
+    from ckptdoctor.tfcompat import import_tensorflow
+
+    package = "keras" if flavor == "keras3" else "tf_keras"
+    label = "Keras" if flavor == "keras3" else "tf-keras"
+    try:
+        if importlib.util.find_spec(package) is None:
+            return None, f"{package} is not installed"
+    except (ImportError, ValueError):
+        return None, f"{package} is not installed"
+    try:
+        import_tensorflow()
+        module = __import__(package)
+    except (ImportError, MissingDependencyError) as e:
+        return None, f"{package} cannot be imported ({e})"
+    version = getattr(module, "__version__", "")
+    if flavor == "keras3" and not version.startswith("3"):
+        return None, f"the installed keras is {version}, not Keras 3"
+    return module, f"{label} {version}".strip()
+
+
+def expect_weights(layers: list, config: dict | None, keras_version: str | None, layout: str) -> Expectation:
+    """Rebuild the config's layers with the Keras that wrote the file and list what each one stores.
+
+    Args:
+        layers: the config's ``ConfigLayer`` objects (``path``, ``class_name``, ``item``).
+        config: the whole model config.
+        keras_version: the file's ``keras_version`` (None: guessed from the config's form).
+        layout: ``v3`` (``vars/0`` keys) or ``legacy`` (variable names).
+
+    Returns:
+        An ``Expectation``; a layer missing from ``layers`` of it was not checked (why: ``unchecked``).
+    """
+    out = Expectation()
+    if not config or not layers:
+        return out
+    flavor = _flavor(keras_version, layout, config)
+    if flavor == "tfkeras" and layout != "legacy":
+        out.reason = "tf-keras weights in the Keras 3 layout are not checked against Keras"
+        return out
+    K, label = _import(flavor)
+    if K is None:
+        out.reason = label
+        return out
+    out.keras = label
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deserialization warnings would bury the report on stderr
+        if flavor == "keras3":
+            _rebuild_keras3(K, layers, layout, out)
+        else:
+            _rebuild_tfkeras(K, layers, config, out)
+    return out
+
+
+def _rebuild_keras3(K, layers: list, layout: str, out: Expectation) -> None:
+    from keras.src.saving import saving_lib
+
+    class Recorder(saving_lib.H5IOStore):
+        """Keras' saving walk writes each saveable's variables into ``make(path)``; this keeps them."""
+
+        def __init__(self):  # no file: nothing is written
+            self.made: dict[str, dict] = {}
+
+        def __bool__(self):
+            return True
+
+        def make(self, path, metadata=None):
+            return self.made.setdefault(path, {})
+
+    for layer in layers:
+        item = layer.item
+        if layer.class_name in _MODELS or not isinstance(item, dict):
+            continue
+        unsafe = _unsafe_part(item)
+        if unsafe:
+            out.unchecked.append((layer.path, f"{unsafe} is not rebuilt (code outside Keras)"))
+            continue
+        key = _cache_key("keras3", item)
+        if key not in _CACHE:
+            _CACHE[key] = None
+            try:
+                built = K.saving.deserialize_keras_object(
+                    {k: v for k, v in item.items() if k != "inbound_nodes"}, safe_mode=True)
+                if getattr(built, "built", False):
+                    store = Recorder()
+                    saving_lib._save_state(built, store, None, "", set())
+                    v3 = tuple(
+                        ExpectedWeight(f"{path}/vars/{i}" if path else f"vars/{i}",
+                                       f"{path}/{_var_name(v, i)}" if path else _var_name(v, i), _shape(v))
+                        for path, made in sorted(store.made.items()) for i, v in sorted(made.items(), key=_index))
+                    legacy = tuple(ExpectedWeight(legacy_key(str(v.path)), legacy_key(str(v.path)), _shape(v))
+                                   for v in list(built.trainable_weights) + list(built.non_trainable_weights))
+                    _CACHE[key] = (v3, legacy)
+            # Rebuilding is a best effort on behalf of the user's config: whatever Keras raises
+            # (ValueError, TypeError, NotImplementedError...) means only "this layer is not checked".
+            except Exception as e:  # noqa: BLE001
+                out.unchecked.append((layer.path, f"Keras could not rebuild it ({type(e).__name__}: {e})"[:300]))
+                continue
+        found = _CACHE[key]
+        if found is None:
+            out.unchecked.append((layer.path, "Keras did not build it from its config (no build_config)"))
+            continue
+        out.layers[layer.path] = found[0] if layout == "v3" else found[1]
+
+
+def _index(item) -> tuple:
+    k = item[0]
+    return (0, int(k)) if str(k).isdigit() else (1, str(k))
+
+
+def _var_name(v, i) -> str:
+    name = getattr(v, "name", None)
+    return str(name).rsplit("/", 1)[-1] if name else f"vars/{i}"
+
+
+def _shape(v) -> tuple:
+    return tuple(int(d) for d in getattr(v, "shape", ()))
+
+
+def _rebuild_tfkeras(K, layers: list, config: dict, out: Expectation) -> None:
+    unsafe = _unsafe_part(config)
+    if unsafe:
+        out.reason = f"the config holds {unsafe}, which is never rebuilt (code outside Keras)"
+        return
+    try:
+        model = K.models.model_from_config(config)
+    except Exception as e:  # noqa: BLE001  (as in _rebuild_keras3: a failed rebuild means "not checked")
+        out.reason = f"tf-keras could not rebuild the model from its config ({type(e).__name__}: {e})"[:300]
+        return
+    wanted = {layer.path for layer in layers}
+
+    def walk(container, parent: str) -> None:
+        for sub in getattr(container, "layers", []):
+            path = f"{parent}/{sub.name}" if parent else sub.name
+            if sub.__class__.__name__ in _MODELS or hasattr(sub, "layers") and path in wanted and \
+                    any(p.startswith(path + "/") for p in wanted):
+                walk(sub, path)
+                continue
+            if path in wanted:
+                out.layers[path] = tuple(
+                    ExpectedWeight(legacy_key(w.name), legacy_key(w.name), _shape(w))
+                    for w in list(sub.trainable_weights) + list(sub.non_trainable_weights))
+
+    walk(model, "")

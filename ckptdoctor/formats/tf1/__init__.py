@@ -1,0 +1,1 @@
+"""TF1 checkpoints with their MetaGraphDef (``.meta``)."""

@@ -1,0 +1,1 @@
+"""The pipelines, each written once for every format: inspect, repair, diff."""

@@ -1,0 +1,174 @@
+"""``inspect``, one pipeline for every format: resolve, read tensors, describe the model, diagnose, report.
+
+The format's adapter (``formats.open_model``) resolves the path and reads the
+tensors, and says what the model declares (``Description``). Everything after is
+the same for every format: the BN layers' stored statistics are read and
+diagnosed, frozen-from-the-start layers recognised, every tensor listed with its
+statistics (streamed one tensor at a time), and the findings sorted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from ckptdoctor.analysis.diagnose import Finding, diagnose_bn, frozen_untrained
+from ckptdoctor.analysis.staleness import stale_findings
+from ckptdoctor.analysis.stats import STATS_DTYPES, compute_stats
+from ckptdoctor.errors import CkptDoctorError, GraphError, MissingDependencyError, TensorReadError, UnsupportedFormatError
+from ckptdoctor.formats import open_model
+from ckptdoctor.formats.base import Description, Model
+from ckptdoctor.reports.results import InspectReport, TensorReport, sort_findings, summary
+
+__all__ = ["inspect", "InspectReport", "TensorReport"]
+
+_STATISTICS = ("moving_mean", "moving_variance")
+
+
+def inspect(checkpoint: str, graph: str | bool | None = None, stats: bool = True, match: str | None = None,
+            data: str | None = None, **dry_run) -> InspectReport:
+    """Inspect a checkpoint, SavedModel or Keras file.
+
+    Args:
+        checkpoint: a prefix, any file of the checkpoint, a directory with a
+            ``checkpoint`` state file, a SavedModel directory or a Keras file.
+        graph: what describes the model: a MetaGraphDef, or for a Keras weights
+            file a ``.keras``/full ``.h5``/config ``.json``; None uses what the
+            checkpoint brings (``<prefix>.meta``, the file's own config); False none.
+        stats: compute per-tensor statistics (reads every value).
+        match: a regular expression; only matching tensors are listed (the
+            diagnosis still covers all).
+        data: also check the stored BN statistics against data: a dry-run repair
+            computes what they should be, and layers whose stored statistics are far
+            off get ``bn-stats-stale`` findings (see ``analysis.staleness``).
+        dry_run: ``repair``'s options for that dry run (``input``, ``training``,
+            ``feed``, ``batch_size``, ``max_samples``, ``unsafe``).
+
+    Returns:
+        An ``InspectReport``.
+
+    Raises:
+        CkptDoctorError: the checkpoint or graph cannot be read at all.
+    """
+    pattern = compile_match(match)
+    model = open_model(checkpoint, graph=graph)
+    try:
+        report = _report(model, model.describe(), stats, pattern)
+    finally:
+        model.close()
+    return report if data is None else _against_data(report, checkpoint, graph, data, dry_run)
+
+
+def _against_data(report: InspectReport, checkpoint: str, graph, data: str, options: dict) -> InspectReport:
+    """The report with the ``bn-stats-stale`` findings of a dry-run repair over ``data``.
+
+    A model that cannot be run (no graph, an exported SavedModel) keeps its report, with
+    a note that the statistics were not checked; bad data still fail.
+    """
+    from ckptdoctor.pipelines.data import load_data
+    from ckptdoctor.pipelines.repair import repair
+
+    load_data(data)  # bad data fail first (lazy: memory-mapped or sliced, nothing read whole)
+    try:
+        dry = repair(checkpoint, data, graph=graph if graph not in (None, True, False) else None, dry_run=True,
+                     **options)
+    except (GraphError, UnsupportedFormatError, MissingDependencyError) as e:
+        note = f"BN statistics NOT checked against {data}: {str(e).splitlines()[0]}"
+        return dataclasses.replace(report, notes=tuple(report.notes) + (note,))
+    findings, notes = stale_findings(dry)
+    all_findings = tuple(sort_findings(tuple(report.findings) + tuple(findings)))
+    stale = {f.layer for f in findings}
+    bn_layers = tuple(dataclasses.replace(row, status="stale") if row.layer in stale else row
+                      for row in report.bn_layers)
+    return dataclasses.replace(
+        report, findings=all_findings, notes=tuple(report.notes) + tuple(notes), bn_layers=bn_layers,
+        summary=summary(report.total_tensors, report.total_bytes, report.bn_layers, all_findings),
+    )
+
+
+def compile_match(match: str | None):
+    """The compiled ``--match`` pattern, or None when no pattern was given."""
+    if not match:
+        return None
+    try:
+        return re.compile(match)
+    except re.error as e:
+        raise CkptDoctorError(f"--match {match!r} is not a regular expression: {e}") from e
+
+
+def _report(model: Model, description: Description, stats: bool, pattern) -> InspectReport:
+    reader = model.reader
+    entries = reader.entries()
+    present = {e.name for e in entries}
+    unreadable: dict[str, TensorReadError] = {}
+    specs = description.bn_layers
+    stat_keys = {spec[k] for spec in specs for k in _STATISTICS if spec.get(k)}
+    values = read_stat_values(reader, stat_keys & present, unreadable)
+    diagnosed = [(spec, *diagnose_bn(spec, present, values, from_graph=not description.bn_from_names,
+                                     advice=description.advice)) for spec in specs]
+    diagnosed = frozen_untrained(diagnosed, description.trained)
+    bn_rows = [row for _spec, row, _found in diagnosed]
+    findings = [f for _spec, _row, found in diagnosed for f in found] + list(description.findings)
+    bn_role = {getattr(row, attr): "bn_" + attr for row in bn_rows
+               for attr in ("moving_mean", "moving_variance", "gamma", "beta") if getattr(row, attr)}
+
+    tensors, listed = list_tensors(reader, entries, stats, pattern, description,
+                                   lambda key: bn_role.get(key) or description.role(key), unreadable)
+    findings += listed + [Finding(err.code, "error", None, key, str(err)) for key, err in sorted(unreadable.items())]
+    notes = list(description.notes)
+    if not stats:
+        notes.append("statistics not computed (--stats=False): NaN/Inf in weights not checked")
+    findings = sort_findings(findings)
+    total_bytes = sum(e.nbytes for e in entries)
+    return InspectReport(
+        checkpoint=model.path, format=model.format, graph=description.graph, tensors=tuple(tensors),
+        bn_layers=tuple(bn_rows), findings=tuple(findings), notes=tuple(notes), resolved_from=model.resolved_from,
+        total_tensors=len(entries), total_bytes=total_bytes,
+        summary=summary(len(entries), total_bytes, bn_rows, findings),
+    )
+
+
+def read_stat_values(reader, keys, unreadable: dict) -> dict:
+    """The stored values of ``keys`` (BN moving statistics); the ones that cannot be read go to ``unreadable``."""
+    values = {}
+    for key in sorted(keys):
+        try:
+            values[key] = reader.read(key)
+        except TensorReadError as e:
+            unreadable[key] = e
+    return values
+
+
+def list_tensors(reader, entries, stats: bool, pattern, description: Description, role_of,
+                 unreadable: dict) -> tuple[list[TensorReport], list[Finding]]:
+    """One ``TensorReport`` per entry (matching ``pattern``) and the ``non-finite`` findings.
+
+    Statistics are streamed one tensor at a time; a tensor whose bytes cannot be read
+    is added to ``unreadable`` (and reported as a finding of its own).
+    """
+    tensors, findings = [], []
+    for e in entries:
+        s = None
+        if e.name not in unreadable and stats and e.dtype in STATS_DTYPES:
+            try:
+                s = compute_stats(reader.iter_chunks(e.name))
+            except TensorReadError as err:
+                unreadable[e.name] = err
+        role = role_of(e.name)
+        if s is not None and (s.nan or s.inf) and role not in ("bn_moving_mean", "bn_moving_variance"):
+            findings.append(Finding(
+                "non-finite", "error", None, e.name,
+                f"{e.name} holds {s.nan} NaN and {s.inf} Inf values: training diverged before this was "
+                "saved; restore an earlier checkpoint or lower the learning rate",
+            ))
+        object_path = description.object_path(e)
+        if pattern is not None and not (pattern.search(e.name) or (
+                description.match_object_paths and pattern.search(object_path or ""))):
+            continue
+        tensors.append(TensorReport(
+            name=e.name, dtype=e.dtype, shape=tuple(e.shape), size=e.size, nbytes=e.nbytes,
+            min=s.min if s else None, max=s.max if s else None, mean=s.mean if s else None,
+            std=s.std if s else None, nan=s.nan if s else None, inf=s.inf if s else None,
+            in_graph=description.in_graph(e.name), role=role, object_path=object_path,
+        ))
+    return tensors, findings

@@ -1,0 +1,146 @@
+"""The statistics pass and the output check, written once over any format's ``Runner``.
+
+The target: for each BN layer, the population mean and (biased) variance of its
+input, per channel, as the network computes that input at inference. Layers that
+behave differently in training (dropout, noise, stochastic depth) therefore stay in
+inference mode throughout; only the BN layers are put in training mode.
+
+``train``: one forward pass per batch with the BN layers in training mode, every
+layer's input moments taken at once. Each batch is normalised with its own
+statistics, so with one batch holding all samples every layer's input is exactly what
+inference computes with the new statistics. ``sequential``: layer by layer in the
+order the layers run, the whole network in inference mode, each layer's new
+statistics given to the model (in memory only) before the next layer is measured; it
+reaches the target layer by layer, whatever the batch size. Batches are merged
+exactly by ``PooledMoments``.
+
+The reference, for both methods: the outputs with the BN layers in training mode and
+nothing else in training mode, on the first ``selfcheck.checked_batches`` batches.
+Per layer, on the first batch, and for the network's outputs over those batches: the
+largest |inference-mode output - reference| with the stored statistics and with the
+new ones, judged by ``selfcheck.judge``. Training mode never reads the moving
+statistics, so one reference serves before and after.
+"""
+
+from __future__ import annotations
+
+import sys
+from itertools import islice
+from typing import Callable, Iterator, NamedTuple
+
+from ckptdoctor.analysis.estimator import PooledMoments
+from ckptdoctor.analysis.selfcheck import OutputCheck, checked_batches, judge, largest_gap, output_scale
+from ckptdoctor.runtime.base import OutputUnavailable, Runner
+
+__all__ = ["Measured", "measure", "Progress"]
+
+
+class Measured(NamedTuple):
+    """What the statistics pass measured (all in memory; nothing written)."""
+
+    pooled: dict  # layer name -> PooledMoments of its input
+    gaps_before: dict  # layer name -> largest |inference output - reference output|, stored statistics
+    gaps_after: dict  # the same with the new statistics
+    check: OutputCheck | None  # the outputs' gap to the reference, before and after; None: not measured
+
+
+class Progress:
+    """A one-line progress bar on stderr, shown only on a terminal."""
+
+    def __init__(self, total: int, enabled: bool, label: str):
+        self.total, self.enabled, self.label, self.done = total, enabled and sys.stderr.isatty() and total > 1, label, 0
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        if self.enabled:
+            filled = int(30 * self.done / self.total)
+            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}")
+            if self.done >= self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+class _Reference:
+    """The first batches, their reference outputs, and each layer's reference output on the first."""
+
+    def __init__(self, outputs: bool):
+        self.batches: list = []
+        self.outputs: list = []
+        self.layers: dict = {}
+        self.check_outputs = outputs
+
+    def take(self, runner: Runner, batch: list, first: bool, moments: bool = False):
+        """One BN-training pass that keeps the reference; returns its moments (when asked)."""
+        try:
+            got = runner.run(batch, bn_training=True, moments=moments, keep_layers=first,
+                             outputs=self.check_outputs)
+        except OutputUnavailable as e:
+            runner.notes.append(f"the output check could not compute {', '.join(runner.output_names)} ({e}): "
+                                "it was not made")
+            self.check_outputs = False
+            got = runner.run(batch, bn_training=True, moments=moments, keep_layers=first, outputs=False)
+        if first:
+            self.layers = got.layer_outputs or {}
+        self.batches.append(batch)
+        self.outputs.append(got.outputs)
+        return got.moments
+
+    def gaps(self, runner: Runner) -> tuple[dict, float]:
+        """Inference-mode passes: each layer's gap on the first batch, the outputs' over every kept batch."""
+        layer_gaps: dict = {}
+        gap = 0.0
+        for i, (batch, reference) in enumerate(zip(self.batches, self.outputs)):
+            against = self.layers if i == 0 and self.layers else None
+            if against is None and not self.check_outputs:
+                break
+            got = runner.run(batch, bn_training=False, against=against, outputs=self.check_outputs)
+            if against is not None:
+                layer_gaps = dict(got.layer_gaps or {})
+            if self.check_outputs:
+                gap = max(gap, largest_gap(got.outputs, reference))
+        return layer_gaps, gap
+
+
+def measure(runner: Runner, batches: Callable[[], Iterator[list]], n: int, batch_size: int, method: str,
+            progress: bool) -> Measured:
+    """Pool each target layer's input moments over ``batches()`` (``n`` samples), and check the result.
+
+    ``batches`` is called once per pass over the data and yields one list of arrays
+    (one per input) per batch.
+    """
+    pooled = {t.name: PooledMoments(t.channels) for t in runner.targets}
+    steps = -(-n // batch_size)
+    kept = checked_batches(n, batch_size) if runner.output_names else 1
+    ref = _Reference(outputs=bool(runner.output_names))
+    if method == "train":
+        bar = Progress(steps, progress, "repair")
+        for i, batch in enumerate(batches()):
+            if i < kept:
+                moments = ref.take(runner, batch, first=i == 0, moments=True)
+            else:
+                moments = runner.run(batch, bn_training=True, moments=True, outputs=False).moments
+            for name, (count, mean, m2) in (moments or {}).items():
+                pooled[name].add(count, mean, m2)
+            bar.step()
+    else:
+        for i, batch in enumerate(islice(batches(), kept)):
+            ref.take(runner, batch, first=i == 0)
+    runner.reset()
+    gaps_before, out_before = ref.gaps(runner)
+    if method == "train":
+        runner.load({name: (p.mean, p.variance) for name, p in pooled.items()})
+    else:
+        order = runner.order()
+        bar = Progress(steps * len(order), progress, "repair")
+        for name in order:
+            for batch in batches():
+                pooled[name].add(*runner.layer_moments(name, batch))
+                bar.step()
+            runner.load({name: (pooled[name].mean, pooled[name].variance)})
+    gaps_after, out_after = ref.gaps(runner)
+    check = None
+    if ref.check_outputs:
+        samples = sum(len(batch[0]) for batch in ref.batches)
+        check = judge(runner.output_names, samples, output_scale(ref.outputs), out_before, out_after, gaps_before,
+                      gaps_after)
+    return Measured(pooled, gaps_before, gaps_after, check)

@@ -1,0 +1,137 @@
+"""``repair``, one pipeline for every format: resolve, load data, run the statistics pass, verify, write, report.
+
+Only forward passes run; no weight changes. The format's adapter loads the model and
+binds it to the data (its ``Runner``); ``measure`` pools each BN layer's input moments
+and checks the result against the BN-training reference (``selfcheck``); a repair
+that does not bring the outputs closer is refused and writes nothing. Otherwise the
+adapter writes the input again with only the moving means and variances replaced
+(or added when missing), verifies what it wrote, and renames it into place.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ckptdoctor.analysis.changes import layer_change
+from ckptdoctor.analysis.selfcheck import verdict
+from ckptdoctor.errors import BadDataError, CkptDoctorError, OutputExistsError
+from ckptdoctor.formats import open_model
+from ckptdoctor.formats.base import RepairOptions
+from ckptdoctor.runtime.base import Runner
+from ckptdoctor.pipelines.data import batches, check_data, load_data
+from ckptdoctor.pipelines.measure import Measured, measure
+from ckptdoctor.reports.results import LayerRepair, RepairReport
+
+__all__ = ["LayerRepair", "RepairReport", "repair", "check_options"]
+
+
+def check_options(method: str, batch_size: int, in_place: bool, output: str | None) -> None:
+    """The option checks every repair makes before reading anything."""
+    if method not in ("train", "sequential"):
+        raise CkptDoctorError(f"--method must be train or sequential, received {method!r}")
+    if batch_size < 1:
+        raise CkptDoctorError(f"--batch-size must be at least 1, received {batch_size}")
+    if in_place and output:
+        raise CkptDoctorError("pass either --output or --in-place, not both")
+
+
+def repair(checkpoint: str, data: str, graph: str | None = None, input: str | None = None,
+           training: str | None = None, feed=(), batch_size: int = 256, max_samples: int | None = None,
+           method: str = "train", output: str | None = None, in_place: bool = False, dry_run: bool = False,
+           force: bool = False, report: str | None = None, progress: bool = False,
+           unsafe: bool = False) -> RepairReport:
+    """Recompute every BN layer's moving mean and variance from data.
+
+    With ``method="train"`` each batch runs with the BN layers in training mode, and
+    each layer's new statistics are the exact mean and population variance of its
+    input over every element seen (see ``estimator.PooledMoments``). With
+    ``method="sequential"`` layers are recalibrated one at a time in the order they
+    run, in inference mode, the layers before already recalibrated: for graphs whose
+    BN mode is fixed to inference. See ``measure`` for both.
+
+    Args:
+        checkpoint: the checkpoint, Keras file or SavedModel to repair; never modified
+            (``in_place`` swaps it only after the new one is verified, keeping a backup).
+        data: ``X.npy``, ``data.npz`` (keys name inputs) or ``FILE.h5:dataset``.
+        graph: TF1 checkpoints: the MetaGraphDef; default ``<prefix>.meta``.
+        input: the input the data feed (a placeholder or any feedable tensor, or a
+            Keras input's name); default: the only one that fits.
+        training: TF1: the boolean training switch; default: the one the BN layers depend on.
+        feed: TF1: ``NAME=VALUE`` constants for other placeholders.
+        batch_size: samples per forward pass (consecutive, in file order; the last may be smaller).
+        max_samples: use only the first N samples.
+        method: ``train`` or ``sequential``.
+        output: the output; default ``<prefix>-repaired`` (``model-repaired.keras``, ``dir-repaired``).
+        in_place: replace the input after verification, keeping a backup.
+        dry_run: compute everything, write nothing.
+        force: overwrite an existing output.
+        report: an HDF5 path for per-layer before/after arrays.
+        progress: show a progress bar on stderr (when it is a terminal).
+        unsafe: Keras models: allow Lambda layers (their code runs).
+
+    Returns:
+        A ``RepairReport``; ``refused`` (nothing written) when the output check finds the
+        new statistics no closer to the reference than the stored ones.
+    """
+    options = RepairOptions(data=data, input=input, training=training, feed=tuple(feed), batch_size=batch_size,
+                            max_samples=max_samples, method=method, unsafe=unsafe, progress=progress)
+    check_options(method, batch_size, in_place, output)
+    model = open_model(checkpoint, graph=graph, for_repair=True)
+    try:
+        model.check_repair(options)
+        out = model.output_path(output, in_place, force, dry_run)
+        if report and os.path.exists(report) and not force:
+            raise OutputExistsError(f"{report} exists: pass --force to overwrite it, or choose another --report path")
+        runner = model.runner(load_data(data), options)
+        try:
+            n = _sample_count(runner, data, max_samples)
+            measured = measure(runner, lambda: batches(runner.inputs, n, batch_size), n, batch_size, method, progress)
+        finally:
+            runner.close()
+        replacements, rows = _results(runner, measured, n)
+        refused, findings = verdict(measured.check, runner.held)
+        written = None
+        if not dry_run and not refused:
+            written = model.write(replacements, out, in_place=in_place, force=force)
+    finally:
+        model.close()
+    result = RepairReport(
+        checkpoint=model.path, graph=runner.graph, data=data, inputs=tuple(i.name for i in runner.inputs),
+        training_flag=runner.training_flag, method=method, batch_size=batch_size, samples=n, layers=tuple(rows),
+        output=out if written is not None else None, backup=written.backup if written else None, dry_run=dry_run,
+        untouched=written.untouched if written else 0, updated=written.updated if written else 0,
+        notes=tuple((written.notes if written else ()) + tuple(runner.notes)), gap_note=runner.gap_note,
+        held_in_inference=tuple(runner.held), output_check=measured.check, findings=findings, refused=refused,
+    )
+    if report and not refused:  # a refused repair writes nothing
+        from ckptdoctor.reports.hdf5 import write_repair_report
+
+        write_repair_report(result, report, force=force)
+    return result
+
+
+def _sample_count(runner: Runner, data: str, max_samples: int | None) -> int:
+    """How many samples are used; each input's data checked against the input (shape, dtype, finite)."""
+    n = min(int(i.array.shape[0]) for i in runner.inputs)
+    if max_samples is not None:
+        if max_samples < 1:
+            raise BadDataError(f"--max-samples must be at least 1, received {max_samples}")
+        n = min(n, int(max_samples))
+    for i in runner.inputs:
+        a = i.array
+        check_data(a[:n] if n < a.shape[0] else a, f"{data} ({i.name.split(':')[0]})", i.shape, i.dtype)
+    return n
+
+
+def _results(runner: Runner, measured: Measured, n: int) -> tuple[dict, list[LayerRepair]]:
+    """The new statistics keyed as stored (in the stored dtype), and one report row per layer."""
+    replacements, rows = {}, []
+    for t in runner.targets:
+        p = measured.pooled[t.name]
+        replacements[t.moving_mean] = p.mean.astype(np.dtype(t.dtypes[t.moving_mean]))
+        replacements[t.moving_variance] = p.variance.astype(np.dtype(t.dtypes[t.moving_variance]))
+        rows.append(layer_change(t, p.mean, p.variance, n, measured.gaps_before.get(t.name),
+                                 measured.gaps_after.get(t.name)))
+    return replacements, rows

@@ -1,0 +1,1 @@
+"""What the pipelines return (``results``), rendered as tables and JSON and stored as HDF5."""

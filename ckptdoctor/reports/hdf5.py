@@ -1,0 +1,212 @@
+"""The HDF5 form of an inspect report, written and read back with h5py.
+
+Layout: root attributes ``ckptdoctor_version``, ``checkpoint``, ``format``,
+``graph``, ``created`` (ISO 8601, UTC), plus ``resolved_from``, ``notes`` and
+``summary`` (JSON strings) and ``total_tensors``/``total_bytes``; compound
+datasets ``/tensors``, ``/bn_layers`` and ``/findings`` with the JSON fields as
+columns. Strings are UTF-8; ``shape`` is a JSON string; NaN stands where a
+number does not apply; ``in_graph`` is 1/0/-1 (-1: no graph checked). Empty
+tables are present with zero rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from datetime import datetime, timezone
+
+import numpy as np
+
+from ckptdoctor.writers.atomic import atomic_output
+from ckptdoctor.analysis.diagnose import BNLayerStatus, Finding
+from ckptdoctor.errors import CkptDoctorError, OutputExistsError
+from ckptdoctor.reports.results import InspectReport, TensorReport
+
+__all__ = ["write_report", "read_report", "REPORT_KIND"]
+
+REPORT_KIND = "ckptdoctor-inspect"
+
+
+def _str_dtype():
+    import h5py
+
+    return h5py.string_dtype("utf-8")
+
+
+def _nan(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _opt(value: float):
+    return None if math.isnan(value) else value
+
+
+def _opt_int(value: float):
+    return None if math.isnan(value) else int(value)
+
+
+def _table(group, name, fields, rows):
+    dtype = np.dtype([(f, t) for f, t in fields])
+    data = np.zeros(len(rows), dtype=dtype)
+    for i, row in enumerate(rows):
+        data[i] = row
+    group.create_dataset(name, data=data, maxshape=(None,))
+
+
+def write_report(report: InspectReport, path: str, force: bool = False) -> str:
+    """Write ``report`` to ``path`` (atomically); refuse to overwrite unless ``force``.
+
+    Returns:
+        The path written.
+    """
+    import h5py
+
+    from ckptdoctor.constants import VERSION as __version__
+
+    if os.path.exists(path) and not force:
+        raise OutputExistsError(f"{path} exists: pass --force to overwrite it, or choose another --report path")
+    s = _str_dtype()
+    with atomic_output(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["ckptdoctor_version"] = __version__
+            f.attrs["kind"] = REPORT_KIND
+            f.attrs["checkpoint"] = report.checkpoint
+            f.attrs["format"] = report.format
+            f.attrs["graph"] = report.graph or ""
+            f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            f.attrs["resolved_from"] = report.resolved_from
+            f.attrs["notes"] = json.dumps(list(report.notes))
+            f.attrs["summary"] = json.dumps(report.summary)
+            f.attrs["total_tensors"] = report.total_tensors
+            f.attrs["total_bytes"] = report.total_bytes
+            _table(f, "tensors", [
+                ("name", s), ("dtype", s), ("shape", s), ("size", "<i8"), ("nbytes", "<i8"),
+                ("min", "<f8"), ("max", "<f8"), ("mean", "<f8"), ("std", "<f8"), ("nan", "<f8"), ("inf", "<f8"),
+                ("in_graph", "i1"), ("role", s), ("object_path", s),
+            ], [
+                (t.name, t.dtype, json.dumps(list(t.shape)), t.size, t.nbytes, _nan(t.min), _nan(t.max),
+                 _nan(t.mean), _nan(t.std), _nan(t.nan), _nan(t.inf),
+                 -1 if t.in_graph is None else int(t.in_graph), t.role, t.object_path or "")
+                for t in report.tensors
+            ])
+            _table(f, "bn_layers", [
+                ("layer", s), ("moving_mean", s), ("moving_variance", s), ("gamma", s), ("beta", s),
+                ("channels", "<f8"), ("status", s),
+            ], [
+                (b.layer, b.moving_mean or "", b.moving_variance or "", b.gamma or "", b.beta or "",
+                 _nan(b.channels), b.status)
+                for b in report.bn_layers
+            ])
+            _table(f, "findings", [
+                ("code", s), ("severity", s), ("layer", s), ("tensor", s), ("message", s),
+            ], [
+                (x.code, x.severity, x.layer or "", x.tensor or "", x.message) for x in report.findings
+            ])
+        _check_written(tmp, report)
+    return path
+
+
+def _check_written(tmp: str, report: InspectReport) -> None:
+    back = read_report(tmp)
+    if back.to_dict() != report.to_dict():
+        raise CkptDoctorError(f"the report written to {tmp} does not read back equal; nothing was kept")
+
+
+def _s(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def read_report(path: str) -> InspectReport:
+    """Read a report written by ``write_report``.
+
+    Raises:
+        CkptDoctorError: the file is missing, not HDF5, or not a ckptdoctor report.
+    """
+    import h5py
+
+    if not os.path.isfile(path):
+        raise CkptDoctorError(f"no report at {path}: pass a file written by `ckptdoctor inspect --report`")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise CkptDoctorError(f"{path} is not an HDF5 file ({e}): pass a file written by `ckptdoctor inspect --report`") from e
+    with f:
+        if _s(f.attrs.get("kind", "")) != REPORT_KIND or not all(k in f for k in ("tensors", "bn_layers", "findings")):
+            raise CkptDoctorError(f"{path} is HDF5 but not a ckptdoctor inspect report (no kind={REPORT_KIND} attribute)")
+        try:
+            tensors = tuple(
+                TensorReport(
+                    name=_s(r["name"]), dtype=_s(r["dtype"]), shape=tuple(json.loads(_s(r["shape"]))),
+                    size=int(r["size"]), nbytes=int(r["nbytes"]), min=_opt(r["min"]), max=_opt(r["max"]),
+                    mean=_opt(r["mean"]), std=_opt(r["std"]), nan=_opt_int(r["nan"]), inf=_opt_int(r["inf"]),
+                    in_graph=None if r["in_graph"] < 0 else bool(r["in_graph"]), role=_s(r["role"]),
+                    object_path=_s(r["object_path"]) or None,
+                )
+                for r in f["tensors"][()]
+            )
+            bn = tuple(
+                BNLayerStatus(
+                    layer=_s(r["layer"]), moving_mean=_s(r["moving_mean"]) or None,
+                    moving_variance=_s(r["moving_variance"]) or None, gamma=_s(r["gamma"]) or None,
+                    beta=_s(r["beta"]) or None, channels=_opt_int(r["channels"]), status=_s(r["status"]),
+                )
+                for r in f["bn_layers"][()]
+            )
+            findings = tuple(
+                Finding(code=_s(r["code"]), severity=_s(r["severity"]), layer=_s(r["layer"]) or None,
+                        tensor=_s(r["tensor"]) or None, message=_s(r["message"]))
+                for r in f["findings"][()]
+            )
+            return InspectReport(
+                checkpoint=_s(f.attrs["checkpoint"]), format=_s(f.attrs["format"]),
+                graph=_s(f.attrs["graph"]) or None, tensors=tensors, bn_layers=bn, findings=findings,
+                notes=tuple(json.loads(_s(f.attrs["notes"]))), resolved_from=_s(f.attrs["resolved_from"]),
+                total_tensors=int(f.attrs["total_tensors"]), total_bytes=int(f.attrs["total_bytes"]),
+                summary=json.loads(_s(f.attrs["summary"])),
+            )
+        except (KeyError, ValueError, TypeError) as e:
+            raise CkptDoctorError(f"{path} is a damaged ckptdoctor report ({e}): write it again with --report") from e
+
+
+REPAIR_KIND = "ckptdoctor-repair"
+
+
+def write_repair_report(report, path: str, force: bool = False) -> str:
+    """Write a repair's per-layer before/after arrays and the run's parameters to HDF5.
+
+    Layout: root attributes (``kind``, ``ckptdoctor_version``, ``created``, and every
+    scalar parameter of the run); one group per BN layer under ``/layers`` with
+    datasets ``mean_before``, ``variance_before`` (absent when not stored),
+    ``mean_after``, ``variance_after`` (float64) and attributes ``samples``,
+    ``status_before``, ``moving_mean``, ``moving_variance``, ``gap_before``, ``gap_after``.
+    """
+    import h5py
+
+    from ckptdoctor.constants import VERSION as __version__
+
+    if os.path.exists(path) and not force:
+        raise OutputExistsError(f"{path} exists: pass --force to overwrite it, or choose another --report path")
+    with atomic_output(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["kind"] = REPAIR_KIND
+            f.attrs["ckptdoctor_version"] = __version__
+            f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            for key in ("checkpoint", "graph", "data", "training_flag", "method", "batch_size", "samples",
+                        "output", "backup", "dry_run", "untouched", "updated"):
+                value = getattr(report, key)
+                f.attrs[key] = "" if value is None else value
+            f.attrs["inputs"] = json.dumps(list(report.inputs))
+            group = f.create_group("layers")
+            for layer in report.layers:
+                g = group.create_group(layer.layer.replace("/", "|"))
+                g.attrs["layer"] = layer.layer
+                for key in ("samples", "status_before", "moving_mean", "moving_variance", "channels"):
+                    g.attrs[key] = getattr(layer, key)
+                for key in ("gap_before", "gap_after", "max_mean_shift", "var_ratio_min", "var_ratio_max"):
+                    g.attrs[key] = _nan(getattr(layer, key))
+                for key in ("mean_before", "variance_before", "mean_after", "variance_after"):
+                    value = getattr(layer, key)
+                    if value is not None:
+                        g.create_dataset(key, data=np.asarray(value, np.float64))
+    return path

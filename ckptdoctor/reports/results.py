@@ -1,0 +1,136 @@
+"""What the pipelines return: reports as data, which the rest of ``reports`` renders and stores."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ckptdoctor.analysis.changes import LayerRepair
+from ckptdoctor.analysis.diagnose import SEVERITIES, BNLayerStatus, Finding
+from ckptdoctor.analysis.selfcheck import OutputCheck
+
+__all__ = ["TensorReport", "InspectReport", "RepairReport", "LayerRepair", "summary", "sort_findings"]
+
+
+@dataclass(frozen=True)
+class TensorReport:
+    """One tensor as listed by ``inspect``.
+
+    Statistics are None when not computed (``stats=False``) or not numeric.
+    ``in_graph`` is None when no graph was checked.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    size: int
+    nbytes: int
+    min: float | None = None
+    max: float | None = None
+    mean: float | None = None
+    std: float | None = None
+    nan: int | None = None
+    inf: int | None = None
+    in_graph: bool | None = None
+    role: str = "other"
+    object_path: str | None = None
+
+
+def sort_findings(findings) -> list[Finding]:
+    """Findings in the order inspect lists them: errors, warnings, infos; then by code, layer and tensor."""
+    order = {severity: i for i, severity in enumerate(SEVERITIES)}
+    return sorted(findings, key=lambda f: (order[f.severity], f.code, f.layer or "", f.tensor or ""))
+
+
+def summary(total_tensors: int, total_bytes: int, bn_layers, findings) -> dict:
+    """The counts at the foot of an inspect report."""
+    return {
+        "tensors": total_tensors,
+        "total_bytes": total_bytes,
+        "bn_layers": len(bn_layers),
+        "errors": sum(f.severity == "error" for f in findings),
+        "warnings": sum(f.severity == "warning" for f in findings),
+        "infos": sum(f.severity == "info" for f in findings),
+        "exit_code": 1 if any(f.severity == "error" for f in findings) else 0,
+    }
+
+
+@dataclass(frozen=True)
+class InspectReport:
+    """Everything ``inspect`` found, as data.
+
+    ``exit_code`` is 1 when any finding is an error, else 0.
+    """
+
+    checkpoint: str
+    format: str
+    graph: str | None
+    tensors: tuple[TensorReport, ...]
+    bn_layers: tuple[BNLayerStatus, ...]
+    findings: tuple[Finding, ...]
+    notes: tuple[str, ...] = ()
+    resolved_from: str = ""
+    total_tensors: int = 0
+    total_bytes: int = 0
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if any(f.severity == "error" for f in self.findings) else 0
+
+    def findings_with(self, code: str) -> list[Finding]:
+        """The findings of one code."""
+        return [f for f in self.findings if f.code == code]
+
+    def to_dict(self) -> dict:
+        """The JSON document of the report (``--format json``)."""
+        return {
+            "checkpoint": self.checkpoint,
+            "format": self.format,
+            "graph": self.graph,
+            "tensors": [dict(asdict(t), shape=list(t.shape)) for t in self.tensors],
+            "bn_layers": [asdict(b) for b in self.bn_layers],
+            "findings": [asdict(f) for f in self.findings],
+            "summary": dict(self.summary),
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class RepairReport:
+    """What ``repair`` did."""
+
+    checkpoint: str
+    graph: str
+    data: str
+    inputs: tuple[str, ...]
+    training_flag: str | None
+    method: str
+    batch_size: int
+    samples: int
+    layers: tuple[LayerRepair, ...]
+    output: str | None
+    backup: str | None
+    dry_run: bool
+    untouched: int
+    updated: int
+    notes: tuple[str, ...] = ()
+    gap_note: str = ""
+    #: Layers (Keras) or ops (graphs) that take a training argument or switch but were held in
+    #: inference mode while the BN layers ran in training mode: dropout, noise, stochastic depth...
+    held_in_inference: tuple[str, ...] = ()
+    #: The final output's gap to the reference before and after (``selfcheck``); None when it
+    #: could not be measured (the notes say why).
+    output_check: OutputCheck | None = None
+    #: ``repair-not-improved`` when the repair was refused (nothing written).
+    findings: tuple[Finding, ...] = ()
+    refused: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """1 when the repair was refused (nothing written), else 0."""
+        return 1 if self.refused else 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["layers"] = [asdict(layer) for layer in self.layers]
+        return d

@@ -1,0 +1,1 @@
+"""Running models: loading a Keras model and measuring its BN layers' inputs."""

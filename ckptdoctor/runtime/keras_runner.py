@@ -1,0 +1,242 @@
+"""Running a loaded Keras model: the ``Runner`` of every repair whose model Keras loads.
+
+Each trainable BN layer's input is read where Keras hands it to the layer (``_Taps``
+wraps ``call`` on the layer instance and always unwraps it), so no probe model has to
+reach across a nested model's graph boundary. The same wrapper puts only the BN layers
+in training mode: the model itself is always called with ``training=False``, so
+dropout, noise and stochastic depth stay off. The measuring loop is the pipeline's
+(``pipelines.measure``); this module only runs passes and moves statistics in memory.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from ckptdoctor.analysis.selfcheck import largest_gap
+from ckptdoctor.errors import UnsupportedFormatError
+from ckptdoctor.runtime.base import Input, Pass, Target
+from ckptdoctor.runtime.keras_model import BNLayer, variable_values
+
+__all__ = ["KerasRunner", "TRAINING_ARGUMENT", "GAP_NOTE"]
+
+#: What switches the BN layers between training and inference mode (the report's ``training_flag``): the
+#: model always runs in inference mode, and each BN layer's own call is handed training=True or False.
+TRAINING_ARGUMENT = "model(x, training=False), each BN layer's call(training=True|False)"
+#: The report's explanation of the gap columns (as the graph repair's).
+GAP_NOTE = ("gaps: largest |inference-mode output - reference output| of each BN layer on the first batch; the "
+            "reference runs the BN layers in training mode and every other layer in inference mode")
+
+
+def _layer_axis(layer) -> int:
+    axis = layer.axis
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            raise UnsupportedFormatError(f"BN layer {layer.name} normalises over several axes {list(axis)}: "
+                                         "not supported")
+        axis = axis[0]
+    return int(axis)
+
+
+def _moments(value, axis: int, channels: int):
+    """One batch's count, per-channel mean and centred sum of squares, in float64."""
+    x = np.asarray(value, np.float64)
+    x = np.moveaxis(x, axis % x.ndim, -1).reshape(-1, channels)
+    mean = x.mean(axis=0)
+    return x.shape[0], mean, np.square(x - mean).sum(axis=0)
+
+
+
+
+class _Stop(BaseException):
+    """Ends a forward pass once the measured layer's input was seen (not an Exception: Keras re-raises those)."""
+
+
+def _as_numpy(value):
+    """A model's outputs (a tensor, or lists and dicts of them) as numpy arrays of the same structure."""
+    if isinstance(value, dict):
+        return {k: _as_numpy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_numpy(v) for v in value]
+    return np.asarray(value)
+
+
+class _Taps:
+    """Sees each trainable BN layer's input and output where Keras hands them over, and sets its mode.
+
+    ``call`` is wrapped on each layer instance (and the wrapper removed by ``close``),
+    so inputs are read at any nesting depth, inside Functional, Sequential and
+    subclassed models alike, in Keras 3 and tf-keras: no probe model has to reach
+    across a nested model's graph boundary, and a layer that runs more than once per
+    forward pass (a shared layer or nested model) is seen doing so.
+
+    The model is always called with ``training=False``. With ``bn_training`` set, the
+    wrapper hands each tapped BN layer ``training=True``: the BN layers normalise with
+    their batch's statistics while dropout, noise and stochastic depth stay off, as at
+    inference. Renormalisation (``renorm=True``) is switched off on the tapped layers
+    until ``close``, so that training mode is plain batch normalisation.
+    """
+
+    def __init__(self, bns: list[BNLayer]):
+        self.bns = bns
+        self.axes = {bn.name: _layer_axis(bn.layer) for bn in bns}
+        self.channels = {bn.name: int(bn.layer.moving_mean.shape[0]) for bn in bns}
+        self.calls: list[str] = []
+        self.bn_training = False
+        self.outputs: dict | None = None
+        self.reference: dict | None = None
+        self.layer_gaps: dict[str, float] = {}
+        self.moments: dict | None = None
+        self.only: str | None = None
+        self._tapped = []
+        self._renorm = []
+        try:
+            for bn in bns:
+                self._tap(bn)
+            for bn in bns:
+                if getattr(bn.layer, "renorm", False) is True:
+                    bn.layer.renorm = False
+                    self._renorm.append(bn.layer)
+        except BaseException:
+            self.close()
+            raise
+
+    def _tap(self, bn: BNLayer) -> None:
+        original = bn.layer.call
+
+        def call(*args, **kwargs):
+            self.calls.append(bn.name)
+            if self.bn_training:
+                if len(args) > 1:  # training passed by position: call(inputs, training, mask)
+                    args = (args[0], True) + tuple(args[2:])
+                else:
+                    kwargs["training"] = True
+            if self.moments is not None and self.only in (None, bn.name):
+                x = args[0] if args else kwargs["inputs"]
+                self.moments[bn.name] = _moments(x, self.axes[bn.name], self.channels[bn.name])
+                if self.only is not None:
+                    raise _Stop
+            out = original(*args, **kwargs)
+            if self.outputs is not None:
+                self.outputs[bn.name] = np.asarray(out)
+            elif self.reference is not None:  # compared at once: one set of outputs is held, not two
+                self.layer_gaps[bn.name] = largest_gap(out, self.reference[bn.name])
+            return out
+
+        object.__setattr__(bn.layer, "call", call)
+        self._tapped.append(bn.layer)
+
+    def run(self, model, batch: list, bn_training: bool, keep: bool = False, moments: dict | None = None,
+            only: str | None = None, against: dict | None = None):
+        """One forward pass in inference mode (``bn_training``: the tapped BN layers in training mode); return
+        the model's outputs as numpy. ``keep``: keep each layer's output in ``outputs``; ``against``: compare
+        each layer's output with it into ``layer_gaps``; ``moments``: put each layer's input moments there
+        (``only``: this layer's, then stop and return None)."""
+        self.calls, self.outputs, self.moments, self.only = [], ({} if keep else None), moments, only
+        self.reference, self.layer_gaps = against, {}
+        self.bn_training = bn_training
+        try:
+            return _as_numpy(model(batch[0] if len(batch) == 1 else batch, training=False))
+        except _Stop:
+            return None
+        finally:
+            self.moments, self.only, self.bn_training, self.reference = None, None, False, None
+
+    def close(self) -> None:
+        for layer in self._tapped:
+            if "call" in vars(layer):
+                object.__delattr__(layer, "call")
+        self._tapped = []
+        for layer in self._renorm:
+            layer.renorm = True
+        self._renorm = []
+
+
+
+
+def _check_calls(bns: list[BNLayer], calls: list[str]) -> None:
+    counts = {bn.name: 0 for bn in bns}
+    for name in calls:
+        counts[name] += 1
+    for bn in bns:
+        if counts[bn.name] == 0:
+            raise UnsupportedFormatError(
+                f"BN layer {bn.name} does not run when the model is called: its input cannot be measured; "
+                "set trainable=False on it (repair then leaves it as it is) or remove it")
+        if counts[bn.name] > 1:
+            raise UnsupportedFormatError(
+                f"BN layer {bn.name} runs {counts[bn.name]} times per forward pass (it, or a nested model holding "
+                "it, is shared by several calls): no one moving mean and variance match training mode for every "
+                "call, so repair cannot recompute it; set trainable=False on it to leave it as it is, or give each "
+                "call its own layer")
+
+
+def _assign(bn: BNLayer, mean, variance) -> None:
+    bn.layer.moving_mean.assign(np.asarray(mean).astype(_np_dtype(bn.layer.moving_mean)))
+    bn.layer.moving_variance.assign(np.asarray(variance).astype(_np_dtype(bn.layer.moving_variance)))
+
+
+def _np_dtype(variable) -> str:
+    dtype = variable.dtype
+    return dtype if isinstance(dtype, str) else dtype.name
+
+
+class KerasRunner:
+    """A loaded Keras model bound to the data (see ``formats.base.Runner``).
+
+    Args:
+        model: the loaded model; ``bns`` its trainable BN layers, ``frozen`` the others.
+        targets: one per trainable BN layer, in ``bns``' order, keyed as the file stores them.
+        inputs: the model inputs bound to the data arrays.
+        graph: what described the model, for the report.
+        held: the layers held in inference mode.
+        notes: the report's notes so far.
+    """
+
+    training_flag = TRAINING_ARGUMENT
+    gap_note = GAP_NOTE
+    output_names = ("model output",)
+
+    def __init__(self, model, bns: list[BNLayer], frozen: list[BNLayer], targets: list[Target], inputs: list[Input],
+                 graph: str, held: tuple[str, ...], notes: list[str]):
+        self.targets, self.inputs, self.graph, self.held, self.notes = targets, inputs, graph, held, notes
+        self._model, self._bns = model, bns
+        self._by_name = {bn.name: bn for bn in bns + frozen}
+        self._snapshot = {bn.name: (variable_values(bn.layer.moving_mean), variable_values(bn.layer.moving_variance))
+                          for bn in bns + frozen}
+        self._order: list[str] | None = None
+        self._quiet = warnings.catch_warnings()
+        self._quiet.__enter__()
+        warnings.simplefilter("ignore")  # Keras' UserWarnings would bury the report on stderr
+        self._taps = _Taps(bns)
+
+    def run(self, batch: list, *, bn_training: bool, moments: bool = False, keep_layers: bool = False,
+            against: dict | None = None, outputs: bool = True) -> Pass:
+        got: dict | None = {} if moments else None
+        out = self._taps.run(self._model, batch, bn_training, keep=keep_layers, moments=got, against=against)
+        if self._order is None:  # the first pass shows each layer running once, in which order
+            _check_calls(self._bns, self._taps.calls)
+            self._order = list(dict.fromkeys(self._taps.calls))
+        return Pass(out if outputs else None, self._taps.outputs if keep_layers else None,
+                    dict(self._taps.layer_gaps) if against else None, got)
+
+    def layer_moments(self, name: str, batch: list) -> tuple:
+        got: dict = {}
+        self._taps.run(self._model, batch, bn_training=False, moments=got, only=name)
+        return got[name]
+
+    def order(self) -> list[str]:
+        return list(self._order or [])
+
+    def load(self, statistics: dict) -> None:
+        for name, (mean, variance) in statistics.items():
+            _assign(self._by_name[name], mean, variance)
+
+    def reset(self) -> None:
+        """Undo Keras' own moving-average updates of the training-mode passes."""
+        self.load(self._snapshot)
+
+    def close(self) -> None:
+        self._taps.close()
+        self._quiet.__exit__(None, None, None)

@@ -1,0 +1,1 @@
+"""Writing outputs: atomic names, and TensorFlow bundles verified before they become visible."""
