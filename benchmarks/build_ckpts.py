@@ -31,17 +31,23 @@ def build(tf, prefix: str, small: int, small_shape, big_rows: int, seed: int = 0
     if big_rows:
         big = np.empty((big_rows, BIG_COLUMNS), np.float32)
         for r in range(0, big_rows, 1024):  # bounded temporaries
-            big[r:r + 1024] = rng.standard_normal((min(1024, big_rows - r), BIG_COLUMNS), dtype=np.float32)
+            big[r : r + 1024] = rng.standard_normal((min(1024, big_rows - r), BIG_COLUMNS), dtype=np.float32)
         variables["big"] = tf.Variable(big)
         del big
     started = time.perf_counter()
     tf.train.Checkpoint(**variables).write(prefix)
     written = time.perf_counter() - started
-    files = [prefix + ".index"] + [os.path.join(os.path.dirname(prefix), f)
-                                   for f in os.listdir(os.path.dirname(prefix) or ".")
-                                   if f.startswith(os.path.basename(prefix) + ".data-")]
-    return {"prefix": prefix, "tensors": small + (1 if big_rows else 0),
-            "bytes": sum(os.path.getsize(f) for f in files), "write_s": written}
+    files = [prefix + ".index"] + [
+        os.path.join(os.path.dirname(prefix), f)
+        for f in os.listdir(os.path.dirname(prefix) or ".")
+        if f.startswith(os.path.basename(prefix) + ".data-")
+    ]
+    return {
+        "prefix": prefix,
+        "tensors": small + (1 if big_rows else 0),
+        "bytes": sum(os.path.getsize(f) for f in files),
+        "write_s": written,
+    }
 
 
 def main(spec_path: str) -> int:
@@ -53,8 +59,9 @@ def main(spec_path: str) -> int:
     for item in spec:
         os.makedirs(os.path.dirname(item["prefix"]), exist_ok=True)
         out.append(build(tf, item["prefix"], item["small"], item["small_shape"], item["big_rows"]))
-        print(f"built {item['prefix']}: {out[-1]['tensors']} tensors, {out[-1]['bytes'] / 2**30:.2f} GiB",
-              file=sys.stderr)
+        print(
+            f"built {item['prefix']}: {out[-1]['tensors']} tensors, {out[-1]['bytes'] / 2**30:.2f} GiB", file=sys.stderr
+        )
     print(json.dumps(out))
     return 0
 

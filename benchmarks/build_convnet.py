@@ -76,11 +76,19 @@ def build(outdir: str, steps: int) -> dict:
         sess.run(v1.global_variables_initializer())
         for _ in range(steps):
             batch = images(rng, 64, 16)
-            target = (batch[..., 0].mean(axis=(1, 2)) > 0.5).astype(np.int64) + 2 * (batch[:, :8, :, 1].mean(axis=(1, 2)) > -1)
+            target = (batch[..., 0].mean(axis=(1, 2)) > 0.5).astype(np.int64) + 2 * (
+                batch[:, :8, :, 1].mean(axis=(1, 2)) > -1
+            )
             sess.run(train_op, {x: batch, labels: target, training: True})
         saver.save(sess, prefix)
-    return {"prefix": prefix, "input": "images:0", "training": "training:0", "output": "logits:0",
-            "bn_layers": len(BLOCKS), "steps": steps}
+    return {
+        "prefix": prefix,
+        "input": "images:0",
+        "training": "training:0",
+        "output": "logits:0",
+        "bn_layers": len(BLOCKS),
+        "steps": steps,
+    }
 
 
 def main(argv=None) -> int:
@@ -101,8 +109,12 @@ def run_builder(build_model, doc: str, argv=None, first_seed: int = 10) -> int:
     for seed, spec in enumerate(args.data, start=first_seed):
         name, samples, size = spec.split(":")
         path = os.path.join(args.outdir, name + ".npy")
-        info["data"][name] = {"path": path, "samples": int(samples), "size": int(size),
-                              "bytes": write_data(path, int(samples), int(size), seed)}
+        info["data"][name] = {
+            "path": path,
+            "samples": int(samples),
+            "size": int(size),
+            "bytes": write_data(path, int(samples), int(size), seed),
+        }
     info["build_s"] = time.perf_counter() - started
     print(json.dumps(info))
     return 0

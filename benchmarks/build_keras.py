@@ -41,17 +41,26 @@ def build(outdir: str, steps: int) -> dict:
     n = keras.layers.GlobalAveragePooling2D(name="pool")(n)
     out = keras.layers.Dense(10, name="logits")(n)
     model = keras.Model(inp, out, name="convnet")
-    model.compile(optimizer=keras.optimizers.Adam(0.01),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     rng = np.random.default_rng(1)
     for _ in range(steps):
         batch = images(rng, 64, 16)
-        target = (batch[..., 0].mean(axis=(1, 2)) > 0.5).astype(np.int64) + 2 * (batch[:, :8, :, 1].mean(axis=(1, 2)) > -1)
+        target = (batch[..., 0].mean(axis=(1, 2)) > 0.5).astype(np.int64) + 2 * (
+            batch[:, :8, :, 1].mean(axis=(1, 2)) > -1
+        )
         model.train_on_batch(batch, target)
     path = os.path.join(outdir, "model.keras")
     model.save(path)
-    return {"path": path, "bn_layers": len(BLOCKS), "steps": steps, "keras": keras.__version__,
-            "bytes": os.path.getsize(path), "params": int(model.count_params())}
+    return {
+        "path": path,
+        "bn_layers": len(BLOCKS),
+        "steps": steps,
+        "keras": keras.__version__,
+        "bytes": os.path.getsize(path),
+        "params": int(model.count_params()),
+    }
 
 
 def main(argv=None) -> int:

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
         out = graph.get_tensor_by_name(args.output)
         batches = 0
         for start in range(0, x.shape[0], args.batch_size):
-            sess.run(out, {inp: np.asarray(x[start:start + args.batch_size]), flag: True})
+            sess.run(out, {inp: np.asarray(x[start : start + args.batch_size]), flag: True})
             batches += 1
         phases["loop_s"] = time.perf_counter() - t3
     phases["batches"] = batches

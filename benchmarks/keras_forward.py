@@ -28,8 +28,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     phases = {}
     t0 = time.perf_counter()
-    import numpy as np
     import keras
+    import numpy as np
 
     t1 = time.perf_counter()
     phases["import_s"] = t1 - t0
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     x = np.load(args.data, mmap_mode="r")
     batches = 0
     for start in range(0, x.shape[0], args.batch_size):
-        model(np.asarray(x[start:start + args.batch_size]), training=True)
+        model(np.asarray(x[start : start + args.batch_size]), training=True)
         batches += 1
     phases["loop_s"] = time.perf_counter() - t2
     phases["batches"] = batches

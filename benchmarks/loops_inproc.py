@@ -52,8 +52,12 @@ def main(argv=None) -> int:
     info = describe_graph(graph, meta)
     layers = [layer for layer in info.bn_layers if layer.input_tensor and layer.moving_mean and layer.moving_variance]
     with graph.as_default():
-        moment_ops = {layer.layer: repairing._moment_ops(tf, graph.get_tensor_by_name(layer.input_tensor),
-                                                         layer.channels, layer.axis) for layer in layers}
+        moment_ops = {
+            layer.layer: repairing._moment_ops(
+                tf, graph.get_tensor_by_name(layer.input_tensor), layer.channels, layer.axis
+            )
+            for layer in layers
+        }
         saver = tf.compat.v1.train.Saver()
     inp = graph.get_tensor_by_name(args.input)
     flag = graph.get_tensor_by_name(args.training)
@@ -68,7 +72,7 @@ def main(argv=None) -> int:
             for i, start in enumerate(range(0, n, bs)):
                 if limit is not None and i >= limit:
                     break
-                sess.run(out, {inp: np.asarray(x[start:start + bs]), flag: True})
+                sess.run(out, {inp: np.asarray(x[start : start + bs]), flag: True})
 
         def repair_loop(limit=None):
             pooled = {layer.layer: PooledMoments(layer.channels) for layer in layers}
@@ -86,7 +90,7 @@ def main(argv=None) -> int:
         times = {name: [] for name in loops}
         names = list(loops)
         for rep in range(args.reps):
-            for name in names[rep % 2:] + names[:rep % 2]:
+            for name in names[rep % 2 :] + names[: rep % 2]:
                 start = time.perf_counter()
                 loops[name]()
                 times[name].append(time.perf_counter() - start)

@@ -14,6 +14,7 @@ memory and mapped file pages (approximate: short peaks can be missed).
 Kept to the standard library on purpose: it starts in a few milliseconds.
 """
 
+import contextlib
 import json
 import os
 import resource
@@ -57,30 +58,32 @@ def main(argv: list[str]) -> int:
         print("usage: measure.py [--stdout FILE] [--stderr FILE] -- CMD [ARG...]", file=sys.stderr)
         return 2
     cmd = argv[1:]
-    out = open(stdout_path or os.devnull, "wb")
-    err = open(stderr_path, "wb") if stderr_path else None
     peaks: dict = {}
     stop = threading.Event()
-    start = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=out, stderr=err)
-    sampler = threading.Thread(target=_sample, args=(child.pid, peaks, stop), daemon=True)
-    sampler.start()
-    rc = child.wait()
-    wall = time.perf_counter() - start
-    stop.set()
-    sampler.join()
-    out.close()
-    if err:
-        err.close()
+    with contextlib.ExitStack() as files:
+        out = files.enter_context(open(stdout_path or os.devnull, "wb"))
+        err = files.enter_context(open(stderr_path, "wb")) if stderr_path else None
+        start = time.perf_counter()
+        child = subprocess.Popen(cmd, stdout=out, stderr=err)
+        sampler = threading.Thread(target=_sample, args=(child.pid, peaks, stop), daemon=True)
+        sampler.start()
+        rc = child.wait()
+        wall = time.perf_counter() - start
+        stop.set()
+        sampler.join()
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(json.dumps({
-        "rc": rc,
-        "wall_s": wall,
-        "user_s": usage.ru_utime,
-        "sys_s": usage.ru_stime,
-        "maxrss_kib": usage.ru_maxrss,  # Linux: KiB
-        "sampled_kib": {k: peaks.get(k) for k in _FIELDS},
-    }))
+    print(
+        json.dumps(
+            {
+                "rc": rc,
+                "wall_s": wall,
+                "user_s": usage.ru_utime,
+                "sys_s": usage.ru_stime,
+                "maxrss_kib": usage.ru_maxrss,  # Linux: KiB
+                "sampled_kib": {k: peaks.get(k) for k in _FIELDS},
+            }
+        )
+    )
     return 0
 
 

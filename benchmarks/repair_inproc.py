@@ -33,11 +33,13 @@ def _timed(name: str, fn):
             return fn(*args, **kwargs)
         finally:
             _totals[name] = _totals.get(name, 0.0) + time.perf_counter() - start
+
     return wrapper
 
 
 def _timed_loop(fn):
     """Wrap a batch generator: time from the first batch requested to exhaustion."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         start = None
@@ -48,6 +50,7 @@ def _timed_loop(fn):
         if start is not None:
             _totals["loop_s"] = _totals.get("loop_s", 0.0) + time.perf_counter() - start
             _totals["loops"] = _totals.get("loops", 0) + 1
+
     return wrapper
 
 
@@ -89,16 +92,16 @@ def main(argv=None) -> int:
         "check_data_s": _patch(repairing, "check_data", lambda f: _timed("check_data_s", f)),
         "gaps_s": _patch(repairing, "_gaps", lambda f: _timed("gaps_s", f)),
         "restore_s": _patch_first(repairing, ["_restore", "restore_variables"], lambda f: _timed("restore_s", f)),
-        "load_stats_s": _patch_first(repairing, ["_load", "_StatLoader.load", "StatLoader.load"],
-                                     lambda f: _timed("load_stats_s", f)),
+        "load_stats_s": _patch_first(
+            repairing, ["_load", "_StatLoader.load", "StatLoader.load"], lambda f: _timed("load_stats_s", f)
+        ),
         "graph_s": _patch(graph_mod, "load_graph", lambda f: _timed("graph_s", f))
         and _patch(graph_mod, "describe_graph", lambda f: _timed("graph_s", f)),
         "write_s": _patch(writer_mod, "write_checkpoint", lambda f: _timed("write_s", f)),
     }
     result = repairing.repair(args.prefix, args.data, batch_size=args.batch_size, output=args.output, force=True)
     t2 = time.perf_counter()
-    timings = {"import_s": t1 - t0, "repair_call_s": t2 - t1, "samples": result.samples,
-               "layers": len(result.layers)}
+    timings = {"import_s": t1 - t0, "repair_call_s": t2 - t1, "samples": result.samples, "layers": len(result.layers)}
     for name, ok in patched.items():
         timings[name] = _totals.get(name) if ok else None
     timings["loops"] = _totals.get("loops")

@@ -15,7 +15,8 @@ the per-repetition (paired) ratios.
 Inputs are built by ``build_ckpts.py`` (TensorFlow, eager), ``build_convnet.py``
 (TensorFlow, graph mode) and ``build_keras.py`` (Keras 3, section C) under
 ``bench_work/`` and deleted at the end (``--keep`` keeps them). ``--only keras``
-runs section C alone and replaces only that section of the output file. A quick run writes ``bench_work/BENCHMARKS-quick.md`` unless
+runs section C alone and replaces only that section of the output file. A quick run writes
+``bench_work/BENCHMARKS-quick.md`` unless
 ``--output`` says otherwise, so it never overwrites the real results.
 """
 
@@ -81,18 +82,62 @@ class Config:
     batch_size: int = 256
 
 
-FULL = Config("full", 400, GIB_ROWS, (0.125, 0.25, 0.5, 1.0), (100, 1000, 10000), True,
-              reps_list=7, reps_stats=5, reps_growth=3, warmup=True, train_steps=30,
-              b1_samples=10000, b1_size=16, b1_large_samples=40000, reps_repair=5, reps_repair_large=2,
-              reps_inproc=3, reps_loops=5,
-              b2_small_bytes=200_000_000, b2_big_bytes=2_000_000_000, reps_mem_small=2, reps_mem_big=2,
-              c1_samples=10000, c2_factor=10, reps_keras=5, reps_keras_mem=2)
-QUICK = Config("quick", 25, 1024, (0.5, 1.0), (100, 1000), False,
-               reps_list=1, reps_stats=1, reps_growth=1, warmup=False, train_steps=5,
-               b1_samples=2600, b1_size=8, b1_large_samples=0, reps_repair=1, reps_repair_large=0, reps_inproc=1,
-               reps_loops=1,
-               b2_small_bytes=0, b2_big_bytes=20_000_000, reps_mem_small=1, reps_mem_big=1,
-               c1_samples=1000, c2_factor=10, reps_keras=1, reps_keras_mem=1)
+FULL = Config(
+    "full",
+    400,
+    GIB_ROWS,
+    (0.125, 0.25, 0.5, 1.0),
+    (100, 1000, 10000),
+    True,
+    reps_list=7,
+    reps_stats=5,
+    reps_growth=3,
+    warmup=True,
+    train_steps=30,
+    b1_samples=10000,
+    b1_size=16,
+    b1_large_samples=40000,
+    reps_repair=5,
+    reps_repair_large=2,
+    reps_inproc=3,
+    reps_loops=5,
+    b2_small_bytes=200_000_000,
+    b2_big_bytes=2_000_000_000,
+    reps_mem_small=2,
+    reps_mem_big=2,
+    c1_samples=10000,
+    c2_factor=10,
+    reps_keras=5,
+    reps_keras_mem=2,
+)
+QUICK = Config(
+    "quick",
+    25,
+    1024,
+    (0.5, 1.0),
+    (100, 1000),
+    False,
+    reps_list=1,
+    reps_stats=1,
+    reps_growth=1,
+    warmup=False,
+    train_steps=5,
+    b1_samples=2600,
+    b1_size=8,
+    b1_large_samples=0,
+    reps_repair=1,
+    reps_repair_large=0,
+    reps_inproc=1,
+    reps_loops=1,
+    b2_small_bytes=0,
+    b2_big_bytes=20_000_000,
+    reps_mem_small=1,
+    reps_mem_big=1,
+    c1_samples=1000,
+    c2_factor=10,
+    reps_keras=1,
+    reps_keras_mem=1,
+)
 
 
 def log(msg: str) -> None:
@@ -144,8 +189,9 @@ class Runner:
         wrapper = [PY, MEASURE, "--stderr", str(err)]
         if stdout:
             wrapper += ["--stdout", stdout]
-        proc = subprocess.run(wrapper + ["--"] + [str(c) for c in cmd], capture_output=True, text=True,
-                              timeout=3600, cwd=self.work)
+        proc = subprocess.run(
+            wrapper + ["--"] + [str(c) for c in cmd], capture_output=True, text=True, timeout=3600, cwd=self.work
+        )
         if proc.returncode != 0:
             raise BenchError(f"measure.py failed ({proc.returncode}): {proc.stderr.strip()}")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -153,9 +199,13 @@ class Runner:
             tail = err.read_text(errors="replace").strip().splitlines()[-15:]
             raise BenchError(f"exit code {result['rc']} from {' '.join(map(str, cmd))}:\n" + "\n".join(tail))
         sampled = result["sampled_kib"]
-        return Run(result["wall_s"], result["user_s"] + result["sys_s"], result["maxrss_kib"] * 1024,
-                   None if sampled.get("RssAnon") is None else sampled["RssAnon"] * 1024,
-                   None if sampled.get("RssFile") is None else sampled["RssFile"] * 1024)
+        return Run(
+            result["wall_s"],
+            result["user_s"] + result["sys_s"],
+            result["maxrss_kib"] * 1024,
+            None if sampled.get("RssAnon") is None else sampled["RssAnon"] * 1024,
+            None if sampled.get("RssFile") is None else sampled["RssFile"] * 1024,
+        )
 
     def compare(self, commands: dict, reps: int, warmup: bool, ok_codes=(0,), what: str = "") -> dict:
         """Interleaved repetitions of several commands; the order rotates every repetition."""
@@ -166,7 +216,7 @@ class Runner:
                 self.measure(commands[label], ok_codes)
         out = {label: Series() for label in labels}
         for rep in range(reps):
-            order = labels[rep % len(labels):] + labels[:rep % len(labels)]
+            order = labels[rep % len(labels) :] + labels[: rep % len(labels)]
             for label in order:
                 run = self.measure(commands[label], ok_codes)
                 out[label].runs.append(run)
@@ -222,18 +272,16 @@ def verdict(ok: bool) -> str:
 def machine_facts() -> dict:
     cpu = "unknown"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
     mem = "unknown"
     try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-                break
+        with open("/proc/meminfo") as f:
+            total = next((line.split()[1] for line in f if line.startswith("MemTotal")), None)
+        if total is not None:
+            mem = f"{int(total) / 1024 / 1024:.1f} GiB"
     except OSError:
         pass
 
@@ -286,9 +334,16 @@ def snapshot_package(work: Path) -> Path:
     """
     dest = work / "pkg"
     shutil.copytree(ROOT / "ckptdoctor", dest / "ckptdoctor", ignore=shutil.ignore_patterns("__pycache__"))
-    os.environ["PYTHONPATH"] = str(dest) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
-    found = subprocess.run([PY, "-c", "import ckptdoctor; print(ckptdoctor.__file__)"], capture_output=True, text=True,
-                           cwd=work, timeout=120).stdout.strip()
+    os.environ["PYTHONPATH"] = str(dest) + (
+        os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""
+    )
+    found = subprocess.run(
+        [PY, "-c", "import ckptdoctor; print(ckptdoctor.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        timeout=120,
+    ).stdout.strip()
     if not found.startswith(str(dest)):
         raise BenchError(f"children import ckptdoctor from {found}, not from the snapshot {dest}")
     return dest
@@ -306,8 +361,9 @@ def loadavg() -> str:
 
 def profile_run(args: list, out: Path) -> None:
     cmd = [PY, "-m", "cProfile", "-o", str(out), "-m", "ckptdoctor"] + [str(a) for a in args]
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=3600,
-                          cwd=out.parent)
+    proc = subprocess.run(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=3600, cwd=out.parent
+    )
     if proc.returncode not in (0, 1):
         raise BenchError(f"profiling {' '.join(map(str, args))} failed: {proc.stderr[-2000:]}")
 
@@ -319,9 +375,9 @@ def _func_name(key) -> str:
     path = Path(filename)
     parts = path.parts
     if "ckptdoctor" in parts:
-        short = "/".join(parts[parts.index("ckptdoctor"):])
+        short = "/".join(parts[parts.index("ckptdoctor") :])
     elif "site-packages" in parts:
-        short = "/".join(parts[parts.index("site-packages") + 1:])
+        short = "/".join(parts[parts.index("site-packages") + 1 :])
     else:
         short = path.name
     return f"{short}:{line} {name}"
@@ -334,7 +390,10 @@ _PHASES = [
     ("inspect() (library call)", lambda f, n: f.endswith("ckptdoctor/inspection.py") and n == "inspect"),
     ("  open: read + decode the index", lambda f, n: f.endswith("readers/bundle.py") and n == "__init__"),
     ("  listing (object graph, entries)", lambda f, n: f.endswith("readers/bundle.py") and n == "entries"),
-    ("  statistics (compute_stats, incl. reading)", lambda f, n: f.endswith("ckptdoctor/stats.py") and n == "compute_stats"),
+    (
+        "  statistics (compute_stats, incl. reading)",
+        lambda f, n: f.endswith("ckptdoctor/stats.py") and n == "compute_stats",
+    ),
     ("  reading chunks (copy + CRC)", lambda f, n: f.endswith("readers/bundle.py") and n == "_iter_numeric"),
     ("report to dict", lambda f, n: n == "to_dict" and "ckptdoctor" in f),
     ("JSON rendering", lambda f, n: f.endswith("ckptdoctor/render.py") and n == "to_json"),
@@ -345,7 +404,7 @@ def summarize_profile(path: Path, top: int = 10, phases: list | None = None) -> 
     st = pstats.Stats(str(path))
     total = st.total_tt
     phase_rows = []
-    for label, match in (phases or _PHASES):
+    for label, match in phases or _PHASES:
         if match is None:
             phase_rows.append([label, f"{total:.3f}", "100%"])
             continue
@@ -354,10 +413,14 @@ def summarize_profile(path: Path, top: int = 10, phases: list | None = None) -> 
             cum = max(found)
             phase_rows.append([label, f"{cum:.3f}", f"{100 * cum / total:.0f}%"])
     own = sorted(st.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
-    own_rows = [[f"`{_func_name(k)}`", v[1], f"{v[2]:.3f}", f"{100 * v[2] / total:.0f}%", f"{v[3]:.3f}"]
-                for k, v in own]
-    text = (table(["phase", "cumulative s", "share"], phase_rows) + "\n\nTop functions by own time:\n\n"
-            + table(["function", "calls", "own s", "share", "cumulative s"], own_rows))
+    own_rows = [
+        [f"`{_func_name(k)}`", v[1], f"{v[2]:.3f}", f"{100 * v[2] / total:.0f}%", f"{v[3]:.3f}"] for k, v in own
+    ]
+    text = (
+        table(["phase", "cumulative s", "share"], phase_rows)
+        + "\n\nTop functions by own time:\n\n"
+        + table(["function", "calls", "own s", "share", "cumulative s"], own_rows)
+    )
     return text, own_rows
 
 
@@ -369,17 +432,27 @@ def human_gib(n: int) -> str:
 
 
 def reader_specs(cfg: Config, work: Path) -> tuple[dict, dict]:
-    main = {"prefix": str(work / "ckpt" / "main" / "ckpt"), "small": cfg.main_small, "small_shape": SMALL_SHAPE,
-            "big_rows": cfg.main_big_rows}
+    main = {
+        "prefix": str(work / "ckpt" / "main" / "ckpt"),
+        "small": cfg.main_small,
+        "small_shape": SMALL_SHAPE,
+        "big_rows": cfg.main_big_rows,
+    }
     by_fraction = {}
     for f in cfg.byte_fractions:
         if f == 1.0:
             by_fraction[f] = main
         else:
-            by_fraction[f] = {"prefix": str(work / "ckpt" / f"bytes{f:g}" / "ckpt"), "small": round(cfg.main_small * f),
-                              "small_shape": SMALL_SHAPE, "big_rows": round(cfg.main_big_rows * f)}
-    by_count = {n: {"prefix": str(work / "ckpt" / f"n{n}" / "ckpt"), "small": n, "small_shape": TINY_SHAPE,
-                    "big_rows": 0} for n in cfg.counts}
+            by_fraction[f] = {
+                "prefix": str(work / "ckpt" / f"bytes{f:g}" / "ckpt"),
+                "small": round(cfg.main_small * f),
+                "small_shape": SMALL_SHAPE,
+                "big_rows": round(cfg.main_big_rows * f),
+            }
+    by_count = {
+        n: {"prefix": str(work / "ckpt" / f"n{n}" / "ckpt"), "small": n, "small_shape": TINY_SHAPE, "big_rows": 0}
+        for n in cfg.counts
+    }
     return by_fraction, by_count
 
 
@@ -406,7 +479,12 @@ def bench_reader(cfg: Config, runner: Runner, work: Path, built: dict) -> dict:
     res: dict = {"main": built[main], "built": built}
 
     log("A1 listing")
-    floor = [PY, "-c", "import fire, ckptdoctor.cli, ckptdoctor.pipelines.inspect, ckptdoctor.reports.table, ckptdoctor.readers.bundle"]
+    floor = [
+        PY,
+        "-c",
+        "import fire, ckptdoctor.cli, ckptdoctor.pipelines.inspect, ckptdoctor.reports.table, "
+        "ckptdoctor.readers.bundle",
+    ]
     res["list"] = runner.compare(dict(list_cmds(main), floor=floor), cfg.reps_list, cfg.warmup, INSPECT_CODES, "list")
     log("A2 statistics")
     res["stats"] = runner.compare(stats_cmds(main), cfg.reps_stats, cfg.warmup, INSPECT_CODES, "stats")
@@ -427,8 +505,12 @@ def bench_reader(cfg: Config, runner: Runner, work: Path, built: dict) -> dict:
     res["by_bytes"] = {}
     for f, spec in by_fraction.items():
         if f == 1.0:
-            res["by_bytes"][f] = {"list": res["list"], "stats": res["stats"], "bytes": built[main]["bytes"],
-                                  "tensors": built[main]["tensors"]}
+            res["by_bytes"][f] = {
+                "list": res["list"],
+                "stats": res["stats"],
+                "bytes": built[main]["bytes"],
+                "tensors": built[main]["tensors"],
+            }
             continue
         p = spec["prefix"]
         lc, sc = list_cmds(p), stats_cmds(p)
@@ -437,7 +519,8 @@ def bench_reader(cfg: Config, runner: Runner, work: Path, built: dict) -> dict:
         res["by_bytes"][f] = {
             "list": runner.compare(lc, cfg.reps_growth, False, INSPECT_CODES, f"list {f:g}"),
             "stats": runner.compare(sc, cfg.reps_growth, False, INSPECT_CODES, f"stats {f:g}"),
-            "bytes": built[p]["bytes"], "tensors": built[p]["tensors"],
+            "bytes": built[p]["bytes"],
+            "tensors": built[p]["tensors"],
         }
 
     log("A profiles")
@@ -445,7 +528,14 @@ def bench_reader(cfg: Config, runner: Runner, work: Path, built: dict) -> dict:
     prof.mkdir(exist_ok=True)
     largest = by_count[max(by_count)]["prefix"]
     profiles = {
-        f"listing, {max(by_count)} tensors of 1 KiB": ["inspect", largest, "--stats=False", "--graph=False", "--format", "json"],
+        f"listing, {max(by_count)} tensors of 1 KiB": [
+            "inspect",
+            largest,
+            "--stats=False",
+            "--graph=False",
+            "--format",
+            "json",
+        ],
         "listing, main checkpoint": ["inspect", main, "--stats=False", "--graph=False", "--format", "json"],
         "statistics, main checkpoint": ["inspect", main, "--graph=False", "--format", "json"],
     }
@@ -468,16 +558,34 @@ def bench_repair(cfg: Config, runner: Runner, work: Path, net: dict) -> dict:
     res: dict = {"net": net}
 
     def repair_cmd(npy: str, tag: str) -> list:
-        return [CKPTDOCTOR, "repair", prefix, "--data", npy, "--batch-size", bs,
-                "--output", str(out_dir / f"{tag}.ckpt"), "--force"]
+        return [
+            CKPTDOCTOR,
+            "repair",
+            prefix,
+            "--data",
+            npy,
+            "--batch-size",
+            bs,
+            "--output",
+            str(out_dir / f"{tag}.ckpt"),
+            "--force",
+        ]
 
     counter = {"n": 0}
 
     def forward_cmd(npy: str) -> list:
         # A fresh timings file per run: the loop time of each run is kept.
         counter["n"] += 1
-        return [PY, str(HERE / "forward.py"), prefix, npy, "--batch-size", bs,
-                "--timings", str(timings / f"forward-{Path(npy).stem}-{counter['n']}.json")]
+        return [
+            PY,
+            str(HERE / "forward.py"),
+            prefix,
+            npy,
+            "--batch-size",
+            bs,
+            "--timings",
+            str(timings / f"forward-{Path(npy).stem}-{counter['n']}.json"),
+        ]
 
     def compare_fresh(npy: str, tag: str, reps: int, warmup: bool) -> tuple[dict, list]:
         before = set(timings.glob(f"forward-{Path(npy).stem}-*.json"))
@@ -490,27 +598,41 @@ def bench_repair(cfg: Config, runner: Runner, work: Path, net: dict) -> dict:
                 runner.measure(cmds[label] or forward_cmd(npy))
             before = set(timings.glob(f"forward-{Path(npy).stem}-*.json"))
         for rep in range(reps):
-            order = labels[rep % 2:] + labels[:rep % 2]
+            order = labels[rep % 2 :] + labels[: rep % 2]
             for label in order:
                 run = runner.measure(cmds[label] or forward_cmd(npy))
                 out[label].runs.append(run)
                 log(f"{tag} {label} rep {rep + 1}/{reps}: {run.wall:.2f} s, {run.maxrss / MIB:.0f} MiB")
-        phases = [json.loads(p.read_text()) for p in sorted(set(timings.glob(f"forward-{Path(npy).stem}-*.json")) - before)]
+        phases = [
+            json.loads(p.read_text()) for p in sorted(set(timings.glob(f"forward-{Path(npy).stem}-*.json")) - before)
+        ]
         return out, phases
 
     log("B1 repair vs forward pass")
     res["b1"], res["b1_forward_phases"] = compare_fresh(data["b1"]["path"], "b1", cfg.reps_repair, cfg.warmup)
     if cfg.b1_large_samples:
         res["b1_large"], res["b1_large_forward_phases"] = compare_fresh(
-            data["b1_large"]["path"], "b1-large", cfg.reps_repair_large, False)
+            data["b1_large"]["path"], "b1-large", cfg.reps_repair_large, False
+        )
     # The in-process figures reach into the package's internals: if they moved, say so and go on.
     log("B1 in-process repair phases")
     res["inproc"] = []
     try:
         for i in range(cfg.reps_inproc):
             t = timings / f"repair-inproc-{i}.json"
-            runner.measure([PY, str(HERE / "repair_inproc.py"), prefix, data["b1"]["path"],
-                            str(out_dir / "inproc.ckpt"), "--batch-size", bs, "--timings", str(t)])
+            runner.measure(
+                [
+                    PY,
+                    str(HERE / "repair_inproc.py"),
+                    prefix,
+                    data["b1"]["path"],
+                    str(out_dir / "inproc.ckpt"),
+                    "--batch-size",
+                    bs,
+                    "--timings",
+                    str(t),
+                ]
+            )
             res["inproc"].append(json.loads(t.read_text()))
             log(f"in-process repair {i + 1}/{cfg.reps_inproc}: {res['inproc'][-1]}")
     except BenchError as e:
@@ -520,8 +642,20 @@ def bench_repair(cfg: Config, runner: Runner, work: Path, net: dict) -> dict:
     log("B1 core loops in one session")
     t = timings / "loops.json"
     try:
-        runner.measure([PY, str(HERE / "loops_inproc.py"), prefix, data["b1"]["path"], "--batch-size", bs,
-                        "--reps", str(cfg.reps_loops), "--timings", str(t)])
+        runner.measure(
+            [
+                PY,
+                str(HERE / "loops_inproc.py"),
+                prefix,
+                data["b1"]["path"],
+                "--batch-size",
+                bs,
+                "--reps",
+                str(cfg.reps_loops),
+                "--timings",
+                str(t),
+            ]
+        )
         res["loops"] = json.loads(t.read_text())
         log(f"loops: {res['loops']['times']}")
     except BenchError as e:
@@ -545,19 +679,39 @@ _KERAS_PHASES = [
     ("imports", lambda f, n: n == "_find_and_load"),
     ("repair_keras() (library call)", lambda f, n: f.endswith("ckptdoctor/keras_repair.py") and n == "repair_keras"),
     ("  load the model (Keras)", lambda f, n: f.endswith("ckptdoctor/keras_measure.py") and n == "load_keras_model"),
-    ("  data check (NaN/Inf scan)", lambda f, n: f.endswith("ckptdoctor/keras_measure.py") and n == "check_model_inputs"),
-    ("  batches + moments + gap passes", lambda f, n: f.endswith("ckptdoctor/keras_measure.py")
-     and n == "recompute_bn_moments"),
-    ("    per-batch moments in float64 (numpy)", lambda f, n: f.endswith("ckptdoctor/keras_measure.py") and n == "_moments"),
+    (
+        "  data check (NaN/Inf scan)",
+        lambda f, n: f.endswith("ckptdoctor/keras_measure.py") and n == "check_model_inputs",
+    ),
+    (
+        "  batches + moments + gap passes",
+        lambda f, n: f.endswith("ckptdoctor/keras_measure.py") and n == "recompute_bn_moments",
+    ),
+    (
+        "    per-batch moments in float64 (numpy)",
+        lambda f, n: f.endswith("ckptdoctor/keras_measure.py") and n == "_moments",
+    ),
     ("    pooling (PooledMoments.add)", lambda f, n: f.endswith("ckptdoctor/estimator.py") and n == "add"),
-    ("  copy with the new statistics (h5py)", lambda f, n: f.endswith("ckptdoctor/keras_repair.py") and n == "_copy_with"),
+    (
+        "  copy with the new statistics (h5py)",
+        lambda f, n: f.endswith("ckptdoctor/keras_repair.py") and n == "_copy_with",
+    ),
     ("  verification (read back, compare)", lambda f, n: f.endswith("ckptdoctor/keras_repair.py") and n == "_verify"),
 ]
 
 
 def build_keras_inputs(cfg: Config, work: Path) -> dict:
-    cmd = [PY, str(HERE / "build_keras.py"), str(work / "keras"), "--steps", str(cfg.train_steps),
-           "--data", f"c1:{cfg.c1_samples}:16", "--data", f"c2_big:{cfg.c1_samples * cfg.c2_factor}:16"]
+    cmd = [
+        PY,
+        str(HERE / "build_keras.py"),
+        str(work / "keras"),
+        "--steps",
+        str(cfg.train_steps),
+        "--data",
+        f"c1:{cfg.c1_samples}:16",
+        "--data",
+        f"c2_big:{cfg.c1_samples * cfg.c2_factor}:16",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work, timeout=7200)
     if proc.returncode != 0:
         raise BenchError("building the Keras model failed:\n" + "\n".join(proc.stderr.strip().splitlines()[-20:]))
@@ -576,18 +730,30 @@ def bench_keras(cfg: Config, runner: Runner, work: Path, net: dict) -> dict:
 
     def repair_cmd(npy: str, tag: str, dry: bool = False) -> list:
         return [CKPTDOCTOR, "repair", model, npy, "--batch-size", bs] + (
-            ["--dry-run"] if dry else ["--output", str(out_dir / f"{tag}.keras"), "--force"])
+            ["--dry-run"] if dry else ["--output", str(out_dir / f"{tag}.keras"), "--force"]
+        )
 
     counter = {"n": 0}
 
     def forward_cmd(npy: str) -> list:
         counter["n"] += 1
-        return [PY, str(HERE / "keras_forward.py"), model, npy, "--batch-size", bs,
-                "--timings", str(timings / f"keras-forward-{counter['n']}.json")]
+        return [
+            PY,
+            str(HERE / "keras_forward.py"),
+            model,
+            npy,
+            "--batch-size",
+            bs,
+            "--timings",
+            str(timings / f"keras-forward-{counter['n']}.json"),
+        ]
 
     c1 = data["c1"]["path"]
-    cmds = {"ckptdoctor repair": repair_cmd(c1, "c1"), "ckptdoctor repair --dry-run": repair_cmd(c1, "c1", True),
-            "load + forward pass": None}
+    cmds = {
+        "ckptdoctor repair": repair_cmd(c1, "c1"),
+        "ckptdoctor repair --dry-run": repair_cmd(c1, "c1", True),
+        "load + forward pass": None,
+    }
     labels = list(cmds)
     log("C1 Keras repair vs load + forward pass")
     if cfg.warmup:
@@ -597,14 +763,15 @@ def bench_keras(cfg: Config, runner: Runner, work: Path, net: dict) -> dict:
     first_timed = counter["n"] + 1
     out = {label: Series() for label in labels}
     for rep in range(cfg.reps_keras):
-        order = labels[rep % len(labels):] + labels[:rep % len(labels)]
+        order = labels[rep % len(labels) :] + labels[: rep % len(labels)]
         for label in order:
             run = runner.measure(cmds[label] or forward_cmd(c1))
             out[label].runs.append(run)
             log(f"C1 {label} rep {rep + 1}/{cfg.reps_keras}: {run.wall:.2f} s, {run.maxrss / MIB:.0f} MiB")
     res["c1"] = out
-    res["c1_forward_phases"] = [json.loads((timings / f"keras-forward-{i}.json").read_text())
-                                for i in range(first_timed, counter["n"] + 1)]
+    res["c1_forward_phases"] = [
+        json.loads((timings / f"keras-forward-{i}.json").read_text()) for i in range(first_timed, counter["n"] + 1)
+    ]
 
     log("C2 memory: 10x the data")
     big = data["c2_big"]["path"]
@@ -630,12 +797,19 @@ def keras_goals(c: dict) -> list:
     mem = big.median("maxrss") / small.median("maxrss")
     d = c["net"]["data"]
     return [
-        [f"C1 Keras repair (whole CLI) ≤1.5x loading the .keras + one training-mode forward pass "
-         f"({d['c1']['samples']} samples)", fmt_ratio(small, c1["load + forward pass"]), verdict(r1 <= 1.5)],
-        [f"C2 peak RSS of the Keras repair ≤1.2x for 10x the data ({human_gib(d['c1']['bytes'])} vs "
-         f"{human_gib(d['c2_big']['bytes'])})",
-         f"{mem:.2f}x ({small.median('maxrss') / MIB:.0f} vs {big.median('maxrss') / MIB:.0f} MiB; file-backed "
-         f"{fmt_mib(small, 'file')} vs {fmt_mib(big, 'file')})", verdict(mem <= 1.2)],
+        [
+            f"C1 Keras repair (whole CLI) ≤1.5x loading the .keras + one training-mode forward pass "
+            f"({d['c1']['samples']} samples)",
+            fmt_ratio(small, c1["load + forward pass"]),
+            verdict(r1 <= 1.5),
+        ],
+        [
+            f"C2 peak RSS of the Keras repair ≤1.2x for 10x the data ({human_gib(d['c1']['bytes'])} vs "
+            f"{human_gib(d['c2_big']['bytes'])})",
+            f"{mem:.2f}x ({small.median('maxrss') / MIB:.0f} vs {big.median('maxrss') / MIB:.0f} MiB; file-backed "
+            f"{fmt_mib(small, 'file')} vs {fmt_mib(big, 'file')})",
+            verdict(mem <= 1.2),
+        ],
     ]
 
 
@@ -645,50 +819,83 @@ def render_keras(cfg: Config, c: dict, header: str) -> str:
     net, d = c["net"], c["net"]["data"]
     w("## C. Keras repair\n")
     w(header + "\n")
-    w(f"Model: `benchmarks/build_keras.py`, Keras {net['keras']} (TensorFlow backend), functional: input "
-      f"`(None, None, 3)`, {net['bn_layers']} blocks of `Conv2D` 3x3 (no bias) + `BatchNormalization(momentum=0.99)` "
-      "+ ReLU, 16-16-16-32-32-32-32-32 channels (stride 2 at the first 32 and the seventh block), global average pool, "
-      f"`Dense(10)`; {net['params']} parameters, {net['steps']} Adam steps (`train_on_batch`), so the moving "
-      f"statistics are stale; saved as `model.keras` ({net['bytes'] / 1024:.0f} KiB). Data: float32 16x16x3 images, "
-      f"memory-mapped `.npy`. Batch size {cfg.batch_size} everywhere.\n")
-    w("* ckptdoctor repair: `ckptdoctor repair model.keras X.npy --batch-size 256 --output OUT.keras --force` (the "
-      "whole CLI: load with Keras in safe mode, data check, every batch `model(x, training=True)` with each BN "
-      "layer's `call` wrapped to read its input, per-channel moments pooled in float64 numpy, gap passes on the "
-      "first batch before and after, the h5py copy, read back and verified)")
+    w(
+        f"Model: `benchmarks/build_keras.py`, Keras {net['keras']} (TensorFlow backend), functional: input "
+        f"`(None, None, 3)`, {net['bn_layers']} blocks of `Conv2D` 3x3 (no bias) + "
+        "`BatchNormalization(momentum=0.99)` + ReLU, 16-16-16-32-32-32-32-32 channels (stride 2 at the first 32 "
+        "and the seventh block), global average pool, "
+        f"`Dense(10)`; {net['params']} parameters, {net['steps']} Adam steps (`train_on_batch`), so the moving "
+        f"statistics are stale; saved as `model.keras` ({net['bytes'] / 1024:.0f} KiB). Data: float32 16x16x3 images, "
+        f"memory-mapped `.npy`. Batch size {cfg.batch_size} everywhere.\n"
+    )
+    w(
+        "* ckptdoctor repair: `ckptdoctor repair model.keras X.npy --batch-size 256 --output OUT.keras --force` (the "
+        "whole CLI: load with Keras in safe mode, data check, every batch `model(x, training=True)` with each BN "
+        "layer's `call` wrapped to read its input, per-channel moments pooled in float64 numpy, gap passes on the "
+        "first batch before and after, the h5py copy, read back and verified)"
+    )
     w("* `--dry-run`: the same without writing and verifying the output")
-    w("* load + forward pass: `python benchmarks/keras_forward.py model.keras X.npy --batch-size 256`: "
-      "`keras.saving.load_model(path, compile=False)`, then `model(batch, training=True)` over the same batches: "
-      "what a user recalibrating by hand would run, minus any bookkeeping\n")
+    w(
+        "* load + forward pass: `python benchmarks/keras_forward.py model.keras X.npy --batch-size 256`: "
+        "`keras.saving.load_model(path, compile=False)`, then `model(batch, training=True)` over the same batches: "
+        "what a user recalibrating by hand would run, minus any bookkeeping\n"
+    )
     w("### Goals\n")
     w(table(["goal", "measured (ratio of medians)", "verdict"], keras_goals(c)))
     w("")
     c1 = c["c1"]
     base = c1["load + forward pass"]
-    w(f"### C1. Keras repair vs load + one forward pass: {d['c1']['samples']} samples "
-      f"({human_gib(d['c1']['bytes'])}), {cfg.reps_keras} repetitions, interleaved"
-      + (", after one warm-up of each" if cfg.warmup else "") + "\n")
-    w(table(["command", "wall s", "CPU s", "peak RSS MiB", "÷ load + forward pass"], [
-        [label, fmt_s(s), fmt_s(s, "cpu"), fmt_mib(s), "1" if s is base else fmt_ratio(s, base)]
-        for label, s in c1.items()]))
+    w(
+        f"### C1. Keras repair vs load + one forward pass: {d['c1']['samples']} samples "
+        f"({human_gib(d['c1']['bytes'])}), {cfg.reps_keras} repetitions, interleaved"
+        + (", after one warm-up of each" if cfg.warmup else "")
+        + "\n"
+    )
+    w(
+        table(
+            ["command", "wall s", "CPU s", "peak RSS MiB", "÷ load + forward pass"],
+            [
+                [label, fmt_s(s), fmt_s(s, "cpu"), fmt_mib(s), "1" if s is base else fmt_ratio(s, base)]
+                for label, s in c1.items()
+            ],
+        )
+    )
     w("")
     full, dry = c1["ckptdoctor repair"], c1["ckptdoctor repair --dry-run"]
-    w(f"Writing + verifying the output (full ÷ dry run): {fmt_ratio(full, dry)}, "
-      f"{full.median() - dry.median():+.2f} s in medians.\n")
+    w(
+        f"Writing + verifying the output (full ÷ dry run): {fmt_ratio(full, dry)}, "
+        f"{full.median() - dry.median():+.2f} s in medians.\n"
+    )
     fp = c["c1_forward_phases"]
     if fp:
-        w("Phases of the baseline (medians of its timed runs): "
-          + ", ".join(f"{k[:-2]} {median_of(fp, k):.2f} s" for k in ("import_s", "load_s", "loop_s", "total_s"))
-          + ".\n")
+        w(
+            "Phases of the baseline (medians of its timed runs): "
+            + ", ".join(f"{k[:-2]} {median_of(fp, k):.2f} s" for k in ("import_s", "load_s", "loop_s", "total_s"))
+            + ".\n"
+        )
     big = c["c2_big"]
-    w(f"### C2. Peak memory vs data size: {d['c1']['samples']} vs {d['c2_big']['samples']} samples "
-      f"({human_gib(d['c1']['bytes'])} vs {human_gib(d['c2_big']['bytes'])}), same model and batch size\n")
-    w(table(["data", "runs", "wall s", "peak RSS MiB", "anon MiB (sampled)", "file-backed MiB (sampled)"], [
-        [human_gib(d[k]["bytes"]), len(s.runs), fmt_s(s), fmt_mib(s), fmt_mib(s, "anon"), fmt_mib(s, "file")]
-        for k, s in (("c1", full), ("c2_big", big))]))
+    w(
+        f"### C2. Peak memory vs data size: {d['c1']['samples']} vs {d['c2_big']['samples']} samples "
+        f"({human_gib(d['c1']['bytes'])} vs {human_gib(d['c2_big']['bytes'])}), same model and batch size\n"
+    )
+    w(
+        table(
+            ["data", "runs", "wall s", "peak RSS MiB", "anon MiB (sampled)", "file-backed MiB (sampled)"],
+            [
+                [human_gib(d[k]["bytes"]), len(s.runs), fmt_s(s), fmt_mib(s), fmt_mib(s, "anon"), fmt_mib(s, "file")]
+                for k, s in (("c1", full), ("c2_big", big))
+            ],
+        )
+    )
     w("")
-    w(f"The small row is C1's repair runs. Big ÷ small peak RSS: **{big.median('maxrss') / full.median('maxrss'):.2f}x**.\n")
-    w("### Where the time goes (cProfile, one repair of the C1 data; deterministic profiling adds overhead to "
-      "Python-level calls, so shares are indicative)\n")
+    w(
+        "The small row is C1's repair runs. Big ÷ small peak RSS: "
+        f"**{big.median('maxrss') / full.median('maxrss'):.2f}x**.\n"
+    )
+    w(
+        "### Where the time goes (cProfile, one repair of the C1 data; deterministic profiling adds overhead to "
+        "Python-level calls, so shares are indicative)\n"
+    )
     w(c.get("profile") or f"Not available in this run: {c.get('profile_error', 'not run')}")
     w("")
     return "\n".join(out) + "\n"
@@ -709,32 +916,47 @@ def median_of(dicts: list, key: str):
     return statistics.median(vals) if vals else None
 
 
-def render(cfg: Config, command: str, facts: dict, load_before: str, load_after: str, elapsed: float,
-           a: dict, b: dict) -> str:
+def render(
+    cfg: Config, command: str, facts: dict, load_before: str, load_after: str, elapsed: float, a: dict, b: dict
+) -> str:
     out = []
     w = out.append
     w("# ckptdoctor benchmarks\n")
-    w(f"Produced by `{command}` on {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} "
-      f"({cfg.name} run, {elapsed / 60:.1f} min). Regenerate with the same command; "
-      "`benchmarks/README.md` says what each part measures.\n")
+    w(
+        f"Produced by `{command}` on {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} "
+        f"({cfg.name} run, {elapsed / 60:.1f} min). Regenerate with the same command; "
+        "`benchmarks/README.md` says what each part measures.\n"
+    )
     w("## Machine\n")
-    w(table(["fact", "value"], [[k, v] for k, v in facts.items()]
-            + [["load average (start / end)", f"{load_before} / {load_after}"]]))
+    w(
+        table(
+            ["fact", "value"],
+            [[k, v] for k, v in facts.items()] + [["load average (start / end)", f"{load_before} / {load_after}"]],
+        )
+    )
     w("")
     w("## How to read the figures\n")
-    w("* Every timed command is a **fresh process** (`subprocess`), started through `benchmarks/measure.py`, which "
-      "times the child alone (wall clock) and reads the child's peak RSS from `getrusage(RUSAGE_CHILDREN)`; one "
-      "wrapper per child, so children never mix.")
-    w("* Figures are **median (min–max)** over the repetitions, in seconds unless stated. Alternatives run "
-      "interleaved in the same run (the order rotates each repetition); A1, A2 and B1 start with one untimed "
-      "warm-up of each program, the growth tables and B2 then run on warm caches (their files were just written), "
-      "so the page cache is warm for both sides. Comparisons are ratios of medians, with the range of the "
-      "per-repetition (paired) ratios.")
-    w("* The package is copied at the start (`bench_work/run-*/pkg`); every child imports that copy (PYTHONPATH, "
-      "run from the working folder), so edits made to the tree during the run cannot mix versions.")
+    w(
+        "* Every timed command is a **fresh process** (`subprocess`), started through `benchmarks/measure.py`, which "
+        "times the child alone (wall clock) and reads the child's peak RSS from `getrusage(RUSAGE_CHILDREN)`; one "
+        "wrapper per child, so children never mix."
+    )
+    w(
+        "* Figures are **median (min–max)** over the repetitions, in seconds unless stated. Alternatives run "
+        "interleaved in the same run (the order rotates each repetition); A1, A2 and B1 start with one untimed "
+        "warm-up of each program, the growth tables and B2 then run on warm caches (their files were just written), "
+        "so the page cache is warm for both sides. Comparisons are ratios of medians, with the range of the "
+        "per-repetition (paired) ratios."
+    )
+    w(
+        "* The package is copied at the start (`bench_work/run-*/pkg`); every child imports that copy (PYTHONPATH, "
+        "run from the working folder), so edits made to the tree during the run cannot mix versions."
+    )
     w("* The machine is shared and noisy (see the load average): read the ratios, not the absolute times.")
-    w("* Peak RSS counts every resident page, also pages of memory-mapped files. `anon` / `file` split the peak as "
-      "sampled from `/proc/PID/status` every 20 ms (approximate).\n")
+    w(
+        "* Peak RSS counts every resident page, also pages of memory-mapped files. `anon` / `file` split the peak as "
+        "sampled from `/proc/PID/status` every 20 ms (approximate).\n"
+    )
 
     # ---- summary of goals
     main = a["main"]
@@ -746,55 +968,110 @@ def render(cfg: Config, command: str, facts: dict, load_before: str, load_after:
     mem_ratio = big.median("maxrss") / small.median("maxrss")
     w("## Goals\n")
     rows = [
-        ["A1 listing ≥10x faster than `tf.train.list_variables`", fmt_ratio(a["list"]["tensorflow"], a["list"]["ckptdoctor"]),
-         verdict(list_ratio >= 10)],
-        ["A2 full statistics ≥3x faster than TF + numpy", fmt_ratio(a["stats"]["tensorflow"], a["stats"]["ckptdoctor"]),
-         verdict(stats_ratio >= 3)],
-        ["A3 peak RSS of the statistics run ≤300 MiB", f"{rss / MIB:.0f} MiB (anon / file-backed, sampled: "
-         f"{fmt_mib(a['stats']['ckptdoctor'], 'anon')} / {fmt_mib(a['stats']['ckptdoctor'], 'file')}; TF + numpy: "
-         f"{a['stats']['tensorflow'].median('maxrss') / MIB:.0f} MiB)", verdict(rss <= 300 * MIB)],
-        [f"B1 repair ≤1.3x one training-mode forward pass ({b['net']['data']['b1']['samples']} samples)",
-         fmt_ratio(b["b1"]["ckptdoctor repair"], b["b1"]["forward pass"]), verdict(b1_ratio <= 1.3)],
-        [f"B2 peak RSS equal within 10% for {human_gib(b['net']['data']['b2_small']['bytes'])} vs "
-         f"{human_gib(b['net']['data']['b2_big']['bytes'])} of data",
-         f"{mem_ratio:.2f}x ({small.median('maxrss') / MIB:.0f} vs {big.median('maxrss') / MIB:.0f} MiB; file-backed "
-         f"{fmt_mib(small, 'file')} vs {fmt_mib(big, 'file')})",
-         verdict(abs(mem_ratio - 1) <= 0.10)],
+        [
+            "A1 listing ≥10x faster than `tf.train.list_variables`",
+            fmt_ratio(a["list"]["tensorflow"], a["list"]["ckptdoctor"]),
+            verdict(list_ratio >= 10),
+        ],
+        [
+            "A2 full statistics ≥3x faster than TF + numpy",
+            fmt_ratio(a["stats"]["tensorflow"], a["stats"]["ckptdoctor"]),
+            verdict(stats_ratio >= 3),
+        ],
+        [
+            "A3 peak RSS of the statistics run ≤300 MiB",
+            f"{rss / MIB:.0f} MiB (anon / file-backed, sampled: "
+            f"{fmt_mib(a['stats']['ckptdoctor'], 'anon')} / {fmt_mib(a['stats']['ckptdoctor'], 'file')}; TF + numpy: "
+            f"{a['stats']['tensorflow'].median('maxrss') / MIB:.0f} MiB)",
+            verdict(rss <= 300 * MIB),
+        ],
+        [
+            f"B1 repair ≤1.3x one training-mode forward pass ({b['net']['data']['b1']['samples']} samples)",
+            fmt_ratio(b["b1"]["ckptdoctor repair"], b["b1"]["forward pass"]),
+            verdict(b1_ratio <= 1.3),
+        ],
+        [
+            f"B2 peak RSS equal within 10% for {human_gib(b['net']['data']['b2_small']['bytes'])} vs "
+            f"{human_gib(b['net']['data']['b2_big']['bytes'])} of data",
+            f"{mem_ratio:.2f}x ({small.median('maxrss') / MIB:.0f} vs {big.median('maxrss') / MIB:.0f} MiB; "
+            "file-backed "
+            f"{fmt_mib(small, 'file')} vs {fmt_mib(big, 'file')})",
+            verdict(abs(mem_ratio - 1) <= 0.10),
+        ],
     ]
     if "loops" in b:
         lt = b["loops"]["times"]
         loops_ratio = statistics.median(lt["repair"]) / statistics.median(lt["forward"])
-        rows.insert(4, ["B1, core loops only (one session, no fixed costs; for information)",
-                        f"{loops_ratio:.2f}x", "holds" if loops_ratio <= 1.3 else "above 1.3x"])
+        rows.insert(
+            4,
+            [
+                "B1, core loops only (one session, no fixed costs; for information)",
+                f"{loops_ratio:.2f}x",
+                "holds" if loops_ratio <= 1.3 else "above 1.3x",
+            ],
+        )
     w(table(["goal", "measured (ratio of medians)", "verdict"], rows))
     w("")
 
     # ---- A
     w("## A. Reader (TF-free)\n")
-    w(f"Main checkpoint: written by `tf.train.Checkpoint(...).write` (TF {facts['tensorflow']}, eager), "
-      f"{main['tensors']} float32 tensors: "
-      f"{cfg.main_small} of 768x819 (2.40 MiB) and one of {cfg.main_big_rows}x16384 "
-      f"({cfg.main_big_rows * 16384 * 4 / GIB:.2f} GiB), standard normal values; {human_gib(main['bytes'])} on disk "
-      "in one data file, plus the TF2 object graph.\n")
+    w(
+        f"Main checkpoint: written by `tf.train.Checkpoint(...).write` (TF {facts['tensorflow']}, eager), "
+        f"{main['tensors']} float32 tensors: "
+        f"{cfg.main_small} of 768x819 (2.40 MiB) and one of {cfg.main_big_rows}x16384 "
+        f"({cfg.main_big_rows * 16384 * 4 / GIB:.2f} GiB), standard normal values; {human_gib(main['bytes'])} on disk "
+        "in one data file, plus the TF2 object graph.\n"
+    )
     w(f"### A1. Listing ({cfg.reps_list} repetitions)\n")
     w("* ckptdoctor: `ckptdoctor inspect CKPT --stats=False --graph=False --format json > /dev/null`")
-    w("* tensorflow: `python -c \"import tensorflow as tf; tf.train.list_variables(CKPT)\"`")
-    w("* floor: `python -c \"import fire, ckptdoctor.cli, ckptdoctor.pipelines.inspect, ckptdoctor.reports.table, "
-      "ckptdoctor.readers.bundle\"` (interpreter start-up and the imports the listing needs, reading nothing)\n")
+    w('* tensorflow: `python -c "import tensorflow as tf; tf.train.list_variables(CKPT)"`')
+    w(
+        '* floor: `python -c "import fire, ckptdoctor.cli, ckptdoctor.pipelines.inspect, ckptdoctor.reports.table, '
+        'ckptdoctor.readers.bundle"` (interpreter start-up and the imports the listing needs, reading nothing)\n'
+    )
     lst = a["list"]
-    w(table(["command", "wall s", "CPU s", "peak RSS MiB", "vs ckptdoctor"], [
-        [k, fmt_s(v), fmt_s(v, "cpu"), fmt_mib(v), "1" if k == "ckptdoctor" else fmt_ratio(v, lst["ckptdoctor"])]
-        for k, v in lst.items()]))
+    w(
+        table(
+            ["command", "wall s", "CPU s", "peak RSS MiB", "vs ckptdoctor"],
+            [
+                [
+                    k,
+                    fmt_s(v),
+                    fmt_s(v, "cpu"),
+                    fmt_mib(v),
+                    "1" if k == "ckptdoctor" else fmt_ratio(v, lst["ckptdoctor"]),
+                ]
+                for k, v in lst.items()
+            ],
+        )
+    )
     w("")
     w(f"### A2/A3. Full statistics and peak memory ({cfg.reps_stats} repetitions)\n")
-    w("* ckptdoctor: `ckptdoctor inspect CKPT --graph=False --format json > /dev/null` (min, max, mean, std, "
-      "NaN and Inf counts of every tensor, float64 accumulation, every CRC checked)")
-    w("* tensorflow: `python benchmarks/tf_stats.py CKPT`: `tf.train.load_checkpoint`, then per float tensor "
-      "`get_tensor` + numpy min, max, mean, std, isnan count, isinf count\n")
+    w(
+        "* ckptdoctor: `ckptdoctor inspect CKPT --graph=False --format json > /dev/null` (min, max, mean, std, "
+        "NaN and Inf counts of every tensor, float64 accumulation, every CRC checked)"
+    )
+    w(
+        "* tensorflow: `python benchmarks/tf_stats.py CKPT`: `tf.train.load_checkpoint`, then per float tensor "
+        "`get_tensor` + numpy min, max, mean, std, isnan count, isinf count\n"
+    )
     st = a["stats"]
-    w(table(["command", "wall s", "CPU s", "peak RSS MiB", "anon / file MiB (sampled)", "TF ÷ ckptdoctor"], [
-        [k, fmt_s(v), fmt_s(v, "cpu"), fmt_mib(v), f"{fmt_mib(v, 'anon')} / {fmt_mib(v, 'file')}",
-         "1" if k == "ckptdoctor" else fmt_ratio(v, st["ckptdoctor"])] for k, v in st.items()]))
+    w(
+        table(
+            ["command", "wall s", "CPU s", "peak RSS MiB", "anon / file MiB (sampled)", "TF ÷ ckptdoctor"],
+            [
+                [
+                    k,
+                    fmt_s(v),
+                    fmt_s(v, "cpu"),
+                    fmt_mib(v),
+                    f"{fmt_mib(v, 'anon')} / {fmt_mib(v, 'file')}",
+                    "1" if k == "ckptdoctor" else fmt_ratio(v, st["ckptdoctor"]),
+                ]
+                for k, v in st.items()
+            ],
+        )
+    )
     w("")
     w(f"### Growth with the number of tensors ({cfg.reps_growth} repetitions each; tensors of 16x16 float32)\n")
     rows = []
@@ -806,18 +1083,37 @@ def render(cfg: Config, command: str, facts: dict, load_before: str, load_after:
             row += ["–", "–"]
         row += [fmt_s(r["stats"]["ckptdoctor"])]
         if "tensorflow" in r["stats"]:
-            row += [fmt_s(r["stats"]["tensorflow"]), f"{ratio(r['stats']['tensorflow'], r['stats']['ckptdoctor']):.1f}x"]
+            row += [
+                fmt_s(r["stats"]["tensorflow"]),
+                f"{ratio(r['stats']['tensorflow'], r['stats']['ckptdoctor']):.1f}x",
+            ]
         else:
             row += ["–", "–"]
         row += [fmt_mib(r["stats"]["ckptdoctor"])]
         rows.append(row)
-    w(table(["tensors", ".index", "list: ckptdoctor", "list: TF", "TF ÷ ours", "stats: ckptdoctor", "stats: TF",
-             "TF ÷ ours", "stats peak RSS MiB (ours)"], rows))
+    w(
+        table(
+            [
+                "tensors",
+                ".index",
+                "list: ckptdoctor",
+                "list: TF",
+                "TF ÷ ours",
+                "stats: ckptdoctor",
+                "stats: TF",
+                "TF ÷ ours",
+                "stats peak RSS MiB (ours)",
+            ],
+            rows,
+        )
+    )
     w("")
-    w(f"### Growth with total bytes ({cfg.reps_growth} repetitions each; the main checkpoint scaled: a fraction "
-      "of the 2.4 MiB tensors and a big tensor of that fraction of its size; the last row is the main checkpoint)\n")
+    w(
+        f"### Growth with total bytes ({cfg.reps_growth} repetitions each; the main checkpoint scaled: a fraction "
+        "of the 2.4 MiB tensors and a big tensor of that fraction of its size; the last row is the main checkpoint)\n"
+    )
     rows = []
-    for f, r in a["by_bytes"].items():
+    for _f, r in a["by_bytes"].items():
         ours_stats = r["stats"]["ckptdoctor"]
         ours_list = r["list"]["ckptdoctor"]
         extra = ours_stats.median() - ours_list.median()
@@ -830,11 +1126,27 @@ def render(cfg: Config, command: str, facts: dict, load_before: str, load_after:
             row += ["–", "–"]
         row += [f"{r['bytes'] / GIB / extra:.2f}" if extra > 0 else "n/a", fmt_mib(ours_stats)]
         rows.append(row)
-    w(table(["bytes", "tensors", "list: ckptdoctor", "list: TF", "stats: ckptdoctor", "stats: TF", "TF ÷ ours",
-             "ours: GiB/s beyond listing", "stats peak RSS MiB (ours)"], rows))
+    w(
+        table(
+            [
+                "bytes",
+                "tensors",
+                "list: ckptdoctor",
+                "list: TF",
+                "stats: ckptdoctor",
+                "stats: TF",
+                "TF ÷ ours",
+                "ours: GiB/s beyond listing",
+                "stats peak RSS MiB (ours)",
+            ],
+            rows,
+        )
+    )
     w("")
-    w("### Where the time goes (cProfile, one run each; deterministic profiling adds overhead to Python-level "
-      "calls, so shares are indicative)\n")
+    w(
+        "### Where the time goes (cProfile, one run each; deterministic profiling adds overhead to Python-level "
+        "calls, so shares are indicative)\n"
+    )
     for label, (text, _rows) in a["profiles"].items():
         w(f"#### {label}\n")
         w(text)
@@ -843,38 +1155,58 @@ def render(cfg: Config, command: str, facts: dict, load_before: str, load_after:
     # ---- B
     net = b["net"]
     w("## B. Repair\n")
-    w(f"Network: `benchmarks/build_convnet.py`: {net['bn_layers']} blocks of conv 3x3 (no bias) + fused BN "
-      "(`tf.compat.v1.layers.batch_normalization(fused=True)`, channels last) + relu, 8-8-8-16-16-16-32-32-32-32 "
-      "channels (stride 2 at the first 16 and the first 32), global average pool, dense 10; input placeholder "
-      "`(None, None, None, 3)`, training switch `placeholder_with_default(False)`; graph mode "
-      f"(`disable_eager_execution`, `TF_USE_LEGACY_KERAS=1`), {net['steps']} Adam steps with the update ops, "
-      f"saved with a `Saver` + `.meta`. Batch size {cfg.batch_size} everywhere.\n")
-    w("* ckptdoctor repair: `ckptdoctor repair CKPT --data X.npy --batch-size 256 --output OUT --force` "
-      "(train method: every batch in training mode, per-channel count/mean/M2 of every BN input in float64 in the "
-      "graph, pooled; plus the inference-vs-training gap passes on the first batch before and after, and the "
-      "verified write)")
-    w("* forward pass: `python benchmarks/forward.py CKPT X.npy --batch-size 256`: `import_meta_graph`, restore, "
-      "then `logits` with `training=True` over every batch (memory-mapped data, the same batches)\n")
+    w(
+        f"Network: `benchmarks/build_convnet.py`: {net['bn_layers']} blocks of conv 3x3 (no bias) + fused BN "
+        "(`tf.compat.v1.layers.batch_normalization(fused=True)`, channels last) + relu, 8-8-8-16-16-16-32-32-32-32 "
+        "channels (stride 2 at the first 16 and the first 32), global average pool, dense 10; input placeholder "
+        "`(None, None, None, 3)`, training switch `placeholder_with_default(False)`; graph mode "
+        f"(`disable_eager_execution`, `TF_USE_LEGACY_KERAS=1`), {net['steps']} Adam steps with the update ops, "
+        f"saved with a `Saver` + `.meta`. Batch size {cfg.batch_size} everywhere.\n"
+    )
+    w(
+        "* ckptdoctor repair: `ckptdoctor repair CKPT --data X.npy --batch-size 256 --output OUT --force` "
+        "(train method: every batch in training mode, per-channel count/mean/M2 of every BN input in float64 in the "
+        "graph, pooled; plus the inference-vs-training gap passes on the first batch before and after, and the "
+        "verified write)"
+    )
+    w(
+        "* forward pass: `python benchmarks/forward.py CKPT X.npy --batch-size 256`: `import_meta_graph`, restore, "
+        "then `logits` with `training=True` over every batch (memory-mapped data, the same batches)\n"
+    )
     d1 = net["data"]["b1"]
-    w(f"### B1. Repair vs one forward pass: {d1['samples']} samples of {d1['size']}x{d1['size']}x3 float32 "
-      f"({human_gib(d1['bytes'])}), {cfg.reps_repair} repetitions\n")
+    w(
+        f"### B1. Repair vs one forward pass: {d1['samples']} samples of {d1['size']}x{d1['size']}x3 float32 "
+        f"({human_gib(d1['bytes'])}), {cfg.reps_repair} repetitions\n"
+    )
     rows = []
     for key in ("b1", "b1_large"):
         if key not in b:
             continue
         d = net["data"][key]
         for label, s in b[key].items():
-            rows.append([d["samples"], label, fmt_s(s), fmt_s(s, "cpu"), fmt_mib(s),
-                         "1" if label == "forward pass" else fmt_ratio(s, b[key]["forward pass"])])
+            rows.append(
+                [
+                    d["samples"],
+                    label,
+                    fmt_s(s),
+                    fmt_s(s, "cpu"),
+                    fmt_mib(s),
+                    "1" if label == "forward pass" else fmt_ratio(s, b[key]["forward pass"]),
+                ]
+            )
     w(table(["samples", "command", "wall s", "CPU s", "peak RSS MiB", "÷ forward pass"], rows))
     w("")
     if "b1_large" in b:
-        w(f"The second row pair ({net['data']['b1_large']['samples']} samples, {cfg.reps_repair_large} repetitions) "
-          "tells fixed costs (the ratio falls with more data) from per-batch costs (it stays).\n")
+        w(
+            f"The second row pair ({net['data']['b1_large']['samples']} samples, {cfg.reps_repair_large} repetitions) "
+            "tells fixed costs (the ratio falls with more data) from per-batch costs (it stays).\n"
+        )
     fw, ip = b["b1_forward_phases"], b["inproc"]
-    w(f"#### In-process phases (medians; forward pass: the timed runs above; repair: "
-      f"`benchmarks/repair_inproc.py`, {len(ip)} runs calling `ckptdoctor.repair` in one process, phases timed "
-      "by wrapping the module's helpers at run time; – where a helper was not found)\n")
+    w(
+        f"#### In-process phases (medians; forward pass: the timed runs above; repair: "
+        f"`benchmarks/repair_inproc.py`, {len(ip)} runs calling `ckptdoctor.repair` in one process, phases timed "
+        "by wrapping the module's helpers at run time; – where a helper was not found)\n"
+    )
     if ip:
         known = ["loop_s", "check_data_s", "gaps_s", "restore_s", "graph_s", "write_s", "load_stats_s"]
         rest = [d["repair_call_s"] - sum(d.get(k) or 0 for k in known) for d in ip]
@@ -884,13 +1216,22 @@ def render(cfg: Config, command: str, facts: dict, load_before: str, load_after:
 
         rows = [
             ["TensorFlow import", cell(median_of(fw, "import_s")), cell(median_of(ip, "import_s"))],
-            ["graph import (+ analysis for repair)", cell(median_of(fw, "graph_import_s")),
-             cell(median_of(ip, "graph_s"))],
-            ["restore (repair: initialise all, then a Saver over the checkpoint's keys)",
-             cell(median_of(fw, "restore_s")), cell(median_of(ip, "restore_s"))],
+            [
+                "graph import (+ analysis for repair)",
+                cell(median_of(fw, "graph_import_s")),
+                cell(median_of(ip, "graph_s")),
+            ],
+            [
+                "restore (repair: initialise all, then a Saver over the checkpoint's keys)",
+                cell(median_of(fw, "restore_s")),
+                cell(median_of(ip, "restore_s")),
+            ],
             ["data check (shape, dtype, NaN/Inf scan of all data)", "–", cell(median_of(ip, "check_data_s"))],
-            ["**batch loop** (forward passes; repair: + moments + pooling)", cell(median_of(fw, "loop_s")),
-             cell(median_of(ip, "loop_s"))],
+            [
+                "**batch loop** (forward passes; repair: + moments + pooling)",
+                cell(median_of(fw, "loop_s")),
+                cell(median_of(ip, "loop_s")),
+            ],
             ["gap passes (first batch, both modes, before and after)", "–", cell(median_of(ip, "gaps_s"))],
             ["loading the new statistics into the variables", "–", cell(median_of(ip, "load_stats_s"))],
             ["writing + verifying the new checkpoint", "–", cell(median_of(ip, "write_s"))],
@@ -902,30 +1243,51 @@ def render(cfg: Config, command: str, facts: dict, load_before: str, load_after:
         forward_core = median_of(fw, "graph_import_s") + median_of(fw, "restore_s") + median_of(fw, "loop_s")
         call_r = median_of(ip, "repair_call_s") / forward_core
         loop_ip = median_of(ip, "loop_s")
-        loop_text = (f"repair's loop ÷ the forward loop, from these separate processes: "
-                     f"{loop_ip / median_of(fw, 'loop_s'):.2f}x; ") if loop_ip else ""
-        w(f"{loop_text[:1].upper() + loop_text[1:]}library call ÷ (graph import + restore + loop of the forward "
-          f"pass): **{call_r:.2f}x**.\n")
+        loop_text = (
+            (
+                f"repair's loop ÷ the forward loop, from these separate processes: "
+                f"{loop_ip / median_of(fw, 'loop_s'):.2f}x; "
+            )
+            if loop_ip
+            else ""
+        )
+        w(
+            f"{loop_text[:1].upper() + loop_text[1:]}library call ÷ (graph import + restore + loop of the forward "
+            f"pass): **{call_r:.2f}x**.\n"
+        )
     else:
         w(f"Not available in this run: {b.get('inproc_error', 'no runs')}\n")
     if "loops" in b:
         lp = b["loops"]
         fwd = Series([Run(t, t, 0, None, None) for t in lp["times"]["forward"]])
         rep_ = Series([Run(t, t, 0, None, None) for t in lp["times"]["repair"]])
-        w(f"#### Core loops in one process and one session (`benchmarks/loops_inproc.py`, {len(fwd.runs)} "
-          f"alternations, {lp['samples']} samples, {lp['batches']} batches, {lp['layers']} BN layers)\n")
-        w("Graph imported and checkpoint restored once; the forward loop (fetch the output) and repair's loop body "
-          "(fetch `_moment_ops` of every BN input, pool with `PooledMoments`, batches from `_batches`) alternate, "
-          "so TensorFlow import, graph import, restore and inter-process noise are out: what is left is the cost "
-          "of the statistics.\n")
-        w(table(["loop", "s", "÷ forward"], [["forward (output, training mode)", fmt_s(fwd), "1"],
-                                              ["repair (BN moments + pooling)", fmt_s(rep_), fmt_ratio(rep_, fwd)]]))
+        w(
+            f"#### Core loops in one process and one session (`benchmarks/loops_inproc.py`, {len(fwd.runs)} "
+            f"alternations, {lp['samples']} samples, {lp['batches']} batches, {lp['layers']} BN layers)\n"
+        )
+        w(
+            "Graph imported and checkpoint restored once; the forward loop (fetch the output) and repair's loop body "
+            "(fetch `_moment_ops` of every BN input, pool with `PooledMoments`, batches from `_batches`) alternate, "
+            "so TensorFlow import, graph import, restore and inter-process noise are out: what is left is the cost "
+            "of the statistics.\n"
+        )
+        w(
+            table(
+                ["loop", "s", "÷ forward"],
+                [
+                    ["forward (output, training mode)", fmt_s(fwd), "1"],
+                    ["repair (BN moments + pooling)", fmt_s(rep_), fmt_ratio(rep_, fwd)],
+                ],
+            )
+        )
         w("")
     else:
         w(f"Core loops in one session: not available in this run: {b.get('loops_error', 'not run')}\n")
     ds, dbig = net["data"]["b2_small"], net["data"]["b2_big"]
-    w(f"### B2. Peak memory vs data size: {ds['samples']} vs {dbig['samples']} samples of 8x8x3 float32 "
-      f"({human_gib(ds['bytes'])} vs {human_gib(dbig['bytes'])}), whole files, same network and batch size\n")
+    w(
+        f"### B2. Peak memory vs data size: {ds['samples']} vs {dbig['samples']} samples of 8x8x3 float32 "
+        f"({human_gib(ds['bytes'])} vs {human_gib(dbig['bytes'])}), whole files, same network and batch size\n"
+    )
     rows = []
     for key, d in (("b2_small", ds), ("b2_big", dbig)):
         s = b["b2"][key]
@@ -942,28 +1304,42 @@ def render(cfg: Config, command: str, facts: dict, load_before: str, load_after:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Run the ckptdoctor benchmarks and write BENCHMARKS.md.")
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition: a smoke check")
-    parser.add_argument("--output", help="markdown file to write (default: BENCHMARKS.md; quick: "
-                                         "bench_work/BENCHMARKS-quick.md)")
+    parser.add_argument(
+        "--output", help="markdown file to write (default: BENCHMARKS.md; quick: bench_work/BENCHMARKS-quick.md)"
+    )
     parser.add_argument("--work", help="working folder (default bench_work/run-full or run-quick)")
     parser.add_argument("--keep", action="store_true", help="keep the built checkpoints and data")
-    parser.add_argument("--only", choices=["keras"], help="run one part only: 'keras' runs section C and rewrites "
-                                                          "only that section of the output (A and B stay as they are)")
+    parser.add_argument(
+        "--only",
+        choices=["keras"],
+        help="run one part only: 'keras' runs section C and rewrites "
+        "only that section of the output (A and B stay as they are)",
+    )
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     work = Path(args.work) if args.work else ROOT / "bench_work" / f"run-{cfg.name}"
-    output = Path(args.output) if args.output else (
-        ROOT / "bench_work" / "BENCHMARKS-quick.md" if args.quick else ROOT / "BENCHMARKS.md")
+    output = (
+        Path(args.output)
+        if args.output
+        else (ROOT / "bench_work" / "BENCHMARKS-quick.md" if args.quick else ROOT / "BENCHMARKS.md")
+    )
     if not Path(CKPTDOCTOR).exists():
-        print(f"run.py: no ckptdoctor entry point beside {PY}: run it with the venv's python "
-              "(.venv/bin/python benchmarks/run.py)", file=sys.stderr)
+        print(
+            f"run.py: no ckptdoctor entry point beside {PY}: run it with the venv's python "
+            "(.venv/bin/python benchmarks/run.py)",
+            file=sys.stderr,
+        )
         return 2
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    command = ".venv/bin/python benchmarks/run.py" + (" --quick" if args.quick else "") + (
-        f" --only {args.only}" if args.only else "")
+    command = (
+        ".venv/bin/python benchmarks/run.py"
+        + (" --quick" if args.quick else "")
+        + (f" --only {args.only}" if args.only else "")
+    )
     if args.only == "keras":
         return main_keras_only(cfg, work, output, command, args.keep)
     started = time.perf_counter()
@@ -990,8 +1366,13 @@ def main(argv=None) -> int:
             net_cmd += ["--data", f"{name}:{samples}:{size}"]
         log("building checkpoints and data (TensorFlow, two processes)")
         procs = {
-            "ckpts": subprocess.Popen([PY, str(HERE / "build_ckpts.py"), str(spec_path)], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, cwd=work),
+            "ckpts": subprocess.Popen(
+                [PY, str(HERE / "build_ckpts.py"), str(spec_path)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=work,
+            ),
             "net": subprocess.Popen(net_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work),
         }
         built_out = {}
@@ -1019,8 +1400,14 @@ def main(argv=None) -> int:
         facts[key] += "; the working tree changed during the run, the figures are for the copy"
         log("note: the package in the working tree changed during the run; the figures are for the copy")
     text = render(cfg, command, facts, load_before, loadavg(), elapsed, a, b)
-    text = splice_section_c(text, render_keras(cfg, c, f"Produced by the same run as sections A and B (`{command}`, "
-                                                        "machine and package as stated at the top)."))
+    text = splice_section_c(
+        text,
+        render_keras(
+            cfg,
+            c,
+            f"Produced by the same run as sections A and B (`{command}`, machine and package as stated at the top).",
+        ),
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     if args.quick:
@@ -1056,18 +1443,27 @@ def main_keras_only(cfg: Config, work: Path, output: Path, command: str, keep: b
             for sub in ("keras", "out", "pkg"):
                 shutil.rmtree(work / sub, ignore_errors=True)
     elapsed = time.perf_counter() - started
-    changed = "; the working tree changed during the run, the figures are for the copy" \
-        if package_fingerprint() != snap_fp else ""
+    changed = (
+        "; the working tree changed during the run, the figures are for the copy"
+        if package_fingerprint() != snap_fp
+        else ""
+    )
     existing = output.read_text() if output.exists() else ""
-    earlier = ("Sections A and B above come from an earlier full run (`.venv/bin/python benchmarks/run.py`, dated and "
-               "described at the top of this file) and were left as they were. " if "\n## A. " in existing else "")
-    header = (f"Produced by `{command}` on {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} ({cfg.name} sizes, "
-              f"{elapsed / 60:.1f} min, {runner.count} measured processes). {earlier}This run: commit "
-              f"{facts['commit']}, package fingerprint {snap_fp} (a copy taken at the start{changed}), "
-              f"TensorFlow {facts['tensorflow']}, Python {facts['python']}, numpy {facts['numpy']}, "
-              f"{facts['nproc']} CPUs ({facts['cpu']}), load average {load_before} at the start, {loadavg()} at the "
-              "end. How to read the figures: as above (fresh processes through `benchmarks/measure.py`, medians "
-              "with min–max, ratios of medians with the paired range).")
+    earlier = (
+        "Sections A and B above come from an earlier full run (`.venv/bin/python benchmarks/run.py`, dated and "
+        "described at the top of this file) and were left as they were. "
+        if "\n## A. " in existing
+        else ""
+    )
+    header = (
+        f"Produced by `{command}` on {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} ({cfg.name} sizes, "
+        f"{elapsed / 60:.1f} min, {runner.count} measured processes). {earlier}This run: commit "
+        f"{facts['commit']}, package fingerprint {snap_fp} (a copy taken at the start{changed}), "
+        f"TensorFlow {facts['tensorflow']}, Python {facts['python']}, numpy {facts['numpy']}, "
+        f"{facts['nproc']} CPUs ({facts['cpu']}), load average {load_before} at the start, {loadavg()} at the "
+        "end. How to read the figures: as above (fresh processes through `benchmarks/measure.py`, medians "
+        "with min–max, ratios of medians with the paired range)."
+    )
     section = render_keras(cfg, c, header)
     text = splice_section_c(existing, section) if existing else "# ckptdoctor benchmarks\n\n" + section
     output.parent.mkdir(parents=True, exist_ok=True)

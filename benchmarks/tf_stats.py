@@ -25,8 +25,15 @@ def main(prefix: str) -> int:
         if not dtypes[name].is_floating:
             continue
         a = reader.get_tensor(name)
-        row = {"name": name, "min": float(a.min()), "max": float(a.max()), "mean": float(a.mean()),
-               "std": float(a.std()), "nan": int(np.isnan(a).sum()), "inf": int(np.isinf(a).sum())}
+        row = {
+            "name": name,
+            "min": float(a.min()),
+            "max": float(a.max()),
+            "mean": float(a.mean()),
+            "std": float(a.std()),
+            "nan": int(np.isnan(a).sum()),
+            "inf": int(np.isinf(a).sum()),
+        }
         print(json.dumps(row))
     return 0
 

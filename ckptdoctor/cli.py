@@ -46,10 +46,23 @@ def _feeds(feed) -> list[str]:
 class Commands:
     """Inspect and repair TensorFlow checkpoints, above all their batch-norm statistics."""
 
-    def inspect(self, checkpoint: str, graph: str | None = None, stats: bool = True, match: str | None = None,
-                format: str = "table", report: str | None = None, force: bool = False, data: str | None = None,
-                input: str | None = None, training: str | None = None, feed: tuple = (), batch_size: int = 256,
-                max_samples: int | None = None, unsafe: bool = False):
+    def inspect(
+        self,
+        checkpoint: str,
+        graph: str | None = None,
+        stats: bool = True,
+        match: str | None = None,
+        format: str = "table",
+        report: str | None = None,
+        force: bool = False,
+        data: str | None = None,
+        input: str | None = None,
+        training: str | None = None,
+        feed: tuple = (),
+        batch_size: int = 256,
+        max_samples: int | None = None,
+        unsafe: bool = False,
+    ):
         """List every tensor, cross-reference the graph, diagnose BN statistics.
 
         Args:
@@ -79,11 +92,22 @@ class Commands:
         format = _fmt(format)
         extra = {}
         if data is not None:
-            extra = dict(data=str(data), input=None if input is None else str(input),
-                         training=None if training is None else str(training), feed=_feeds(feed),
-                         batch_size=int(batch_size), max_samples=max_samples, unsafe=bool(unsafe))
-        result = inspect(str(checkpoint), graph=graph if graph in (None, False) else str(graph),
-                         stats=bool(stats), match=None if match is None else str(match), **extra)
+            extra = dict(
+                data=str(data),
+                input=None if input is None else str(input),
+                training=None if training is None else str(training),
+                feed=_feeds(feed),
+                batch_size=int(batch_size),
+                max_samples=max_samples,
+                unsafe=bool(unsafe),
+            )
+        result = inspect(
+            str(checkpoint),
+            graph=graph if graph in (None, False) else str(graph),
+            stats=bool(stats),
+            match=None if match is None else str(match),
+            **extra,
+        )
         if report:
             from ckptdoctor.reports.hdf5 import write_report
 
@@ -120,11 +144,26 @@ class Commands:
         text = to_json(result.to_dict()) if format == "json" else render_diff(result)
         return Outcome(text, result.exit_code)
 
-    def repair(self, checkpoint: str, data: str, graph: str | None = None, input: str | None = None,
-               training: str | None = None, feed: tuple = (), batch_size: int = 256,
-               max_samples: int | None = None, method: str = "train", output: str | None = None,
-               in_place: bool = False, dry_run: bool = False, force: bool = False,
-               report: str | None = None, format: str = "table", progress: bool = True, unsafe: bool = False):
+    def repair(
+        self,
+        checkpoint: str,
+        data: str,
+        graph: str | None = None,
+        input: str | None = None,
+        training: str | None = None,
+        feed: tuple = (),
+        batch_size: int = 256,
+        max_samples: int | None = None,
+        method: str = "train",
+        output: str | None = None,
+        in_place: bool = False,
+        dry_run: bool = False,
+        force: bool = False,
+        report: str | None = None,
+        format: str = "table",
+        progress: bool = True,
+        unsafe: bool = False,
+    ):
         """Recompute BN moving mean and variance from data and write a verified new checkpoint.
 
         Args:
@@ -151,17 +190,26 @@ class Commands:
         Exit code: 0 repaired (or dry run), 1 refused (the repair would not bring the inference outputs closer
         to the reference; nothing written), 2 error.
         """
-        from ckptdoctor.reports.table import render_repair, to_json
         from ckptdoctor.pipelines.repair import repair
+        from ckptdoctor.reports.table import render_repair, to_json
 
         format = _fmt(format)
         result = repair(
-            str(checkpoint), str(data), graph=None if graph is None else str(graph),
-            input=None if input is None else str(input), training=None if training is None else str(training),
-            feed=_feeds(feed), batch_size=int(batch_size),
-            max_samples=None if max_samples is None else int(max_samples), method=str(method),
-            output=None if output is None else str(output), in_place=bool(in_place), dry_run=bool(dry_run),
-            force=bool(force), report=None if report is None else str(report), progress=bool(progress),
+            str(checkpoint),
+            str(data),
+            graph=None if graph is None else str(graph),
+            input=None if input is None else str(input),
+            training=None if training is None else str(training),
+            feed=_feeds(feed),
+            batch_size=int(batch_size),
+            max_samples=None if max_samples is None else int(max_samples),
+            method=str(method),
+            output=None if output is None else str(output),
+            in_place=bool(in_place),
+            dry_run=bool(dry_run),
+            force=bool(force),
+            report=None if report is None else str(report),
+            progress=bool(progress),
             unsafe=bool(unsafe),
         )
         text = to_json(result.to_dict()) if format == "json" else render_repair(result)
@@ -226,8 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the CLI boundary: a bug must still not print a traceback
         if debug:
             raise
-        print(f"ckptdoctor: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-              "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        print(
+            f"ckptdoctor: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+            "(rerun with --debug for the traceback, and please report it)",
+            file=sys.stderr,
+        )
         return 2
     return result.exit_code if isinstance(result, Outcome) else 0
 

@@ -26,8 +26,20 @@ STEP_PATTERN = re.compile(r"(^|/)(global_step|save_counter|iter|iterations|step)
 #: Graph op types.
 VARIABLE_OPS = frozenset({"VariableV2", "Variable", "VarHandleOp"})
 PASS_THROUGH_OPS = frozenset(
-    {"Identity", "ReadVariableOp", "Switch", "RefSwitch", "Enter", "RefEnter", "Merge", "RefMerge",
-     "Snapshot", "RefIdentity", "Reshape", "IdentityN"}
+    {
+        "Identity",
+        "ReadVariableOp",
+        "Switch",
+        "RefSwitch",
+        "Enter",
+        "RefEnter",
+        "Merge",
+        "RefMerge",
+        "Snapshot",
+        "RefIdentity",
+        "Reshape",
+        "IdentityN",
+    }
 )
 IF_OPS = frozenset({"If", "StatelessIf"})
 CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
@@ -35,12 +47,32 @@ FUSED_BN_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV
 ASSIGN_OPS = frozenset({"AssignSub", "AssignSubVariableOp", "Assign", "AssignVariableOp", "AssignMovingAvg"})
 SAVE_OPS = frozenset({"SaveV2", "Save", "SaveSlices"})
 #: Ops that hand a graph its data without a placeholder (tf.data iterators, queues): their outputs can be fed.
-DATA_SOURCE_OPS = frozenset({"IteratorGetNext", "IteratorGetNextSync", "QueueDequeueV2", "QueueDequeueManyV2",
-                             "QueueDequeueUpToV2", "QueueDequeue", "QueueDequeueMany", "QueueDequeueUpTo"})
+DATA_SOURCE_OPS = frozenset(
+    {
+        "IteratorGetNext",
+        "IteratorGetNextSync",
+        "QueueDequeueV2",
+        "QueueDequeueManyV2",
+        "QueueDequeueUpToV2",
+        "QueueDequeue",
+        "QueueDequeueMany",
+        "QueueDequeueUpTo",
+    }
+)
 #: Ops whose output is random: upstream of a BN input in a graph fixed to training, they are dropout or noise.
-RANDOM_OPS = frozenset({"RandomUniform", "RandomStandardNormal", "TruncatedNormal", "StatelessRandomUniformV2",
-                        "StatelessRandomNormalV2", "StatelessRandomUniform", "StatelessRandomNormal",
-                        "RandomUniformInt", "StatelessRandomUniformFullIntV2"})
+RANDOM_OPS = frozenset(
+    {
+        "RandomUniform",
+        "RandomStandardNormal",
+        "TruncatedNormal",
+        "StatelessRandomUniformV2",
+        "StatelessRandomNormalV2",
+        "StatelessRandomUniform",
+        "StatelessRandomNormal",
+        "RandomUniformInt",
+        "StatelessRandomUniformFullIntV2",
+    }
+)
 
 #: SavedModel directories: the graph, tf-keras' model description, the variables bundle.
 SAVED_MODEL_PB = "saved_model.pb"

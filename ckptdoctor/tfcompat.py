@@ -66,9 +66,7 @@ def import_tensorflow():
 
             tf.config.list_physical_devices()
         except ImportError as e:
-            raise MissingDependencyError(
-                f"TensorFlow is needed for this ({e}): pip install 'ckptdoctor[tf]'"
-            ) from e
+            raise MissingDependencyError(f"TensorFlow is needed for this ({e}): pip install 'ckptdoctor[tf]'") from e
         except Exception:
             sys.stderr.write(held())
             raise

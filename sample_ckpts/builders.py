@@ -111,9 +111,7 @@ def _import_tf(control_flow: str):
     """Import TensorFlow with legacy Keras and switch graph mode once per process."""
     global _active_control_flow
     if control_flow not in CONTROL_FLOWS:
-        raise BuildError(
-            f"expected control_flow in {CONTROL_FLOWS}, received {control_flow!r}"
-        )
+        raise BuildError(f"expected control_flow in {CONTROL_FLOWS}, received {control_flow!r}")
     if "tensorflow" not in sys.modules:
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
     elif os.environ.get("TF_USE_LEGACY_KERAS") != "1":
@@ -141,9 +139,7 @@ def _import_tf(control_flow: str):
 def _session_config(tf):
     # One thread each: float reductions then run in a fixed order, so a build
     # gives the same checkpoint bytes every time on the same machine.
-    return tf.compat.v1.ConfigProto(
-        intra_op_parallelism_threads=1, inter_op_parallelism_threads=1
-    )
+    return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=1)
 
 
 # --------------------------------------------------------------------------- #
@@ -207,9 +203,7 @@ def _build_seed_graph(tf, kind: str) -> dict[str, Any]:
             keras_bn_layers.append(layer)
             return layer(n, training=is_training)
         if kind == "custom-scope":
-            return v1.layers.batch_normalization(
-                n, training=is_training, name="norm_" + "abc"[i]
-            )
+            return v1.layers.batch_normalization(n, training=is_training, name="norm_" + "abc"[i])
         return v1.layers.batch_normalization(n, training=is_training)
 
     def network():
@@ -245,11 +239,7 @@ def _build_seed_graph(tf, kind: str) -> dict[str, Any]:
             # The seed's selection, by identity rather than ``in`` (== on tensors).
             chosen = {id(v) for v in var_list}
             for v in v1.get_collection(v1.GraphKeys.GLOBAL_VARIABLES):
-                if (
-                    "batch_normalization" in v.name
-                    and "optimizer" not in v.name
-                    and id(v) not in chosen
-                ):
+                if "batch_normalization" in v.name and "optimizer" not in v.name and id(v) not in chosen:
                     var_list.append(v)
     else:
         var_list = v1.global_variables()
@@ -293,9 +283,7 @@ def _build_convnet_graph(tf, steps: int) -> dict[str, Any]:
         list(_CONVNET_LEARNING_RATES),
     )
     with tf.control_dependencies(update_ops):
-        train_op = v1.train.AdamOptimizer(learning_rate).minimize(
-            err, global_step=global_step
-        )
+        train_op = v1.train.AdamOptimizer(learning_rate).minimize(err, global_step=global_step)
     return {
         "input": images,
         "target": target,
@@ -490,9 +478,7 @@ def _positive_int(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run one build, print its info.json to stdout."""
-    parser = argparse.ArgumentParser(
-        description="Build, train and save one sample TF1 checkpoint with BN."
-    )
+    parser = argparse.ArgumentParser(description="Build, train and save one sample TF1 checkpoint with BN.")
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("outdir")
     parser.add_argument("--control-flow", choices=CONTROL_FLOWS, default="v1")

@@ -76,11 +76,7 @@ class SampleError(RuntimeError):
 
 
 def _folder_bytes(path: str) -> int:
-    return sum(
-        os.path.getsize(os.path.join(root, name))
-        for root, _, names in os.walk(path)
-        for name in names
-    )
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
 
 
 def _check_state_file(folder: str) -> None:
@@ -88,10 +84,7 @@ def _check_state_file(folder: str) -> None:
         text = f.read()
     paths = re.findall(r'checkpoint_paths?: "([^"]*)"', text)
     if not paths or any(os.path.isabs(p) or os.sep in p for p in paths):
-        raise SampleError(
-            f"expected only relative paths such as \"model.ckpt\" in "
-            f"{folder}/checkpoint, received {paths}"
-        )
+        raise SampleError(f'expected only relative paths such as "model.ckpt" in {folder}/checkpoint, received {paths}')
 
 
 def _readme(sample: Sample, info: dict) -> str:
@@ -118,15 +111,17 @@ def make_sample(sample: Sample, root: str = HERE) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         command = [
-            sys.executable, BUILDERS, sample.kind, staging,
-            "--control-flow", "v1", *sample.extra_args,
+            sys.executable,
+            BUILDERS,
+            sample.kind,
+            staging,
+            "--control-flow",
+            "v1",
+            *sample.extra_args,
         ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            raise SampleError(
-                f"building {sample.kind} failed (exit {result.returncode}):\n"
-                f"{result.stderr[-3000:]}"
-            )
+            raise SampleError(f"building {sample.kind} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
         with open(os.path.join(staging, "info.json"), encoding="utf-8") as f:
             info = json.load(f)
         with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as f:
@@ -135,8 +130,7 @@ def make_sample(sample: Sample, root: str = HERE) -> dict:
         size = _folder_bytes(staging)
         if size >= MAX_SAMPLE_BYTES:
             raise SampleError(
-                f"expected sample {sample.kind} under {MAX_SAMPLE_BYTES} bytes, "
-                f"received {size}: pass fewer --samples"
+                f"expected sample {sample.kind} under {MAX_SAMPLE_BYTES} bytes, received {size}: pass fewer --samples"
             )
         shutil.rmtree(final, ignore_errors=True)
         os.rename(staging, final)
@@ -153,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in by_kind]
     if unknown:
         print(
-            f"make_samples.py: expected sample names among {sorted(by_kind)}, "
-            f"received {unknown}",
+            f"make_samples.py: expected sample names among {sorted(by_kind)}, received {unknown}",
             file=sys.stderr,
         )
         return 2

@@ -31,8 +31,7 @@ def cli_command() -> list[str]:
 
 def run_cli(*args, check_codes=(0, 1, 2), **kwargs) -> subprocess.CompletedProcess:
     """Run the installed ``ckptdoctor`` entry point and return the finished process."""
-    proc = subprocess.run(cli_command() + [str(a) for a in args], capture_output=True, text=True,
-                          timeout=600, **kwargs)
+    proc = subprocess.run(cli_command() + [str(a) for a in args], capture_output=True, text=True, timeout=600, **kwargs)
     assert proc.returncode in check_codes, proc.stderr
     return proc
 
@@ -40,7 +39,7 @@ def run_cli(*args, check_codes=(0, 1, 2), **kwargs) -> subprocess.CompletedProce
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
     """Exit 2, one line on stderr starting with 'ckptdoctor: error:', no traceback."""
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("ckptdoctor: error: "), lines
     assert "Traceback" not in proc.stderr
@@ -57,7 +56,7 @@ class Built:
         self.info = json.loads((folder / "info.json").read_text())
         self.X = str(folder / "X.npy")
 
-    def copy_to(self, target: Path) -> "Built":
+    def copy_to(self, target: Path) -> Built:
         shutil.copytree(self.folder, target)
         return Built(target)
 
@@ -102,14 +101,15 @@ _NO_TF = (
 
 def run_cli_without_tf(*args) -> subprocess.CompletedProcess:
     """``ckptdoctor ARGS`` in a process where TensorFlow cannot be imported."""
-    return subprocess.run([sys.executable, "-c", _NO_TF, *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-c", _NO_TF, *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
 def run_in_parallel(commands: dict, timeout: int = 600) -> None:
     """Run builder subprocesses side by side (Keras 3 and tf-keras need a process each); all must succeed."""
-    procs = {name: subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name, argv in commands.items()}
+    procs = {
+        name: subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, argv in commands.items()
+    }
     for name, p in procs.items():
         _, err = p.communicate(timeout=timeout)
         assert p.returncode == 0, (name, err[-3000:])

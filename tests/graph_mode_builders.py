@@ -66,14 +66,17 @@ def _raw_training_bn(tf, x, channels, fused, name):
         else:
             mean, var = tf.nn.moments(x, [0, 1, 2])
             y = tf.nn.batch_normalization(x, mean, var, beta, gamma, EPS)
-        for op in (moving_averages.assign_moving_average(mm, mean, 0.99, zero_debias=False),
-                   moving_averages.assign_moving_average(mv, var, 0.99, zero_debias=False)):
+        for op in (
+            moving_averages.assign_moving_average(mm, mean, 0.99, zero_debias=False),
+            moving_averages.assign_moving_average(mv, var, 0.99, zero_debias=False),
+        ):
             v1.add_to_collection(v1.GraphKeys.UPDATE_OPS, op)
     return y
 
 
-def build(kind: str, outdir: str, control_flow: str, fused: bool, switch: str = "placeholder",
-          layers: str = "tf-layers") -> dict:
+def build(
+    kind: str, outdir: str, control_flow: str, fused: bool, switch: str = "placeholder", layers: str = "tf-layers"
+) -> dict:
     import tensorflow as tf
 
     if control_flow == "v1":
@@ -156,9 +159,17 @@ def build(kind: str, outdir: str, control_flow: str, fused: bool, switch: str = 
         h = np.tanh(h)
     out_np = h.mean(axis=(1, 2)) @ weights["head/kernel"] + weights["head/bias"]
     np.save(os.path.join(outdir, "expected_output.npy"), out_np)
-    info = {"kind": kind, "control_flow": control_flow, "fused": fused, "switch": switch, "layers": layers,
-            "bn_layers": bn_layers,
-            "expected": expected, "samples": SAMPLES, **names}
+    info = {
+        "kind": kind,
+        "control_flow": control_flow,
+        "fused": fused,
+        "switch": switch,
+        "layers": layers,
+        "bn_layers": bn_layers,
+        "expected": expected,
+        "samples": SAMPLES,
+        **names,
+    }
     with open(os.path.join(outdir, "info.json"), "w") as f:
         json.dump(info, f, indent=1)
     return info
@@ -169,7 +180,8 @@ def evaluate(outdir: str, prefix: str) -> list:
     import tensorflow as tf
 
     tf.compat.v1.disable_eager_execution()
-    info = json.load(open(os.path.join(outdir, "info.json")))
+    with open(os.path.join(outdir, "info.json")) as f:
+        info = json.load(f)
     x = np.load(os.path.join(outdir, "X.npy"))
     with tf.Graph().as_default() as g:
         saver = tf.compat.v1.train.import_meta_graph(os.path.join(outdir, "model.ckpt.meta"))

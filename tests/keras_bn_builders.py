@@ -83,8 +83,15 @@ def _model(K, which, kind, rng):
         return K.Model(inp, L.Dense(1, name="head")(L.Activation("relu")(h))), x, y
     if kind == "nested":
         x, y = _dense_data(rng)
-        backbone = K.Sequential([K.Input((10,)), L.Dense(16, name="d1"), L.Dropout(0.5, name="drop1"),
-                                 L.BatchNormalization(name="bn1", momentum=0.99)], name="backbone")
+        backbone = K.Sequential(
+            [
+                K.Input((10,)),
+                L.Dense(16, name="d1"),
+                L.Dropout(0.5, name="drop1"),
+                L.BatchNormalization(name="bn1", momentum=0.99),
+            ],
+            name="backbone",
+        )
         inp = K.Input((10,), name="features")
         return K.Model(inp, L.Dense(1, name="head")(L.Activation("relu")(backbone(inp)))), x, y
     if kind == "sync":
@@ -185,9 +192,13 @@ def build(which, kinds, root):
         np.save(os.path.join(out, "X.npy"), x)
         bn_type = K.layers.BatchNormalization
         layers = _layers(model)
-        info = {"bn": {p: len(layer.weights) for p, layer in layers if isinstance(layer, bn_type)},
-                "dtypes": {p: (layer.dtype_policy.name if hasattr(layer.dtype_policy, "name") else str(layer.dtype_policy))
-                           for p, layer in layers}}
+        info = {
+            "bn": {p: len(layer.weights) for p, layer in layers if isinstance(layer, bn_type)},
+            "dtypes": {
+                p: (layer.dtype_policy.name if hasattr(layer.dtype_policy, "name") else str(layer.dtype_policy))
+                for p, layer in layers
+            },
+        }
         with open(os.path.join(out, "info.json"), "w") as f:
             json.dump(info, f)
 
@@ -220,22 +231,40 @@ def check(which, *paths):
         before = np.asarray(_load(K, which, original)(x, training=False), np.float64)
         model = _load(K, which, repaired)
         after = np.asarray(model(x, training=False), np.float64)
-        bns = [(p, layer) for p, layer in _layers(model)  # top-level ones: a probe cannot reach into a nested model
-               if isinstance(layer, K.layers.BatchNormalization) and layer.trainable and "/" not in p]
+        bns = [
+            (p, layer)
+            for p, layer in _layers(model)  # top-level ones: a probe cannot reach into a nested model
+            if isinstance(layer, K.layers.BatchNormalization) and layer.trainable and "/" not in p
+        ]
         seen = K.Model(model.inputs, [layer.input for _p, layer in bns])(x, training=False) if bns else []
         seen = seen if isinstance(seen, (list, tuple)) else [seen]
         stats, stored = {}, {}
         for (p, layer), value in zip(bns, seen):
-            v = np.moveaxis(np.asarray(value, np.float64), layer.axis[0] if isinstance(layer.axis, (list, tuple))
-                            else layer.axis, -1)
+            v = np.moveaxis(
+                np.asarray(value, np.float64),
+                layer.axis[0] if isinstance(layer.axis, (list, tuple)) else layer.axis,
+                -1,
+            )
             v = v.reshape(-1, v.shape[-1])
             stats[p] = {"mean": v.mean(axis=0).tolist(), "var": v.var(axis=0).tolist()}
-            stored[p] = {"mean": np.asarray(layer.moving_mean, np.float64).tolist(),
-                         "var": np.asarray(layer.moving_variance, np.float64).tolist()}
-        print(json.dumps({"original": original, "repaired": repaired, "scale": scale,
-                          "gap_before": float(np.abs(before - ref).max()) / scale,
-                          "gap_after": float(np.abs(after - ref).max()) / scale, "stats": stats, "stored": stored}),
-              flush=True)
+            stored[p] = {
+                "mean": np.asarray(layer.moving_mean, np.float64).tolist(),
+                "var": np.asarray(layer.moving_variance, np.float64).tolist(),
+            }
+        print(
+            json.dumps(
+                {
+                    "original": original,
+                    "repaired": repaired,
+                    "scale": scale,
+                    "gap_before": float(np.abs(before - ref).max()) / scale,
+                    "gap_after": float(np.abs(after - ref).max()) / scale,
+                    "stats": stats,
+                    "stored": stored,
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -90,14 +90,16 @@ def _nested(K, rng):
     bn = dict(momentum=0.99)
     x = rng.normal(size=(320, 10)).astype("float32") * 3 + 5
     ci = K.Input((16,), name="cell_in")
-    cell = K.Model(ci, L.Activation("relu")(L.BatchNormalization(name="bn2", **bn)(L.Dense(16, name="d2")(ci))),
-                   name="cell")
+    cell = K.Model(
+        ci, L.Activation("relu")(L.BatchNormalization(name="bn2", **bn)(L.Dense(16, name="d2")(ci))), name="cell"
+    )
     block = K.Sequential([K.Input((16,)), cell], name="block")
     bi = K.Input((10,), name="bb_in")
     h = L.Activation("relu")(L.BatchNormalization(name="bn1", **bn)(L.Dense(16, name="d1")(bi)))
     backbone = K.Model(bi, block(h), name="backbone")
-    frozen = K.Sequential([K.Input((16,)), L.Dense(16, name="d3"), L.BatchNormalization(name="bn3", **bn)],
-                          name="frozen")
+    frozen = K.Sequential(
+        [K.Input((16,)), L.Dense(16, name="d3"), L.BatchNormalization(name="bn3", **bn)], name="frozen"
+    )
     inp = K.Input((10,), name="features")
     h = L.BatchNormalization(name="bn_top", **bn)(frozen(backbone(inp)))
     out = L.Dense(1, name="head")(L.Activation("relu")(h))
@@ -123,7 +125,7 @@ def nested_stats(model, x, batch_size):
     cell = backbone.get_layer("block").get_layer("cell")
     seen = {"backbone/bn1": [], "backbone/block/cell/bn2": [], "bn_top": []}
     for s in range(0, len(x), batch_size):
-        h = _dense_numpy(np.asarray(x[s:s + batch_size], np.float64), backbone.get_layer("d1"))
+        h = _dense_numpy(np.asarray(x[s : s + batch_size], np.float64), backbone.get_layer("d1"))
         seen["backbone/bn1"].append(h)
         h = _dense_numpy(np.maximum(_bn_numpy(h, backbone.get_layer("bn1"), True), 0), cell.get_layer("d2"))
         seen["backbone/block/cell/bn2"].append(h)
@@ -163,7 +165,8 @@ def build_nested(which, out):
     base = K.Model(bi, L.BatchNormalization(name="bn")(L.Dense(4, name="d")(bi)), name="base")
     a, b = K.Input((10,), name="a"), K.Input((10,), name="b")
     K.Model([a, b], L.Dense(1, name="head")(L.Concatenate()([base(a), base(b)]))).save(
-        os.path.join(out, "shared" + ext))
+        os.path.join(out, "shared" + ext)
+    )
     np.savez(os.path.join(out, "ab.npz"), a=x[:64], b=x[64:128])
     inner = K.Sequential([K.Input((10,)), L.Dense(4, name="d"), L.BatchNormalization(name="bn")], name="base")
     inner.trainable = False
@@ -177,8 +180,9 @@ def build(which, kind, out):
     rng = np.random.default_rng(1)
     model, x, y = _model(K, kind, rng)
     model.compile(optimizer=K.optimizers.Adam(0.03), loss="mse")
-    model.fit(x if not isinstance(x, dict) else [x["left"], x["right"]], y, batch_size=64, epochs=4, verbose=0,
-              shuffle=False)
+    model.fit(
+        x if not isinstance(x, dict) else [x["left"], x["right"]], y, batch_size=64, epochs=4, verbose=0, shuffle=False
+    )
     os.makedirs(out, exist_ok=True)
     main = os.path.join(out, "model.keras" if which == "keras3" else "model.h5")
     model.save(main)
@@ -196,9 +200,13 @@ def build(which, kind, out):
         np.save(os.path.join(out, "X.npy"), x)
         data = os.path.join(out, "X.npy")
     np.save(os.path.join(out, "y.npy"), y)
-    info = {"model": main, "data": data, "y": os.path.join(out, "y.npy"),
-            "weights": {v.path if hasattr(v, "path") else v.name: list(v.shape) for v in model.weights},
-            "bn": [l.name for l in model.layers if isinstance(l, K.layers.BatchNormalization)]}
+    info = {
+        "model": main,
+        "data": data,
+        "y": os.path.join(out, "y.npy"),
+        "weights": {v.path if hasattr(v, "path") else v.name: list(v.shape) for v in model.weights},
+        "bn": [layer.name for layer in model.layers if isinstance(layer, K.layers.BatchNormalization)],
+    }
     with open(os.path.join(out, "info.json"), "w") as f:
         json.dump(info, f)
 
@@ -225,9 +233,9 @@ def _evaluate(model, data, y_path):
     def loss(training):
         total = 0.0
         for s in range(0, n, 64):
-            batch = [a[s:s + 64] for a in x]
+            batch = [a[s : s + 64] for a in x]
             pred = np.asarray(model(batch, training=training))
-            total += float(np.square(pred - y[s:s + 64]).sum())
+            total += float(np.square(pred - y[s : s + 64]).sum())
         return total / n
 
     infer = loss(False)  # first: training mode would move the statistics in memory

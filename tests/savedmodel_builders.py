@@ -17,7 +17,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
-
 from keras_builders import _keras, _model  # noqa: E402
 
 
@@ -36,10 +35,10 @@ def build(kind, out):
             f["left"], f["right"], f["y"] = x["left"], x["right"], y
         return
     np.save(os.path.join(out, "X.npy"), x)
-    bns = [l for l in model.layers if isinstance(l, K.layers.BatchNormalization) and l.trainable]
+    bns = [layer for layer in model.layers if isinstance(layer, K.layers.BatchNormalization) and layer.trainable]
     model.save(os.path.join(out, "sm"), save_format="tf")
     if kind != "lambda":  # after saving: a training-mode call moves the statistics in memory
-        probe = K.Model(model.inputs, [l.input for l in bns])
+        probe = K.Model(model.inputs, [layer.input for layer in bns])
         values = probe(x, training=True)
         stats = {}
         for layer, v in zip(bns, values):

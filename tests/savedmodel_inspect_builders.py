@@ -4,7 +4,8 @@
 
 tfkeras (TF_USE_LEGACY_KERAS=1) writes:
   ROOT/functional   tf-keras Functional model, BN layers ``bn_a`` and ``bn_b`` and ``bn_frozen``
-                    (trainable=False from the start), trained a few steps, ``model.save(dir, save_format="tf")`` (has keras_metadata.pb)
+                    (trainable=False from the start), trained a few steps,
+                    ``model.save(dir, save_format="tf")`` (has keras_metadata.pb)
   ROOT/untrained    the same architecture never trained: statistics at their initial values
   ROOT/nested       tf-keras Functional holding a Functional ``backbone`` (BN ``bn_in``) and a
                     Sequential ``frozen`` (BN ``bn_f``, trainable=False from the start), BN ``bn_top``
@@ -121,8 +122,9 @@ def build_tfkeras(root):
 
         @tf.function(input_signature=[tf.TensorSpec([None, 4, 4, 3], tf.float32)])
         def __call__(self, x):
-            y, _, _ = tf.compat.v1.nn.fused_batch_norm(x, self.scale_w, self.shift_b, self.running_avg,
-                                                       self.running_var, is_training=False)
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x, self.scale_w, self.shift_b, self.running_avg, self.running_var, is_training=False
+            )
             return y
 
     tf.saved_model.save(Custom(), os.path.join(root, "custom"))
@@ -134,8 +136,13 @@ def build_tfkeras(root):
         with tf.compat.v1.Session() as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
             builder = tf.compat.v1.saved_model.Builder(os.path.join(root, "tf1"))
-            builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={
-                "serving_default": tf.compat.v1.saved_model.predict_signature_def({"x": x}, {"y": y})})
+            builder.add_meta_graph_and_variables(
+                sess,
+                ["serve"],
+                signature_def_map={
+                    "serving_default": tf.compat.v1.saved_model.predict_signature_def({"x": x}, {"y": y})
+                },
+            )
             builder.save()
 
     # A damaged copy: bn_b's moving statistics, the head's kernel and one Adam slot deleted from
@@ -144,8 +151,10 @@ def build_tfkeras(root):
     shutil.copytree(src, dst)
     prefix = os.path.join(dst, "variables", "variables")
     reader = tf.train.load_checkpoint(prefix)
-    dropped = [f"layer_with_weights-{i}/{w}/.ATTRIBUTES/VARIABLE_VALUE" for i, w in
-               ((3, "moving_mean"), (3, "moving_variance"), (5, "kernel"))]
+    dropped = [
+        f"layer_with_weights-{i}/{w}/.ATTRIBUTES/VARIABLE_VALUE"
+        for i, w in ((3, "moving_mean"), (3, "moving_variance"), (5, "kernel"))
+    ]
     dropped.append("optimizer/_variables/1/.ATTRIBUTES/VARIABLE_VALUE")
     names = sorted(set(reader.get_variable_to_shape_map()) - set(dropped))
     assert len(names) == len(reader.get_variable_to_shape_map()) - len(dropped), names
@@ -154,8 +163,9 @@ def build_tfkeras(root):
     values.append(np.arange(3, dtype=np.float32))
     for f in os.listdir(os.path.dirname(prefix)):
         os.remove(os.path.join(os.path.dirname(prefix), f))
-    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
-                      tensors=[tf.constant(v) for v in values])
+    tf.raw_ops.SaveV2(
+        prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=[tf.constant(v) for v in values]
+    )
 
 
 def build_keras3(root):

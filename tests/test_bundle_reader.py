@@ -116,9 +116,7 @@ def tf1_ckpt(tf, tmp_path_factory):
         v1 = tf.compat.v1
         normal = v1.random_normal_initializer()
         with tf.device("/cpu:0"):
-            v1.get_variable(
-                "part/var", shape=[10, 4], initializer=normal, partitioner=v1.fixed_size_partitioner(3)
-            )
+            v1.get_variable("part/var", shape=[10, 4], initializer=normal, partitioner=v1.fixed_size_partitioner(3))
             v1.get_variable("words", initializer=tf.constant([b"a", b"b\x00c", b"\xff"]))
         with tf.device("/cpu:1"):
             v1.get_variable(
@@ -298,6 +296,7 @@ def test_tf2_object_paths(tf, tf2_ckpt):
 
 def parse_key_without_graph(key: str) -> str:
     obj, attr = key.split("/.ATTRIBUTES/")
+
     def unescape(segment: str) -> str:  # left to right: ".." -> ".", ".S" -> "/"
         return re.sub(r"\.([.S])", lambda m: "." if m.group(1) == "." else "/", segment)
 
@@ -963,7 +962,6 @@ def test_cli_without_tensorflow_matches_tf_names_dtypes_shapes_and_numpy_stats(w
     import json
 
     import tensorflow as tf
-
     from conftest import run_cli_without_tf
 
     prefix = request.getfixturevalue(which)

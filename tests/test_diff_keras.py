@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import assert_one_line_error, h5_datasets, run_cli, run_cli_without_tf, run_in_parallel
 
 # Writes a.{keras|h5} and its save_weights file, b.* (the same model trained one more
@@ -59,9 +58,6 @@ def files(tmp_path_factory):
     return {w: root / w for w in ("keras3", "tfkeras")}
 
 
-
-
-
 def diff_json(a, b):
     proc = run_cli("diff", a, b, "--format", "json")
     return proc.returncode, json.loads(proc.stdout)
@@ -88,8 +84,9 @@ def test_identical_and_retrained_files(files, which, ext):
     assert any("moving_mean" in n or n.endswith("vars/2") for n in changed)  # BN statistics moved too
 
 
-@pytest.mark.parametrize("which,full,weights", [("keras3", "a.keras", "a.weights.h5"),
-                                                ("tfkeras", "a.h5", "a-weights.h5")])
+@pytest.mark.parametrize(
+    "which,full,weights", [("keras3", "a.keras", "a.weights.h5"), ("tfkeras", "a.h5", "a-weights.h5")]
+)
 def test_full_model_against_its_save_weights_file(files, which, full, weights):
     code, doc = diff_json(files[which] / full, files[which] / weights)
     # Same weights under the same names (a legacy full model's model_weights/ prefix ignored).
@@ -127,8 +124,12 @@ def test_a_damaged_keras_named_file_is_one_line_for_every_command(files, tmp_pat
     truncated.write_bytes(good.read_bytes()[:500])  # a zip cut short: no central directory
     renamed = tmp_path / "model.h5"
     renamed.write_bytes(b"not hdf5 at all" * 10)
-    for command in (["inspect", truncated], ["diff", good, truncated], ["inspect", renamed],
-                    ["repair", truncated, "--data", tmp_path / "X.npy"]):
+    for command in (
+        ["inspect", truncated],
+        ["diff", good, truncated],
+        ["inspect", renamed],
+        ["repair", truncated, "--data", tmp_path / "X.npy"],
+    ):
         proc = run_cli(*command)
         name = "cut.keras" if truncated in command else "model.h5"
         assert_one_line_error(proc, name, "named like a Keras file", "model.save()")

@@ -12,7 +12,7 @@ def test_pooled_moments_equal_numpy_over_the_concatenation(splits):
     pooled = PooledMoments(3)
     start = 0
     for n in splits:
-        pooled.add_values(data[start:start + n], axis=-1)
+        pooled.add_values(data[start : start + n], axis=-1)
         start += n
     flat = data.reshape(-1, 3)
     np.testing.assert_allclose(pooled.mean, flat.mean(axis=0), rtol=1e-14)
@@ -26,7 +26,7 @@ def test_batch_split_does_not_change_the_answer():
     a, b = PooledMoments(5), PooledMoments(5)
     a.add_values(data)
     for i in range(0, 300, 17):
-        b.add_values(data[i:i + 17])
+        b.add_values(data[i : i + 17])
     np.testing.assert_allclose(a.mean, b.mean, rtol=1e-13)
     np.testing.assert_allclose(a.variance, b.variance, rtol=1e-12)
 

@@ -11,7 +11,6 @@ The CI run is short. To fuzz longer::
 """
 
 import os
-import shutil
 import signal
 import tempfile
 import tracemalloc
@@ -44,12 +43,12 @@ def mutate(data: bytes, kind: str, pos: int, arg: int) -> bytes:
         return data
     pos %= len(data)
     if kind == "flip":
-        return data[:pos] + bytes([data[pos] ^ (1 << arg)]) + data[pos + 1:]
+        return data[:pos] + bytes([data[pos] ^ (1 << arg)]) + data[pos + 1 :]
     if kind == "truncate":
         return data[:pos]
     if kind == "insert":
         return data[:pos] + bytes([arg]) + data[pos:]
-    return data[:pos] + b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01" + data[pos + 10:]
+    return data[:pos] + b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01" + data[pos + 10 :]
 
 
 class Hang(Exception):
@@ -65,8 +64,11 @@ def originals():
     return {name: (SEED / name).read_bytes() for name in FILES}
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                       HealthCheck.too_slow])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(target=st.sampled_from(FILES), mutations=st.lists(mutation, min_size=1, max_size=4))
 def test_mutated_checkpoints_give_only_our_errors(originals, target, mutations):
     with tempfile.TemporaryDirectory() as d:

@@ -12,34 +12,56 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli, run_in_parallel, tf_reader_values
 
 BUILDER = Path(__file__).with_name("graph_mode_builders.py")
 
 # (kind, control flow, fused, switch, layers)
 CASES = [
-    ("dropout-switch", "v1", 1, "placeholder", "tf-layers"), ("dropout-switch", "v1", 0, "placeholder", "tf-layers"),
-    ("dropout-switch", "v2", 1, "placeholder", "tf-layers"), ("dropout-switch", "v2", 0, "placeholder", "tf-layers"),
+    ("dropout-switch", "v1", 1, "placeholder", "tf-layers"),
+    ("dropout-switch", "v1", 0, "placeholder", "tf-layers"),
+    ("dropout-switch", "v2", 1, "placeholder", "tf-layers"),
+    ("dropout-switch", "v2", 0, "placeholder", "tf-layers"),
     # A placeholder_with_default switch with tf.compat.v1.keras layers; the switch through the user's tf.identity.
-    ("dropout-switch", "v1", 1, "with-default", "keras"), ("dropout-switch", "v2", 1, "identity", "tf-layers"),
-    ("training-only", "v1", 1, "placeholder", "tf-layers"), ("training-only", "v2", 0, "placeholder", "tf-layers"),
-    ("training-only-raw", "v2", 1, "placeholder", "tf-layers"), ("training-only-raw", "v1", 0, "placeholder", "tf-layers"),
+    ("dropout-switch", "v1", 1, "with-default", "keras"),
+    ("dropout-switch", "v2", 1, "identity", "tf-layers"),
+    ("training-only", "v1", 1, "placeholder", "tf-layers"),
+    ("training-only", "v2", 0, "placeholder", "tf-layers"),
+    ("training-only-raw", "v2", 1, "placeholder", "tf-layers"),
+    ("training-only-raw", "v1", 0, "placeholder", "tf-layers"),
     ("training-only-dropout", "v2", 1, "placeholder", "tf-layers"),
 ]
-IDS = [f"{k}-{cf}-{'fused' if f else 'nonfused'}" + ("" if sw == "placeholder" else f"-{sw}") +
-       ("" if ly == "tf-layers" else f"-{ly}") for k, cf, f, sw, ly in CASES]
+IDS = [
+    f"{k}-{cf}-{'fused' if f else 'nonfused'}"
+    + ("" if sw == "placeholder" else f"-{sw}")
+    + ("" if ly == "tf-layers" else f"-{ly}")
+    for k, cf, f, sw, ly in CASES
+]
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("graph-modes")
-    commands = {name: [sys.executable, BUILDER, kind, root / name, "--control-flow", cf, "--fused", str(fused),
-                       "--switch", switch, "--layers", layers]
-                for name, (kind, cf, fused, switch, layers) in zip(IDS, CASES)}
+    commands = {
+        name: [
+            sys.executable,
+            BUILDER,
+            kind,
+            root / name,
+            "--control-flow",
+            cf,
+            "--fused",
+            str(fused),
+            "--switch",
+            switch,
+            "--layers",
+            layers,
+        ]
+        for name, (kind, cf, fused, switch, layers) in zip(IDS, CASES)
+    }
     names = list(commands)
     for i in range(0, len(names), 2):  # two at a time: two cores
-        run_in_parallel({n: commands[n] for n in names[i:i + 2]})
+        run_in_parallel({n: commands[n] for n in names[i : i + 2]})
     return {name: root / name for name in names}
 
 
@@ -61,8 +83,9 @@ def test_inspect_finds_every_bn_layer_and_their_init_stats(built, case):
 
 
 # Sequential runs the layers in inference mode: graphs fixed to training mode have none.
-REPAIRS = [(case, "train") for case in IDS if "dropout" not in case or case.startswith("dropout")] + \
-    [(case, "sequential") for case in IDS if case.startswith("dropout")]
+REPAIRS = [(case, "train") for case in IDS if "dropout" not in case or case.startswith("dropout")] + [
+    (case, "sequential") for case in IDS if case.startswith("dropout")
+]
 
 
 @pytest.mark.parametrize("case,method", REPAIRS)
@@ -70,8 +93,20 @@ def test_repair_gives_the_inference_moments(built, case, method, tmp_path):
     folder = built[case]
     info = _info(folder)
     out = tmp_path / "repaired"
-    proc = run_cli("repair", folder, "--data", folder / "X.npy", "--batch-size", 1000, "--method", method,
-                   "--output", out, "--format", "json")
+    proc = run_cli(
+        "repair",
+        folder,
+        "--data",
+        folder / "X.npy",
+        "--batch-size",
+        1000,
+        "--method",
+        method,
+        "--output",
+        out,
+        "--format",
+        "json",
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     values = tf_reader_values(str(out))
@@ -94,8 +129,9 @@ def test_repair_gives_the_inference_moments(built, case, method, tmp_path):
         assert check["improved"] and check["gap_after"] < 1e-4 < check["gap_before"], check
         assert check["outputs"] == [info["output"]]
         # The repaired network at inference equals numpy's inference with the exact statistics.
-        proc = subprocess.run([sys.executable, BUILDER, "x", folder, "--evaluate", out], capture_output=True,
-                              text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, BUILDER, "x", folder, "--evaluate", out], capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         got = np.array(json.loads(proc.stdout.strip().splitlines()[-1]))
         want = np.load(folder / "expected_output.npy")
@@ -134,8 +170,7 @@ def test_dropout_shared_switch_is_wrong_without_the_separation(built, tmp_path):
 def test_training_only_graph_with_dropout_says_it_cannot_be_sure(built):
     """Dropout fixed to training mode cannot be held off: the repair says so in one line."""
     folder = built["training-only-dropout-v2-fused"]
-    proc = run_cli("repair", folder, "--data", folder / "X.npy", "--batch-size", 1000, "--dry-run", "--format",
-                   "json")
+    proc = run_cli("repair", folder, "--data", folder / "X.npy", "--batch-size", 1000, "--dry-run", "--format", "json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     [note] = [n for n in report["notes"] if "random ops" in n]
@@ -148,8 +183,9 @@ def test_training_only_graph_with_dropout_says_it_cannot_be_sure(built):
 
 def test_input_names_an_iterator_output(built, tmp_path):
     folder = built["training-only-v1-fused"]
-    proc = run_cli("repair", folder, "--data", folder / "X.npy", "--input", "IteratorGetNext:0", "--dry-run",
-                   "--format", "json")
+    proc = run_cli(
+        "repair", folder, "--data", folder / "X.npy", "--input", "IteratorGetNext:0", "--dry-run", "--format", "json"
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["inputs"] == ["IteratorGetNext:0"]
     proc = run_cli("repair", folder, "--data", folder / "X.npy", "--input", "IteratorGetNext:7", "--dry-run")

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error, run_cli, tf_reader_values
 
 import ckptdoctor
-from conftest import assert_one_line_error, run_cli, tf_reader_values
 
 CF = ["v1", "v2"]
 
@@ -21,7 +21,7 @@ def test_seed_as_written_is_healthy_with_three_bn_layers(build, cf):
     b = build("seed", cf)
     r = ckptdoctor.inspect(b.prefix)
     assert r.exit_code == 0, [f for f in r.findings if f.severity == "error"]
-    assert len(r.bn_layers) == 3 and {l.status for l in r.bn_layers} == {"ok"}
+    assert len(r.bn_layers) == 3 and {layer.status for layer in r.bn_layers} == {"ok"}
     assert r.graph == b.prefix + ".meta"
     # The seed's Saver skips the dense layers' Adam slots: info only.
     infos = codes(r, "missing-in-checkpoint")
@@ -35,7 +35,7 @@ def test_saver_over_trainables_gives_six_bn_stats_missing(build, cf):
     missing = codes(r, "bn-stats-missing")
     assert len(missing) == 6
     assert {f.tensor.rsplit("/", 1)[1] for f in missing} == {"moving_mean", "moving_variance"}
-    assert {l.status for l in r.bn_layers} == {"missing"}
+    assert {layer.status for layer in r.bn_layers} == {"missing"}
     assert r.exit_code == 1
     proc = run_cli("inspect", b.prefix, "--format", "json")
     assert proc.returncode == 1
@@ -49,7 +49,7 @@ def test_no_update_ops_gives_at_init_and_unused_update_ops(build, cf):
     assert len(codes(r, "bn-stats-at-init")) == 3
     assert len(codes(r, "bn-update-ops-unused")) == 1
     assert codes(r, "bn-update-ops-unused")[0].severity == "warning"
-    assert {l.status for l in r.bn_layers} == {"at-init"}
+    assert {layer.status for layer in r.bn_layers} == {"at-init"}
     assert r.exit_code == 1
 
 
@@ -122,14 +122,17 @@ def test_hdf5_report_holds_the_json_findings_and_report_reprints_it(build, tmp_p
     with h5py.File(out, "r") as f:
         for key in ("ckptdoctor_version", "checkpoint", "format", "graph", "created"):
             assert key in f.attrs
-        stored = [{k: f["findings"][k][i].decode() for k in ("code", "severity", "tensor", "message")}
-                  for i in range(f["findings"].shape[0])]
+        stored = [
+            {k: f["findings"][k][i].decode() for k in ("code", "severity", "tensor", "message")}
+            for i in range(f["findings"].shape[0])
+        ]
         assert f["tensors"].shape[0] == len(doc["tensors"])
         assert set(f["tensors"]["in_graph"]) == {1}
         assert json.loads(f["tensors"]["shape"][0].decode()) == doc["tensors"][0]["shape"]
         assert f["bn_layers"].shape[0] == 3
-    assert [(d["code"], d["severity"], d["tensor"] or "", d["message"]) for d in doc["findings"]] == \
-        [(s["code"], s["severity"], s["tensor"], s["message"]) for s in stored]
+    assert [(d["code"], d["severity"], d["tensor"] or "", d["message"]) for d in doc["findings"]] == [
+        (s["code"], s["severity"], s["tensor"], s["message"]) for s in stored
+    ]
     again = run_cli("report", out, "--format", "json")
     assert json.loads(again.stdout) == doc and again.returncode == proc.returncode
     table = run_cli("inspect", b.prefix)
@@ -153,8 +156,15 @@ def test_table_output_has_header_tables_and_findings(build):
     b = build("seed-trainables", "v1")
     proc = run_cli("inspect", b.prefix)
     assert proc.returncode == 1
-    for text in ("checkpoint:", "graph:", "TENSORS", "BN LAYERS (3)", "FINDINGS", "bn-stats-missing",
-                 "batch_normalization/moving_mean"):
+    for text in (
+        "checkpoint:",
+        "graph:",
+        "TENSORS",
+        "BN LAYERS (3)",
+        "FINDINGS",
+        "bn-stats-missing",
+        "batch_normalization/moving_mean",
+    ):
         assert text in proc.stdout
 
 

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import assert_one_line_error, cli_command, h5_datasets, run_cli, run_in_parallel
 
 BUILDERS = Path(__file__).with_name("keras_bn_builders.py")
-KINDS = {"keras3": "dropout,nested,sync,renorm,centerscale,axis1,mixed,refuse",
-         "tfkeras": "dropout,renorm,centerscale,axis1,mixed,vbs"}
+KINDS = {
+    "keras3": "dropout,nested,sync,renorm,centerscale,axis1,mixed,refuse",
+    "tfkeras": "dropout,renorm,centerscale,axis1,mixed,vbs",
+}
 EXT = {"keras3": ".keras", "tfkeras": ".h5"}
 N_ALL = 256  # samples of every dense and axis1 model: --batch-size N_ALL puts all in one batch
 
@@ -54,8 +55,13 @@ def run_two_at_a_time(commands: dict, timeout: int = 600) -> dict:
     while queue or running:
         while queue and len(running) < 2:
             name, argv = queue.pop(0)
-            running.append((name, argv, subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE,
-                                                         stderr=subprocess.PIPE, text=True)))
+            running.append(
+                (
+                    name,
+                    argv,
+                    subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+                )
+            )
         name, argv, p = running.pop(0)
         out, err = p.communicate(timeout=timeout)
         done[name] = subprocess.CompletedProcess(argv, p.returncode, out, err)
@@ -93,13 +99,26 @@ def repaired(tmp_path_factory):
         src = root / which / kind / source
         out = out_dir / (name if src.is_dir() else name + EXT[which])
         options = ("--batch-size", N_ALL) + tuple(extra) if "--batch-size" not in extra else tuple(extra)
-        commands[name] = cli_command() + ["repair", src, "--data", root / which / kind / "X.npy", "--output", out,
-                                          *options, "--format", "json"]
+        commands[name] = cli_command() + [
+            "repair",
+            src,
+            "--data",
+            root / which / kind / "X.npy",
+            "--output",
+            out,
+            *options,
+            "--format",
+            "json",
+        ]
         where[name] = (which, src, out)
     done = {name: Repaired(*where[name][:3], proc) for name, proc in run_two_at_a_time(commands).items()}
     names = {w: [n for n, r in done.items() if r.which == w and r.proc.returncode == 0] for w in KINDS}
-    procs = run_two_at_a_time({w: check_commands(w, [(done[n].source.parent / "X.npy", done[n].source, done[n].output)
-                                                     for n in names[w]]) for w in KINDS})
+    procs = run_two_at_a_time(
+        {
+            w: check_commands(w, [(done[n].source.parent / "X.npy", done[n].source, done[n].output) for n in names[w]])
+            for w in KINDS
+        }
+    )
     for w in KINDS:  # one check process per Keras
         for name, result in zip(names[w], check_results(procs[w])):
             done[name].check = result
@@ -127,8 +146,9 @@ def assert_repaired(r: Repaired, bn: set, rtol: float = 1e-3, out_rtol: float = 
     for name in bn:
         want, have = check["stats"][name], check["stored"][name]
         np.testing.assert_allclose(have["var"], want["var"], rtol=rtol, err_msg=name)
-        np.testing.assert_allclose(have["mean"], want["mean"], rtol=rtol, atol=rtol * np.abs(want["mean"]).max(),
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            have["mean"], want["mean"], rtol=rtol, atol=rtol * np.abs(want["mean"]).max(), err_msg=name
+        )
     assert check["gap_before"] > 0.05, check["gap_before"]  # the stored statistics were stale
     assert check["gap_after"] < out_rtol, check["gap_after"]
     out = report["output_check"]
@@ -198,8 +218,9 @@ def test_a_refused_in_place_repair_leaves_the_file_and_makes_no_backup(repaired,
     target = tmp_path / "model.keras"
     shutil.copyfile(repaired["keras3-refuse"].source, target)
     before = target.read_bytes()
-    proc = run_cli("repair", target, "--data", repaired["keras3-refuse"].source.parent / "X.npy", "--batch-size", 512,
-                   "--in-place")
+    proc = run_cli(
+        "repair", target, "--data", repaired["keras3-refuse"].source.parent / "X.npy", "--batch-size", 512, "--in-place"
+    )
     assert proc.returncode == 1, proc.stderr
     assert "repair-not-improved" in proc.stdout and "NOT better" in proc.stdout
     assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
@@ -252,8 +273,14 @@ def test_mixed_float16_policy(repaired, which):
 @pytest.mark.parametrize("source", ["model.h5", "savedmodel"])
 def test_virtual_batch_size_is_a_one_line_error(repaired, source):
     r = repaired["tfkeras-vbs" + ("-savedmodel" if source == "savedmodel" else "")]
-    assert_one_line_error(r.proc, "BN layer bn1", "virtual_batch_size=16", "cannot load it back",
-                          "virtual_batch_size=None", "model.load_weights")
+    assert_one_line_error(
+        r.proc,
+        "BN layer bn1",
+        "virtual_batch_size=16",
+        "cannot load it back",
+        "virtual_batch_size=None",
+        "model.load_weights",
+    )
     assert not r.output.exists()
 
 
@@ -265,17 +292,26 @@ def effnet(tmp_path_factory):
     """keras.applications.EfficientNetB0 (Keras 3, 32x32, 10 classes) after two training steps on 64 samples,
     repaired with all 64 in one batch; each step must fit in about a minute."""
     root = tmp_path_factory.mktemp("effnet")
-    build = subprocess.run([sys.executable, str(BUILDERS), "build", "keras3", "effnet", str(root)],
-                           capture_output=True, text=True, timeout=120)
+    build = subprocess.run(
+        [sys.executable, str(BUILDERS), "build", "keras3", "effnet", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     src, out, data = root / "effnet" / "model.keras", root / "repaired.keras", root / "effnet" / "X.npy"
-    proc = subprocess.run(cli_command() + ["repair", str(src), "--data", str(data), "--batch-size", "64",
-                                           "--output", str(out), "--format", "json"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        cli_command()
+        + ["repair", str(src), "--data", str(data), "--batch-size", "64", "--output", str(out), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     r = Repaired("keras3", src, out, proc)
     if proc.returncode == 0:
-        check = subprocess.run(check_commands("keras3", [(data, src, out)]), capture_output=True, text=True,
-                               timeout=120)
+        check = subprocess.run(
+            check_commands("keras3", [(data, src, out)]), capture_output=True, text=True, timeout=120
+        )
         (r.check,) = check_results(check)
     return r
 
@@ -291,5 +327,4 @@ def test_efficientnet_b0_gets_closer_to_the_reference(effnet):
     assert "top_dropout" in report["held_in_inference"] and "block2b_drop" in report["held_in_inference"]
     for name, want in check["stats"].items():  # each BN input's population statistics at inference
         have = check["stored"][name]
-        np.testing.assert_allclose(have["var"], want["var"], rtol=1e-2, atol=1e-4 * np.max(want["var"]),
-                                   err_msg=name)
+        np.testing.assert_allclose(have["var"], want["var"], rtol=1e-2, atol=1e-4 * np.max(want["var"]), err_msg=name)

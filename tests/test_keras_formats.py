@@ -15,7 +15,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from conftest import assert_one_line_error, h5_datasets, run_cli
 
 BUILDERS = Path(__file__).with_name("keras_builders.py")
@@ -27,18 +26,28 @@ MAIN = {"keras3": "model.keras", "tfkeras": "model.h5"}
 def models(tmp_path_factory):
     """root[which] -> folder with one sub-folder per kind (both Keras built in parallel)."""
     root = tmp_path_factory.mktemp("keras")
-    procs = {w: subprocess.Popen([sys.executable, str(BUILDERS), "build", w, KINDS, str(root / w)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for w in ("keras3", "tfkeras")}
-    for w, p in procs.items():
+    procs = {
+        w: subprocess.Popen(
+            [sys.executable, str(BUILDERS), "build", w, KINDS, str(root / w)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in ("keras3", "tfkeras")
+    }
+    for _w, p in procs.items():
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
     return {w: root / w for w in procs}
 
 
 def losses(which, data, y, *paths):
-    proc = subprocess.run([sys.executable, str(BUILDERS), "evaluate", which, str(data), str(y)]
-                          + [str(p) for p in paths], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(BUILDERS), "evaluate", which, str(data), str(y)] + [str(p) for p in paths],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
@@ -60,8 +69,10 @@ def test_inspect_lists_every_weight_and_the_bn_layers(models, which, file):
     assert proc.returncode in (0, 1), proc.stderr
     seen = h5_datasets(path)
     assert sorted(t["name"] for t in report["tensors"]) == sorted(seen)
-    assert report["format"] == {"model.keras": "keras-v3", "model.h5": "keras-legacy-h5",
-                                "model.weights.h5": "keras-weights-h5"}[path.name]
+    assert (
+        report["format"]
+        == {"model.keras": "keras-v3", "model.h5": "keras-legacy-h5", "model.weights.h5": "keras-weights-h5"}[path.name]
+    )
     for t in report["tensors"]:
         assert t["shape"] == list(seen[t["name"]].shape)
         if t["size"] and seen[t["name"]].dtype.kind == "f":
@@ -147,7 +158,9 @@ def test_inspect_savedmodel_directory(models):
 
 
 def _bn_keys(report):
-    return {k for b in report["bn_layers"] if b["layer"] != "bn_frozen" for k in (b["moving_mean"], b["moving_variance"])}
+    return {
+        k for b in report["bn_layers"] if b["layer"] != "bn_frozen" for k in (b["moving_mean"], b["moving_variance"])
+    }
 
 
 @pytest.mark.parametrize("which", ["keras3", "tfkeras"])
@@ -204,8 +217,9 @@ def test_repair_fixes_inference_and_keeps_everything_else(models, tmp_path, whic
 def test_repair_sequential_and_in_place(models, tmp_path):
     src = tmp_path / "model.keras"
     shutil.copyfile(models["keras3"] / "dense" / "model.keras", src)
-    proc = run_cli("repair", src, "--data", models["keras3"] / "dense" / "X.npy", "--method", "sequential",
-                   "--in-place")
+    proc = run_cli(
+        "repair", src, "--data", models["keras3"] / "dense" / "X.npy", "--method", "sequential", "--in-place"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "backup of the original" in proc.stdout
     folder = models["keras3"] / "dense"

@@ -17,7 +17,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from conftest import assert_one_line_error, cli_command
 from test_keras_formats import h5_datasets, inspect_json, losses
 
@@ -31,10 +30,16 @@ FROZEN = "frozen/bn3"
 def nested(tmp_path_factory):
     """which -> the folder ``build_nested`` wrote (both Keras built in parallel)."""
     root = tmp_path_factory.mktemp("nested")
-    procs = {w: subprocess.Popen([sys.executable, str(BUILDERS), "build", w, "nested", str(root / w)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for w in ("keras3", "tfkeras")}
-    for w, p in procs.items():
+    procs = {
+        w: subprocess.Popen(
+            [sys.executable, str(BUILDERS), "build", w, "nested", str(root / w)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in ("keras3", "tfkeras")
+    }
+    for _w, p in procs.items():
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
     return {w: root / w / "nested" for w in procs}
@@ -58,8 +63,12 @@ def stored(path: Path) -> dict:
 
 def run_cli_parallel(*commands) -> list[subprocess.CompletedProcess]:
     """``ckptdoctor ARGS`` for each ARGS at once (each loads TensorFlow: two cores, half the wait)."""
-    procs = [subprocess.Popen(cli_command() + [str(a) for a in args], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for args in commands]
+    procs = [
+        subprocess.Popen(
+            cli_command() + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for args in commands
+    ]
     done = []
     for args, p in zip(commands, procs):
         out, err = p.communicate(timeout=600)
@@ -163,8 +172,9 @@ def test_repair_nested_bn_layers_fixes_inference(nested, tmp_path, which):
     sources = [folder / MAIN[which]] + ([folder / "savedmodel"] if which == "tfkeras" else [])
     outputs = [tmp_path / ("repaired" if src.is_dir() else "repaired" + src.suffix) for src in sources]
     before = [sha256(src) for src in sources]
-    results = repair_json(*[(src, "--data", folder / "X.npy", "--batch-size", 64, "--output", out)
-                            for src, out in zip(sources, outputs)])
+    results = repair_json(
+        *[(src, "--data", folder / "X.npy", "--batch-size", 64, "--output", out) for src, out in zip(sources, outputs)]
+    )
     pairs = []
     for src, out, digest, result in zip(sources, outputs, before, results):
         assert sha256(src) == digest  # the input is never written
@@ -189,8 +199,9 @@ def test_repair_nested_bn_layers_fixes_inference(nested, tmp_path, which):
 def test_sequential_method_with_one_batch_closes_the_gaps(nested, tmp_path):
     folder = nested["keras3"]
     src, out = folder / "model.keras", tmp_path / "seq.keras"
-    (result,) = repair_json((src, "--data", folder / "X.npy", "--method", "sequential", "--batch-size", 512,
-                             "--output", out))
+    (result,) = repair_json(
+        (src, "--data", folder / "X.npy", "--method", "sequential", "--batch-size", 512, "--output", out)
+    )
     check_repair(src, out, result, np.load(folder / "stats.npz"), 320)
     for layer in result["layers"]:  # all data in one batch: inference mode gives training mode's outputs
         assert layer["gap_after"] < 1e-3 * layer["gap_before"], layer
@@ -203,8 +214,14 @@ def test_shared_nested_model_and_all_frozen_are_refused(nested, tmp_path, which)
     out = tmp_path / ("out" + ext)
     shared, frozen = run_cli_parallel(
         ("repair", folder / ("shared" + ext), "--data", folder / "ab.npz", "--output", out),
-        ("repair", folder / ("allfrozen" + ext), "--data", folder / "X.npy", "--output", out))
+        ("repair", folder / ("allfrozen" + ext), "--data", folder / "X.npy", "--output", out),
+    )
     assert_one_line_error(shared, "base/bn", "runs 2 times per forward pass", "shared")
-    assert_one_line_error(frozen, "no trainable BatchNormalization layer", "base/bn", "trainable=False",
-                          "leaves frozen BN layers as they are")
+    assert_one_line_error(
+        frozen,
+        "no trainable BatchNormalization layer",
+        "base/bn",
+        "trainable=False",
+        "leaves frozen BN layers as they are",
+    )
     assert not out.exists()

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from ckptdoctor.readers import sstable
-from ckptdoctor.readers import protowire
 from conftest import assert_one_line_error, cli_command, run_cli, tf_reader_values
+
+from ckptdoctor.readers import protowire, sstable
 
 SEED = Path(__file__).resolve().parents[1] / "sample_ckpts" / "seed-no-update"
 DATA = "model.ckpt.data-00000-of-00001"
@@ -81,14 +80,17 @@ def test_truncated_shard_lists_every_tensor_and_names_sizes(ckpt):
     assert readable and not readable & {f["tensor"] for f in unreadable}
 
 
-@pytest.mark.parametrize("damage,fragment", [
-    ("zero-footer", "model.ckpt.index"),
-    ("empty-index", "model.ckpt.index"),
-    ("png-index", "model.ckpt.index"),
-    ("missing-shard", DATA),
-    ("garbage-meta", "model.ckpt.meta"),
-    ("truncated-index", "model.ckpt.index"),
-])
+@pytest.mark.parametrize(
+    "damage,fragment",
+    [
+        ("zero-footer", "model.ckpt.index"),
+        ("empty-index", "model.ckpt.index"),
+        ("png-index", "model.ckpt.index"),
+        ("missing-shard", DATA),
+        ("garbage-meta", "model.ckpt.meta"),
+        ("truncated-index", "model.ckpt.index"),
+    ],
+)
 def test_unreadable_checkpoints_exit_2_with_one_line(ckpt, damage, fragment):
     index = ckpt / "model.ckpt.index"
     if damage == "zero-footer":
@@ -152,9 +154,11 @@ def _output_state(folder: Path, prefix: str) -> str:
 @pytest.mark.parametrize("after", [1, 3, 6, 10])
 def test_repair_killed_at_any_moment_leaves_nothing_partial(ckpt, after):
     before = digest(ckpt)
-    proc = subprocess.Popen(cli_command() + ["repair", str(ckpt / "model.ckpt"), "--data", str(ckpt / "X.npy"),
-                                             "--batch-size", "7"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cli_command() + ["repair", str(ckpt / "model.ckpt"), "--data", str(ckpt / "X.npy"), "--batch-size", "7"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(after)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -174,20 +178,28 @@ def test_full_disk_exits_2_and_leaves_nothing(ckpt):
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
     before = digest(ckpt)
-    proc = subprocess.run(cli_command() + ["repair", str(ckpt / "model.ckpt"), "--data", str(ckpt / "X.npy")],
-                          capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    proc = subprocess.run(
+        cli_command() + ["repair", str(ckpt / "model.ckpt"), "--data", str(ckpt / "X.npy")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit,
+    )
     assert_one_line_error(proc, "cannot write")
     assert digest(ckpt) == before
     assert sorted(p.name for p in ckpt.iterdir()) == sorted(before)
 
 
 def test_output_folder_missing_or_not_writable(ckpt, tmp_path):
-    assert_one_line_error(run_cli("repair", ckpt / "model.ckpt", "--data", ckpt / "X.npy", "--output",
-                                  tmp_path / "no" / "such" / "x"), "does not exist")
+    assert_one_line_error(
+        run_cli("repair", ckpt / "model.ckpt", "--data", ckpt / "X.npy", "--output", tmp_path / "no" / "such" / "x"),
+        "does not exist",
+    )
     if os.geteuid() == 0:
         return  # root writes anywhere: the permission check cannot be exercised here
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
-    assert_one_line_error(run_cli("repair", ckpt / "model.ckpt", "--data", ckpt / "X.npy", "--output", ro / "x"),
-                          "not writable")
+    assert_one_line_error(
+        run_cli("repair", ckpt / "model.ckpt", "--data", ckpt / "X.npy", "--output", ro / "x"), "not writable"
+    )

@@ -7,9 +7,9 @@ import pickle
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error, run_cli, tf_reader_values
 
 import ckptdoctor
-from conftest import assert_one_line_error, run_cli, tf_reader_values
 
 # The tensors that feed each BN layer, by how the builders name them (independent of our graph analysis).
 BN_INPUTS = {
@@ -20,8 +20,10 @@ SCOPES = ["batch_normalization", "batch_normalization_1", "batch_normalization_2
 
 
 def digest(folder) -> dict:
-    return {name: hashlib.sha256(open(os.path.join(folder, name), "rb").read()).hexdigest()
-            for name in sorted(os.listdir(folder))}
+    return {
+        name: hashlib.sha256(open(os.path.join(folder, name), "rb").read()).hexdigest()
+        for name in sorted(os.listdir(folder))
+    }
 
 
 def _session(prefix, meta):
@@ -29,7 +31,7 @@ def _session(prefix, meta):
 
     g = tf.Graph()
     with g.as_default():
-        saver = tf.compat.v1.train.import_meta_graph(meta, clear_devices=True)
+        tf.compat.v1.train.import_meta_graph(meta, clear_devices=True)
         sess = tf.compat.v1.Session(graph=g)
         sess.run(tf.compat.v1.global_variables_initializer())
         present = set(tf.train.load_checkpoint(prefix).get_variable_to_shape_map())
@@ -47,7 +49,7 @@ def independent_stats(built, batch_size):
     with sess:
         fetches = [g.get_tensor_by_name(n) for n in BN_INPUTS[family]]
         for start in range(0, len(X), batch_size):
-            feed = {built.info["input"]: X[start:start + batch_size], built.info["training_flag"]: True}
+            feed = {built.info["input"]: X[start : start + batch_size], built.info["training_flag"]: True}
             for i, v in enumerate(sess.run(fetches, feed)):
                 seen[i].append(v.reshape(-1, v.shape[-1]).astype(np.float64))
     out = {}
@@ -209,7 +211,7 @@ def test_existing_output_needs_force(build, tmp_path):
 
 def test_missing_graph_and_wrong_training_name(build, tmp_path):
     built = build("seed-no-update", "v1")
-    assert_one_line_error(run_cli("repair", built.prefix, "--data", built.X, "--graph", tmp_path / "x.meta",
-                                  "--dry-run"), "x.meta")
-    assert_one_line_error(run_cli("repair", built.prefix, "--data", built.X, "--training", "nope",
-                                  "--dry-run"), "nope")
+    assert_one_line_error(
+        run_cli("repair", built.prefix, "--data", built.X, "--graph", tmp_path / "x.meta", "--dry-run"), "x.meta"
+    )
+    assert_one_line_error(run_cli("repair", built.prefix, "--data", built.X, "--training", "nope", "--dry-run"), "nope")

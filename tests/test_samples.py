@@ -9,13 +9,16 @@ import ckptdoctor
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_ckpts"
 
 
-@pytest.mark.parametrize("name,exit_code,codes", [
-    ("seed", 0, {}),
-    ("seed-trainables", 1, {"bn-stats-missing": 6}),
-    ("seed-no-update", 1, {"bn-stats-at-init": 3, "bn-update-ops-unused": 1}),
-    ("convnet", 0, {}),
-    ("nobn", 0, {}),
-])
+@pytest.mark.parametrize(
+    "name,exit_code,codes",
+    [
+        ("seed", 0, {}),
+        ("seed-trainables", 1, {"bn-stats-missing": 6}),
+        ("seed-no-update", 1, {"bn-stats-at-init": 3, "bn-update-ops-unused": 1}),
+        ("convnet", 0, {}),
+        ("nobn", 0, {}),
+    ],
+)
 def test_bundled_samples(name, exit_code, codes):
     folder = SAMPLES / name
     assert (folder / "X.npy").is_file() and (folder / "README.md").is_file()

@@ -12,7 +12,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import assert_one_line_error, run_cli, run_in_parallel, tf_reader_values
 
 _BUILD = r"""
@@ -86,8 +85,9 @@ def inspect_json(directory):
     return proc, json.loads(proc.stdout)
 
 
-@pytest.mark.parametrize("which,name,layers", [("keras3", "trained", {"bn1", "bn2"}),
-                                               ("tfkeras", "subclassed", {"net/batch_normalization"})])
+@pytest.mark.parametrize(
+    "which,name,layers", [("keras3", "trained", {"bn1", "bn2"}), ("tfkeras", "subclassed", {"net/batch_normalization"})]
+)
 def test_bn_layers_found_by_structure_hold_their_own_statistics(saved, which, name, layers):
     root, stats = saved
     directory = root / which / name
@@ -124,8 +124,19 @@ def test_saved_model_pb_path_works_as_graph_too(saved):
 def test_repair_of_a_serving_graph_says_what_to_do(saved, tmp_path):
     root, _ = saved
     directory = root / "keras3" / "trained"
-    proc = run_cli("repair", directory / "variables" / "variables", "--graph", directory / "saved_model.pb",
-                   "--data", root / "keras3" / "X.npy", "--method", "sequential", "--input", "serve_features:0",
-                   "--output", tmp_path / "out")
+    proc = run_cli(
+        "repair",
+        directory / "variables" / "variables",
+        "--graph",
+        directory / "saved_model.pb",
+        "--data",
+        root / "keras3" / "X.npy",
+        "--method",
+        "sequential",
+        "--input",
+        "serve_features:0",
+        "--output",
+        tmp_path / "out",
+    )
     assert_one_line_error(proc, "inside functions", "repair the model it was exported from")
     assert not list(tmp_path.iterdir())

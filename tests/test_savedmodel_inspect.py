@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import assert_one_line_error, run_cli, run_cli_without_tf
 
 HERE = Path(__file__).parent
@@ -38,9 +37,16 @@ EXPECTED_BN = {
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("savedmodel-inspect")
-    procs = [subprocess.Popen([sys.executable, str(HERE / "savedmodel_inspect_builders.py"), which, str(root)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE)
-             for which in ("tfkeras", "keras3")]  # one process per Keras, one per core
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "savedmodel_inspect_builders.py"), which, str(root)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=HERE,
+        )
+        for which in ("tfkeras", "keras3")
+    ]  # one process per Keras, one per core
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
@@ -62,8 +68,10 @@ def tf_variables(folder: Path) -> dict:
 
     reader = tf.train.load_checkpoint(str(folder / "variables" / "variables"))
     dtypes = reader.get_variable_to_dtype_map()
-    return {name: (dtypes[name].name, list(shape), reader.get_tensor(name))
-            for name, shape in reader.get_variable_to_shape_map().items()}
+    return {
+        name: (dtypes[name].name, list(shape), reader.get_tensor(name))
+        for name, shape in reader.get_variable_to_shape_map().items()
+    }
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -97,7 +105,9 @@ def test_bn_layers_have_their_real_names_and_statuses(built, reports, kind):
                 continue
             # The key holds this layer's statistic: the SavedModel's variable name says so.
             if kind != "custom":
-                assert paths[key].endswith(f"{name.rsplit('/', 1)[-1]}/{stat})") or paths[key].endswith(stat), paths[key]
+                assert paths[key].endswith(f"{name.rsplit('/', 1)[-1]}/{stat})") or paths[key].endswith(stat), paths[
+                    key
+                ]
             value = truth[key][2]
             assert value.shape == (b["channels"],)
             at_init = np.all(value == (0 if stat == "moving_mean" else 1))
@@ -109,18 +119,23 @@ def test_findings_of_stale_and_damaged_savedmodels(reports):
     _, untrained = reports["untrained"]
     # Never trained: every layer at init is an error, the frozen one too (nothing says the model trained).
     assert sorted((f["code"], f["layer"]) for f in untrained["findings"]) == [
-        ("bn-stats-at-init", "bn_a"), ("bn-stats-at-init", "bn_b"), ("bn-stats-at-init", "bn_frozen")]
+        ("bn-stats-at-init", "bn_a"),
+        ("bn-stats-at-init", "bn_b"),
+        ("bn-stats-at-init", "bn_frozen"),
+    ]
     assert all("ckptdoctor repair" in f["message"] for f in untrained["findings"])
     _, stripped = reports["stripped"]
     got = sorted((f["code"], f["severity"], f["layer"], f["tensor"]) for f in stripped["findings"])
-    assert got == sorted([
-        ("bn-stats-missing", "error", "bn_b", "layer_with_weights-3/moving_mean" + SUFFIX),
-        ("bn-stats-missing", "error", "bn_b", "layer_with_weights-3/moving_variance" + SUFFIX),
-        ("bn-frozen-untrained", "warning", "bn_frozen", "layer_with_weights-4/moving_mean" + SUFFIX),
-        ("missing-in-checkpoint", "error", None, "layer_with_weights-5/kernel" + SUFFIX),  # trainable
-        ("missing-in-checkpoint", "info", None, "optimizer/_variables/1" + SUFFIX),  # an Adam slot
-        ("unexpected-in-checkpoint", "warning", None, "extra" + SUFFIX),
-    ])
+    assert got == sorted(
+        [
+            ("bn-stats-missing", "error", "bn_b", "layer_with_weights-3/moving_mean" + SUFFIX),
+            ("bn-stats-missing", "error", "bn_b", "layer_with_weights-3/moving_variance" + SUFFIX),
+            ("bn-frozen-untrained", "warning", "bn_frozen", "layer_with_weights-4/moving_mean" + SUFFIX),
+            ("missing-in-checkpoint", "error", None, "layer_with_weights-5/kernel" + SUFFIX),  # trainable
+            ("missing-in-checkpoint", "info", None, "optimizer/_variables/1" + SUFFIX),  # an Adam slot
+            ("unexpected-in-checkpoint", "warning", None, "extra" + SUFFIX),
+        ]
+    )
     kernel = next(f for f in stripped["findings"] if f["tensor"] == "layer_with_weights-5/kernel" + SUFFIX)
     assert "head/kernel" in kernel["message"]  # the SavedModel's variable name
     in_graph = {t["name"]: t["in_graph"] for t in stripped["tensors"]}
@@ -132,7 +147,8 @@ def test_findings_of_stale_and_damaged_savedmodels(reports):
     # A layer inside a frozen nested model is frozen too.
     for kind, layer in (("functional", "bn_frozen"), ("export", "bn_frozen"), ("nested", "frozen/bn_f")):
         assert [(f["code"], f["severity"], f["layer"]) for f in reports[kind][1]["findings"]] == [
-            ("bn-frozen-untrained", "warning", layer)], kind
+            ("bn-frozen-untrained", "warning", layer)
+        ], kind
 
 
 def test_bn_layer_found_by_its_fused_batch_norm_op(reports):
@@ -140,7 +156,8 @@ def test_bn_layer_found_by_its_fused_batch_norm_op(reports):
     (row,) = custom["bn_layers"]
     # stem/running_avg, stem/running_var, stem/scale_w, stem/shift_b feed FusedBatchNormV3 in that order.
     assert (row["moving_mean"], row["moving_variance"], row["gamma"], row["beta"]) == tuple(
-        f"{n}{SUFFIX}" for n in ("running_avg", "running_var", "scale_w", "shift_b"))
+        f"{n}{SUFFIX}" for n in ("running_avg", "running_var", "scale_w", "shift_b")
+    )
     assert [(f["code"], f["layer"]) for f in custom["findings"]] == [("bn-stats-at-init", "stem")]
     assert any("FusedBatchNorm" in n for n in custom["notes"])
 
@@ -152,8 +169,14 @@ def test_roles_and_readable_names(built, reports):
     bn_x = next(b for b in export["bn_layers"] if b["layer"] == "bn_x")
     assert tensors[bn_x["moving_mean"]]["role"] == "bn_moving_mean"
     assert tensors[bn_x["moving_mean"]]["object_path"].endswith("(bn_x/moving_mean)")
-    assert {t["role"] for t in export["tensors"]} == {"other", "weight", "bn_gamma", "bn_beta", "bn_moving_mean",
-                                                      "bn_moving_variance"}
+    assert {t["role"] for t in export["tensors"]} == {
+        "other",
+        "weight",
+        "bn_gamma",
+        "bn_beta",
+        "bn_moving_mean",
+        "bn_moving_variance",
+    }
     _, functional = reports["functional"]
     roles = {t["name"]: t["role"] for t in functional["tensors"]}
     assert roles["keras_api/metrics/0/count" + SUFFIX] == "other"  # not trainable, not a weight
@@ -225,8 +248,9 @@ def test_bad_keras_metadata_falls_back_on_variable_names(built, reports, tmp_pat
     assert doc["findings"] == reports["functional"][1]["findings"] and proc.returncode == 0
 
 
-@pytest.mark.parametrize("kind, name", [("custom", "saved_model.pb"), ("functional", "saved_model.pb"),
-                                        ("functional", "keras_metadata.pb")])
+@pytest.mark.parametrize(
+    "kind, name", [("custom", "saved_model.pb"), ("functional", "saved_model.pb"), ("functional", "keras_metadata.pb")]
+)
 def test_mutated_savedmodel_files_give_only_our_errors(built, tmp_path, kind, name):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
@@ -239,8 +263,15 @@ def test_mutated_savedmodel_files_give_only_our_errors(built, tmp_path, kind, na
     original = (built / kind / name).read_bytes()
 
     @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.lists(st.tuples(st.sampled_from(["flip", "truncate", "varint"]), st.integers(0, len(original) - 1),
-                              st.integers(0, 7)), min_size=1, max_size=3))
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["flip", "truncate", "varint"]), st.integers(0, len(original) - 1), st.integers(0, 7)
+            ),
+            min_size=1,
+            max_size=3,
+        )
+    )
     def check(mutations):
         data = bytearray(original)
         for what, at, bit in mutations:
@@ -250,7 +281,7 @@ def test_mutated_savedmodel_files_give_only_our_errors(built, tmp_path, kind, na
             elif what == "truncate":
                 del data[at:]
             elif what == "varint":
-                data[at:at + 10] = b"\xff" * 9 + b"\x01"
+                data[at : at + 10] = b"\xff" * 9 + b"\x01"
         (folder / name).write_bytes(bytes(data))
         try:
             report = inspect(str(folder), stats=False)

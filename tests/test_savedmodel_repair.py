@@ -6,7 +6,6 @@ stale) and evaluated by ``keras_builders.py evaluate`` in another.
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import assert_one_line_error, run_cli
 
 HERE = Path(__file__).parent
@@ -24,9 +22,16 @@ VARIABLES = "variables/variables"
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("savedmodels")
-    procs = [subprocess.Popen([sys.executable, str(HERE / "savedmodel_builders.py"), str(root), kinds],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE)
-             for kinds in ("dense,lambda", "conv,multi")]  # two at a time: one per core
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "savedmodel_builders.py"), str(root), kinds],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=HERE,
+        )
+        for kinds in ("dense,lambda", "conv,multi")
+    ]  # two at a time: one per core
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
@@ -34,8 +39,11 @@ def built(tmp_path_factory):
 
 
 def hashes(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def variables(folder: Path) -> dict:
@@ -46,8 +54,13 @@ def variables(folder: Path) -> dict:
 
 
 def losses(data, y, *paths):
-    proc = subprocess.run([sys.executable, str(HERE / "keras_builders.py"), "evaluate", "tfkeras", str(data), str(y)]
-                          + [str(p) for p in paths], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "keras_builders.py"), "evaluate", "tfkeras", str(data), str(y)]
+        + [str(p) for p in paths],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
@@ -90,7 +103,9 @@ def test_repair_rewrites_only_the_statistics_and_fixes_inference(built, tmp_path
     # The statistics are numpy's mean and population variance of each BN input over all data.
     expected = np.load(built / kind / "stats.npz")
     for layer, (mm, mv) in keys.items():
-        np.testing.assert_allclose(b[mm], expected[layer + "/mean"], rtol=1e-4, atol=1e-6 * np.abs(expected[layer + "/mean"]).max())
+        np.testing.assert_allclose(
+            b[mm], expected[layer + "/mean"], rtol=1e-4, atol=1e-6 * np.abs(expected[layer + "/mean"]).max()
+        )
         np.testing.assert_allclose(b[mv], expected[layer + "/var"], rtol=1e-4)
         assert not np.allclose(a[mv], b[mv], rtol=1e-2)  # they were stale
     for layer in result["layers"]:  # all data in one batch: inference mode now gives training mode's outputs
@@ -120,8 +135,9 @@ def test_in_place_keeps_a_backup_and_uneven_batches_give_the_same_statistics(bui
     src = tmp_path / "sm"
     shutil.copytree(built / "dense" / "sm", src)
     before = hashes(src)
-    result = repair_json(src, "--data", built / "dense" / "X.npy", "--in-place", "--batch-size", 96,
-                         "--method", "sequential")
+    result = repair_json(
+        src, "--data", built / "dense" / "X.npy", "--in-place", "--batch-size", 96, "--method", "sequential"
+    )
     backup = Path(result["backup"])
     assert backup.name.startswith("sm.backup-") and hashes(backup) == before
     mm, mv = bn_keys(result)["bn1"]  # bn1's input does not depend on the batches or the mode

@@ -12,12 +12,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from ckptdoctor.reports.results import LayerRepair, RepairReport
-from ckptdoctor.analysis.staleness import ERROR_RATIO, ERROR_SHIFT, MIN_SAMPLES, STALE_CODE, WARN_RATIO, WARN_SHIFT, \
-    stale_findings
 from conftest import assert_one_line_error, run_cli
+
+from ckptdoctor.analysis.staleness import (
+    ERROR_RATIO,
+    ERROR_SHIFT,
+    MIN_SAMPLES,
+    STALE_CODE,
+    WARN_RATIO,
+    WARN_SHIFT,
+    stale_findings,
+)
+from ckptdoctor.reports.results import LayerRepair, RepairReport
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_ckpts"
 
@@ -35,8 +41,9 @@ def test_seed_as_written_is_stale_only_with_data():
     assert code == 1 and stale.get("batch_normalization_1") == "error"
     assert any("checked against 1000 samples" in n for n in doc["notes"])
     assert {row["layer"]: row["status"] for row in doc["bn_layers"]} == {
-        layer: ("stale" if layer in stale else "ok") for layer in
-        ("batch_normalization", "batch_normalization_1", "batch_normalization_2")}
+        layer: ("stale" if layer in stale else "ok")
+        for layer in ("batch_normalization", "batch_normalization_1", "batch_normalization_2")
+    }
     assert doc["summary"]["errors"] == sum(f["severity"] == "error" for f in doc["findings"])
 
 
@@ -71,22 +78,36 @@ def test_bad_data_is_one_line():
 
 
 def _layer(shift, lo, hi, status="ok"):
-    return LayerRepair("bn", 2, 100, status, "bn/moving_mean", "bn/moving_variance", None, None, (0.0, 0.0),
-                       (1.0, 1.0), shift, lo, hi)
+    return LayerRepair(
+        "bn", 2, 100, status, "bn/moving_mean", "bn/moving_variance", None, None, (0.0, 0.0), (1.0, 1.0), shift, lo, hi
+    )
 
 
 def _report(layers, samples=100):
-    return RepairReport("ckpt", "graph", "X.npy", ("x",), None, "train", 64, samples, tuple(layers), None, None,
-                        True, 0, 0)
+    return RepairReport(
+        "ckpt", "graph", "X.npy", ("x",), None, "train", 64, samples, tuple(layers), None, None, True, 0, 0
+    )
 
 
 def test_thresholds_and_guards():
-    findings, _ = stale_findings(_report([
-        _layer(0.1, 0.9, 1.1), _layer(0.3, 1.0, 1.0), _layer(0.0, 0.7, 1.0), _layer(1.5, 1.0, 1.0),
-        _layer(0.0, 1.0, 2.5), _layer(5.0, 0.1, 9.0, status="at-init"),
-    ]))
+    findings, _ = stale_findings(
+        _report(
+            [
+                _layer(0.1, 0.9, 1.1),
+                _layer(0.3, 1.0, 1.0),
+                _layer(0.0, 0.7, 1.0),
+                _layer(1.5, 1.0, 1.0),
+                _layer(0.0, 1.0, 2.5),
+                _layer(5.0, 0.1, 9.0, status="at-init"),
+            ]
+        )
+    )
     assert [(f.severity, f.message.split("off by up to ")[1][:4]) for f in findings] == [
-        ("warning", "0.3 "), ("warning", "0 sd"), ("error", "1.5 "), ("error", "0 sd")]
+        ("warning", "0.3 "),
+        ("warning", "0 sd"),
+        ("error", "1.5 "),
+        ("error", "0 sd"),
+    ]
     findings, notes = stale_findings(_report([_layer(9.0, 1.0, 1.0)], samples=MIN_SAMPLES - 1))
     assert findings == [] and "too few" in notes[0]
 
@@ -110,7 +131,8 @@ def test_keras_model_stale_then_repaired_through_the_library(tmp_path):
     subprocess.run([sys.executable, "-c", _KERAS, str(tmp_path)], check=True, capture_output=True, timeout=600)
     code, doc = inspect_json(tmp_path / "model.keras", "--data", tmp_path / "X.npy")
     assert code == 1 and [(f["code"], f["layer"]) for f in doc["findings"] if f["severity"] == "error"] == [
-        (STALE_CODE, "bn")]
+        (STALE_CODE, "bn")
+    ]
     # The library face: ckptdoctor.repair dispatches Keras files as the CLI does, and
     # ckptdoctor.inspect(..., data=...) returns the same findings as data.
     script = (

@@ -6,11 +6,11 @@ from ckptdoctor.analysis.stats import compute_stats
 
 def chunks(a, n):
     flat = a.ravel()
-    return [flat[i:i + n] for i in range(0, flat.size, n)]
+    return [flat[i : i + n] for i in range(0, flat.size, n)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.uint8, np.float16])
-@pytest.mark.parametrize("chunk", [1, 7, 1000, 10 ** 6])
+@pytest.mark.parametrize("chunk", [1, 7, 1000, 10**6])
 @pytest.mark.parametrize("offset", [20.0, 0.5, 0.0], ids=["large-mean", "mean-near-spread", "centred"])
 def test_stats_equal_numpy_in_float64_for_any_chunking(dtype, chunk, offset):
     # The mean, in units of the spread, decides between the one-pass and the two-pass M2.

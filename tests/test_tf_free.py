@@ -1,10 +1,11 @@
 """inspect, diff and report never import TensorFlow; without it, inspect says the graph was not checked."""
 
 import json
+
 import numpy as np
 import pytest
-
 from conftest import run_cli_without_tf, tf_reader_values
+
 
 def run_without_tf(*args):
     return run_cli_without_tf(*args)

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import assert_one_line_error, h5_datasets, run_cli, tf_reader_values
 
 BUILDERS = Path(__file__).with_name("zoo_builders.py")
@@ -29,15 +28,15 @@ CASES = [
     ("keras3", "ResNet50"),
     ("keras3", "MobileNetV2"),
     ("keras3", "DenseNet121"),
-    ("keras3", "EfficientNetB0"),     # stochastic depth (Dropout) before BN layers; a Normalization layer
-    ("keras3", "MobileNetV3Small"),   # Dropout after the last BN layer (before the classifier); hard-swish
+    ("keras3", "EfficientNetB0"),  # stochastic depth (Dropout) before BN layers; a Normalization layer
+    ("keras3", "MobileNetV3Small"),  # Dropout after the last BN layer (before the classifier); hard-swish
     ("keras3", "NASNetMobile"),
-    ("keras3", "ConvNeXtTiny"),       # LayerNormalization only: the negative control, no BN layer
-    ("tfkeras", "MobileNetV2"),       # DepthwiseConv2D in a legacy .h5
+    ("keras3", "ConvNeXtTiny"),  # LayerNormalization only: the negative control, no BN layer
+    ("tfkeras", "MobileNetV2"),  # DepthwiseConv2D in a legacy .h5
     ("tfkeras", "MobileNetV3Small"),  # Dropout in a legacy .h5
     ("tfkeras", "EfficientNetB0-savedmodel"),
     ("slim", "resnet_v1_50"),
-    ("slim", "inception_v2"),         # separable convolutions, BN without gamma, dropout
+    ("slim", "inception_v2"),  # separable convolutions, BN without gamma, dropout
 ]
 NO_BN = {"keras3-ConvNeXtTiny"}
 # Inference-mode outputs of the repaired model against the training-mode reference, relative to max|ref|.
@@ -72,8 +71,19 @@ class Case:
     def repair(self) -> dict:
         """``repair --data X.npy --batch-size <all samples>`` once; its JSON document."""
         if self._repair is None:
-            proc = self.timed_cli("repair", "repair", self.model, "--data", self.X, "--batch-size",
-                                  self.info["samples"], "--output", self.repaired, "--format", "json")
+            proc = self.timed_cli(
+                "repair",
+                "repair",
+                self.model,
+                "--data",
+                self.X,
+                "--batch-size",
+                self.info["samples"],
+                "--output",
+                self.repaired,
+                "--format",
+                "json",
+            )
             assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
             self._repair = json.loads(proc.stdout)
         return self._repair
@@ -104,8 +114,12 @@ def zoo(tmp_path_factory):
         if case not in built:
             family, net = case.split("-", 1)
             folder = root / case
-            proc = subprocess.run([sys.executable, str(BUILDERS), "build", family, net, str(folder)],
-                                  capture_output=True, text=True, timeout=1200)
+            proc = subprocess.run(
+                [sys.executable, str(BUILDERS), "build", family, net, str(folder)],
+                capture_output=True,
+                text=True,
+                timeout=1200,
+            )
             assert proc.returncode == 0, proc.stderr[-3000:]
             built[case] = Case(family, folder)
         return built[case]
@@ -152,7 +166,7 @@ class ZooCase:
         proc, report = inspect(c, c.model, "inspect")
         names = [b["layer"] for b in report["bn_layers"]]
         assert len(names) == len(set(names))
-        assert set(names) == set(c.info["bn_layers"]), (sorted(set(names) ^ set(c.info["bn_layers"]))[:20])
+        assert set(names) == set(c.info["bn_layers"]), sorted(set(names) ^ set(c.info["bn_layers"]))[:20]
         assert report["summary"]["bn_layers"] == len(c.info["bn_layers"])
         if self.case in NO_BN:
             assert c.info["bn_layers"] == [] and names == []
@@ -183,8 +197,10 @@ class RepairableCase(ZooCase):
         gap_before = float(np.abs(out["original"] - c.ref).max()) / scale
         gap_after = float(np.abs(out["repaired"] - c.ref).max()) / scale
         c.timings.update(gap_before=float(f"{gap_before:.3g}"), gap_after=float(f"{gap_after:.3g}"))
-        print(f"{self.case}: {len(c.info['bn_layers'])} BN layers, zeroed {c.info['zeroed']}, "
-              f"relative gap before {gap_before:.3g}, after {gap_after:.3g}")
+        print(
+            f"{self.case}: {len(c.info['bn_layers'])} BN layers, zeroed {c.info['zeroed']}, "
+            f"relative gap before {gap_before:.3g}, after {gap_after:.3g}"
+        )
         assert out["repaired"].shape == c.ref.shape and np.isfinite(out["repaired"]).all()
         assert gap_after <= TOLERANCE[c.family], (gap_before, gap_after)
         assert gap_before > 10 * TOLERANCE[c.family], gap_before  # the statistics were wrong before
@@ -221,8 +237,9 @@ class RepairableCase(ZooCase):
 class NoBnCase(ZooCase):
     def test_repair_says_there_is_no_bn_layer(self, zoo):
         c = zoo(self.case)
-        proc = c.timed_cli("repair", "repair", c.model, "--data", c.X, "--batch-size", c.info["samples"],
-                           "--output", c.repaired)
+        proc = c.timed_cli(
+            "repair", "repair", c.model, "--data", c.X, "--batch-size", c.info["samples"], "--output", c.repaired
+        )
         assert_one_line_error(proc, "no BatchNormalization layer", "nothing to repair")
         assert not c.repaired.exists()
 
@@ -231,5 +248,7 @@ for _family, _net in CASES:
     _case = f"{_family}-{_net}"
     _name = "Test_" + "".join(ch if ch.isalnum() else "_" for ch in _case)
     _marks = [pytest.mark.zoo] + ([pytest.mark.zoo_subset] if _case in SUBSET else [])
-    globals()[_name] = type(_name, (NoBnCase if _case in NO_BN else RepairableCase,), {"case": _case, "pytestmark": _marks})
+    globals()[_name] = type(
+        _name, (NoBnCase if _case in NO_BN else RepairableCase,), {"case": _case, "pytestmark": _marks}
+    )
 del _family, _net, _case, _name, _marks

@@ -24,7 +24,8 @@ and writes into OUT:
   ``samples`` and ``seconds`` (the build's wall time).
 
 ``evaluate`` loads each MODEL (Keras: safe mode; slim: ``import_meta_graph`` of ``MODEL.meta`` and restore) and
-saves its outputs on X.npy to OUT.npy in inference mode (Keras ``model(x, training=False)``; slim ``is_training`` fed False).
+saves its outputs on X.npy to OUT.npy in inference mode (Keras ``model(x, training=False)``; slim
+``is_training`` fed False).
 """
 
 import importlib
@@ -39,8 +40,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 SIZE, CLASSES, SAMPLES, BATCH, EPOCHS = 32, 10, 64, 32, 2
-NOISE_CLASSES = {"Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout",
-                 "AlphaDropout", "GaussianNoise"}
+NOISE_CLASSES = {
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianDropout",
+    "AlphaDropout",
+    "GaussianNoise",
+}
 BN_CLASSES = {"BatchNormalization", "SyncBatchNormalization"}
 SLIM_NETS = ("resnet_v1_50", "inception_v2")
 
@@ -107,11 +115,12 @@ def load_keras(family, K, path):
 def build_keras(family, net, out):
     K = _keras(family)
     savedmodel = net.endswith("-savedmodel")
-    app = net[:-len("-savedmodel")] if savedmodel else net
+    app = net[: -len("-savedmodel")] if savedmodel else net
     x, y = make_data(net)
     model = keras_app(K, app)
-    model.compile(optimizer=K.optimizers.SGD(0.05, momentum=0.9),
-                  loss=K.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=K.optimizers.SGD(0.05, momentum=0.9), loss=K.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0, shuffle=False)
     os.makedirs(out, exist_ok=True)
     if family == "keras3":
@@ -151,8 +160,9 @@ def _slim():
     package = importlib.import_module("tf_keras.src.legacy_tf_layers")
     sys.modules.setdefault("tf_keras.legacy_tf_layers", package)
     for sub in ("base", "convolutional", "core", "normalization", "pooling", "variable_scope_shim"):
-        sys.modules.setdefault(f"tf_keras.legacy_tf_layers.{sub}",
-                               importlib.import_module(f"tf_keras.src.legacy_tf_layers.{sub}"))
+        sys.modules.setdefault(
+            f"tf_keras.legacy_tf_layers.{sub}", importlib.import_module(f"tf_keras.src.legacy_tf_layers.{sub}")
+        )
     tf.compat.v1.disable_v2_behavior()
     import tf_slim
 
@@ -193,14 +203,15 @@ def build_slim(net, out):
         loss = v1.losses.sparse_softmax_cross_entropy(labels, logits)
         # No control dependency on UPDATE_OPS: the moving statistics stay at 0 and 1.
         train_op = v1.train.MomentumOptimizer(0.05, 0.9).minimize(loss)
-        bn = sorted(v.op.name[:-len("/moving_mean")] for v in v1.global_variables()
-                    if v.op.name.endswith("/moving_mean"))
+        bn = sorted(
+            v.op.name[: -len("/moving_mean")] for v in v1.global_variables() if v.op.name.endswith("/moving_mean")
+        )
         saver = v1.train.Saver(save_relative_paths=True)
         with v1.Session(graph=graph) as sess:
             sess.run(v1.global_variables_initializer())
             for _ in range(EPOCHS):
                 for s in range(0, SAMPLES, BATCH):
-                    sess.run(train_op, {images: x[s:s + BATCH], labels: y[s:s + BATCH], training: True})
+                    sess.run(train_op, {images: x[s : s + BATCH], labels: y[s : s + BATCH], training: True})
             saver.save(sess, prefix)
     names = {"input": images.name, "output": logits.name, "training": training.name}
     graph = tf.Graph()  # the reference: the same net without dropout, restored, BN in training mode

@@ -38,8 +38,9 @@ class LayerRepair:
     gap_after: float | None = None
 
 
-def layer_change(target, mean: np.ndarray, variance: np.ndarray, samples: int,
-                 gap_before: float | None, gap_after: float | None) -> LayerRepair:
+def layer_change(
+    target, mean: np.ndarray, variance: np.ndarray, samples: int, gap_before: float | None, gap_after: float | None
+) -> LayerRepair:
     """The row of one layer (a ``formats.base.Target``) given its new float64 mean and variance."""
     mean_b = target.stored.get(target.moving_mean)
     var_b = target.stored.get(target.moving_variance)
@@ -51,15 +52,29 @@ def layer_change(target, mean: np.ndarray, variance: np.ndarray, samples: int,
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = variance / var_b.astype(np.float64)
         ratio_min, ratio_max = float(np.min(ratio)), float(np.max(ratio))
-    spec = {"layer": target.name, "moving_mean": target.moving_mean, "moving_variance": target.moving_variance,
-            "gamma": target.gamma, "beta": target.beta, "channels": target.channels}
+    spec = {
+        "layer": target.name,
+        "moving_mean": target.moving_mean,
+        "moving_variance": target.moving_variance,
+        "gamma": target.gamma,
+        "beta": target.beta,
+        "channels": target.channels,
+    }
     status = diagnose_bn(spec, set(target.stored), target.stored, from_graph=True)[0].status
     return LayerRepair(
-        layer=target.name, channels=int(target.channels), samples=samples, status_before=status,
-        moving_mean=target.moving_mean, moving_variance=target.moving_variance,
+        layer=target.name,
+        channels=int(target.channels),
+        samples=samples,
+        status_before=status,
+        moving_mean=target.moving_mean,
+        moving_variance=target.moving_variance,
         mean_before=None if mean_b is None else tuple(float(v) for v in mean_b),
         variance_before=None if var_b is None else tuple(float(v) for v in var_b),
-        mean_after=tuple(float(v) for v in mean), variance_after=tuple(float(v) for v in variance),
-        max_mean_shift=shift, var_ratio_min=ratio_min, var_ratio_max=ratio_max,
-        gap_before=gap_before, gap_after=gap_after,
+        mean_after=tuple(float(v) for v in mean),
+        variance_after=tuple(float(v) for v in variance),
+        max_mean_shift=shift,
+        var_ratio_min=ratio_min,
+        var_ratio_max=ratio_max,
+        gap_before=gap_before,
+        gap_after=gap_after,
     )

@@ -13,8 +13,18 @@ import numpy as np
 from ckptdoctor import constants as C
 
 __all__ = [
-    "Finding", "Advice", "BNLayerStatus", "SEVERITIES", "CODES", "bn_layers_from_names", "role_from_name",
-    "diagnose_bn", "diagnose_graph", "logical_name", "FROZEN_CODE", "frozen_untrained",
+    "Finding",
+    "Advice",
+    "BNLayerStatus",
+    "SEVERITIES",
+    "CODES",
+    "bn_layers_from_names",
+    "role_from_name",
+    "diagnose_bn",
+    "diagnose_graph",
+    "logical_name",
+    "FROZEN_CODE",
+    "frozen_untrained",
 ]
 
 SEVERITIES = ("error", "warning", "info")
@@ -35,7 +45,7 @@ CODES = {
     "bn-frozen-untrained": "a Keras BN layer frozen from the start (trainable=False) kept its initial statistics",
     "bn-stats-stale": "with --data: a BN layer's stored statistics differ from its input's moments on the data",
     "repair-not-improved": "repair: the new statistics would not bring the inference outputs closer to the "
-                           "BN-training reference; nothing was written",
+    "BN-training reference; nothing was written",
 }
 
 
@@ -51,8 +61,10 @@ class Advice:
 
     source: str = "the graph's"
     save: str = "save with a Saver over all global variables (not only the trainable ones)"
-    update: str = ("the update ops (UPDATE_OPS) never ran during training; run them with the train op "
-                   "(tf.control_dependencies(update_ops))")
+    update: str = (
+        "the update ops (UPDATE_OPS) never ran during training; run them with the train op "
+        "(tf.control_dependencies(update_ops))"
+    )
 
 
 @dataclass(frozen=True)
@@ -97,8 +109,10 @@ def role_from_name(key: str, trainable_hint: bool | None = None) -> str:
         return "step"
     leaf = name.rsplit("/", 1)[-1]
     role = {
-        C.BN_MOVING_MEAN: "bn_moving_mean", C.BN_MOVING_VARIANCE: "bn_moving_variance",
-        C.BN_GAMMA: "bn_gamma", C.BN_BETA: "bn_beta",
+        C.BN_MOVING_MEAN: "bn_moving_mean",
+        C.BN_MOVING_VARIANCE: "bn_moving_variance",
+        C.BN_GAMMA: "bn_gamma",
+        C.BN_BETA: "bn_beta",
     }.get(leaf)
     if role:
         return role
@@ -110,8 +124,12 @@ def role_from_name(key: str, trainable_hint: bool | None = None) -> str:
 def bn_layers_from_names(keys: list[str]) -> list[dict]:
     """BN layers guessed from tensor names: keys ending in gamma/beta/moving_mean/moving_variance."""
     layers: dict[str, dict] = {}
-    fields = {C.BN_MOVING_MEAN: "moving_mean", C.BN_MOVING_VARIANCE: "moving_variance",
-              C.BN_GAMMA: "gamma", C.BN_BETA: "beta"}
+    fields = {
+        C.BN_MOVING_MEAN: "moving_mean",
+        C.BN_MOVING_VARIANCE: "moving_variance",
+        C.BN_GAMMA: "gamma",
+        C.BN_BETA: "beta",
+    }
     for key in keys:
         if C.OPTIMIZER_SLOT_PATTERN.search(key):
             continue
@@ -129,8 +147,9 @@ def bn_layers_from_names(keys: list[str]) -> list[dict]:
     ]
 
 
-def diagnose_bn(layer: dict, present: set[str], values: dict[str, np.ndarray], from_graph: bool,
-                advice: Advice = Advice()) -> tuple[BNLayerStatus, list[Finding]]:
+def diagnose_bn(
+    layer: dict, present: set[str], values: dict[str, np.ndarray], from_graph: bool, advice: Advice = Advice()
+) -> tuple[BNLayerStatus, list[Finding]]:
     """Status and findings of one BN layer.
 
     Args:
@@ -154,14 +173,19 @@ def diagnose_bn(layer: dict, present: set[str], values: dict[str, np.ndarray], f
     missing = [(kind, key) for kind, key in expected if key not in present]
     for kind, key in missing:
         how = advice.source if from_graph else "this layer's"
-        findings.append(Finding(
-            "bn-stats-missing", "error", name, key,
-            f"{how} {kind.replace('_', ' ')} {key} is not in the checkpoint, so a restore leaves it at its "
-            f"initial value and inference-mode outputs are wrong: {advice.save}, or run `ckptdoctor repair` to "
-            "compute it from data",
-        ))
+        findings.append(
+            Finding(
+                "bn-stats-missing",
+                "error",
+                name,
+                key,
+                f"{how} {kind.replace('_', ' ')} {key} is not in the checkpoint, so a restore leaves it at its "
+                f"initial value and inference-mode outputs are wrong: {advice.save}, or run `ckptdoctor repair` to "
+                "compute it from data",
+            )
+        )
     channels = layer.get("channels")
-    for kind, key in expected:
+    for _kind, key in expected:
         if key in values and channels is None:
             channels = int(values[key].size)
     if len(missing) == len(expected):
@@ -180,22 +204,36 @@ def diagnose_bn(layer: dict, present: set[str], values: dict[str, np.ndarray], f
         invalid.append(f"its moving variance has {int((var < 0).sum())} negative values")
     if invalid:
         status = "invalid"
-        findings.append(Finding(
-            "bn-stats-invalid", "error", name, layer.get("moving_variance") or layer.get("moving_mean"),
-            f"BN layer {name}: {'; '.join(invalid)}; inference outputs will be NaN or wrong: "
-            "run `ckptdoctor repair` to recompute the statistics from data",
-        ))
+        findings.append(
+            Finding(
+                "bn-stats-invalid",
+                "error",
+                name,
+                layer.get("moving_variance") or layer.get("moving_mean"),
+                f"BN layer {name}: {'; '.join(invalid)}; inference outputs will be NaN or wrong: "
+                "run `ckptdoctor repair` to recompute the statistics from data",
+            )
+        )
     elif mean is not None and var is not None and status == "ok" and _at_init(mean, var):
         status = "at-init"
-        findings.append(Finding(
-            "bn-stats-at-init", "error", name, layer.get("moving_mean"),
-            f"BN layer {name}: moving mean is all 0 and moving variance all 1, their initial values: "
-            f"{advice.update} or run `ckptdoctor repair` to compute the statistics",
-        ))
+        findings.append(
+            Finding(
+                "bn-stats-at-init",
+                "error",
+                name,
+                layer.get("moving_mean"),
+                f"BN layer {name}: moving mean is all 0 and moving variance all 1, their initial values: "
+                f"{advice.update} or run `ckptdoctor repair` to compute the statistics",
+            )
+        )
     status_row = BNLayerStatus(
-        layer=name, moving_mean=layer.get("moving_mean") or dict(expected).get("moving_mean"),
+        layer=name,
+        moving_mean=layer.get("moving_mean") or dict(expected).get("moving_mean"),
         moving_variance=layer.get("moving_variance") or dict(expected).get("moving_variance"),
-        gamma=layer.get("gamma"), beta=layer.get("beta"), channels=channels, status=status,
+        gamma=layer.get("gamma"),
+        beta=layer.get("beta"),
+        channels=channels,
+        status=status,
     )
     return status_row, findings
 
@@ -204,8 +242,9 @@ def diagnose_bn(layer: dict, present: set[str], values: dict[str, np.ndarray], f
 FROZEN_CODE = "bn-frozen-untrained"
 
 
-def frozen_untrained(layers: list[tuple[dict, BNLayerStatus, list[Finding]]],
-                     trained: bool | None) -> list[tuple[dict, BNLayerStatus, list[Finding]]]:
+def frozen_untrained(
+    layers: list[tuple[dict, BNLayerStatus, list[Finding]]], trained: bool | None
+) -> list[tuple[dict, BNLayerStatus, list[Finding]]]:
     """``diagnose_bn``'s results with ``bn-frozen-untrained`` for frozen layers still at their initial values.
 
     A layer whose spec says ``trainable`` False, at its initial statistics, in a model
@@ -217,13 +256,18 @@ def frozen_untrained(layers: list[tuple[dict, BNLayerStatus, list[Finding]]],
     out = []
     for spec, row, found in layers:
         if row.status == "at-init" and spec.get("trainable") is False and trained:
-            found = [f for f in found if f.code != "bn-stats-at-init"] + [Finding(
-                FROZEN_CODE, "warning", row.layer, row.moving_mean,
-                f"BN layer {row.layer} is trainable=False and its statistics are at their initial values "
-                "(mean 0, variance 1) in a model that trained: it was frozen from the start, so it normalises "
-                "nothing; set trainable=True before training if it was meant to learn (repair leaves it as "
-                "it is: the model learned with it)",
-            )]
+            found = [f for f in found if f.code != "bn-stats-at-init"] + [
+                Finding(
+                    FROZEN_CODE,
+                    "warning",
+                    row.layer,
+                    row.moving_mean,
+                    f"BN layer {row.layer} is trainable=False and its statistics are at their initial values "
+                    "(mean 0, variance 1) in a model that trained: it was frozen from the start, so it normalises "
+                    "nothing; set trainable=True before training if it was meant to learn (repair leaves it as "
+                    "it is: the model learned with it)",
+                )
+            ]
         out.append((spec, row, found))
     return out
 
@@ -232,8 +276,14 @@ def _at_init(mean: np.ndarray, var: np.ndarray) -> bool:
     return mean.size > 0 and bool(np.all(mean == 0)) and bool(np.all(var == 1))
 
 
-def diagnose_graph(graph_vars: dict, ckpt: dict, roles: dict[str, str], bn_keys: set[str],
-                   update_ops_unused: bool | None, bn_update_ops: tuple[str, ...]) -> list[Finding]:
+def diagnose_graph(
+    graph_vars: dict,
+    ckpt: dict,
+    roles: dict[str, str],
+    bn_keys: set[str],
+    update_ops_unused: bool | None,
+    bn_update_ops: tuple[str, ...],
+) -> list[Finding]:
     """Cross-reference findings between a graph's variables and a checkpoint's tensors.
 
     Args:
@@ -247,12 +297,17 @@ def diagnose_graph(graph_vars: dict, ckpt: dict, roles: dict[str, str], bn_keys:
     findings: list[Finding] = []
     if update_ops_unused:
         shown = ", ".join(bn_update_ops[:3]) + (" ..." if len(bn_update_ops) > 3 else "")
-        findings.append(Finding(
-            "bn-update-ops-unused", "warning", None, None,
-            f"the graph has {len(bn_update_ops)} BN update ops ({shown}) but nothing in the train op depends on "
-            "them, so the moving statistics are never updated: build the train op inside "
-            "tf.control_dependencies(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS))",
-        ))
+        findings.append(
+            Finding(
+                "bn-update-ops-unused",
+                "warning",
+                None,
+                None,
+                f"the graph has {len(bn_update_ops)} BN update ops ({shown}) but nothing in the train op depends on "
+                "them, so the moving statistics are never updated: build the train op inside "
+                "tf.control_dependencies(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS))",
+            )
+        )
     for key, var in sorted(graph_vars.items()):
         entry = ckpt.get(key)
         if entry is None:
@@ -265,30 +320,50 @@ def diagnose_graph(graph_vars: dict, ckpt: dict, roles: dict[str, str], bn_keys:
                 sev, what = "info", f"an {role.replace('_', ' ')}; only needed to resume training"
             else:
                 sev, what = "warning", "a non-trainable variable; a restore leaves it at its initial value"
-            findings.append(Finding(
-                "missing-in-checkpoint", sev, None, key,
-                f"graph variable {key} is not in the checkpoint ({what}): save with a Saver whose var_list "
-                "includes it",
-            ))
+            findings.append(
+                Finding(
+                    "missing-in-checkpoint",
+                    sev,
+                    None,
+                    key,
+                    f"graph variable {key} is not in the checkpoint ({what}): save with a Saver whose var_list "
+                    "includes it",
+                )
+            )
             continue
         if var.shape is not None and tuple(entry.shape) != tuple(var.shape):
-            findings.append(Finding(
-                "shape-mismatch", "error", None, key,
-                f"{key}: the graph expects shape {list(var.shape)}, the checkpoint holds {list(entry.shape)}: "
-                "the checkpoint was written by a different model; pass the matching --graph",
-            ))
+            findings.append(
+                Finding(
+                    "shape-mismatch",
+                    "error",
+                    None,
+                    key,
+                    f"{key}: the graph expects shape {list(var.shape)}, the checkpoint holds {list(entry.shape)}: "
+                    "the checkpoint was written by a different model; pass the matching --graph",
+                )
+            )
         if entry.dtype != var.dtype:
-            findings.append(Finding(
-                "dtype-mismatch", "error", None, key,
-                f"{key}: the graph expects {var.dtype}, the checkpoint holds {entry.dtype}: "
-                "the checkpoint was written by a different model; pass the matching --graph",
-            ))
+            findings.append(
+                Finding(
+                    "dtype-mismatch",
+                    "error",
+                    None,
+                    key,
+                    f"{key}: the graph expects {var.dtype}, the checkpoint holds {entry.dtype}: "
+                    "the checkpoint was written by a different model; pass the matching --graph",
+                )
+            )
     for key in sorted(set(ckpt) - set(graph_vars)):
         if key == C.OBJECT_GRAPH_KEY:
             continue
-        findings.append(Finding(
-            "unexpected-in-checkpoint", "warning", None, key,
-            f"checkpoint tensor {key} is restored by no variable of the graph: it is ignored on restore; "
-            "check that --graph is the model that wrote this checkpoint",
-        ))
+        findings.append(
+            Finding(
+                "unexpected-in-checkpoint",
+                "warning",
+                None,
+                key,
+                f"checkpoint tensor {key} is restored by no variable of the graph: it is ignored on restore; "
+                "check that --graph is the model that wrote this checkpoint",
+            )
+        )
     return findings

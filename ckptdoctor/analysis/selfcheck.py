@@ -31,8 +31,17 @@ import numpy as np
 
 from ckptdoctor.analysis.diagnose import Finding
 
-__all__ = ["NOT_IMPROVED", "NOISE_FLOOR", "OutputCheck", "checked_batches", "largest_gap", "output_scale", "judge",
-           "refusal", "verdict"]
+__all__ = [
+    "NOT_IMPROVED",
+    "NOISE_FLOOR",
+    "OutputCheck",
+    "checked_batches",
+    "largest_gap",
+    "output_scale",
+    "judge",
+    "refusal",
+    "verdict",
+]
 
 #: The finding code of a refused repair (stable).
 NOT_IMPROVED = "repair-not-improved"
@@ -79,8 +88,10 @@ def _flat(values) -> list[np.ndarray]:
 
 def largest_gap(outputs, reference) -> float:
     """Largest |a - b| over every element of every output (nested lists and dicts of arrays)."""
-    gaps = [float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
-            for a, b in zip(_flat(outputs), _flat(reference))]
+    gaps = [
+        float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+        for a, b in zip(_flat(outputs), _flat(reference))
+    ]
     return max(gaps, default=0.0)
 
 
@@ -90,17 +101,34 @@ def output_scale(reference) -> float:
     return scale if scale > 0 and np.isfinite(scale) else 1.0
 
 
-def judge(outputs: tuple[str, ...], samples: int, scale: float, gap_before: float, gap_after: float,
-          layer_gaps_before: dict, layer_gaps_after: dict) -> OutputCheck:
+def judge(
+    outputs: tuple[str, ...],
+    samples: int,
+    scale: float,
+    gap_before: float,
+    gap_after: float,
+    layer_gaps_before: dict,
+    layer_gaps_after: dict,
+) -> OutputCheck:
     """The verdict on one repair from its absolute output gaps and its per-layer gaps."""
     before, after = gap_before / scale, gap_after / scale
-    grown = tuple(name for name, gap in layer_gaps_after.items()
-                  if name in layer_gaps_before and gap > layer_gaps_before[name] * (1 + 1e-6) + 1e-12)
+    grown = tuple(
+        name
+        for name, gap in layer_gaps_after.items()
+        if name in layer_gaps_before and gap > layer_gaps_before[name] * (1 + 1e-6) + 1e-12
+    )
     improved = bool(after < before or max(before, after) <= NOISE_FLOOR)
     if not np.isfinite(after):
         improved = False
-    return OutputCheck(outputs=tuple(outputs), samples=int(samples), scale=float(scale), gap_before=float(before),
-                       gap_after=float(after), grown=grown, improved=improved)
+    return OutputCheck(
+        outputs=tuple(outputs),
+        samples=int(samples),
+        scale=float(scale),
+        gap_before=float(before),
+        gap_after=float(after),
+        grown=grown,
+        improved=improved,
+    )
 
 
 def verdict(check: OutputCheck | None, held: tuple[str, ...] = ()) -> tuple[bool, tuple[Finding, ...]]:
@@ -112,22 +140,36 @@ def verdict(check: OutputCheck | None, held: tuple[str, ...] = ()) -> tuple[bool
 
 def refusal(check: OutputCheck, held: tuple[str, ...] = ()) -> Finding:
     """The ``repair-not-improved`` finding of a refused repair: both numbers and the likely cause."""
-    grown = (f"; layers whose own gap grew: {', '.join(check.grown[:6])}{' ...' if len(check.grown) > 6 else ''}"
-             if check.grown else "")
+    grown = (
+        f"; layers whose own gap grew: {', '.join(check.grown[:6])}{' ...' if len(check.grown) > 6 else ''}"
+        if check.grown
+        else ""
+    )
     if not np.isfinite(check.gap_after):
         cause = "the new statistics make the outputs non-finite (overflow in a low-precision layer?)"
     elif check.gap_after <= check.gap_before * 1.05:
-        cause = ("the stored statistics are already about as good as new ones for these data: nothing to repair "
-                 "(the remaining gap is the batches' own spread; a larger --batch-size shrinks it)")
+        cause = (
+            "the stored statistics are already about as good as new ones for these data: nothing to repair "
+            "(the remaining gap is the batches' own spread; a larger --batch-size shrinks it)"
+        )
     elif held:
-        cause = ("likely cause: a layer held in inference mode behaves differently from training in a way the BN "
-                 "statistics cannot absorb, or the data are not from the training distribution")
+        cause = (
+            "likely cause: a layer held in inference mode behaves differently from training in a way the BN "
+            "statistics cannot absorb, or the data are not from the training distribution"
+        )
     else:
-        cause = ("likely cause: the data are not from the training distribution, or too few samples per batch "
-                 "(try a larger --batch-size)")
+        cause = (
+            "likely cause: the data are not from the training distribution, or too few samples per batch "
+            "(try a larger --batch-size)"
+        )
     return Finding(
-        code=NOT_IMPROVED, severity="error", layer=None, tensor=None,
-        message=(f"repair refused, nothing written: the final output's inference-vs-reference gap would go from "
-                 f"{check.gap_before:.3g} to {check.gap_after:.3g} (relative to the output scale "
-                 f"{check.scale:.3g}, on the first {check.samples} samples){grown}; {cause}"),
+        code=NOT_IMPROVED,
+        severity="error",
+        layer=None,
+        tensor=None,
+        message=(
+            f"repair refused, nothing written: the final output's inference-vs-reference gap would go from "
+            f"{check.gap_before:.3g} to {check.gap_after:.3g} (relative to the output scale "
+            f"{check.scale:.3g}, on the first {check.samples} samples){grown}; {cause}"
+        ),
     )

@@ -58,15 +58,22 @@ def stale_findings(repair_report) -> tuple[list[Finding], list[str]]:
         severity = _severity(layer)
         if severity is None:
             continue
-        findings.append(Finding(
-            STALE_CODE, severity, layer.layer, layer.moving_mean,
-            f"BN layer {layer.layer}'s stored statistics do not match what it computes on {repair_report.data}: "
-            f"the mean is off by up to {layer.max_mean_shift:.3g} sd and the variance by a factor "
-            f"{layer.var_ratio_min:.3g}..{layer.var_ratio_max:.3g} (new/stored, {n} samples, training mode), so "
-            "inference-mode outputs differ from training-mode ones; they lag the weights (too few steps for "
-            f"the momentum): run `ckptdoctor repair` with --data {repair_report.data}",
-        ))
-    note = (f"BN statistics checked against {n} samples of {repair_report.data} (repair --dry-run, method "
-            f"{repair_report.method}, batch size {repair_report.batch_size}): stale above a mean shift of "
-            f"{WARN_SHIFT} sd or a variance ratio beyond {WARN_RATIO} (errors: {ERROR_SHIFT} sd, {ERROR_RATIO})")
+        findings.append(
+            Finding(
+                STALE_CODE,
+                severity,
+                layer.layer,
+                layer.moving_mean,
+                f"BN layer {layer.layer}'s stored statistics do not match what it computes on {repair_report.data}: "
+                f"the mean is off by up to {layer.max_mean_shift:.3g} sd and the variance by a factor "
+                f"{layer.var_ratio_min:.3g}..{layer.var_ratio_max:.3g} (new/stored, {n} samples, training mode), so "
+                "inference-mode outputs differ from training-mode ones; they lag the weights (too few steps for "
+                f"the momentum): run `ckptdoctor repair` with --data {repair_report.data}",
+            )
+        )
+    note = (
+        f"BN statistics checked against {n} samples of {repair_report.data} (repair --dry-run, method "
+        f"{repair_report.method}, batch size {repair_report.batch_size}): stale above a mean shift of "
+        f"{WARN_SHIFT} sd or a variance ratio beyond {WARN_RATIO} (errors: {ERROR_SHIFT} sd, {ERROR_RATIO})"
+    )
     return findings, [note]

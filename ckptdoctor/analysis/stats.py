@@ -8,8 +8,8 @@ the result equals a one-pass numpy computation in float64 up to rounding.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
@@ -17,9 +17,33 @@ __all__ = ["TensorStats", "compute_stats", "STATS_DTYPES"]
 
 #: dtypes whose values get min/max/mean/std (complex, strings, variants do not).
 STATS_DTYPES = frozenset(
-    "float16 bfloat16 float32 float64 float8_e5m2 float8_e4m3fn float8_e4m3fnuz float8_e4m3b11fnuz "
-    "float8_e5m2fnuz int4 uint4 int8 uint8 int16 uint16 int32 uint32 int64 uint64 bool "
-    "qint8 quint8 qint16 quint16 qint32".split()
+    [
+        "float16",
+        "bfloat16",
+        "float32",
+        "float64",
+        "float8_e5m2",
+        "float8_e4m3fn",
+        "float8_e4m3fnuz",
+        "float8_e4m3b11fnuz",
+        "float8_e5m2fnuz",
+        "int4",
+        "uint4",
+        "int8",
+        "uint8",
+        "int16",
+        "uint16",
+        "int32",
+        "uint32",
+        "int64",
+        "uint64",
+        "bool",
+        "qint8",
+        "quint8",
+        "qint16",
+        "quint16",
+        "qint32",
+    ]
 )
 
 

@@ -17,8 +17,9 @@ writing a TensorFlow bundle) lives below them, in ``runtime`` and ``writers``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 

@@ -25,8 +25,10 @@ def _load_npy(path: str):
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as e:
         if "allow_pickle" in str(e) or "Object arrays" in str(e):
-            raise BadDataError(f"{path} holds Python objects (a pickle), which ckptdoctor never loads: "
-                               "save the data as a numeric array (np.save(path, x.astype('float32')))") from e
+            raise BadDataError(
+                f"{path} holds Python objects (a pickle), which ckptdoctor never loads: "
+                "save the data as a numeric array (np.save(path, x.astype('float32')))"
+            ) from e
         raise BadDataError(f"{path} is not a readable .npy file ({e}): save it with np.save") from e
     except OSError as e:
         raise BadDataError(f"cannot read {path}: {e.strerror or e}") from e
@@ -42,8 +44,10 @@ def _load_npz(path: str) -> dict:
         try:
             out[key] = archive[key]
         except ValueError as e:
-            raise BadDataError(f"{path}: member {key} holds Python objects (a pickle), which ckptdoctor never "
-                               "loads: save numeric arrays only") from e
+            raise BadDataError(
+                f"{path}: member {key} holds Python objects (a pickle), which ckptdoctor never "
+                "loads: save numeric arrays only"
+            ) from e
     return out
 
 
@@ -73,8 +77,10 @@ def _load_h5_all(path: str) -> dict:
     if not out:
         names = []
         f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
-        raise BadDataError(f"{path} has no dataset at its top level (datasets deeper down: "
-                           f"{', '.join(names[:8]) or 'none'}): name one as {path}:GROUP/DATASET")
+        raise BadDataError(
+            f"{path} has no dataset at its top level (datasets deeper down: "
+            f"{', '.join(names[:8]) or 'none'}): name one as {path}:GROUP/DATASET"
+        )
     return out
 
 
@@ -153,7 +159,7 @@ def first_nonfinite(array, name: str) -> None:
     if array.dtype.kind not in "fc":
         return
     for start in range(0, array.shape[0], NONFINITE_CHUNK_ROWS):
-        chunk = np.asarray(array[start:start + NONFINITE_CHUNK_ROWS])
+        chunk = np.asarray(array[start : start + NONFINITE_CHUNK_ROWS])
         bad = ~np.isfinite(chunk)
         release_rows(array, start, start + NONFINITE_CHUNK_ROWS)
         if bad.any():
@@ -176,17 +182,23 @@ def check_data(array, name: str, placeholder_shape: list | None, placeholder_dty
     kind = array.dtype.kind
     target = np.dtype(placeholder_dtype) if placeholder_dtype not in ("bfloat16",) else np.dtype("float32")
     if kind in "OSUVMm" or (kind == "b" and target.kind != "b") or (kind == "c" and target.kind != "c"):
-        raise BadDataError(f"{name} has dtype {array.dtype}, which cannot feed a {placeholder_dtype} placeholder: "
-                           f"convert it to {placeholder_dtype}")
+        raise BadDataError(
+            f"{name} has dtype {array.dtype}, which cannot feed a {placeholder_dtype} placeholder: "
+            f"convert it to {placeholder_dtype}"
+        )
     if target.kind in "iu" and kind == "f":
-        raise BadDataError(f"{name} is {array.dtype} but the placeholder is {placeholder_dtype}: "
-                           "casting would drop the fractions; convert the data yourself if that is intended")
+        raise BadDataError(
+            f"{name} is {array.dtype} but the placeholder is {placeholder_dtype}: "
+            "casting would drop the fractions; convert the data yourself if that is intended"
+        )
     if placeholder_shape is not None:
         want = placeholder_shape
         got = list(array.shape)
         ok = len(want) == len(got) and all(w is None or w == g for w, g in zip(want[1:], got[1:]))
         if not ok:
             shown = "[" + ", ".join("None" if w is None else str(w) for w in want) + "]"
-            raise BadDataError(f"{name} has shape {got} but the placeholder takes {shown}: "
-                               "reshape the data (samples first) or pass --input for another placeholder")
+            raise BadDataError(
+                f"{name} has shape {got} but the placeholder takes {shown}: "
+                "reshape the data (samples first) or pass --input for another placeholder"
+            )
     first_nonfinite(array, name)

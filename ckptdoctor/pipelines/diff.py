@@ -62,10 +62,15 @@ class DiffReport:
 
     def to_dict(self) -> dict:
         return {
-            "a": self.a, "b": self.b, "identical": self.identical,
-            "only_in_a": list(self.only_in_a), "only_in_b": list(self.only_in_b),
+            "a": self.a,
+            "b": self.b,
+            "identical": self.identical,
+            "only_in_a": list(self.only_in_a),
+            "only_in_b": list(self.only_in_b),
             "changed": [dict(asdict(c), shape_a=list(c.shape_a), shape_b=list(c.shape_b)) for c in self.changed],
-            "compared": self.compared, "config_changed": self.config_changed, "notes": list(self.notes),
+            "compared": self.compared,
+            "config_changed": self.config_changed,
+            "notes": list(self.notes),
         }
 
 
@@ -77,8 +82,10 @@ def _value_diff(x: np.ndarray, y: np.ndarray) -> tuple[float, float] | None:
         x, y = x.astype(np.float64), y.astype(np.float64)
     if x.tobytes() == y.tobytes():
         return None
-    xf, yf = x.astype(np.complex128 if x.dtype.kind == "c" else np.float64), y.astype(
-        np.complex128 if y.dtype.kind == "c" else np.float64)
+    xf, yf = (
+        x.astype(np.complex128 if x.dtype.kind == "c" else np.float64),
+        y.astype(np.complex128 if y.dtype.kind == "c" else np.float64),
+    )
     both_nan = np.isnan(xf) & np.isnan(yf)
     if (np.isnan(xf) != np.isnan(yf)).any():
         return float("inf"), float("inf")
@@ -100,8 +107,10 @@ def _layout_note(a, b) -> list[str]:
     if a.family != b.family:
         return ["one side is a Keras file and the other a TensorFlow checkpoint: their tensor names do not match"]
     if a.family == "keras" and a.reader.layout != b.reader.layout:
-        return [f"the Keras files use different weight layouts ({a.reader.layout} and {b.reader.layout}): tensor "
-                "names do not match; save both with the same Keras"]
+        return [
+            f"the Keras files use different weight layouts ({a.reader.layout} and {b.reader.layout}): tensor "
+            "names do not match; save both with the same Keras"
+        ]
     return []
 
 
@@ -136,6 +145,13 @@ def _compare(side_a, side_b) -> DiffReport:
     if side_a.config and side_b.config:
         config_changed = side_a.config != side_b.config
     # Names as each side stores them (a legacy full model keeps its model_weights/ prefix).
-    return DiffReport(side_a.path, side_b.path, tuple(sorted(ea[k].name for k in set(ea) - set(eb))),
-                      tuple(sorted(eb[k].name for k in set(eb) - set(ea))), tuple(changed), len(both),
-                      config_changed=config_changed, notes=tuple(_layout_note(side_a, side_b)))
+    return DiffReport(
+        side_a.path,
+        side_b.path,
+        tuple(sorted(ea[k].name for k in set(ea) - set(eb))),
+        tuple(sorted(eb[k].name for k in set(eb) - set(ea))),
+        tuple(changed),
+        len(both),
+        config_changed=config_changed,
+        notes=tuple(_layout_note(side_a, side_b)),
+    )

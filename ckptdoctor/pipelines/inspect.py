@@ -15,7 +15,13 @@ import re
 from ckptdoctor.analysis.diagnose import Finding, diagnose_bn, frozen_untrained
 from ckptdoctor.analysis.staleness import stale_findings
 from ckptdoctor.analysis.stats import STATS_DTYPES, compute_stats
-from ckptdoctor.errors import CkptDoctorError, GraphError, MissingDependencyError, TensorReadError, UnsupportedFormatError
+from ckptdoctor.errors import (
+    CkptDoctorError,
+    GraphError,
+    MissingDependencyError,
+    TensorReadError,
+    UnsupportedFormatError,
+)
 from ckptdoctor.formats import open_model
 from ckptdoctor.formats.base import Description, Model
 from ckptdoctor.reports.results import InspectReport, TensorReport, sort_findings, summary
@@ -25,8 +31,14 @@ __all__ = ["inspect", "InspectReport", "TensorReport"]
 _STATISTICS = ("moving_mean", "moving_variance")
 
 
-def inspect(checkpoint: str, graph: str | bool | None = None, stats: bool = True, match: str | None = None,
-            data: str | None = None, **dry_run) -> InspectReport:
+def inspect(
+    checkpoint: str,
+    graph: str | bool | None = None,
+    stats: bool = True,
+    match: str | None = None,
+    data: str | None = None,
+    **dry_run,
+) -> InspectReport:
     """Inspect a checkpoint, SavedModel or Keras file.
 
     Args:
@@ -70,18 +82,23 @@ def _against_data(report: InspectReport, checkpoint: str, graph, data: str, opti
 
     load_data(data)  # bad data fail first (lazy: memory-mapped or sliced, nothing read whole)
     try:
-        dry = repair(checkpoint, data, graph=graph if graph not in (None, True, False) else None, dry_run=True,
-                     **options)
+        dry = repair(
+            checkpoint, data, graph=graph if graph not in (None, True, False) else None, dry_run=True, **options
+        )
     except (GraphError, UnsupportedFormatError, MissingDependencyError) as e:
         note = f"BN statistics NOT checked against {data}: {str(e).splitlines()[0]}"
         return dataclasses.replace(report, notes=tuple(report.notes) + (note,))
     findings, notes = stale_findings(dry)
     all_findings = tuple(sort_findings(tuple(report.findings) + tuple(findings)))
     stale = {f.layer for f in findings}
-    bn_layers = tuple(dataclasses.replace(row, status="stale") if row.layer in stale else row
-                      for row in report.bn_layers)
+    bn_layers = tuple(
+        dataclasses.replace(row, status="stale") if row.layer in stale else row for row in report.bn_layers
+    )
     return dataclasses.replace(
-        report, findings=all_findings, notes=tuple(report.notes) + tuple(notes), bn_layers=bn_layers,
+        report,
+        findings=all_findings,
+        notes=tuple(report.notes) + tuple(notes),
+        bn_layers=bn_layers,
         summary=summary(report.total_tensors, report.total_bytes, report.bn_layers, all_findings),
     )
 
@@ -104,16 +121,23 @@ def _report(model: Model, description: Description, stats: bool, pattern) -> Ins
     specs = description.bn_layers
     stat_keys = {spec[k] for spec in specs for k in _STATISTICS if spec.get(k)}
     values = read_stat_values(reader, stat_keys & present, unreadable)
-    diagnosed = [(spec, *diagnose_bn(spec, present, values, from_graph=not description.bn_from_names,
-                                     advice=description.advice)) for spec in specs]
+    diagnosed = [
+        (spec, *diagnose_bn(spec, present, values, from_graph=not description.bn_from_names, advice=description.advice))
+        for spec in specs
+    ]
     diagnosed = frozen_untrained(diagnosed, description.trained)
     bn_rows = [row for _spec, row, _found in diagnosed]
     findings = [f for _spec, _row, found in diagnosed for f in found] + list(description.findings)
-    bn_role = {getattr(row, attr): "bn_" + attr for row in bn_rows
-               for attr in ("moving_mean", "moving_variance", "gamma", "beta") if getattr(row, attr)}
+    bn_role = {
+        getattr(row, attr): "bn_" + attr
+        for row in bn_rows
+        for attr in ("moving_mean", "moving_variance", "gamma", "beta")
+        if getattr(row, attr)
+    }
 
-    tensors, listed = list_tensors(reader, entries, stats, pattern, description,
-                                   lambda key: bn_role.get(key) or description.role(key), unreadable)
+    tensors, listed = list_tensors(
+        reader, entries, stats, pattern, description, lambda key: bn_role.get(key) or description.role(key), unreadable
+    )
     findings += listed + [Finding(err.code, "error", None, key, str(err)) for key, err in sorted(unreadable.items())]
     notes = list(description.notes)
     if not stats:
@@ -121,9 +145,16 @@ def _report(model: Model, description: Description, stats: bool, pattern) -> Ins
     findings = sort_findings(findings)
     total_bytes = sum(e.nbytes for e in entries)
     return InspectReport(
-        checkpoint=model.path, format=model.format, graph=description.graph, tensors=tuple(tensors),
-        bn_layers=tuple(bn_rows), findings=tuple(findings), notes=tuple(notes), resolved_from=model.resolved_from,
-        total_tensors=len(entries), total_bytes=total_bytes,
+        checkpoint=model.path,
+        format=model.format,
+        graph=description.graph,
+        tensors=tuple(tensors),
+        bn_layers=tuple(bn_rows),
+        findings=tuple(findings),
+        notes=tuple(notes),
+        resolved_from=model.resolved_from,
+        total_tensors=len(entries),
+        total_bytes=total_bytes,
         summary=summary(len(entries), total_bytes, bn_rows, findings),
     )
 
@@ -139,8 +170,9 @@ def read_stat_values(reader, keys, unreadable: dict) -> dict:
     return values
 
 
-def list_tensors(reader, entries, stats: bool, pattern, description: Description, role_of,
-                 unreadable: dict) -> tuple[list[TensorReport], list[Finding]]:
+def list_tensors(
+    reader, entries, stats: bool, pattern, description: Description, role_of, unreadable: dict
+) -> tuple[list[TensorReport], list[Finding]]:
     """One ``TensorReport`` per entry (matching ``pattern``) and the ``non-finite`` findings.
 
     Statistics are streamed one tensor at a time; a tensor whose bytes cannot be read
@@ -156,19 +188,37 @@ def list_tensors(reader, entries, stats: bool, pattern, description: Description
                 unreadable[e.name] = err
         role = role_of(e.name)
         if s is not None and (s.nan or s.inf) and role not in ("bn_moving_mean", "bn_moving_variance"):
-            findings.append(Finding(
-                "non-finite", "error", None, e.name,
-                f"{e.name} holds {s.nan} NaN and {s.inf} Inf values: training diverged before this was "
-                "saved; restore an earlier checkpoint or lower the learning rate",
-            ))
+            findings.append(
+                Finding(
+                    "non-finite",
+                    "error",
+                    None,
+                    e.name,
+                    f"{e.name} holds {s.nan} NaN and {s.inf} Inf values: training diverged before this was "
+                    "saved; restore an earlier checkpoint or lower the learning rate",
+                )
+            )
         object_path = description.object_path(e)
-        if pattern is not None and not (pattern.search(e.name) or (
-                description.match_object_paths and pattern.search(object_path or ""))):
+        if pattern is not None and not (
+            pattern.search(e.name) or (description.match_object_paths and pattern.search(object_path or ""))
+        ):
             continue
-        tensors.append(TensorReport(
-            name=e.name, dtype=e.dtype, shape=tuple(e.shape), size=e.size, nbytes=e.nbytes,
-            min=s.min if s else None, max=s.max if s else None, mean=s.mean if s else None,
-            std=s.std if s else None, nan=s.nan if s else None, inf=s.inf if s else None,
-            in_graph=description.in_graph(e.name), role=role, object_path=object_path,
-        ))
+        tensors.append(
+            TensorReport(
+                name=e.name,
+                dtype=e.dtype,
+                shape=tuple(e.shape),
+                size=e.size,
+                nbytes=e.nbytes,
+                min=s.min if s else None,
+                max=s.max if s else None,
+                mean=s.mean if s else None,
+                std=s.std if s else None,
+                nan=s.nan if s else None,
+                inf=s.inf if s else None,
+                in_graph=description.in_graph(e.name),
+                role=role,
+                object_path=object_path,
+            )
+        )
     return tensors, findings

@@ -25,8 +25,9 @@ statistics, so one reference serves before and after.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
 from itertools import islice
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 from ckptdoctor.analysis.estimator import PooledMoments
 from ckptdoctor.analysis.selfcheck import OutputCheck, checked_batches, judge, largest_gap, output_scale
@@ -72,11 +73,11 @@ class _Reference:
     def take(self, runner: Runner, batch: list, first: bool, moments: bool = False):
         """One BN-training pass that keeps the reference; returns its moments (when asked)."""
         try:
-            got = runner.run(batch, bn_training=True, moments=moments, keep_layers=first,
-                             outputs=self.check_outputs)
+            got = runner.run(batch, bn_training=True, moments=moments, keep_layers=first, outputs=self.check_outputs)
         except OutputUnavailable as e:
-            runner.notes.append(f"the output check could not compute {', '.join(runner.output_names)} ({e}): "
-                                "it was not made")
+            runner.notes.append(
+                f"the output check could not compute {', '.join(runner.output_names)} ({e}): it was not made"
+            )
             self.check_outputs = False
             got = runner.run(batch, bn_training=True, moments=moments, keep_layers=first, outputs=False)
         if first:
@@ -101,8 +102,9 @@ class _Reference:
         return layer_gaps, gap
 
 
-def measure(runner: Runner, batches: Callable[[], Iterator[list]], n: int, batch_size: int, method: str,
-            progress: bool) -> Measured:
+def measure(
+    runner: Runner, batches: Callable[[], Iterator[list]], n: int, batch_size: int, method: str, progress: bool
+) -> Measured:
     """Pool each target layer's input moments over ``batches()`` (``n`` samples), and check the result.
 
     ``batches`` is called once per pass over the data and yields one list of arrays
@@ -141,6 +143,7 @@ def measure(runner: Runner, batches: Callable[[], Iterator[list]], n: int, batch
     check = None
     if ref.check_outputs:
         samples = sum(len(batch[0]) for batch in ref.batches)
-        check = judge(runner.output_names, samples, output_scale(ref.outputs), out_before, out_after, gaps_before,
-                      gaps_after)
+        check = judge(
+            runner.output_names, samples, output_scale(ref.outputs), out_before, out_after, gaps_before, gaps_after
+        )
     return Measured(pooled, gaps_before, gaps_after, check)

@@ -19,10 +19,10 @@ from ckptdoctor.analysis.selfcheck import verdict
 from ckptdoctor.errors import BadDataError, CkptDoctorError, OutputExistsError
 from ckptdoctor.formats import open_model
 from ckptdoctor.formats.base import RepairOptions
-from ckptdoctor.runtime.base import Runner
 from ckptdoctor.pipelines.data import batches, check_data, load_data
 from ckptdoctor.pipelines.measure import Measured, measure
 from ckptdoctor.reports.results import LayerRepair, RepairReport
+from ckptdoctor.runtime.base import Runner
 
 __all__ = ["LayerRepair", "RepairReport", "repair", "check_options"]
 
@@ -37,11 +37,24 @@ def check_options(method: str, batch_size: int, in_place: bool, output: str | No
         raise CkptDoctorError("pass either --output or --in-place, not both")
 
 
-def repair(checkpoint: str, data: str, graph: str | None = None, input: str | None = None,
-           training: str | None = None, feed=(), batch_size: int = 256, max_samples: int | None = None,
-           method: str = "train", output: str | None = None, in_place: bool = False, dry_run: bool = False,
-           force: bool = False, report: str | None = None, progress: bool = False,
-           unsafe: bool = False) -> RepairReport:
+def repair(
+    checkpoint: str,
+    data: str,
+    graph: str | None = None,
+    input: str | None = None,
+    training: str | None = None,
+    feed=(),
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    method: str = "train",
+    output: str | None = None,
+    in_place: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    report: str | None = None,
+    progress: bool = False,
+    unsafe: bool = False,
+) -> RepairReport:
     """Recompute every BN layer's moving mean and variance from data.
 
     With ``method="train"`` each batch runs with the BN layers in training mode, and
@@ -75,8 +88,17 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
         A ``RepairReport``; ``refused`` (nothing written) when the output check finds the
         new statistics no closer to the reference than the stored ones.
     """
-    options = RepairOptions(data=data, input=input, training=training, feed=tuple(feed), batch_size=batch_size,
-                            max_samples=max_samples, method=method, unsafe=unsafe, progress=progress)
+    options = RepairOptions(
+        data=data,
+        input=input,
+        training=training,
+        feed=tuple(feed),
+        batch_size=batch_size,
+        max_samples=max_samples,
+        method=method,
+        unsafe=unsafe,
+        progress=progress,
+    )
     check_options(method, batch_size, in_place, output)
     model = open_model(checkpoint, graph=graph, for_repair=True)
     try:
@@ -98,12 +120,26 @@ def repair(checkpoint: str, data: str, graph: str | None = None, input: str | No
     finally:
         model.close()
     result = RepairReport(
-        checkpoint=model.path, graph=runner.graph, data=data, inputs=tuple(i.name for i in runner.inputs),
-        training_flag=runner.training_flag, method=method, batch_size=batch_size, samples=n, layers=tuple(rows),
-        output=out if written is not None else None, backup=written.backup if written else None, dry_run=dry_run,
-        untouched=written.untouched if written else 0, updated=written.updated if written else 0,
-        notes=tuple((written.notes if written else ()) + tuple(runner.notes)), gap_note=runner.gap_note,
-        held_in_inference=tuple(runner.held), output_check=measured.check, findings=findings, refused=refused,
+        checkpoint=model.path,
+        graph=runner.graph,
+        data=data,
+        inputs=tuple(i.name for i in runner.inputs),
+        training_flag=runner.training_flag,
+        method=method,
+        batch_size=batch_size,
+        samples=n,
+        layers=tuple(rows),
+        output=out if written is not None else None,
+        backup=written.backup if written else None,
+        dry_run=dry_run,
+        untouched=written.untouched if written else 0,
+        updated=written.updated if written else 0,
+        notes=tuple((written.notes if written else ()) + tuple(runner.notes)),
+        gap_note=runner.gap_note,
+        held_in_inference=tuple(runner.held),
+        output_check=measured.check,
+        findings=findings,
+        refused=refused,
     )
     if report and not refused:  # a refused repair writes nothing
         from ckptdoctor.reports.hdf5 import write_repair_report
@@ -132,6 +168,7 @@ def _results(runner: Runner, measured: Measured, n: int) -> tuple[dict, list[Lay
         p = measured.pooled[t.name]
         replacements[t.moving_mean] = p.mean.astype(np.dtype(t.dtypes[t.moving_mean]))
         replacements[t.moving_variance] = p.variance.astype(np.dtype(t.dtypes[t.moving_variance]))
-        rows.append(layer_change(t, p.mean, p.variance, n, measured.gaps_before.get(t.name),
-                                 measured.gaps_after.get(t.name)))
+        rows.append(
+            layer_change(t, p.mean, p.variance, n, measured.gaps_before.get(t.name), measured.gaps_after.get(t.name))
+        )
     return replacements, rows

@@ -6,8 +6,9 @@ dtype and shape, and give me its values (whole, or in chunks for statistics).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 

@@ -49,7 +49,8 @@ import os
 import re
 import struct
 from collections import deque
-from typing import Iterator, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import google_crc32c
 import numpy as np
@@ -114,7 +115,7 @@ class _DType(NamedTuple):
         return _np_dtype(self.layout)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _np_dtype(layout: str | None) -> np.dtype | None:
     """The numpy dtype of a layout; ml_dtypes (0.4 s to import) is imported only when such a tensor is read."""
     if layout is None:
@@ -350,8 +351,7 @@ def _not_found_message(prefix: str) -> str:
         return f"{prefix} is a directory; expected a checkpoint prefix such as {os.path.join(prefix, 'ckpt-1')}{hint}"
     if glob.glob(glob.escape(prefix) + ".data-*"):
         return (
-            f"{index} does not exist, but data files {prefix}.data-* do: "
-            "the save did not finish or the index was lost"
+            f"{index} does not exist, but data files {prefix}.data-* do: the save did not finish or the index was lost"
         )
     if os.path.isfile(prefix):
         return (
@@ -882,7 +882,7 @@ class BundleReader:
         self._buffers.clear()
         self._closed = True
 
-    def __enter__(self) -> "BundleReader":
+    def __enter__(self) -> BundleReader:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

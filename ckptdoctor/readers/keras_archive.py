@@ -42,8 +42,9 @@ class KerasArchiveReader(KerasH5Reader):
         try:
             self._zip = zipfile.ZipFile(path)
         except (OSError, zipfile.BadZipFile) as e:
-            raise CorruptCheckpointError(f"{path} is not a readable zip archive ({e}): "
-                                         "a .keras file is a zip written by model.save()") from e
+            raise CorruptCheckpointError(
+                f"{path} is not a readable zip archive ({e}): a .keras file is a zip written by model.save()"
+            ) from e
         names = self._zip.namelist()
         try:
             config = json.loads(self._zip.read(CONFIG_MEMBER))
@@ -56,7 +57,8 @@ class KerasArchiveReader(KerasH5Reader):
             other = [n for n in names if "weights" in n]
             raise UnsupportedFormatError(
                 f"{path} has no {WEIGHTS_MEMBER} (members: {', '.join(names)}); "
-                + ("weights stored as " + other[0] + " are not supported" if other else "it holds no weights"))
+                + ("weights stored as " + other[0] + " are not supported" if other else "it holds no weights")
+            )
         try:
             super().__init__(path, fileobj=self._zip.open(WEIGHTS_MEMBER), label=path)
         except Exception:

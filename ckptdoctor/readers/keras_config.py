@@ -8,12 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["ConfigLayer", "BN_CLASSES", "MODEL_CLASSES", "CODE_CLASSES", "config_layers", "lambda_layers",
-           "model_inputs"]
+__all__ = [
+    "ConfigLayer",
+    "BN_CLASSES",
+    "MODEL_CLASSES",
+    "CODE_CLASSES",
+    "config_layers",
+    "lambda_layers",
+    "model_inputs",
+]
 
 #: Layer classes whose moving statistics ckptdoctor checks and repairs.
-BN_CLASSES = frozenset({"BatchNormalization", "SyncBatchNormalization", "BatchNormalizationV1",
-                        "BatchNormalizationV2"})
+BN_CLASSES = frozenset({"BatchNormalization", "SyncBatchNormalization", "BatchNormalizationV1", "BatchNormalizationV2"})
 #: Model classes whose config nests layers.
 MODEL_CLASSES = frozenset({"Functional", "Sequential", "Model"})
 #: Layer classes whose code runs from the file when loaded.
@@ -46,9 +52,12 @@ class ConfigLayer:
             return None
         c = self.config
         # renorm=True adds its own statistics after the moving ones (Keras 3 and tf-keras alike).
-        return (["gamma"] if c.get("scale", True) else []) + (["beta"] if c.get("center", True) else []) + \
-            ["moving_mean", "moving_variance"] + (["moving_stddev", "renorm_mean", "renorm_stddev"]
-                                                  if c.get("renorm", False) else [])
+        return (
+            (["gamma"] if c.get("scale", True) else [])
+            + (["beta"] if c.get("center", True) else [])
+            + ["moving_mean", "moving_variance"]
+            + (["moving_stddev", "renorm_mean", "renorm_stddev"] if c.get("renorm", False) else [])
+        )
 
 
 def config_layers(config: dict | None, depth: int = 0, parent: str = "") -> list[ConfigLayer]:

@@ -18,7 +18,7 @@ h5py gives it.
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -64,8 +64,9 @@ class KerasH5Reader:
         try:
             self._file = h5py.File(fileobj if fileobj is not None else path, "r")
         except (OSError, ValueError) as e:
-            raise CorruptCheckpointError(f"{self.prefix} is not a readable HDF5 file ({e}): "
-                                         "pass a Keras .h5, .weights.h5 or .keras file") from e
+            raise CorruptCheckpointError(
+                f"{self.prefix} is not a readable HDF5 file ({e}): pass a Keras .h5, .weights.h5 or .keras file"
+            ) from e
         f = self._file
         self.model_config = None
         self.keras_version = _text(f.attrs.get("keras_version")) if "keras_version" in f.attrs else None
@@ -86,7 +87,8 @@ class KerasH5Reader:
             self.close()
             raise UnsupportedFormatError(
                 f"{self.prefix} is HDF5 but not a Keras weights file (no 'layers', 'model_weights' or layer_names): "
-                "pass a file written by Keras' save() or save_weights()")
+                "pass a file written by Keras' save() or save_weights()"
+            )
         self._datasets: dict[str, object] = {}
         f.visititems(self._collect)
 
@@ -104,8 +106,9 @@ class KerasH5Reader:
         for name in sorted(self._datasets):
             ds = self._datasets[name]
             shape = tuple(int(d) for d in ds.shape)
-            out.append(TensorEntry(name=name, dtype=_dtype_name(ds.dtype), shape=shape,
-                                   nbytes=int(ds.id.get_storage_size())))
+            out.append(
+                TensorEntry(name=name, dtype=_dtype_name(ds.dtype), shape=shape, nbytes=int(ds.id.get_storage_size()))
+            )
         return out
 
     def read(self, name: str) -> np.ndarray:
@@ -126,7 +129,7 @@ class KerasH5Reader:
         rows = max(1, chunk_bytes // row_bytes)
         for start in range(0, ds.shape[0], rows):
             try:
-                yield np.asarray(ds[start:start + rows]).ravel()
+                yield np.asarray(ds[start : start + rows]).ravel()
             except (OSError, ValueError) as e:
                 raise TensorReadError("tensor-unreadable", name, f"{name}: its bytes cannot be read ({e})") from e
 
@@ -136,7 +139,7 @@ class KerasH5Reader:
         if f is not None:
             f.close()
 
-    def __enter__(self) -> "KerasH5Reader":
+    def __enter__(self) -> KerasH5Reader:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -157,24 +160,30 @@ class KerasH5Reader:
         f = self._file
         groups = []
         if self.layout == "legacy":
-            root = f["model_weights"] if "model_weights" in f else f
+            root = f.get("model_weights", f)
             base = "model_weights/" if "model_weights" in f else ""
             for layer in (_text(n) for n in root.attrs.get("layer_names", [])):
                 if layer not in root:
                     groups.append({"path": base + layer, "name": layer, "keys": []})
                     continue
                 names = [_text(n) for n in root[layer].attrs.get("weight_names", [])]
-                groups.append({"path": base + layer, "name": layer,
-                               "keys": [f"{base}{layer}/{n}" for n in names]})
+                groups.append({"path": base + layer, "name": layer, "keys": [f"{base}{layer}/{n}" for n in names]})
             return groups
 
         def walk(group, path):
             if "vars" in group and isinstance(group["vars"], h5py.Group):
                 v = group["vars"]
-                keys = sorted((k for k in v if isinstance(v[k], h5py.Dataset)),
-                              key=lambda k: (0, int(k)) if k.isdigit() else (1, k))
-                groups.append({"path": path, "name": _text(v.attrs["name"]) if "name" in v.attrs else None,
-                               "keys": [f"{path}/vars/{k}" if path else f"vars/{k}" for k in keys]})
+                keys = sorted(
+                    (k for k in v if isinstance(v[k], h5py.Dataset)),
+                    key=lambda k: (0, int(k)) if k.isdigit() else (1, k),
+                )
+                groups.append(
+                    {
+                        "path": path,
+                        "name": _text(v.attrs["name"]) if "name" in v.attrs else None,
+                        "keys": [f"{path}/vars/{k}" if path else f"vars/{k}" for k in keys],
+                    }
+                )
             for child in group:
                 if child != "vars" and isinstance(group[child], h5py.Group):
                     walk(group[child], f"{path}/{child}" if path else child)

@@ -16,7 +16,8 @@ Callers turn that into a ``CorruptCheckpointError`` naming the file.
 from __future__ import annotations
 
 import struct
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 __all__ = [
     "WireFormatError",
@@ -449,7 +450,7 @@ def _scan(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
         elif wtype == _VARINT:
             v, pos = read_varint(buf, pos, end)
             append((tag >> 3, wtype, v, 0))
-        elif wtype == _I32 or wtype == _I64:
+        elif wtype in (_I32, _I64):
             width = 4 if wtype == _I32 else 8
             if pos + width > end:
                 raise WireFormatError(f"truncated fixed{width * 8}")

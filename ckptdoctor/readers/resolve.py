@@ -114,7 +114,9 @@ def resolve_checkpoint(path: str) -> ResolvedCheckpoint:
                     f"{os.path.join(path, 'checkpoint')} names {prefix}, which does not exist: "
                     "pass the prefix of a checkpoint that is there"
                 )
-            return ResolvedCheckpoint(prefix, _kind(prefix), f"latest checkpoint in {path} (from its 'checkpoint' file)")
+            return ResolvedCheckpoint(
+                prefix, _kind(prefix), f"latest checkpoint in {path} (from its 'checkpoint' file)"
+            )
         indexes = sorted(n for n in os.listdir(path) if n.endswith(".index"))
         if len(indexes) == 1:
             prefix = os.path.join(path, indexes[0][: -len(".index")])

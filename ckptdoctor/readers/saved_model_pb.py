@@ -38,14 +38,30 @@ from ckptdoctor.readers.protowire import expect_wire_type as _need
 from ckptdoctor.readers.protowire import signed64 as _signed
 from ckptdoctor.readers.protowire import text as _text
 
-__all__ = ["SavedVariable", "SavedNode", "FusedBatchNorm", "read_saved_object_graph", "decode_saved_object_graph",
-           "decode_fused_batch_norms", "read_saved_model", "KIND_NAMES"]
+__all__ = [
+    "SavedVariable",
+    "SavedNode",
+    "FusedBatchNorm",
+    "read_saved_object_graph",
+    "decode_saved_object_graph",
+    "decode_fused_batch_norms",
+    "read_saved_model",
+    "KIND_NAMES",
+]
 
 _VARINT, _LEN = 0, 2
 
 #: ``SavedObject`` kind field numbers and their names.
-KIND_NAMES = {4: "user_object", 5: "asset", 6: "function", 7: "variable", 8: "bare_concrete_function",
-              9: "constant", 10: "resource", 12: "captured_tensor"}
+KIND_NAMES = {
+    4: "user_object",
+    5: "asset",
+    6: "function",
+    7: "variable",
+    8: "bare_concrete_function",
+    9: "constant",
+    10: "resource",
+    12: "captured_tensor",
+}
 
 
 class SavedVariable(NamedTuple):
@@ -134,8 +150,7 @@ def _decode_node(buf: bytes) -> SavedNode:
                 identifier = str(_ints_and_strings(v, {1: "s"}).get(1, ""))  # type: ignore[arg-type]
             elif f == 7:
                 variable = _decode_variable(v)  # type: ignore[arg-type]
-    return SavedNode(tuple(children), tuple(slots), kind, identifier,
-                     variable if kind == "variable" else None)  # type: ignore[arg-type]
+    return SavedNode(tuple(children), tuple(slots), kind, identifier, variable if kind == "variable" else None)  # type: ignore[arg-type]
 
 
 def _first_meta_graph(buf: bytes) -> bytes | None:
@@ -250,7 +265,7 @@ def _fused_in_function(fdef: bytes, bound: dict[str, list[int]]) -> list[FusedBa
     if not captured or len(captured) > len(args):
         return []
     # Captured objects are the last arguments of a saved concrete function.
-    by_arg = dict(zip(args[len(args) - len(captured):], captured))
+    by_arg = dict(zip(args[len(args) - len(captured) :], captured))
 
     def source(tensor: str) -> int | None:
         for _ in range(32):  # a chain of reads and identities, never a cycle

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import google_crc32c
 

@@ -18,10 +18,10 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from ckptdoctor.writers.atomic import atomic_output
 from ckptdoctor.analysis.diagnose import BNLayerStatus, Finding
 from ckptdoctor.errors import CkptDoctorError, OutputExistsError
 from ckptdoctor.reports.results import InspectReport, TensorReport
+from ckptdoctor.writers.atomic import atomic_output
 
 __all__ = ["write_report", "read_report", "REPORT_KIND"]
 
@@ -80,29 +80,82 @@ def write_report(report: InspectReport, path: str, force: bool = False) -> str:
             f.attrs["summary"] = json.dumps(report.summary)
             f.attrs["total_tensors"] = report.total_tensors
             f.attrs["total_bytes"] = report.total_bytes
-            _table(f, "tensors", [
-                ("name", s), ("dtype", s), ("shape", s), ("size", "<i8"), ("nbytes", "<i8"),
-                ("min", "<f8"), ("max", "<f8"), ("mean", "<f8"), ("std", "<f8"), ("nan", "<f8"), ("inf", "<f8"),
-                ("in_graph", "i1"), ("role", s), ("object_path", s),
-            ], [
-                (t.name, t.dtype, json.dumps(list(t.shape)), t.size, t.nbytes, _nan(t.min), _nan(t.max),
-                 _nan(t.mean), _nan(t.std), _nan(t.nan), _nan(t.inf),
-                 -1 if t.in_graph is None else int(t.in_graph), t.role, t.object_path or "")
-                for t in report.tensors
-            ])
-            _table(f, "bn_layers", [
-                ("layer", s), ("moving_mean", s), ("moving_variance", s), ("gamma", s), ("beta", s),
-                ("channels", "<f8"), ("status", s),
-            ], [
-                (b.layer, b.moving_mean or "", b.moving_variance or "", b.gamma or "", b.beta or "",
-                 _nan(b.channels), b.status)
-                for b in report.bn_layers
-            ])
-            _table(f, "findings", [
-                ("code", s), ("severity", s), ("layer", s), ("tensor", s), ("message", s),
-            ], [
-                (x.code, x.severity, x.layer or "", x.tensor or "", x.message) for x in report.findings
-            ])
+            _table(
+                f,
+                "tensors",
+                [
+                    ("name", s),
+                    ("dtype", s),
+                    ("shape", s),
+                    ("size", "<i8"),
+                    ("nbytes", "<i8"),
+                    ("min", "<f8"),
+                    ("max", "<f8"),
+                    ("mean", "<f8"),
+                    ("std", "<f8"),
+                    ("nan", "<f8"),
+                    ("inf", "<f8"),
+                    ("in_graph", "i1"),
+                    ("role", s),
+                    ("object_path", s),
+                ],
+                [
+                    (
+                        t.name,
+                        t.dtype,
+                        json.dumps(list(t.shape)),
+                        t.size,
+                        t.nbytes,
+                        _nan(t.min),
+                        _nan(t.max),
+                        _nan(t.mean),
+                        _nan(t.std),
+                        _nan(t.nan),
+                        _nan(t.inf),
+                        -1 if t.in_graph is None else int(t.in_graph),
+                        t.role,
+                        t.object_path or "",
+                    )
+                    for t in report.tensors
+                ],
+            )
+            _table(
+                f,
+                "bn_layers",
+                [
+                    ("layer", s),
+                    ("moving_mean", s),
+                    ("moving_variance", s),
+                    ("gamma", s),
+                    ("beta", s),
+                    ("channels", "<f8"),
+                    ("status", s),
+                ],
+                [
+                    (
+                        b.layer,
+                        b.moving_mean or "",
+                        b.moving_variance or "",
+                        b.gamma or "",
+                        b.beta or "",
+                        _nan(b.channels),
+                        b.status,
+                    )
+                    for b in report.bn_layers
+                ],
+            )
+            _table(
+                f,
+                "findings",
+                [
+                    ("code", s),
+                    ("severity", s),
+                    ("layer", s),
+                    ("tensor", s),
+                    ("message", s),
+                ],
+                [(x.code, x.severity, x.layer or "", x.tensor or "", x.message) for x in report.findings],
+            )
         _check_written(tmp, report)
     return path
 
@@ -130,39 +183,67 @@ def read_report(path: str) -> InspectReport:
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise CkptDoctorError(f"{path} is not an HDF5 file ({e}): pass a file written by `ckptdoctor inspect --report`") from e
+        raise CkptDoctorError(
+            f"{path} is not an HDF5 file ({e}): pass a file written by `ckptdoctor inspect --report`"
+        ) from e
     with f:
         if _s(f.attrs.get("kind", "")) != REPORT_KIND or not all(k in f for k in ("tensors", "bn_layers", "findings")):
-            raise CkptDoctorError(f"{path} is HDF5 but not a ckptdoctor inspect report (no kind={REPORT_KIND} attribute)")
+            raise CkptDoctorError(
+                f"{path} is HDF5 but not a ckptdoctor inspect report (no kind={REPORT_KIND} attribute)"
+            )
         try:
             tensors = tuple(
                 TensorReport(
-                    name=_s(r["name"]), dtype=_s(r["dtype"]), shape=tuple(json.loads(_s(r["shape"]))),
-                    size=int(r["size"]), nbytes=int(r["nbytes"]), min=_opt(r["min"]), max=_opt(r["max"]),
-                    mean=_opt(r["mean"]), std=_opt(r["std"]), nan=_opt_int(r["nan"]), inf=_opt_int(r["inf"]),
-                    in_graph=None if r["in_graph"] < 0 else bool(r["in_graph"]), role=_s(r["role"]),
+                    name=_s(r["name"]),
+                    dtype=_s(r["dtype"]),
+                    shape=tuple(json.loads(_s(r["shape"]))),
+                    size=int(r["size"]),
+                    nbytes=int(r["nbytes"]),
+                    min=_opt(r["min"]),
+                    max=_opt(r["max"]),
+                    mean=_opt(r["mean"]),
+                    std=_opt(r["std"]),
+                    nan=_opt_int(r["nan"]),
+                    inf=_opt_int(r["inf"]),
+                    in_graph=None if r["in_graph"] < 0 else bool(r["in_graph"]),
+                    role=_s(r["role"]),
                     object_path=_s(r["object_path"]) or None,
                 )
                 for r in f["tensors"][()]
             )
             bn = tuple(
                 BNLayerStatus(
-                    layer=_s(r["layer"]), moving_mean=_s(r["moving_mean"]) or None,
-                    moving_variance=_s(r["moving_variance"]) or None, gamma=_s(r["gamma"]) or None,
-                    beta=_s(r["beta"]) or None, channels=_opt_int(r["channels"]), status=_s(r["status"]),
+                    layer=_s(r["layer"]),
+                    moving_mean=_s(r["moving_mean"]) or None,
+                    moving_variance=_s(r["moving_variance"]) or None,
+                    gamma=_s(r["gamma"]) or None,
+                    beta=_s(r["beta"]) or None,
+                    channels=_opt_int(r["channels"]),
+                    status=_s(r["status"]),
                 )
                 for r in f["bn_layers"][()]
             )
             findings = tuple(
-                Finding(code=_s(r["code"]), severity=_s(r["severity"]), layer=_s(r["layer"]) or None,
-                        tensor=_s(r["tensor"]) or None, message=_s(r["message"]))
+                Finding(
+                    code=_s(r["code"]),
+                    severity=_s(r["severity"]),
+                    layer=_s(r["layer"]) or None,
+                    tensor=_s(r["tensor"]) or None,
+                    message=_s(r["message"]),
+                )
                 for r in f["findings"][()]
             )
             return InspectReport(
-                checkpoint=_s(f.attrs["checkpoint"]), format=_s(f.attrs["format"]),
-                graph=_s(f.attrs["graph"]) or None, tensors=tensors, bn_layers=bn, findings=findings,
-                notes=tuple(json.loads(_s(f.attrs["notes"]))), resolved_from=_s(f.attrs["resolved_from"]),
-                total_tensors=int(f.attrs["total_tensors"]), total_bytes=int(f.attrs["total_bytes"]),
+                checkpoint=_s(f.attrs["checkpoint"]),
+                format=_s(f.attrs["format"]),
+                graph=_s(f.attrs["graph"]) or None,
+                tensors=tensors,
+                bn_layers=bn,
+                findings=findings,
+                notes=tuple(json.loads(_s(f.attrs["notes"]))),
+                resolved_from=_s(f.attrs["resolved_from"]),
+                total_tensors=int(f.attrs["total_tensors"]),
+                total_bytes=int(f.attrs["total_bytes"]),
                 summary=json.loads(_s(f.attrs["summary"])),
             )
         except (KeyError, ValueError, TypeError) as e:
@@ -187,26 +268,37 @@ def write_repair_report(report, path: str, force: bool = False) -> str:
 
     if os.path.exists(path) and not force:
         raise OutputExistsError(f"{path} exists: pass --force to overwrite it, or choose another --report path")
-    with atomic_output(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["kind"] = REPAIR_KIND
-            f.attrs["ckptdoctor_version"] = __version__
-            f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            for key in ("checkpoint", "graph", "data", "training_flag", "method", "batch_size", "samples",
-                        "output", "backup", "dry_run", "untouched", "updated"):
-                value = getattr(report, key)
-                f.attrs[key] = "" if value is None else value
-            f.attrs["inputs"] = json.dumps(list(report.inputs))
-            group = f.create_group("layers")
-            for layer in report.layers:
-                g = group.create_group(layer.layer.replace("/", "|"))
-                g.attrs["layer"] = layer.layer
-                for key in ("samples", "status_before", "moving_mean", "moving_variance", "channels"):
-                    g.attrs[key] = getattr(layer, key)
-                for key in ("gap_before", "gap_after", "max_mean_shift", "var_ratio_min", "var_ratio_max"):
-                    g.attrs[key] = _nan(getattr(layer, key))
-                for key in ("mean_before", "variance_before", "mean_after", "variance_after"):
-                    value = getattr(layer, key)
-                    if value is not None:
-                        g.create_dataset(key, data=np.asarray(value, np.float64))
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["kind"] = REPAIR_KIND
+        f.attrs["ckptdoctor_version"] = __version__
+        f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        for key in (
+            "checkpoint",
+            "graph",
+            "data",
+            "training_flag",
+            "method",
+            "batch_size",
+            "samples",
+            "output",
+            "backup",
+            "dry_run",
+            "untouched",
+            "updated",
+        ):
+            value = getattr(report, key)
+            f.attrs[key] = "" if value is None else value
+        f.attrs["inputs"] = json.dumps(list(report.inputs))
+        group = f.create_group("layers")
+        for layer in report.layers:
+            g = group.create_group(layer.layer.replace("/", "|"))
+            g.attrs["layer"] = layer.layer
+            for key in ("samples", "status_before", "moving_mean", "moving_variance", "channels"):
+                g.attrs[key] = getattr(layer, key)
+            for key in ("gap_before", "gap_after", "max_mean_shift", "var_ratio_min", "var_ratio_max"):
+                g.attrs[key] = _nan(getattr(layer, key))
+            for key in ("mean_before", "variance_before", "mean_after", "variance_after"):
+                value = getattr(layer, key)
+                if value is not None:
+                    g.create_dataset(key, data=np.asarray(value, np.float64))
     return path

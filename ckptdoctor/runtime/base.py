@@ -63,8 +63,16 @@ class Runner(Protocol):
     notes: list[str]
     gap_note: str
 
-    def run(self, batch: list, *, bn_training: bool, moments: bool = False, keep_layers: bool = False,
-            against: dict | None = None, outputs: bool = True) -> Pass:
+    def run(
+        self,
+        batch: list,
+        *,
+        bn_training: bool,
+        moments: bool = False,
+        keep_layers: bool = False,
+        against: dict | None = None,
+        outputs: bool = True,
+    ) -> Pass:
         """One forward pass over ``batch`` (one array per input); ``against``: layer outputs to compare with."""
 
     def layer_moments(self, name: str, batch: list) -> tuple:

@@ -20,9 +20,22 @@ from ckptdoctor.errors import BadDataError, UnsupportedFormatError
 from ckptdoctor.readers.keras_config import BN_CLASSES, config_layers, model_inputs
 from ckptdoctor.runtime.base import Input, Target
 
-__all__ = ["BNLayer", "keras_module", "load_keras_model", "find_bn_layers", "trainable_bn_layers", "check_loadable",
-           "held_in_inference", "variable_values", "check_stored_values", "input_arrays", "frozen_note",
-           "variant_notes", "targets", "bind_inputs"]
+__all__ = [
+    "BNLayer",
+    "keras_module",
+    "load_keras_model",
+    "find_bn_layers",
+    "trainable_bn_layers",
+    "check_loadable",
+    "held_in_inference",
+    "variable_values",
+    "check_stored_values",
+    "input_arrays",
+    "frozen_note",
+    "variant_notes",
+    "targets",
+    "bind_inputs",
+]
 
 
 def keras_module(version: str | None, fmt: str):
@@ -41,7 +54,8 @@ def keras_module(version: str | None, fmt: str):
     except ImportError as e:
         raise UnsupportedFormatError(
             f"this file was written by Keras {version or '?'}, which needs "
-            f"{'tf-keras' if legacy else 'keras>=3'} to run: pip install {'tf-keras' if legacy else 'keras'}") from e
+            f"{'tf-keras' if legacy else 'keras>=3'} to run: pip install {'tf-keras' if legacy else 'keras'}"
+        ) from e
     return K, legacy
 
 
@@ -52,8 +66,10 @@ def load_keras_model(K, legacy: bool, path: str, unsafe: bool):
         return K.saving.load_model(path, compile=False, safe_mode=not unsafe)
     except (ValueError, TypeError, KeyError, OSError, AttributeError, NotImplementedError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UnsupportedFormatError(f"Keras cannot load {path}: {first[:300]} (custom layers must be importable "
-                                     "and registered; ckptdoctor never runs code from the file)") from e
+        raise UnsupportedFormatError(
+            f"Keras cannot load {path}: {first[:300]} (custom layers must be importable "
+            "and registered; ckptdoctor never runs code from the file)"
+        ) from e
 
 
 def check_loadable(config: dict | None, path: str) -> None:
@@ -72,7 +88,8 @@ def check_loadable(config: dict | None, path: str) -> None:
                 "tf-keras saves such a layer with the axis it shifted for its virtual batches and cannot load it "
                 "back (Invalid value for axis), so the model cannot run; rebuild the model in code with "
                 "virtual_batch_size=None (inference is the same), load these weights (model.load_weights), save "
-                "it and repair that file")
+                "it and repair that file"
+            )
 
 
 class BNLayer(NamedTuple):
@@ -99,8 +116,11 @@ def find_bn_layers(K, model) -> list[BNLayer]:
     seen: set[int] = set()
 
     def all_frozen(container) -> bool:
-        weighted = [sub for sub in container._flatten_layers(include_self=False) if sub.weights] \
-            if hasattr(container, "_flatten_layers") else []
+        weighted = (
+            [sub for sub in container._flatten_layers(include_self=False) if sub.weights]
+            if hasattr(container, "_flatten_layers")
+            else []
+        )
         return bool(weighted) and not any(sub.trainable for sub in weighted)
 
     def walk(container, names: list[str], chain: tuple, frozen_by: str | None) -> None:
@@ -112,8 +132,11 @@ def find_bn_layers(K, model) -> list[BNLayer]:
             if isinstance(sub, bn_type) or type(sub).__name__ in BN_CLASSES:
                 reason = ""
                 if frozen_by is not None:
-                    reason = (f"inside nested model {frozen_by}, which has trainable=False" if frozen_by else
-                              "the whole model has trainable=False")
+                    reason = (
+                        f"inside nested model {frozen_by}, which has trainable=False"
+                        if frozen_by
+                        else "the whole model has trainable=False"
+                    )
                 elif not sub.trainable:
                     reason = "trainable=False"
                     if names and all_frozen(container):
@@ -142,7 +165,8 @@ def trainable_bn_layers(K, model, path: str) -> tuple[list[BNLayer], list[BNLaye
         raise UnsupportedFormatError(
             f"{path} has no trainable BatchNormalization layer: nothing to repair; repair leaves frozen BN layers as "
             f"they are, because the model learned with their stored statistics (in training mode too): {listed}; "
-            "to recalibrate one, set trainable=True on it and on the models holding it, and save the model again")
+            "to recalibrate one, set trainable=True on it and on the models holding it, and save the model again"
+        )
     return bns, frozen
 
 
@@ -164,8 +188,11 @@ def _ignores_training(K, layer) -> bool:
     """Keras 3's Dense and EinsumDense take ``training`` and ignore it (unless quantized to float8)."""
     for name in ("Dense", "EinsumDense"):
         cls = getattr(K.layers, name, None)
-        if cls is not None and getattr(type(layer), "call", None) is getattr(cls, "call", ()) \
-                and getattr(layer, "quantization_mode", None) in (None, "int8", "int4"):
+        if (
+            cls is not None
+            and getattr(type(layer), "call", None) is getattr(cls, "call", ())
+            and getattr(layer, "quantization_mode", None) in (None, "int8", "int4")
+        ):
             return True
     return False
 
@@ -210,13 +237,17 @@ def input_arrays(config, arrays: dict, data: str, input: str | None) -> tuple[li
         arrays = {input: arrays[None]}
     if None in arrays:
         if len(names) != 1:
-            raise BadDataError(f"the model has {len(names)} inputs ({', '.join(names)}): pass an .npz "
-                               "whose keys are these names, or an HDF5 file with one dataset per name")
+            raise BadDataError(
+                f"the model has {len(names)} inputs ({', '.join(names)}): pass an .npz "
+                "whose keys are these names, or an HDF5 file with one dataset per name"
+            )
         return names, [arrays[None]]
     missing = [n for n in names if n not in arrays]
     if missing:
-        raise BadDataError(f"{data} has no array for the model input(s) {', '.join(missing)} "
-                           f"(it holds {', '.join(sorted(arrays)) or 'nothing'}): name the arrays after the inputs")
+        raise BadDataError(
+            f"{data} has no array for the model input(s) {', '.join(missing)} "
+            f"(it holds {', '.join(sorted(arrays)) or 'nothing'}): name the arrays after the inputs"
+        )
     return names, [arrays[n] for n in names]
 
 
@@ -240,7 +271,8 @@ def check_stored_values(bns: list[BNLayer], keys: dict[str, dict], read, where: 
             if have.dtype != want.dtype or have.shape != want.shape or have.tobytes() != want.tobytes():
                 raise UnsupportedFormatError(
                     f"cannot tell where {where} stores BN layer {bn.name}'s {attr}: {key} holds other values than "
-                    "Keras loaded; nothing was written")
+                    "Keras loaded; nothing was written"
+                )
             stored[key] = have
     return stored
 
@@ -249,8 +281,10 @@ def frozen_note(frozen: list[BNLayer]) -> list[str]:
     """The report note about BN layers left as they are."""
     if not frozen:
         return []
-    return [f"left as they are: frozen BN layers ({'; '.join(f'{bn.name}: {bn.reason}' for bn in frozen)}); "
-            "the model learned with their stored statistics, in training mode too"]
+    return [
+        f"left as they are: frozen BN layers ({'; '.join(f'{bn.name}: {bn.reason}' for bn in frozen)}); "
+        "the model learned with their stored statistics, in training mode too"
+    ]
 
 
 def variant_notes(bns: list[BNLayer]) -> list[str]:
@@ -258,9 +292,11 @@ def variant_notes(bns: list[BNLayer]) -> list[str]:
     renorm = [bn.name for bn in bns if getattr(bn.layer, "renorm", False) is True]
     if not renorm:
         return []
-    return [f"batch renormalization (renorm=True: {', '.join(renorm)}): measured as plain batch normalization; "
-            "renorm_mean and renorm_stddev (and Keras 3's moving_stddev), used only in training mode, are left as "
-            "they are"]
+    return [
+        f"batch renormalization (renorm=True: {', '.join(renorm)}): measured as plain batch normalization; "
+        "renorm_mean and renorm_stddev (and Keras 3's moving_stddev), used only in training mode, are left as "
+        "they are"
+    ]
 
 
 def targets(bns: list, keys: dict[str, dict], stored: dict) -> list[Target]:
@@ -269,8 +305,18 @@ def targets(bns: list, keys: dict[str, dict], stored: dict) -> list[Target]:
     for bn in bns:
         w = keys[bn.name]
         mm, mv = w["moving_mean"], w["moving_variance"]
-        out.append(Target(bn.name, mm, mv, w.get("gamma"), w.get("beta"), int(stored[mm].shape[0]),
-                          {mm: stored[mm], mv: stored[mv]}, {mm: stored[mm].dtype, mv: stored[mv].dtype}))
+        out.append(
+            Target(
+                bn.name,
+                mm,
+                mv,
+                w.get("gamma"),
+                w.get("beta"),
+                int(stored[mm].shape[0]),
+                {mm: stored[mm], mv: stored[mv]},
+                {mm: stored[mm].dtype, mv: stored[mv].dtype},
+            )
+        )
     return out
 
 
@@ -278,6 +324,12 @@ def bind_inputs(model, names: list[str], xs: list) -> list[Input]:
     """The data arrays bound to the loaded model's inputs (its shapes and dtypes)."""
     if len(xs) != len(model.inputs):
         raise UnsupportedFormatError(f"the loaded model has {len(model.inputs)} inputs, its config names {len(xs)}")
-    return [Input(names[i] if i < len(names) else str(i), a, list(t.shape),
-                  t.dtype if isinstance(t.dtype, str) else t.dtype.name)
-            for i, (t, a) in enumerate(zip(model.inputs, xs))]
+    return [
+        Input(
+            names[i] if i < len(names) else str(i),
+            a,
+            list(t.shape),
+            t.dtype if isinstance(t.dtype, str) else t.dtype.name,
+        )
+        for i, (t, a) in enumerate(zip(model.inputs, xs))
+    ]

@@ -25,16 +25,19 @@ __all__ = ["KerasRunner", "TRAINING_ARGUMENT", "GAP_NOTE"]
 #: model always runs in inference mode, and each BN layer's own call is handed training=True or False.
 TRAINING_ARGUMENT = "model(x, training=False), each BN layer's call(training=True|False)"
 #: The report's explanation of the gap columns (as the graph repair's).
-GAP_NOTE = ("gaps: largest |inference-mode output - reference output| of each BN layer on the first batch; the "
-            "reference runs the BN layers in training mode and every other layer in inference mode")
+GAP_NOTE = (
+    "gaps: largest |inference-mode output - reference output| of each BN layer on the first batch; the "
+    "reference runs the BN layers in training mode and every other layer in inference mode"
+)
 
 
 def _layer_axis(layer) -> int:
     axis = layer.axis
     if isinstance(axis, (list, tuple)):
         if len(axis) != 1:
-            raise UnsupportedFormatError(f"BN layer {layer.name} normalises over several axes {list(axis)}: "
-                                         "not supported")
+            raise UnsupportedFormatError(
+                f"BN layer {layer.name} normalises over several axes {list(axis)}: not supported"
+            )
         axis = axis[0]
     return int(axis)
 
@@ -45,8 +48,6 @@ def _moments(value, axis: int, channels: int):
     x = np.moveaxis(x, axis % x.ndim, -1).reshape(-1, channels)
     mean = x.mean(axis=0)
     return x.shape[0], mean, np.square(x - mean).sum(axis=0)
-
-
 
 
 class _Stop(BaseException):
@@ -127,8 +128,16 @@ class _Taps:
         object.__setattr__(bn.layer, "call", call)
         self._tapped.append(bn.layer)
 
-    def run(self, model, batch: list, bn_training: bool, keep: bool = False, moments: dict | None = None,
-            only: str | None = None, against: dict | None = None):
+    def run(
+        self,
+        model,
+        batch: list,
+        bn_training: bool,
+        keep: bool = False,
+        moments: dict | None = None,
+        only: str | None = None,
+        against: dict | None = None,
+    ):
         """One forward pass in inference mode (``bn_training``: the tapped BN layers in training mode); return
         the model's outputs as numpy. ``keep``: keep each layer's output in ``outputs``; ``against``: compare
         each layer's output with it into ``layer_gaps``; ``moments``: put each layer's input moments there
@@ -153,8 +162,6 @@ class _Taps:
         self._renorm = []
 
 
-
-
 def _check_calls(bns: list[BNLayer], calls: list[str]) -> None:
     counts = {bn.name: 0 for bn in bns}
     for name in calls:
@@ -163,13 +170,15 @@ def _check_calls(bns: list[BNLayer], calls: list[str]) -> None:
         if counts[bn.name] == 0:
             raise UnsupportedFormatError(
                 f"BN layer {bn.name} does not run when the model is called: its input cannot be measured; "
-                "set trainable=False on it (repair then leaves it as it is) or remove it")
+                "set trainable=False on it (repair then leaves it as it is) or remove it"
+            )
         if counts[bn.name] > 1:
             raise UnsupportedFormatError(
                 f"BN layer {bn.name} runs {counts[bn.name]} times per forward pass (it, or a nested model holding "
                 "it, is shared by several calls): no one moving mean and variance match training mode for every "
                 "call, so repair cannot recompute it; set trainable=False on it to leave it as it is, or give each "
-                "call its own layer")
+                "call its own layer"
+            )
 
 
 def _assign(bn: BNLayer, mean, variance) -> None:
@@ -198,28 +207,51 @@ class KerasRunner:
     gap_note = GAP_NOTE
     output_names = ("model output",)
 
-    def __init__(self, model, bns: list[BNLayer], frozen: list[BNLayer], targets: list[Target], inputs: list[Input],
-                 graph: str, held: tuple[str, ...], notes: list[str]):
+    def __init__(
+        self,
+        model,
+        bns: list[BNLayer],
+        frozen: list[BNLayer],
+        targets: list[Target],
+        inputs: list[Input],
+        graph: str,
+        held: tuple[str, ...],
+        notes: list[str],
+    ):
         self.targets, self.inputs, self.graph, self.held, self.notes = targets, inputs, graph, held, notes
         self._model, self._bns = model, bns
         self._by_name = {bn.name: bn for bn in bns + frozen}
-        self._snapshot = {bn.name: (variable_values(bn.layer.moving_mean), variable_values(bn.layer.moving_variance))
-                          for bn in bns + frozen}
+        self._snapshot = {
+            bn.name: (variable_values(bn.layer.moving_mean), variable_values(bn.layer.moving_variance))
+            for bn in bns + frozen
+        }
         self._order: list[str] | None = None
         self._quiet = warnings.catch_warnings()
         self._quiet.__enter__()
         warnings.simplefilter("ignore")  # Keras' UserWarnings would bury the report on stderr
         self._taps = _Taps(bns)
 
-    def run(self, batch: list, *, bn_training: bool, moments: bool = False, keep_layers: bool = False,
-            against: dict | None = None, outputs: bool = True) -> Pass:
+    def run(
+        self,
+        batch: list,
+        *,
+        bn_training: bool,
+        moments: bool = False,
+        keep_layers: bool = False,
+        against: dict | None = None,
+        outputs: bool = True,
+    ) -> Pass:
         got: dict | None = {} if moments else None
         out = self._taps.run(self._model, batch, bn_training, keep=keep_layers, moments=got, against=against)
         if self._order is None:  # the first pass shows each layer running once, in which order
             _check_calls(self._bns, self._taps.calls)
             self._order = list(dict.fromkeys(self._taps.calls))
-        return Pass(out if outputs else None, self._taps.outputs if keep_layers else None,
-                    dict(self._taps.layer_gaps) if against else None, got)
+        return Pass(
+            out if outputs else None,
+            self._taps.outputs if keep_layers else None,
+            dict(self._taps.layer_gaps) if against else None,
+            got,
+        )
 
     def layer_moments(self, name: str, batch: list) -> tuple:
         got: dict = {}

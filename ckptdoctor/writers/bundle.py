@@ -24,11 +24,18 @@ import time
 
 import numpy as np
 
-from ckptdoctor.writers.atomic import TMP_MARK
 from ckptdoctor.errors import CkptDoctorError, OutputExistsError
+from ckptdoctor.writers.atomic import TMP_MARK
 
-__all__ = ["checkpoint_files", "ensure_writable", "write_checkpoint", "backup_checkpoint", "clean_stale_temporaries",
-           "temporary_folder", "OWNER_FILE"]
+__all__ = [
+    "checkpoint_files",
+    "ensure_writable",
+    "write_checkpoint",
+    "backup_checkpoint",
+    "clean_stale_temporaries",
+    "temporary_folder",
+    "OWNER_FILE",
+]
 
 
 def checkpoint_files(prefix: str) -> list[str]:
@@ -107,8 +114,14 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return a.tobytes() == b.tobytes()
 
 
-def write_checkpoint(source, output: str, replacements: dict[str, np.ndarray], meta_path: str | None,
-                     force: bool = False, in_place: bool = False) -> dict:
+def write_checkpoint(
+    source,
+    output: str,
+    replacements: dict[str, np.ndarray],
+    meta_path: str | None,
+    force: bool = False,
+    in_place: bool = False,
+) -> dict:
     """Write ``source``'s tensors with ``replacements`` to ``output``, verified and atomic.
 
     Args:
@@ -142,8 +155,10 @@ def write_checkpoint(source, output: str, replacements: dict[str, np.ndarray], m
         names = [e.name for e in entries if e.dtype != "variant"]
         skipped = [e.name for e in entries if e.dtype == "variant"]
         if skipped:
-            raise CkptDoctorError(f"{source.prefix} holds variant tensors ({skipped[0]}), which cannot be copied "
-                                  "bit for bit; nothing was written")
+            raise CkptDoctorError(
+                f"{source.prefix} holds variant tensors ({skipped[0]}), which cannot be copied "
+                "bit for bit; nothing was written"
+            )
         values = [replacements[n] if n in replacements else source.read(n) for n in names]
         new = sorted(set(replacements) - set(names))
         names += new
@@ -151,8 +166,10 @@ def write_checkpoint(source, output: str, replacements: dict[str, np.ndarray], m
         try:
             _save(tf, tmp_prefix, names, values)
         except (tf.errors.OpError, ValueError, TypeError) as e:
-            raise CkptDoctorError(f"cannot write the repaired checkpoint in {directory}: "
-                                  f"{str(e).splitlines()[0]}; check free space and permissions") from e
+            raise CkptDoctorError(
+                f"cannot write the repaired checkpoint in {directory}: "
+                f"{str(e).splitlines()[0]}; check free space and permissions"
+            ) from e
         if meta_path:
             shutil.copyfile(meta_path, tmp_prefix + ".meta")
         # Verify before anything becomes visible.
@@ -163,7 +180,9 @@ def write_checkpoint(source, output: str, replacements: dict[str, np.ndarray], m
                 raise CkptDoctorError("the written checkpoint does not hold the expected tensors; nothing was kept")
             for name, value in zip(names, values):
                 if not _same(np.asarray(value), back.read(name)):
-                    raise CkptDoctorError(f"verification failed: {name} does not read back as written; nothing was kept")
+                    raise CkptDoctorError(
+                        f"verification failed: {name} does not read back as written; nothing was kept"
+                    )
                 if name in replacements:
                     updated += 1
                 else:
@@ -172,7 +191,9 @@ def write_checkpoint(source, output: str, replacements: dict[str, np.ndarray], m
         _move_into_place(tmp_prefix, output)
         return {"untouched": untouched, "updated": updated, "backup": backup}
     except OSError as e:
-        raise CkptDoctorError(f"cannot write {output}: {e.strerror or e}; choose a writable place with free space") from e
+        raise CkptDoctorError(
+            f"cannot write {output}: {e.strerror or e}; choose a writable place with free space"
+        ) from e
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
@@ -185,13 +206,16 @@ def _move_into_place(tmp_prefix: str, output: str) -> None:
     prefix is either no checkpoint or a whole one, never new data under an old index.
     """
     files = checkpoint_files(tmp_prefix)
-    order = [f for f in files if ".data-" in f] + [f for f in files if f.endswith(".meta")] + \
-            [f for f in files if f.endswith(".index")]
+    order = (
+        [f for f in files if ".data-" in f]
+        + [f for f in files if f.endswith(".meta")]
+        + [f for f in files if f.endswith(".index")]
+    )
     old_data = set(glob.glob(glob.escape(output) + ".data-*-of-*"))
     with contextlib.suppress(FileNotFoundError):
         os.remove(output + ".index")
     for f in order:
-        target = output + f[len(tmp_prefix):]
+        target = output + f[len(tmp_prefix) :]
         os.replace(f, target)
         old_data.discard(target)
     for stale in old_data:  # shards of an overwritten checkpoint with more shards
@@ -204,7 +228,7 @@ def backup_checkpoint(prefix: str) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     backup = f"{prefix}.backup-{stamp}"
     for f in checkpoint_files(prefix):
-        target = backup + f[len(prefix):]
+        target = backup + f[len(prefix) :]
         try:
             os.link(f, target)
         except OSError:

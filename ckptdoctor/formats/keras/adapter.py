@@ -48,15 +48,16 @@ class KerasFile:
     def comparable_name(self, key: str) -> str:
         """A legacy full model's ``model_weights/`` prefix is dropped: it compares with its ``save_weights`` file."""
         if self.reader.layout == "legacy" and key.startswith(_LEGACY_ROOT):
-            return key[len(_LEGACY_ROOT):]
+            return key[len(_LEGACY_ROOT) :]
         return key
 
     # ------------------------------------------------------------------ repair
 
     def check_repair(self, options: RepairOptions) -> None:
         if self._graph or options.training or options.feed:
-            raise CkptDoctorError("--graph, --training and --feed are for TF1 checkpoints: a Keras file brings its "
-                                  "own model; drop them")
+            raise CkptDoctorError(
+                "--graph, --training and --feed are for TF1 checkpoints: a Keras file brings its own model; drop them"
+            )
 
     def output_path(self, output: str | None, in_place: bool, force: bool, dry_run: bool) -> str:
         out = self.path if in_place else (output or default_output(self.path))
@@ -65,21 +66,33 @@ class KerasFile:
         return out
 
     def runner(self, arrays: dict, options: RepairOptions):
-        from ckptdoctor.runtime.keras_model import (bind_inputs, check_loadable, check_stored_values, frozen_note,
-                                                     held_in_inference, input_arrays, keras_module, load_keras_model,
-                                                     targets, trainable_bn_layers, variant_notes)
+        from ckptdoctor.runtime.keras_model import (
+            bind_inputs,
+            check_loadable,
+            check_stored_values,
+            frozen_note,
+            held_in_inference,
+            input_arrays,
+            keras_module,
+            load_keras_model,
+            targets,
+            trainable_bn_layers,
+            variant_notes,
+        )
         from ckptdoctor.runtime.keras_runner import KerasRunner
 
         path, config = self.path, self.config
         if not config:
             raise UnsupportedFormatError(
                 f"{path} holds weights only (no model config): repair needs the model; save it with "
-                "model.save('model.keras') (or a full .h5) and repair that")
+                "model.save('model.keras') (or a full .h5) and repair that"
+            )
         code = lambda_layers(config)
         if code and not options.unsafe:
             raise UnsupportedFormatError(
                 f"{path} has Lambda layers ({', '.join(code[:3])}) whose Python code would run on load: "
-                "pass --unsafe only if you trust the file")
+                "pass --unsafe only if you trust the file"
+            )
         layout = describe_keras_file(self.reader, config)
         keys = {layer.name: layer.weights for layer in layout.bn_layers}
         names, xs = input_arrays(config, arrays, options.data, options.input)
@@ -93,10 +106,16 @@ class KerasFile:
             if "moving_mean" not in keys.get(bn.name, {}) or "moving_variance" not in keys.get(bn.name, {}):
                 raise UnsupportedFormatError(f"the file does not store the moving statistics of BN layer {bn.name}")
         stored = check_stored_values(bns, keys, self.reader.read, path)
-        return KerasRunner(model, bns, frozen, targets(bns, keys, stored), bind_inputs(model, names, xs),
-                           graph=f"{path} (model config, {'tf-keras' if legacy else 'Keras 3'})",
-                           held=held_in_inference(K, model), notes=frozen_note(frozen) + variant_notes(bns))
+        return KerasRunner(
+            model,
+            bns,
+            frozen,
+            targets(bns, keys, stored),
+            bind_inputs(model, names, xs),
+            graph=f"{path} (model config, {'tf-keras' if legacy else 'Keras 3'})",
+            held=held_in_inference(K, model),
+            notes=frozen_note(frozen) + variant_notes(bns),
+        )
 
     def write(self, replacements: dict, output: str, in_place: bool, force: bool) -> Written:
         return write_keras(self.reader, self.path, output, replacements, in_place)
-

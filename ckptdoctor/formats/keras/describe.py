@@ -26,7 +26,7 @@ __all__ = ["describe_keras", "KERAS_ADVICE"]
 KERAS_ADVICE = Advice(
     save="save the whole model (model.save) rather than a subset of its weights",
     update="they were never updated (the layer never ran in training mode, e.g. frozen or called with "
-           "training=False); train with it in training mode",
+    "training=False); train with it in training mode",
 )
 
 
@@ -36,8 +36,10 @@ def _expectation_notes(layout, config) -> list[str]:
         return []
     exp = layout.expectation
     if exp.keras is None or exp.reason:
-        return [f"layer weights not checked against {exp.keras or 'Keras'} ({exp.reason}): only what the file "
-                "itself names (and BN layers' weights) was checked"]
+        return [
+            f"layer weights not checked against {exp.keras or 'Keras'} ({exp.reason}): only what the file "
+            "itself names (and BN layers' weights) was checked"
+        ]
     notes = [f"layer weights checked against {exp.keras}, which rebuilt {len(exp.layers)} layers from the config"]
     if exp.unchecked:
         shown = "; ".join(f"{path}: {why}" for path, why in exp.unchecked[:3])
@@ -70,37 +72,54 @@ def _config(path: str, reader, graph) -> tuple[dict | None, str | None, str | No
     if graph is False:
         config, label = None, None
     if not config:
-        notes.append("no model config (weights only): BN layers found by group and weight names; "
-                     "pass --graph model.keras (or a config .json) to check against one")
+        notes.append(
+            "no model config (weights only): BN layers found by group and weight names; "
+            "pass --graph model.keras (or a config .json) to check against one"
+        )
     names = lambda_layers(config)
     if names:
-        notes.append(f"Lambda layers ({', '.join(names[:3])}) hold Python code: inspect never runs it; "
-                     "repair refuses them unless --unsafe")
+        notes.append(
+            f"Lambda layers ({', '.join(names[:3])}) hold Python code: inspect never runs it; "
+            "repair refuses them unless --unsafe"
+        )
     return config, keras_version, label, notes
 
 
 def _cross_reference(layout) -> list[Finding]:
     findings = []
     for layer_name, weight, trainable in layout.missing:
-        findings.append(Finding(
-            "missing-in-checkpoint",
-            "error" if trainable or weight.rsplit("/", 1)[-1].startswith("moving_") else "warning",
-            layer_name, f"{layer_name}/{weight}",
-            f"the config's layer {layer_name} declares {weight}, which the file does not hold: loading "
-            "fails or leaves it at its initial value; save the whole model again (model.save)",
-        ))
+        findings.append(
+            Finding(
+                "missing-in-checkpoint",
+                "error" if trainable or weight.rsplit("/", 1)[-1].startswith("moving_") else "warning",
+                layer_name,
+                f"{layer_name}/{weight}",
+                f"the config's layer {layer_name} declares {weight}, which the file does not hold: loading "
+                "fails or leaves it at its initial value; save the whole model again (model.save)",
+            )
+        )
     for key in layout.unexpected:
-        findings.append(Finding(
-            "unexpected-in-checkpoint", "warning", None, key,
-            f"{key} belongs to no layer of the model config: it is ignored or fails on load; check that "
-            "the config is the model that wrote these weights",
-        ))
+        findings.append(
+            Finding(
+                "unexpected-in-checkpoint",
+                "warning",
+                None,
+                key,
+                f"{key} belongs to no layer of the model config: it is ignored or fails on load; check that "
+                "the config is the model that wrote these weights",
+            )
+        )
     for layer_name, weight, key, want, got in layout.mismatched:
-        findings.append(Finding(
-            "shape-mismatch", "error", layer_name, key,
-            f"{key} ({layer_name}/{weight}) has shape {list(got)}, but the config's layer builds it as "
-            f"{list(want)}: loading fails; check that the config is the model that wrote these weights",
-        ))
+        findings.append(
+            Finding(
+                "shape-mismatch",
+                "error",
+                layer_name,
+                key,
+                f"{key} ({layer_name}/{weight}) has shape {list(got)}, but the config's layer builds it as "
+                f"{list(want)}: loading fails; check that the config is the model that wrote these weights",
+            )
+        )
     return findings
 
 
@@ -110,18 +129,29 @@ def describe_keras(path: str, reader, graph=None) -> Description:
     layout = describe_keras_file(reader, config, keras_version, check_with_keras=True)
     notes.extend(_expectation_notes(layout, config))
     # A statistic the file lacks is named after the layer, so its finding says which.
-    specs = [{"layer": layer.name,
-              "moving_mean": layer.weights.get("moving_mean") or f"{layer.name}/moving_mean",
-              "moving_variance": layer.weights.get("moving_variance") or f"{layer.name}/moving_variance",
-              "gamma": layer.weights.get("gamma"), "beta": layer.weights.get("beta"), "channels": None,
-              "trainable": layer.trainable}
-             for layer in layout.bn_layers]
+    specs = [
+        {
+            "layer": layer.name,
+            "moving_mean": layer.weights.get("moving_mean") or f"{layer.name}/moving_mean",
+            "moving_variance": layer.weights.get("moving_variance") or f"{layer.name}/moving_variance",
+            "gamma": layer.weights.get("gamma"),
+            "beta": layer.weights.get("beta"),
+            "channels": None,
+            "trainable": layer.trainable,
+        }
+        for layer in layout.bn_layers
+    ]
 
     def in_graph(key: str) -> bool:
         return key in layout.config_keys or layout.roles.get(key, "weight") in ("optimizer_slot", "step", "other")
 
     return Description(
-        graph=label, bn_layers=specs, role=lambda key: layout.roles.get(key, "weight"),
-        in_graph=in_graph if config else (lambda key: None), findings=_cross_reference(layout), notes=notes,
-        trained=_trained(reader, layout), advice=KERAS_ADVICE,
+        graph=label,
+        bn_layers=specs,
+        role=lambda key: layout.roles.get(key, "weight"),
+        in_graph=in_graph if config else (lambda key: None),
+        findings=_cross_reference(layout),
+        notes=notes,
+        trained=_trained(reader, layout),
+        advice=KERAS_ADVICE,
     )

@@ -64,7 +64,10 @@ class Expectation:
 
 
 def legacy_key(name: str) -> str:
-    """A legacy variable name without its layer's scope and ``:0``: ``lstm/lstm_cell/kernel:0`` -> ``lstm_cell/kernel``."""
+    """A legacy variable name without its layer's scope and ``:0``.
+
+    ``lstm/lstm_cell/kernel:0`` -> ``lstm_cell/kernel``.
+    """
     name = re.sub(r":\d+$", "", name)
     return name.split("/", 1)[1] if "/" in name else name
 
@@ -206,16 +209,24 @@ def _rebuild_keras3(K, layers: list, layout: str, out: Expectation) -> None:
             _CACHE[key] = None
             try:
                 built = K.saving.deserialize_keras_object(
-                    {k: v for k, v in item.items() if k != "inbound_nodes"}, safe_mode=True)
+                    {k: v for k, v in item.items() if k != "inbound_nodes"}, safe_mode=True
+                )
                 if getattr(built, "built", False):
                     store = Recorder()
                     saving_lib._save_state(built, store, None, "", set())
                     v3 = tuple(
-                        ExpectedWeight(f"{path}/vars/{i}" if path else f"vars/{i}",
-                                       f"{path}/{_var_name(v, i)}" if path else _var_name(v, i), _shape(v))
-                        for path, made in sorted(store.made.items()) for i, v in sorted(made.items(), key=_index))
-                    legacy = tuple(ExpectedWeight(legacy_key(str(v.path)), legacy_key(str(v.path)), _shape(v))
-                                   for v in list(built.trainable_weights) + list(built.non_trainable_weights))
+                        ExpectedWeight(
+                            f"{path}/vars/{i}" if path else f"vars/{i}",
+                            f"{path}/{_var_name(v, i)}" if path else _var_name(v, i),
+                            _shape(v),
+                        )
+                        for path, made in sorted(store.made.items())
+                        for i, v in sorted(made.items(), key=_index)
+                    )
+                    legacy = tuple(
+                        ExpectedWeight(legacy_key(str(v.path)), legacy_key(str(v.path)), _shape(v))
+                        for v in list(built.trainable_weights) + list(built.non_trainable_weights)
+                    )
                     _CACHE[key] = (v3, legacy)
             # Rebuilding is a best effort on behalf of the user's config: whatever Keras raises
             # (ValueError, TypeError, NotImplementedError...) means only "this layer is not checked".
@@ -258,13 +269,18 @@ def _rebuild_tfkeras(K, layers: list, config: dict, out: Expectation) -> None:
     def walk(container, parent: str) -> None:
         for sub in getattr(container, "layers", []):
             path = f"{parent}/{sub.name}" if parent else sub.name
-            if sub.__class__.__name__ in _MODELS or hasattr(sub, "layers") and path in wanted and \
-                    any(p.startswith(path + "/") for p in wanted):
+            if (
+                sub.__class__.__name__ in _MODELS
+                or hasattr(sub, "layers")
+                and path in wanted
+                and any(p.startswith(path + "/") for p in wanted)
+            ):
                 walk(sub, path)
                 continue
             if path in wanted:
                 out.layers[path] = tuple(
                     ExpectedWeight(legacy_key(w.name), legacy_key(w.name), _shape(w))
-                    for w in list(sub.trainable_weights) + list(sub.non_trainable_weights))
+                    for w in list(sub.trainable_weights) + list(sub.non_trainable_weights)
+                )
 
     walk(model, "")

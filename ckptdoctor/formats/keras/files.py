@@ -32,8 +32,10 @@ def is_keras_file(path: str) -> bool:
         return True
     if path.lower().endswith(KERAS_SUFFIXES):
         what = "a zip archive with config.json" if path.lower().endswith(".keras") else "an HDF5 file"
-        raise CorruptCheckpointError(f"{path} is named like a Keras file but is not {what} (truncated, or another "
-                                     "format renamed): save the model again with model.save()")
+        raise CorruptCheckpointError(
+            f"{path} is named like a Keras file but is not {what} (truncated, or another "
+            "format renamed): save the model again with model.save()"
+        )
     return False
 
 

@@ -82,8 +82,9 @@ def _leaf(key: str) -> str:
     return leaf[:-2] if leaf.endswith(":0") else leaf
 
 
-def describe_keras_file(reader, config: dict | None, keras_version: str | None = None,
-                        check_with_keras: bool = False) -> KerasLayout:
+def describe_keras_file(
+    reader, config: dict | None, keras_version: str | None = None, check_with_keras: bool = False
+) -> KerasLayout:
     """Map the file's weight groups to the config's layers; find BN layers and cross-reference problems.
 
     What each layer should store comes from the file and, with ``check_with_keras``, from the Keras
@@ -101,7 +102,7 @@ def describe_keras_file(reader, config: dict | None, keras_version: str | None =
         check_with_keras: rebuild the config's layers with that Keras to learn their weights.
     """
     layout = KerasLayout(has_config=bool(config))
-    groups = [g for g in reader.layer_groups() if g["path"] and not g["path"].split("/")[0] in _OPTIMIZER_ROOTS]
+    groups = [g for g in reader.layer_groups() if g["path"] and g["path"].split("/")[0] not in _OPTIMIZER_ROOTS]
     if reader.layout == "v3":
         groups = _fold_sublayer_groups(groups)
     entries = reader.entries()
@@ -147,9 +148,15 @@ def describe_keras_file(reader, config: dict | None, keras_version: str | None =
         expected = expected_of.get(c.path) if c else None
         weights = _name_weights(g, reader.layout, cls, expected, c.bn_weights() if c else None, present)
         name = c.path if c else (g["name"] or g["path"])
-        layer = KerasLayer(name=name, class_name=cls, path=g["path"], keys=tuple(g["keys"]), weights=weights,
-                           trainable=_trainable(c, by_path) if c else None,
-                           axis=c.config.get("axis", -1) if c else -1)
+        layer = KerasLayer(
+            name=name,
+            class_name=cls,
+            path=g["path"],
+            keys=tuple(g["keys"]),
+            weights=weights,
+            trainable=_trainable(c, by_path) if c else None,
+            axis=c.config.get("axis", -1) if c else -1,
+        )
         layout.layers.append(layer)
         if c is not None:
             seen_layers.add(c.path)
@@ -169,11 +176,18 @@ def describe_keras_file(reader, config: dict | None, keras_version: str | None =
         if c.path in seen_layers or c.class_name in MODEL_CLASSES:
             continue
         expected = expected_of.get(c.path)
-        for w in ([e.name for e in expected] if expected is not None else c.bn_weights() or []):
+        for w in [e.name for e in expected] if expected is not None else c.bn_weights() or []:
             layout.missing.append((c.path, w, c.trainable))
         if c.class_name in BN_CLASSES:
-            layer = KerasLayer(name=c.path, class_name=c.class_name, path="", keys=(), weights={},
-                               trainable=_trainable(c, by_path), axis=c.config.get("axis", -1))
+            layer = KerasLayer(
+                name=c.path,
+                class_name=c.class_name,
+                path="",
+                keys=(),
+                weights={},
+                trainable=_trainable(c, by_path),
+                axis=c.config.get("axis", -1),
+            )
             layout.bn_layers.append(layer)
     for key in keys:
         layout.roles.setdefault(key, "weight")
@@ -183,7 +197,7 @@ def describe_keras_file(reader, config: dict | None, keras_version: str | None =
 def _relative(group: dict, key: str, layout: str) -> str:
     """A key relative to its layer: ``vars/0``, ``cell/vars/1`` (Keras 3); ``kernel``, ``lstm_cell/kernel`` (legacy)."""
     root = group.get("root", group["path"])
-    rel = key[len(root) + 1:]
+    rel = key[len(root) + 1 :]
     return legacy_key(rel) if layout == "legacy" else rel
 
 
@@ -202,16 +216,19 @@ def _cross_reference(group: dict, layout: str, expected, bn_weights, present: se
         want = {e.key: e for e in expected}
         gone += [e.name for e in expected if e.key not in stored and e.name not in gone]
         extra = [k for r, k in stored.items() if r not in want]
-        mismatched = [(want[r].name, k, want[r].shape, shapes[k]) for r, k in stored.items()
-                      if r in want and want[r].shape and tuple(shapes[k]) != tuple(want[r].shape)]
+        mismatched = [
+            (want[r].name, k, want[r].shape, shapes[k])
+            for r, k in stored.items()
+            if r in want and want[r].shape and tuple(shapes[k]) != tuple(want[r].shape)
+        ]
     elif layout == "v3":
         for prefix in {r.rsplit("/vars/", 1)[0] if "/vars/" in r else "" for r in stored}:
             own = "vars/" if not prefix else prefix + "/vars/"
-            numbers = {int(r[len(own):]) for r in stored if r.startswith(own) and r[len(own):].isdigit()}
+            numbers = {int(r[len(own) :]) for r in stored if r.startswith(own) and r[len(own) :].isdigit()}
             gone += [f"{own}{i}" for i in range(max(numbers, default=-1) + 1) if i not in numbers]
         if bn_weights is not None:
             own = [r for r in stored if r.startswith("vars/")]
-            gone += [w for w in bn_weights[len(own):] if w not in gone]
+            gone += [w for w in bn_weights[len(own) :] if w not in gone]
     elif bn_weights is not None:
         gone += [w for w in bn_weights if w not in stored and w not in gone]
     return gone, extra, mismatched
@@ -225,8 +242,13 @@ def _fold_sublayer_groups(groups: list[dict]) -> list[dict]:
     out, by_path = [], {}
     for g in groups:
         parts = g["path"].split("/")
-        owner = next((p for p in ("/".join(parts[:i]) for i in range(len(parts) - 1, 0, -1))
-                      if layer_group.search(p)), None) if not layer_group.search(g["path"]) else None
+        owner = (
+            next(
+                (p for p in ("/".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)) if layer_group.search(p)), None
+            )
+            if not layer_group.search(g["path"])
+            else None
+        )
         if owner is None:
             if g["path"] in by_path:  # its sub-objects came first
                 by_path[g["path"]].update(name=g["name"], keys=list(g["keys"]) + by_path[g["path"]]["keys"])
@@ -278,8 +300,10 @@ def _match_unnamed_groups(groups: list[dict], cfg_layers: list[ConfigLayer]) -> 
 
     def match(prefix: str, parent: str | None) -> None:
         below = f"{prefix}/layers/" if prefix else "layers/"
-        segments = sorted({p[len(below):].split("/", 1)[0] for p in paths if p.startswith(below)},
-                          key=lambda seg: (re.sub(r"_\d+$", "", seg), _suffix(seg)))
+        segments = sorted(
+            {p[len(below) :].split("/", 1)[0] for p in paths if p.startswith(below)},
+            key=lambda seg: (re.sub(r"_\d+$", "", seg), _suffix(seg)),
+        )
         pools: dict[str, list[ConfigLayer]] = {}
         for c in children.get(parent, []) if parent is not None else []:
             pools.setdefault(_snake(c.class_name), []).append(c)
@@ -293,8 +317,9 @@ def _match_unnamed_groups(groups: list[dict], cfg_layers: list[ConfigLayer]) -> 
     return matched
 
 
-def _split_legacy_groups(groups: list[dict], by_path: dict, cfg_layers: list[ConfigLayer],
-                         has_config: bool) -> list[dict]:
+def _split_legacy_groups(
+    groups: list[dict], by_path: dict, cfg_layers: list[ConfigLayer], has_config: bool
+) -> list[dict]:
     """Legacy layout: a nested model's weights are all in its top-level group, as
     ``model_weights/backbone/bn1/moving_mean:0`` (the variable's name: its own layer's name, not the
     models between); one group per inner layer, named by its config path (``backbone/block/bn1``)."""
@@ -302,7 +327,7 @@ def _split_legacy_groups(groups: list[dict], by_path: dict, cfg_layers: list[Con
     for g in groups:
         inner: dict[str | None, list[str]] = {}
         for key in g["keys"]:
-            parts = key[len(g["path"]) + 1:].split("/")
+            parts = key[len(g["path"]) + 1 :].split("/")
             inner.setdefault(parts[0] if len(parts) >= 2 else None, []).append(key)
         top = by_path.get(g["name"])
         nested = top is not None and any(c.parent == top.path for c in cfg_layers)
@@ -314,8 +339,14 @@ def _split_legacy_groups(groups: list[dict], by_path: dict, cfg_layers: list[Con
                 out.append(dict(g, keys=keys, root=g["path"]))
                 continue
             found = [c for c in cfg_layers if c.name == name and c.path.startswith(g["name"] + "/")]
-            out.append({"path": f"{g['path']}/{name}", "name": found[0].path if found else f"{g['name']}/{name}",
-                        "keys": keys, "root": g["path"]})
+            out.append(
+                {
+                    "path": f"{g['path']}/{name}",
+                    "name": found[0].path if found else f"{g['name']}/{name}",
+                    "keys": keys,
+                    "root": g["path"],
+                }
+            )
     return out
 
 
@@ -332,8 +363,9 @@ def _class_from_group(group: dict, layout: str) -> str | None:
     return None
 
 
-def _name_weights(group: dict, layout: str, cls: str | None, expected, bn_weights: list[str] | None,
-                  present: set) -> dict:
+def _name_weights(
+    group: dict, layout: str, cls: str | None, expected, bn_weights: list[str] | None, present: set
+) -> dict:
     """Weight name -> key for one group (Keras 3 keys are numbered: named by Keras or by the BN rule)."""
     keys = group["keys"]
     if layout == "legacy":

@@ -77,8 +77,11 @@ def _verify(source_reader, written: str, replacements: dict) -> dict:
         for name in sorted(src):
             want = replacements[name] if name in replacements else source_reader.read(name)
             have = back.read(name)
-            same = want.dtype == have.dtype and want.shape == have.shape and (
-                want.tobytes() == have.tobytes() if want.dtype.kind != "O" else bool(np.all(want == have)))
+            same = (
+                want.dtype == have.dtype
+                and want.shape == have.shape
+                and (want.tobytes() == have.tobytes() if want.dtype.kind != "O" else bool(np.all(want == have)))
+            )
             if not same:
                 raise CkptDoctorError(f"verification failed: {name} does not read back as intended; nothing was kept")
             if name in replacements:

@@ -13,8 +13,13 @@ import os
 import warnings
 
 from ckptdoctor.constants import KERAS_METADATA_PB, SAVED_MODEL_VARIABLES
-from ckptdoctor.errors import (CheckpointNotFoundError, CkptDoctorError, CorruptCheckpointError, OutputExistsError,
-                               UnsupportedFormatError)
+from ckptdoctor.errors import (
+    CheckpointNotFoundError,
+    CkptDoctorError,
+    CorruptCheckpointError,
+    OutputExistsError,
+    UnsupportedFormatError,
+)
 from ckptdoctor.formats.base import Description, RepairOptions, Written
 from ckptdoctor.formats.savedmodel.describe import describe_saved_model_dir
 from ckptdoctor.formats.savedmodel.store import default_output_dir, write_directory
@@ -37,7 +42,8 @@ class SavedModelDir:
         if not for_repair and not os.path.isfile(self._prefix + ".index"):
             raise CheckpointNotFoundError(
                 f"{self.directory} is a SavedModel without variables ({SAVED_MODEL_VARIABLES}.index is missing): "
-                "it holds no tensors to inspect; save the model again if it should have weights")
+                "it holds no tensors to inspect; save the model again if it should have weights"
+            )
         self.path = self.directory if for_repair else self._prefix
         self.resolved_from = f"the variables of the SavedModel {self.directory}"
         self._reader = None
@@ -62,33 +68,47 @@ class SavedModelDir:
 
     def check_repair(self, options: RepairOptions) -> None:
         if self._graph or options.training or options.feed:
-            raise CkptDoctorError("--graph, --training and --feed are for TF1 checkpoints: a SavedModel brings its "
-                                  "own model; drop them")
+            raise CkptDoctorError(
+                "--graph, --training and --feed are for TF1 checkpoints: a SavedModel brings its own model; drop them"
+            )
         if not os.path.isfile(os.path.join(self.directory, KERAS_METADATA_PB)):
             raise UnsupportedFormatError(
                 f"{self.directory} is a SavedModel without {KERAS_METADATA_PB} (e.g. written by Keras 3 model.export "
                 "or tf.saved_model.save): it holds traced functions but no Keras model to run the BN layers in "
                 "training mode, so it cannot be repaired; repair the model it was exported from (.keras, .h5) and "
-                "export again")
+                "export again"
+            )
         if not os.path.isfile(self._prefix + ".index"):
-            raise CorruptCheckpointError(f"{self.directory} has no {SAVED_MODEL_VARIABLES}.index: the SavedModel holds "
-                                         "no variables")
+            raise CorruptCheckpointError(
+                f"{self.directory} has no {SAVED_MODEL_VARIABLES}.index: the SavedModel holds no variables"
+            )
 
     def output_path(self, output: str | None, in_place: bool, force: bool, dry_run: bool) -> str:
         path = self.directory
         out = path if in_place else os.path.normpath(output or default_output_dir(path))
         if not in_place and os.path.abspath(out) == os.path.abspath(path):
-            raise CkptDoctorError(f"--output is the input {path} itself: pass --in-place to replace it (keeping a "
-                                  "backup)")
+            raise CkptDoctorError(
+                f"--output is the input {path} itself: pass --in-place to replace it (keeping a backup)"
+            )
         if not dry_run and not in_place and os.path.lexists(out) and not force:
             raise OutputExistsError(f"{out} exists: pass --force to overwrite it, or choose --output elsewhere")
         return out
 
     def runner(self, arrays: dict, options: RepairOptions):
         from ckptdoctor.formats.savedmodel.metadata import bundle_keys, read_keras_metadata
-        from ckptdoctor.runtime.keras_model import (bind_inputs, check_loadable, check_stored_values, frozen_note,
-                                                     held_in_inference, input_arrays, keras_module, load_keras_model,
-                                                     targets, trainable_bn_layers, variant_notes)
+        from ckptdoctor.runtime.keras_model import (
+            bind_inputs,
+            check_loadable,
+            check_stored_values,
+            frozen_note,
+            held_in_inference,
+            input_arrays,
+            keras_module,
+            load_keras_model,
+            targets,
+            trainable_bn_layers,
+            variant_notes,
+        )
         from ckptdoctor.runtime.keras_runner import KerasRunner
 
         path = self.directory
@@ -96,7 +116,8 @@ class SavedModelDir:
         if code and not options.unsafe:
             raise UnsupportedFormatError(
                 f"{path} has Lambda layers ({', '.join(code[:3])}) whose Python code would run on load: "
-                "pass --unsafe only if you trust the file")
+                "pass --unsafe only if you trust the file"
+            )
         names, xs = input_arrays(config, arrays, options.data, options.input)
         check_loadable(config, path)
         K, _legacy = keras_module(version if version and version.startswith("2") else "2", "keras-saved-model")
@@ -106,11 +127,22 @@ class SavedModelDir:
         bns, frozen = trainable_bn_layers(K, model, path)
         keys = bundle_keys(bns, self.reader)
         stored = check_stored_values(bns, keys, self.reader.read, path)  # before anything runs
-        return KerasRunner(model, bns, frozen, targets(bns, keys, stored), bind_inputs(model, names, xs),
-                           graph=f"{path} ({KERAS_METADATA_PB}, tf-keras)", held=held_in_inference(K, model),
-                           notes=frozen_note(frozen) + variant_notes(bns))
+        return KerasRunner(
+            model,
+            bns,
+            frozen,
+            targets(bns, keys, stored),
+            bind_inputs(model, names, xs),
+            graph=f"{path} ({KERAS_METADATA_PB}, tf-keras)",
+            held=held_in_inference(K, model),
+            notes=frozen_note(frozen) + variant_notes(bns),
+        )
 
     def write(self, replacements: dict, output: str, in_place: bool, force: bool) -> Written:
         done, backup = write_directory(self.directory, output, self.reader, replacements, in_place)
-        return Written(done["untouched"], done["updated"], backup,
-                       (f"only {SAVED_MODEL_VARIABLES}.* was rewritten; every other file is the input's own",))
+        return Written(
+            done["untouched"],
+            done["updated"],
+            backup,
+            (f"only {SAVED_MODEL_VARIABLES}.* was rewritten; every other file is the input's own",),
+        )

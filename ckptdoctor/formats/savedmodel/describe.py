@@ -13,12 +13,25 @@ from dataclasses import replace
 
 import numpy as np
 
-from ckptdoctor.analysis.diagnose import Advice, Finding, bn_layers_from_names, diagnose_graph, logical_name, \
-    role_from_name
+from ckptdoctor.analysis.diagnose import (
+    Advice,
+    Finding,
+    bn_layers_from_names,
+    diagnose_graph,
+    logical_name,
+    role_from_name,
+)
 from ckptdoctor.errors import TensorReadError
 from ckptdoctor.formats.base import Description
-from ckptdoctor.formats.savedmodel.layout import (BN_WEIGHTS, KERAS_METADATA_PB, OBJECT_GRAPH_KEY, SAVED_MODEL_PB,
-                                                  VALUE_SUFFIX, VARIABLES_PREFIX, describe_saved_model)
+from ckptdoctor.formats.savedmodel.layout import (
+    BN_WEIGHTS,
+    KERAS_METADATA_PB,
+    OBJECT_GRAPH_KEY,
+    SAVED_MODEL_PB,
+    VALUE_SUFFIX,
+    VARIABLES_PREFIX,
+    describe_saved_model,
+)
 
 __all__ = ["describe_saved_model_dir", "SAVEDMODEL_ADVICE"]
 
@@ -26,9 +39,9 @@ __all__ = ["describe_saved_model_dir", "SAVEDMODEL_ADVICE"]
 SAVEDMODEL_ADVICE = Advice(
     source=f"{SAVED_MODEL_PB}'s",
     save="save the model again (model.save / model.export / tf.saved_model.save) so that variables/ holds every "
-         "variable",
+    "variable",
     update="they were never updated (the layer never ran in training mode, or the model was saved before "
-           "training); train with it in training mode before saving",
+    "training); train with it in training mode before saving",
 )
 
 
@@ -51,14 +64,19 @@ def _savedmodel_findings(findings: list[Finding], variables: dict, label: str) -
         var = variables.get(f.tensor or "")
         if f.code == "missing-in-checkpoint" and var is not None:
             what = message.split("(", 1)[1].split(")", 1)[0] if "(" in message else ""
-            message = (f"the SavedModel declares variable {var.name} ({var.object_path}), stored as {f.tensor}, "
-                       f"but {label} lacks it ({what}): save the model again")
+            message = (
+                f"the SavedModel declares variable {var.name} ({var.object_path}), stored as {f.tensor}, "
+                f"but {label} lacks it ({what}): save the model again"
+            )
         elif f.code == "unexpected-in-checkpoint":
-            message = (f"{label} holds {f.tensor}, which no object of saved_model.pb owns: it is ignored on "
-                       "load; check that variables/ belongs to this saved_model.pb")
+            message = (
+                f"{label} holds {f.tensor}, which no object of saved_model.pb owns: it is ignored on "
+                "load; check that variables/ belongs to this saved_model.pb"
+            )
         elif f.code in ("shape-mismatch", "dtype-mismatch"):
             message = message.replace("the graph expects", "saved_model.pb declares").replace(
-                "pass the matching --graph", "variables/ belongs to another saved_model.pb")
+                "pass the matching --graph", "variables/ belongs to another saved_model.pb"
+            )
         out.append(replace(f, message=message) if message != f.message else f)
     return out
 
@@ -85,15 +103,18 @@ def describe_saved_model_dir(directory: str, reader) -> Description:
     layout = describe_saved_model(directory, reader)
     by_key = {e.name: e for e in reader.entries()}
     graph_label: str | None = os.path.join(directory, SAVED_MODEL_PB) + (
-        f" + {KERAS_METADATA_PB}" if layout.bn_source == KERAS_METADATA_PB else "")
+        f" + {KERAS_METADATA_PB}" if layout.bn_source == KERAS_METADATA_PB else ""
+    )
     notes = list(layout.notes)
     if not layout.variables and not layout.bn_layers:
         specs = bn_layers_from_names(list(by_key))
         graph_label = None
     else:
         specs = [dict(layer) for layer in layout.bn_layers]
-        notes.append(f"BN layers found by {'layer class in ' if layout.bn_source == KERAS_METADATA_PB else ''}"
-                     f"{layout.bn_source}; {len(layout.variables)} variables declared by {SAVED_MODEL_PB}")
+        notes.append(
+            f"BN layers found by {'layer class in ' if layout.bn_source == KERAS_METADATA_PB else ''}"
+            f"{layout.bn_source}; {len(layout.variables)} variables declared by {SAVED_MODEL_PB}"
+        )
     roles = _roles(layout, by_key, specs)
     findings: list[Finding] = []
     if layout.variables:
@@ -114,9 +135,15 @@ def describe_saved_model_dir(directory: str, reader) -> Description:
         return None if key == OBJECT_GRAPH_KEY else (key in layout.variables or key in layout.owned)
 
     return Description(
-        graph=graph_label, bn_layers=specs, role=lambda key: roles.get(key, "other"),
-        in_graph=in_graph if layout.variables else (lambda key: None), findings=findings, notes=notes,
+        graph=graph_label,
+        bn_layers=specs,
+        role=lambda key: roles.get(key, "other"),
+        in_graph=in_graph if layout.variables else (lambda key: None),
+        findings=findings,
+        notes=notes,
         trained=_trained(reader, layout.variables, by_key),
-        advice=SAVEDMODEL_ADVICE if graph_label is not None else Advice(), object_path=object_path,
-        match_object_paths=True, bn_from_names=graph_label is None,
+        advice=SAVEDMODEL_ADVICE if graph_label is not None else Advice(),
+        object_path=object_path,
+        match_object_paths=True,
+        bn_from_names=graph_label is None,
     )

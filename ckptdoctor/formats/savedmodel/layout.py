@@ -49,7 +49,6 @@ import os
 from collections import deque
 from dataclasses import dataclass
 
-
 from ckptdoctor.constants import OPTIMIZER_SLOT_PATTERN
 from ckptdoctor.errors import CorruptCheckpointError, TensorReadError
 from ckptdoctor.readers.protowire import WireFormatError, decode_object_graph, iter_fields
@@ -66,8 +65,7 @@ VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 ATTRIBUTES_SEGMENT = "/.ATTRIBUTES/"
 OPTIMIZER_SLOT = ".OPTIMIZER_SLOT"
 #: tf-keras layer classes (``keras_metadata.pb``) that are batch normalization.
-BN_CLASSES = frozenset({"BatchNormalization", "SyncBatchNormalization", "BatchNormalizationV1",
-                        "BatchNormalizationV2"})
+BN_CLASSES = frozenset({"BatchNormalization", "SyncBatchNormalization", "BatchNormalizationV1", "BatchNormalizationV2"})
 BN_WEIGHTS = ("moving_mean", "moving_variance", "gamma", "beta")
 
 
@@ -200,8 +198,7 @@ def _keras_bn_layers(directory: str, nodes: list[SavedNode], key_of_node: dict[i
         # A nested model's layer is named by its path (backbone/block/bn2), as for Keras files, and is
         # frozen when it or any model holding it is.
         parts = node_path.split(".")
-        holders = [described[".".join(parts[:i])][1] for i in range(2, len(parts))
-                   if ".".join(parts[:i]) in described]
+        holders = [described[".".join(parts[:i])][1] for i in range(2, len(parts)) if ".".join(parts[:i]) in described]
         names = [str(m.get("name")) for m in holders if m.get("name")] + [str(meta.get("name") or node_path)]
         flags = [m.get("trainable") for m in holders + [meta]]
         trainable = False if False in flags else (True if isinstance(meta.get("trainable"), bool) else None)
@@ -254,27 +251,43 @@ def _named_bn_layers(variables: dict) -> list[dict]:
                 if leaf == "gamma":  # a frozen Keras layer's weights are all non-trainable
                     layer["trainable"] = not var.frozen
     return [
-        {"moving_mean": None, "moving_variance": None, "gamma": None, "beta": None, "channels": None,
-         "trainable": None, **layer}
+        {
+            "moving_mean": None,
+            "moving_variance": None,
+            "gamma": None,
+            "beta": None,
+            "channels": None,
+            "trainable": None,
+            **layer,
+        }
         for _scope, layer in sorted(layers.items())
         if "moving_mean" in layer or "moving_variance" in layer
     ]
 
 
-def _fused_bn_layers(fused: list[FusedBatchNorm], nodes: list[SavedNode], key_of_node: dict, variables: dict,
-                     known: list[dict]) -> list[dict]:
+def _fused_bn_layers(
+    fused: list[FusedBatchNorm], nodes: list[SavedNode], key_of_node: dict, variables: dict, known: list[dict]
+) -> list[dict]:
     """BN layers no other rule found: ``FusedBatchNorm*`` ops whose mean and variance are saved variables.
 
     The layer is named by the common scope of the mean's and variance's variable
     names (``stem`` for ``stem/running_avg`` and ``stem/running_var``).
     """
-    covered = {variables[k].name for layer in known for k in (layer.get("moving_mean"), layer.get("moving_variance"))
-               if k in variables}
+    covered = {
+        variables[k].name
+        for layer in known
+        for k in (layer.get("moving_mean"), layer.get("moving_variance"))
+        if k in variables
+    }
     layers, seen = [], set()
     for op in fused:
         ids = (op.mean, op.variance, op.scale, op.offset)
-        if op.mean is None or op.variance is None or (op.mean, op.variance) in seen \
-                or not all(i is None or 0 <= i < len(nodes) for i in ids):
+        if (
+            op.mean is None
+            or op.variance is None
+            or (op.mean, op.variance) in seen
+            or not all(i is None or 0 <= i < len(nodes) for i in ids)
+        ):
             continue
         seen.add((op.mean, op.variance))
         mean, var = nodes[op.mean].variable, nodes[op.variance].variable
@@ -286,8 +299,11 @@ def _fused_bn_layers(fused: list[FusedBatchNorm], nodes: list[SavedNode], key_of
             if x != y:
                 break
             common.append(x)
-        layer = {"layer": "/".join(common) or mean.name, "channels": mean.shape[-1] if mean.shape else None,
-                 "trainable": None}
+        layer = {
+            "layer": "/".join(common) or mean.name,
+            "channels": mean.shape[-1] if mean.shape else None,
+            "trainable": None,
+        }
         for weight, node in zip(BN_WEIGHTS, ids):
             layer[weight] = key_of_node.get(node) if node is not None and nodes[node].variable is not None else None
         covered.update((mean.name, var.name))
@@ -312,8 +328,9 @@ def describe_saved_model(directory: str, reader) -> SavedModelLayout:
     nodes, fused = read_saved_model(pb)
     notes: list[str] = []
     if nodes is None:
-        return SavedModelLayout({}, frozenset(), (), "", (
-            f"{pb} has no object graph (a TF1 SavedModel): variables not cross-referenced",))
+        return SavedModelLayout(
+            {}, frozenset(), (), "", (f"{pb} has no object graph (a TF1 SavedModel): variables not cross-referenced",)
+        )
     keys = {e.name for e in reader.entries()}
 
     # The bundle's own object graph says which key holds the object at each path.
@@ -326,8 +343,7 @@ def describe_saved_model(directory: str, reader) -> SavedModelLayout:
         except (TensorReadError, WireFormatError, IndexError, AttributeError, TypeError) as e:
             bundle_nodes = []
             notes.append(f"the bundle's object graph is unusable ({e}): keys built from saved_model.pb's paths")
-        bpaths = _paths(lambda i: bundle_nodes[i].children, lambda i: bundle_nodes[i].slot_variables,
-                        len(bundle_nodes))
+        bpaths = _paths(lambda i: bundle_nodes[i].children, lambda i: bundle_nodes[i].slot_variables, len(bundle_nodes))
         for i, path in enumerate(bpaths):
             if path is None:
                 continue
@@ -341,8 +357,13 @@ def describe_saved_model(directory: str, reader) -> SavedModelLayout:
 
     paths = _paths(lambda i: nodes[i].children, lambda i: nodes[i].slot_variables, len(nodes))
     slot_ids = {slot for node in nodes for _v, _s, slot in node.slot_variables}
-    listed_non_trainable = {member for node in nodes for child, name in node.children
-                            if name == "non_trainable_variables" for member, _n in nodes[child].children}
+    listed_non_trainable = {
+        member
+        for node in nodes
+        for child, name in node.children
+        if name == "non_trainable_variables"
+        for member, _n in nodes[child].children
+    }
     order = sorted((p is None, len(p or ()), i) for i, p in enumerate(paths))
     variables: dict[str, SavedModelVariable] = {}
     key_of_node: dict[int, str] = {}
@@ -360,9 +381,16 @@ def describe_saved_model(directory: str, reader) -> SavedModelLayout:
             continue
         v = node.variable
         shape = v.shape if v.shape is not None and all(d >= 0 for d in v.shape) else None
-        variables[key] = SavedModelVariable(key, v.name, _dtype_name(v.dtype), shape, v.trainable,
-                                            _readable(path), i in slot_ids,
-                                            not v.trainable or i in listed_non_trainable)
+        variables[key] = SavedModelVariable(
+            key,
+            v.name,
+            _dtype_name(v.dtype),
+            shape,
+            v.trainable,
+            _readable(path),
+            i in slot_ids,
+            not v.trainable or i in listed_non_trainable,
+        )
     # Legacy multi-tensor saveables record a prefix; the bundle keys extend it.
     for key in keys - set(variables) - owned:
         marker = key.find(ATTRIBUTES_SEGMENT)

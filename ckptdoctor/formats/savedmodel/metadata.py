@@ -92,8 +92,10 @@ def bundle_keys(bns: list, reader) -> dict[str, dict]:
     """
     nodes = _object_graph(reader)
     if nodes is None:
-        raise CorruptCheckpointError(f"{SAVED_MODEL_VARIABLES}.index holds no object graph: it was not written by "
-                                     "tf-keras model.save, so its variables cannot be matched to the model's layers")
+        raise CorruptCheckpointError(
+            f"{SAVED_MODEL_VARIABLES}.index holds no object graph: it was not written by "
+            "tf-keras model.save, so its variables cannot be matched to the model's layers"
+        )
     out = {}
     for bn in bns:
         keys = {}
@@ -107,8 +109,10 @@ def bundle_keys(bns: list, reader) -> dict[str, dict]:
             node = _child(nodes, node, attr, bn.name)
             values = [a[2] for a in nodes[node].attributes if a[0] == "VARIABLE_VALUE"]
             if not values:
-                raise UnsupportedFormatError(f"the SavedModel's object graph stores no value for BN layer {bn.name}'s "
-                                             f"{attr} ({'/'.join(route)}/{attr}); nothing was written")
+                raise UnsupportedFormatError(
+                    f"the SavedModel's object graph stores no value for BN layer {bn.name}'s "
+                    f"{attr} ({'/'.join(route)}/{attr}); nothing was written"
+                )
             keys[attr] = values[0]
         out[bn.name] = keys
     return out
@@ -118,5 +122,7 @@ def _child(nodes: list, node: int, name: str, layer: str) -> int:
     for child, local in nodes[node].children:
         if local == name:
             return child
-    raise UnsupportedFormatError(f"the SavedModel's object graph has no {name} on the way to BN layer {layer}: "
-                                 "it was not written by the tf-keras that loads it; nothing was written")
+    raise UnsupportedFormatError(
+        f"the SavedModel's object graph has no {name} on the way to BN layer {layer}: "
+        "it was not written by the tf-keras that loads it; nothing was written"
+    )

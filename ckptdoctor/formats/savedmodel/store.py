@@ -30,8 +30,7 @@ def _variables_files(directory: str) -> set[str]:
     if not os.path.isdir(folder):
         return set()
     rel = os.path.relpath(folder, directory)
-    return {os.path.join(rel, n) for n in os.listdir(folder)
-            if n == base + ".index" or n.startswith(base + ".data-")}
+    return {os.path.join(rel, n) for n in os.listdir(folder) if n == base + ".index" or n.startswith(base + ".data-")}
 
 
 def _files(directory: str, skip: set[str]) -> set[str]:
@@ -63,8 +62,9 @@ def _same_files(source: str, written: str, ignore: set[str]) -> None:
     got = _files(written, _variables_files(written) | ignore)
     if src != got:
         extra = sorted(src ^ got)
-        raise CkptDoctorError(f"verification failed: the written folder differs in its files ({extra[0]}); "
-                              "nothing was kept")
+        raise CkptDoctorError(
+            f"verification failed: the written folder differs in its files ({extra[0]}); nothing was kept"
+        )
     for rel in sorted(src):
         a, b = os.path.join(source, rel), os.path.join(written, rel)
         if os.path.getsize(a) != os.path.getsize(b):

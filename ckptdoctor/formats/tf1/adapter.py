@@ -93,31 +93,52 @@ class TF1Checkpoint:
 
                 info = analyze_graph(meta)
             except MissingDependencyError:
-                notes.append(f"graph {meta} not checked: TensorFlow is not installed; "
-                             "pip install 'ckptdoctor[tf]' to cross-reference the graph")
+                notes.append(
+                    f"graph {meta} not checked: TensorFlow is not installed; "
+                    "pip install 'ckptdoctor[tf]' to cross-reference the graph"
+                )
         if info is None:
             if meta is None and self._graph is None:
-                notes.append("no graph (.meta) beside the checkpoint: BN layers found by name; pass --graph to "
-                             "check one")
+                notes.append(
+                    "no graph (.meta) beside the checkpoint: BN layers found by name; pass --graph to check one"
+                )
             keys = [e.name for e in self.reader.entries()]
-            return Description(graph=None, bn_layers=bn_layers_from_names(keys), role=role_from_name, notes=notes,
-                               bn_from_names=True)
+            return Description(
+                graph=None, bn_layers=bn_layers_from_names(keys), role=role_from_name, notes=notes, bn_from_names=True
+            )
         by_key = {e.name: e for e in self.reader.entries()}
-        layers = [{"layer": b.layer, "moving_mean": b.moving_mean, "moving_variance": b.moving_variance,
-                   "gamma": b.gamma, "beta": b.beta, "channels": b.channels} for b in info.bn_layers]
+        layers = [
+            {
+                "layer": b.layer,
+                "moving_mean": b.moving_mean,
+                "moving_variance": b.moving_variance,
+                "gamma": b.gamma,
+                "beta": b.beta,
+                "channels": b.channels,
+            }
+            for b in info.bn_layers
+        ]
         stat_keys = {layer[k] for layer in layers for k in ("moving_mean", "moving_variance") if layer.get(k)}
-        findings = diagnose_graph(info.variables, by_key, info.roles, stat_keys, info.update_ops_unused,
-                                  info.bn_update_ops)
-        return Description(graph=meta, bn_layers=layers, role=lambda key: info.roles.get(key) or "other",
-                           in_graph=lambda key: key in info.variables, findings=findings, notes=notes)
+        findings = diagnose_graph(
+            info.variables, by_key, info.roles, stat_keys, info.update_ops_unused, info.bn_update_ops
+        )
+        return Description(
+            graph=meta,
+            bn_layers=layers,
+            role=lambda key: info.roles.get(key) or "other",
+            in_graph=lambda key: key in info.variables,
+            findings=findings,
+            notes=notes,
+        )
 
     # ------------------------------------------------------------------ repair
 
     def _meta(self) -> str:
         meta = self._graph if self._graph not in (None, True, False, "") else self.path + ".meta"
         if not os.path.isfile(meta):
-            raise GraphError(f"repair needs the graph: no {meta}; pass --graph with the MetaGraphDef (.meta) of this "
-                             "model")
+            raise GraphError(
+                f"repair needs the graph: no {meta}; pass --graph with the MetaGraphDef (.meta) of this model"
+            )
         return os.fspath(meta)
 
     def check_repair(self, options: RepairOptions) -> None:

@@ -39,10 +39,12 @@ def _named_inputs(graph, data: dict) -> dict:
             unknown.append(key)
     if unknown:
         floats = ", ".join(op.outputs[0].name for op in placeholders(graph) if op.outputs[0].dtype.is_floating)
-        raise BadDataError(f"the data hold arrays named {', '.join(sorted(data))}, but the graph has no placeholder "
-                           f"named {', '.join(sorted(unknown))} (its floating placeholders: {floats or 'none'}): "
-                           "name each array after the placeholder it feeds, or pick one HDF5 dataset as "
-                           "FILE.h5:DATASET")
+        raise BadDataError(
+            f"the data hold arrays named {', '.join(sorted(data))}, but the graph has no placeholder "
+            f"named {', '.join(sorted(unknown))} (its floating placeholders: {floats or 'none'}): "
+            "name each array after the placeholder it feeds, or pick one HDF5 dataset as "
+            "FILE.h5:DATASET"
+        )
     return {tensor_named(graph, key, "placeholder"): arr for key, arr in data.items()}
 
 
@@ -59,29 +61,47 @@ def choose_inputs(graph, data: dict, input_name: str | None, exclude: set[str]) 
     if input_name:
         t = tensor_named(graph, input_name, "tensor (--input)")
         if not graph.is_feedable(t):
-            raise BadDataError(f"--input {input_name}: TensorFlow cannot feed this tensor; pass a placeholder or an "
-                               "iterator's output such as IteratorGetNext:0")
+            raise BadDataError(
+                f"--input {input_name}: TensorFlow cannot feed this tensor; pass a placeholder or an "
+                "iterator's output such as IteratorGetNext:0"
+            )
         return {t: array}
 
     def fits(t):
         shape = shape_list(t)
-        return shape is None or (len(shape) == array.ndim and all(
-            s is None or s == d for s, d in zip(shape[1:], array.shape[1:])))
+        return shape is None or (
+            len(shape) == array.ndim and all(s is None or s == d for s, d in zip(shape[1:], array.shape[1:]))
+        )
 
     candidates = [op.outputs[0] for op in placeholders(graph)]
     candidates = [t for t in candidates if t.name not in exclude and t.dtype.is_floating and fits(t)]
     if not candidates:  # iterators' and queues' outputs can be fed too
-        candidates = [t for op in graph.get_operations() if op.type in C.DATA_SOURCE_OPS for t in op.outputs
-                      if t.dtype.is_floating and fits(t)]
+        candidates = [
+            t
+            for op in graph.get_operations()
+            if op.type in C.DATA_SOURCE_OPS
+            for t in op.outputs
+            if t.dtype.is_floating and fits(t)
+        ]
     if len(candidates) == 1:
         return {candidates[0]: array}
     if not candidates:
-        shapes = ", ".join(f"{op.outputs[0].name} {shape_list(op.outputs[0])}" for op in placeholders(graph)
-                           if op.outputs[0].dtype.is_floating) or "none"
-        raise BadDataError(f"no floating placeholder takes data of shape {list(array.shape)} (placeholders: {shapes}): "
-                           "reshape the data or pass --input")
-    raise BadDataError(f"several placeholders take data of shape {list(array.shape)} "
-                       f"({', '.join(t.name for t in candidates)}): pass --input NAME")
+        shapes = (
+            ", ".join(
+                f"{op.outputs[0].name} {shape_list(op.outputs[0])}"
+                for op in placeholders(graph)
+                if op.outputs[0].dtype.is_floating
+            )
+            or "none"
+        )
+        raise BadDataError(
+            f"no floating placeholder takes data of shape {list(array.shape)} (placeholders: {shapes}): "
+            "reshape the data or pass --input"
+        )
+    raise BadDataError(
+        f"several placeholders take data of shape {list(array.shape)} "
+        f"({', '.join(t.name for t in candidates)}): pass --input NAME"
+    )
 
 
 def parse_feeds(graph, feeds) -> dict:
@@ -124,9 +144,12 @@ def training_flag(graph, layers, training: str | None, method: str):
         if len(flags) == 1:
             flag = graph.get_tensor_by_name(flags[0])
         elif len(flags) > 1:
-            raise BadDataError(f"the BN layers depend on several boolean switches ({', '.join(flags)}): "
-                               "pass --training NAME")
+            raise BadDataError(
+                f"the BN layers depend on several boolean switches ({', '.join(flags)}): pass --training NAME"
+            )
     if method == "train" and flag is None and {layer.mode for layer in layers} != {"training"}:
-        raise BadDataError("no training switch found for the BN layers (their mode is fixed to inference): "
-                           "pass --training NAME, or use --method sequential")
+        raise BadDataError(
+            "no training switch found for the BN layers (their mode is fixed to inference): "
+            "pass --training NAME, or use --method sequential"
+        )
     return flag

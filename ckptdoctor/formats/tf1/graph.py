@@ -120,8 +120,10 @@ def _read_meta_graph(meta_path: str):
         sm.ParseFromString(buf)
     except (DecodeError, OSError, ValueError) as e:
         what = "a SavedModel" if saved_model else "a MetaGraphDef"
-        raise GraphError(f"{meta_path} is not {what} ({e}): pass --graph with the .meta file the Saver wrote, "
-                         "or a SavedModel directory") from e
+        raise GraphError(
+            f"{meta_path} is not {what} ({e}): pass --graph with the .meta file the Saver wrote, "
+            "or a SavedModel directory"
+        ) from e
     if not sm.meta_graphs:
         raise GraphError(f"{meta_path} holds no MetaGraphDef: pass --graph with a complete SavedModel")
     # The serving graph when there are several (tf.saved_model writes one, tagged "serve").
@@ -218,8 +220,9 @@ class GraphTracer:
                 if node.op in wanted:
                     found = True
                 elif node.op in C.IF_OPS or node.op in C.CALL_OPS:
-                    found = any(self._worth_walking(attr.func.name) for attr in node.attr.values()
-                                if attr.HasField("func"))
+                    found = any(
+                        self._worth_walking(attr.func.name) for attr in node.attr.values() if attr.HasField("func")
+                    )
                 if found:
                     break
             self._worth[name] = found
@@ -447,13 +450,22 @@ def _find_fused(tracer, targets):
         except ValueError:
             fmt = "NHWC"
         training = bool(op.get_attr("is_training"))
-        for f, caller in frame:
+        for _f, caller in frame:
             if caller.type in C.IF_OPS:
                 preds.append((caller.inputs[0], (), caller))
-        entry = layers.setdefault((mean, var), {
-            "gamma": gamma, "beta": beta, "x": x, "axis": 1 if fmt.startswith("NC") else -1,
-            "modes": set(), "preds": [], "eps": float(op.get_attr("epsilon")), "out": None,
-        })
+        entry = layers.setdefault(
+            (mean, var),
+            {
+                "gamma": gamma,
+                "beta": beta,
+                "x": x,
+                "axis": 1 if fmt.startswith("NC") else -1,
+                "modes": set(),
+                "preds": [],
+                "eps": float(op.get_attr("epsilon")),
+                "out": None,
+            },
+        )
         entry["modes"].add(training)
         entry["preds"].extend(preds)
         if frame:
@@ -468,8 +480,22 @@ def _find_fused(tracer, targets):
     for (mean, var), e in layers.items():
         flags = _flags_from_preds(tracer, e["preds"])
         mode = "switch" if len(e["modes"]) > 1 or flags else ("training" if True in e["modes"] else "inference")
-        out.append((mean, var, e["gamma"], e["beta"], e["x"], e["axis"], True, flags, mode, e["eps"], e["out"],
-                    _switch_inputs(tracer, e["preds"])))
+        out.append(
+            (
+                mean,
+                var,
+                e["gamma"],
+                e["beta"],
+                e["x"],
+                e["axis"],
+                True,
+                flags,
+                mode,
+                e["eps"],
+                e["out"],
+                _switch_inputs(tracer, e["preds"]),
+            )
+        )
     return out
 
 
@@ -494,7 +520,7 @@ def _switch_inputs(tracer, preds) -> tuple[tuple[str, int], ...]:
             scope = pred_op.name[: -len("pred_id")]
             source = pred_op.inputs[0]
             for c in source.consumers():
-                if c.name.startswith(scope) and c.name[len(scope):].count("/") == 0:
+                if c.name.startswith(scope) and c.name[len(scope) :].count("/") == 0:
                     for i, t in enumerate(c.inputs):
                         if t is source:
                             pairs.add((c.name, i))
@@ -617,8 +643,12 @@ def describe_graph(graph, path: str) -> GraphInfo:
     if not global_vars:
         # A TF2 SavedModel's graph has no collections: its variables are the variable ops that
         # its save function saves or its functions use (others are leftovers of tracing).
-        global_vars = [_HandleVariable(op) for op in graph.get_operations() if op.type in C.VARIABLE_OPS and (
-            op.name in saver_keys or any(c.type in C.CALL_OPS for c in op.outputs[0].consumers()))]
+        global_vars = [
+            _HandleVariable(op)
+            for op in graph.get_operations()
+            if op.type in C.VARIABLE_OPS
+            and (op.name in saver_keys or any(c.type in C.CALL_OPS for c in op.outputs[0].consumers()))
+        ]
 
     def key_of(op_name: str) -> str:
         return saver_keys.get(op_name, op_name)
@@ -661,11 +691,24 @@ def describe_graph(graph, path: str) -> GraphInfo:
         channels = v.shape[0] if v is not None and v.shape else None
         # TF2 object paths (variables/3/.ATTRIBUTES/...) say nothing of the layer: its variables' names do.
         named = [n for n in (mean, var, gamma, beta) if n] if any(C.TF2_VALUE_SUFFIX in key for key in keys) else keys
-        bn_layers.append(BNLayer(
-            layer=_layer_name(named), moving_mean=k(mean), moving_variance=k(var), gamma=k(gamma), beta=k(beta),
-            channels=channels, fused=fused, axis=axis, input_tensor=None if x is None else x.name,
-            training_flags=flags, mode=mode, epsilon=eps, output_tensor=out, switch_inputs=switch_inputs,
-        ))
+        bn_layers.append(
+            BNLayer(
+                layer=_layer_name(named),
+                moving_mean=k(mean),
+                moving_variance=k(var),
+                gamma=k(gamma),
+                beta=k(beta),
+                channels=channels,
+                fused=fused,
+                axis=axis,
+                input_tensor=None if x is None else x.name,
+                training_flags=flags,
+                mode=mode,
+                epsilon=eps,
+                output_tensor=out,
+                switch_inputs=switch_inputs,
+            )
+        )
     bn_layers.sort(key=lambda layer: layer.layer)
 
     moving = {op for m, v, *_ in found for op in (m, v)}
@@ -727,8 +770,12 @@ def _is_apply(op_type: str) -> bool:
 def _roles(graph, tracer, variables, bn_layers, apply_ops, op_to_key) -> dict[str, str]:
     roles: dict[str, str] = {}
     for layer in bn_layers:
-        for attr, role in (("moving_mean", "bn_moving_mean"), ("moving_variance", "bn_moving_variance"),
-                           ("gamma", "bn_gamma"), ("beta", "bn_beta")):
+        for attr, role in (
+            ("moving_mean", "bn_moving_mean"),
+            ("moving_variance", "bn_moving_variance"),
+            ("gamma", "bn_gamma"),
+            ("beta", "bn_beta"),
+        ):
             name = getattr(layer, attr)
             if name:
                 roles[name] = role

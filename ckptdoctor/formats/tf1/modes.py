@@ -129,8 +129,9 @@ _NOT_OUTPUTS = C.ASSIGN_OPS | C.VARIABLE_OPS | C.SAVE_OPS | {"NoOp", "Assert", "
 
 
 def _is_update(op) -> bool:
-    return op.type in _NOT_OUTPUTS or op.type.startswith(("Apply", "ResourceApply", "SparseApply",
-                                                          "ResourceSparseApply"))
+    return op.type in _NOT_OUTPUTS or op.type.startswith(
+        ("Apply", "ResourceApply", "SparseApply", "ResourceSparseApply")
+    )
 
 
 def forward_outputs(graph, inputs, fed: set[str], layers, tracer=None) -> list:
@@ -140,10 +141,12 @@ def forward_outputs(graph, inputs, fed: set[str], layers, tracer=None) -> list:
     is fed (so not the loss, which needs the labels, nor any gradient), that no other such
     tensor consumes and that feed no update op, downstream of the most BN layers' outputs.
     """
-    unfed = [op.outputs[0] for op in graph.get_operations()
-             if op.type in ("Placeholder",) and op.outputs[0].name not in fed]
-    unfed += [t for op in graph.get_operations() if op.type in C.DATA_SOURCE_OPS for t in op.outputs
-              if t.name not in fed]
+    unfed = [
+        op.outputs[0] for op in graph.get_operations() if op.type in ("Placeholder",) and op.outputs[0].name not in fed
+    ]
+    unfed += [
+        t for op in graph.get_operations() if op.type in C.DATA_SOURCE_OPS for t in op.outputs if t.name not in fed
+    ]
     blocked = _descendants(unfed)
     reached = {name for name in _descendants(inputs) - blocked if not name.startswith("gradients")}
 

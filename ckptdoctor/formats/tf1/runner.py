@@ -13,10 +13,10 @@ from __future__ import annotations
 from ckptdoctor.analysis.selfcheck import largest_gap
 from ckptdoctor.errors import BadDataError, GraphError
 from ckptdoctor.formats.base import RepairOptions
-from ckptdoctor.runtime.base import Input, OutputUnavailable, Pass, Target
 from ckptdoctor.formats.tf1.feeding import choose_inputs, parse_feeds, shape_list, training_flag, unfed
 from ckptdoctor.formats.tf1.graph import GraphTracer, describe_graph, load_graph
 from ckptdoctor.formats.tf1.modes import forward_outputs, held_consumers, random_upstream, separate_bn_switch
+from ckptdoctor.runtime.base import Input, OutputUnavailable, Pass, Target
 
 __all__ = ["GraphRunner"]
 
@@ -53,7 +53,8 @@ def _repairable(info, meta: str) -> list:
         raise GraphError(
             f"the BN layers of {meta} ({', '.join(inside[:3])}) run inside functions (a TF2 SavedModel traced "
             "for serving), where their inputs cannot be fetched: repair the model it was exported from "
-            "(.keras, .h5, or a tf-keras SavedModel) and export it again")
+            "(.keras, .h5, or a tf-keras SavedModel) and export it again"
+        )
     raise GraphError(f"the graph {meta} has no batch-normalization layer whose input could be found: nothing to repair")
 
 
@@ -131,8 +132,10 @@ class GraphRunner:
         fed = {t.name for t in data_inputs} | {t.name for t in feeds} | ({flag.name} if flag is not None else set())
         missing = unfed(self._tracer.ancestors, g, list(xs.values()), fed)
         if missing:
-            raise BadDataError(f"the forward pass needs placeholders nobody feeds: {', '.join(missing)}; "
-                               "supply them with --feed NAME=VALUE (e.g. --feed keep_prob=1.0)")
+            raise BadDataError(
+                f"the forward pass needs placeholders nobody feeds: {', '.join(missing)}; "
+                "supply them with --feed NAME=VALUE (e.g. --feed keep_prob=1.0)"
+            )
         self.training_flag = None if flag is None else flag.name
         self.gap_note = GAP_NOTE if flag is not None else ""
         self.notes: list[str] = []
@@ -148,23 +151,29 @@ class GraphRunner:
             with g.as_default():
                 self._bn_switch = separate_bn_switch(self.tf, g, layers, flag)
             if self._bn_switch is None:
-                self.notes.append(f"cannot tell the BN layers' use of {flag.name} from other layers' (a computed "
-                                  "predicate): everything that reads it ran in training mode, dropout included; the "
-                                  "statistics may be off and the output check was not made")
+                self.notes.append(
+                    f"cannot tell the BN layers' use of {flag.name} from other layers' (a computed "
+                    "predicate): everything that reads it ran in training mode, dropout included; the "
+                    "statistics may be off and the output check was not made"
+                )
         split = self._bn_switch is not None
         self._final = forward_outputs(g, self._fed_tensors, fed, layers, self._tracer) if split else []
         self.output_names = tuple(t.name for t in self._final)
         self.held = held_consumers(self._tracer, g, flag, list(xs.values()) + self._final) if split else ()
         if flag is None and {layer.mode for layer in layers} == {"training"}:
-            self.notes.append("the graph fixes its BN layers to training mode: the statistics are the moments of "
-                              "each BN input over the data; the graph has no inference mode to check the repair "
-                              "against")
+            self.notes.append(
+                "the graph fixes its BN layers to training mode: the statistics are the moments of "
+                "each BN input over the data; the graph has no inference mode to check the repair "
+                "against"
+            )
             noisy = random_upstream(self._tracer, g, list(xs.values()))
             if noisy:
-                self.notes.append(f"random ops ({', '.join(noisy[:3])}) feed the BN inputs and ran during the "
-                                  "statistics pass (dropout or noise fixed to training): cannot be sure the "
-                                  "statistics match inference; repair with the inference graph (--graph eval.meta) "
-                                  "instead")
+                self.notes.append(
+                    f"random ops ({', '.join(noisy[:3])}) feed the BN inputs and ran during the "
+                    "statistics pass (dropout or noise fixed to training): cannot be sure the "
+                    "statistics match inference; repair with the inference graph (--graph eval.meta) "
+                    "instead"
+                )
         elif flag is None:
             self.notes.append("no training switch: no BN-training reference, the output check was not made")
         elif split and not self._final:
@@ -178,15 +187,29 @@ class GraphRunner:
             keys = (layer.moving_mean, layer.moving_variance)
             stored = {key: reader.read(key) for key in keys if key in entries}
             dtypes = {key: info.variables[key].dtype if key in info.variables else "float32" for key in keys}
-            self.targets.append(Target(layer.layer, layer.moving_mean, layer.moving_variance, layer.gamma,
-                                       layer.beta, int(layer.channels), stored, dtypes))
+            self.targets.append(
+                Target(
+                    layer.layer,
+                    layer.moving_mean,
+                    layer.moving_variance,
+                    layer.gamma,
+                    layer.beta,
+                    int(layer.channels),
+                    stored,
+                    dtypes,
+                )
+            )
         key_vars = _variables_by_key(g, info)
         with g.as_default():
-            self._moment_ops = {layer.layer: _moment_ops(tf, xs[layer.layer], layer.channels, layer.axis)
-                                for layer in self._layers}
+            self._moment_ops = {
+                layer.layer: _moment_ops(tf, xs[layer.layer], layer.channels, layer.axis) for layer in self._layers
+            }
             self._loader = _StatLoader(tf, key_vars, self._layers)
-        self._outs = {layer.layer: g.get_tensor_by_name(layer.output_tensor) for layer in self._layers
-                      if layer.output_tensor} if self._flag is not None else {}
+        self._outs = (
+            {layer.layer: g.get_tensor_by_name(layer.output_tensor) for layer in self._layers if layer.output_tensor}
+            if self._flag is not None
+            else {}
+        )
         self._sess = tf.compat.v1.Session(graph=g)
         _restore(tf, g, self._sess, key_vars, entries, reader.prefix)
 
@@ -201,10 +224,21 @@ class GraphRunner:
             d[self._flag] = bn_training
         return d
 
-    def run(self, batch: list, *, bn_training: bool, moments: bool = False, keep_layers: bool = False,
-            against: dict | None = None, outputs: bool = True) -> Pass:
-        fetch = (self._moment_ops if moments else {}, self._outs if keep_layers or against else {},
-                 self._final if outputs else [])
+    def run(
+        self,
+        batch: list,
+        *,
+        bn_training: bool,
+        moments: bool = False,
+        keep_layers: bool = False,
+        against: dict | None = None,
+        outputs: bool = True,
+    ) -> Pass:
+        fetch = (
+            self._moment_ops if moments else {},
+            self._outs if keep_layers or against else {},
+            self._final if outputs else [],
+        )
         try:
             got_moments, got_layers, got_final = self._sess.run(fetch, self._feed(batch, bn_training))
         except self.tf.errors.OpError as e:  # an output only one branch of a conditional computes, say
@@ -212,8 +246,9 @@ class GraphRunner:
                 raise
             raise OutputUnavailable(str(e).splitlines()[0][:120]) from e
         gaps = {name: largest_gap(got_layers[name], against[name]) for name in against} if against else None
-        return Pass(got_final if outputs else None, got_layers if keep_layers else None, gaps,
-                    got_moments if moments else None)
+        return Pass(
+            got_final if outputs else None, got_layers if keep_layers else None, gaps, got_moments if moments else None
+        )
 
     def layer_moments(self, name: str, batch: list) -> tuple:
         return self._sess.run(self._moment_ops[name], self._feed(batch, False))
@@ -221,8 +256,9 @@ class GraphRunner:
     def order(self) -> list[str]:
         """Layers in topological order of their inputs."""
         g, tracer = self._g, self._tracer
-        ancestry = {layer.layer: tracer.ancestors([g.get_tensor_by_name(layer.input_tensor).op])
-                    for layer in self._layers}
+        ancestry = {
+            layer.layer: tracer.ancestors([g.get_tensor_by_name(layer.input_tensor).op]) for layer in self._layers
+        }
         outputs = {layer.layer: (layer.output_tensor or "").split(":")[0] for layer in self._layers}
         ordered = sorted(self._layers, key=lambda layer: sum(outputs[o] in ancestry[layer.layer] for o in outputs if o))
         return [layer.layer for layer in ordered]
@@ -232,8 +268,11 @@ class GraphRunner:
 
     def reset(self) -> None:
         """The stored statistics again (a graph whose BN layers update in place moved them)."""
-        stored = {t.name: (t.stored[t.moving_mean], t.stored[t.moving_variance]) for t in self.targets
-                  if t.moving_mean in t.stored and t.moving_variance in t.stored}
+        stored = {
+            t.name: (t.stored[t.moving_mean], t.stored[t.moving_variance])
+            for t in self.targets
+            if t.moving_mean in t.stored and t.moving_variance in t.stored
+        }
         self.load(stored)
 
     def close(self) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
 from ckptdoctor.errors import CorruptCheckpointError
-from ckptdoctor.tfcompat import import_tensorflow
 from ckptdoctor.readers.base import DEFAULT_CHUNK_BYTES, TensorEntry
+from ckptdoctor.tfcompat import import_tensorflow
 
 __all__ = ["TFReader"]
 
@@ -25,9 +25,7 @@ class TFReader:
         try:
             self._reader = tf.train.load_checkpoint(prefix)
         except (tf.errors.OpError, ValueError) as e:
-            raise CorruptCheckpointError(
-                f"TensorFlow cannot read {prefix}: {str(e).splitlines()[0]}"
-            ) from e
+            raise CorruptCheckpointError(f"TensorFlow cannot read {prefix}: {str(e).splitlines()[0]}") from e
         self._dtypes = self._reader.get_variable_to_dtype_map()
         self._shapes = self._reader.get_variable_to_shape_map()
 
@@ -49,7 +47,7 @@ class TFReader:
         flat = self.read(name).reshape(-1)
         step = max(1, chunk_bytes // max(1, flat.itemsize))
         for start in range(0, flat.size, step):
-            yield flat[start:start + step]
+            yield flat[start : start + step]
 
     def close(self) -> None:
         self._reader = None
