@@ -7,15 +7,16 @@ checkpoint once, then alternates, ``--reps`` times each, two loops over every ba
 in training mode:
 
 * forward: fetch the network output (``logits:0``), as ``forward.py`` does;
-* repair: fetch repair's per-layer moment ops (``ckptdoctor.pipelines.repair._moment_ops``:
-  count, mean and M2 of every BN input in float64) and pool them
-  (``PooledMoments.add``), over the batches ``ckptdoctor.pipelines.repair._batches`` yields,
-  exactly repair's loop body.
+* repair: fetch repair's per-layer moment ops (``ckptdoctor.formats.tf1.runner._moment_ops``:
+  count, mean and M2 of every BN input, merged in float64) and pool them
+  (``PooledMoments.add``), over the batches ``ckptdoctor.pipelines.data.batches`` yields,
+  exactly the body of repair's loop (``pipelines.measure.measure`` over
+  ``GraphRunner.run(batch, bn_training=True, moments=True, outputs=False)``).
 
 Same process, same session, interleaved: TensorFlow import, graph import, restore and
 noise between processes do not enter; what remains is the cost of the statistics
 themselves. Each loop runs once untimed first (TensorFlow builds an executor per
-fetch signature on first use). Uses two private helpers of ``ckptdoctor.pipelines.repair``.
+fetch signature on first use). Uses a private helper of ``ckptdoctor.formats.tf1.runner``.
 """
 
 import argparse
@@ -43,9 +44,12 @@ def main(argv=None) -> int:
     import numpy as np
     import tensorflow as tf
 
-    import ckptdoctor.pipelines.repair as repairing
     from ckptdoctor.analysis.estimator import PooledMoments
+    from ckptdoctor.formats.tf1.feeding import shape_list
     from ckptdoctor.formats.tf1.graph import describe_graph, load_graph
+    from ckptdoctor.formats.tf1.runner import _moment_ops
+    from ckptdoctor.pipelines.data import batches
+    from ckptdoctor.runtime.base import Input
 
     meta = args.prefix + ".meta"
     graph, _saver, _meta = load_graph(meta)
@@ -53,9 +57,7 @@ def main(argv=None) -> int:
     layers = [layer for layer in info.bn_layers if layer.input_tensor and layer.moving_mean and layer.moving_variance]
     with graph.as_default():
         moment_ops = {
-            layer.layer: repairing._moment_ops(
-                tf, graph.get_tensor_by_name(layer.input_tensor), layer.channels, layer.axis
-            )
+            layer.layer: _moment_ops(tf, graph.get_tensor_by_name(layer.input_tensor), layer.channels, layer.axis)
             for layer in layers
         }
         saver = tf.compat.v1.train.Saver()
@@ -64,6 +66,7 @@ def main(argv=None) -> int:
     out = graph.get_tensor_by_name(args.output)
     x = np.load(args.data, mmap_mode="r")
     n, bs = x.shape[0], args.batch_size
+    inputs = [Input(inp.name, x, shape_list(inp), inp.dtype.name)]  # as GraphRunner binds the data
 
     with tf.compat.v1.Session(graph=graph) as sess:
         saver.restore(sess, args.prefix)
@@ -76,12 +79,10 @@ def main(argv=None) -> int:
 
         def repair_loop(limit=None):
             pooled = {layer.layer: PooledMoments(layer.channels) for layer in layers}
-            for i, (_, _, batch) in enumerate(repairing._batches({inp: x}, n, bs)):
+            for i, batch in enumerate(batches(inputs, n, bs)):
                 if limit is not None and i >= limit:
                     break
-                feed = dict(batch)
-                feed[flag] = True
-                for name, (count, mean, m2) in sess.run(moment_ops, feed).items():
+                for name, (count, mean, m2) in sess.run(moment_ops, {inp: batch[0], flag: True}).items():
                     pooled[name].add(count, mean, m2)
 
         loops = {"forward": forward, "repair": repair_loop}

@@ -387,16 +387,16 @@ def _func_name(key) -> str:
 _PHASES = [
     ("whole process (profiled)", None),
     ("imports", lambda f, n: n == "_find_and_load"),
-    ("inspect() (library call)", lambda f, n: f.endswith("ckptdoctor/inspection.py") and n == "inspect"),
+    ("inspect() (library call)", lambda f, n: f.endswith("ckptdoctor/pipelines/inspect.py") and n == "inspect"),
     ("  open: read + decode the index", lambda f, n: f.endswith("readers/bundle.py") and n == "__init__"),
     ("  listing (object graph, entries)", lambda f, n: f.endswith("readers/bundle.py") and n == "entries"),
     (
         "  statistics (compute_stats, incl. reading)",
-        lambda f, n: f.endswith("ckptdoctor/stats.py") and n == "compute_stats",
+        lambda f, n: f.endswith("ckptdoctor/analysis/stats.py") and n == "compute_stats",
     ),
     ("  reading chunks (copy + CRC)", lambda f, n: f.endswith("readers/bundle.py") and n == "_iter_numeric"),
     ("report to dict", lambda f, n: n == "to_dict" and "ckptdoctor" in f),
-    ("JSON rendering", lambda f, n: f.endswith("ckptdoctor/render.py") and n == "to_json"),
+    ("JSON rendering", lambda f, n: f.endswith("ckptdoctor/reports/table.py") and n == "to_json"),
 ]
 
 
@@ -673,30 +673,37 @@ def bench_repair(cfg: Config, runner: Runner, work: Path, net: dict) -> dict:
     return res
 
 
-# Phases of a Keras repair run (cProfile), found by function as in _PHASES.
+# Phases of a Keras repair run (cProfile), found by function as in _PHASES. A Keras file goes through the
+# one repair pipeline (pipelines/repair.py), its adapter (formats/keras) and the Keras runner (runtime/).
 _KERAS_PHASES = [
     ("whole process (profiled)", None),
     ("imports", lambda f, n: n == "_find_and_load"),
-    ("repair_keras() (library call)", lambda f, n: f.endswith("ckptdoctor/keras_repair.py") and n == "repair_keras"),
-    ("  load the model (Keras)", lambda f, n: f.endswith("ckptdoctor/keras_measure.py") and n == "load_keras_model"),
+    ("repair() (library call)", lambda f, n: f.endswith("ckptdoctor/pipelines/repair.py") and n == "repair"),
+    (
+        "  load the model (Keras)",
+        lambda f, n: f.endswith("ckptdoctor/runtime/keras_model.py") and n == "load_keras_model",
+    ),
     (
         "  data check (NaN/Inf scan)",
-        lambda f, n: f.endswith("ckptdoctor/keras_measure.py") and n == "check_model_inputs",
+        lambda f, n: f.endswith("ckptdoctor/pipelines/repair.py") and n == "_sample_count",
     ),
     (
         "  batches + moments + gap passes",
-        lambda f, n: f.endswith("ckptdoctor/keras_measure.py") and n == "recompute_bn_moments",
+        lambda f, n: f.endswith("ckptdoctor/pipelines/measure.py") and n == "measure",
     ),
     (
         "    per-batch moments in float64 (numpy)",
-        lambda f, n: f.endswith("ckptdoctor/keras_measure.py") and n == "_moments",
+        lambda f, n: f.endswith("ckptdoctor/runtime/keras_runner.py") and n == "_moments",
     ),
-    ("    pooling (PooledMoments.add)", lambda f, n: f.endswith("ckptdoctor/estimator.py") and n == "add"),
+    ("    pooling (PooledMoments.add)", lambda f, n: f.endswith("ckptdoctor/analysis/estimator.py") and n == "add"),
     (
         "  copy with the new statistics (h5py)",
-        lambda f, n: f.endswith("ckptdoctor/keras_repair.py") and n == "_copy_with",
+        lambda f, n: f.endswith("ckptdoctor/formats/keras/store.py") and n == "_copy_with",
     ),
-    ("  verification (read back, compare)", lambda f, n: f.endswith("ckptdoctor/keras_repair.py") and n == "_verify"),
+    (
+        "  verification (read back, compare)",
+        lambda f, n: f.endswith("ckptdoctor/formats/keras/store.py") and n == "_verify",
+    ),
 ]
 
 
@@ -1267,7 +1274,7 @@ def render(
         )
         w(
             "Graph imported and checkpoint restored once; the forward loop (fetch the output) and repair's loop body "
-            "(fetch `_moment_ops` of every BN input, pool with `PooledMoments`, batches from `_batches`) alternate, "
+            "(fetch `_moment_ops` of every BN input, pool with `PooledMoments`, batches from `batches`) alternate, "
             "so TensorFlow import, graph import, restore and inter-process noise are out: what is left is the cost "
             "of the statistics.\n"
         )
