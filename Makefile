@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 
-.PHONY: demo test zoo bench samples clean
+.PHONY: demo test check zoo bench samples clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ demo: $(VENV)/.installed
 # file's module fixtures (Keras models built in subprocesses) are built once.
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 --dist loadfile
+
+# Lint and format (ruff), types (mypy), the architecture's import contracts (import-linter, see
+# pyproject.toml), and no function over 120 lines. All configured in pyproject.toml.
+check: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(PY) tools/check_lengths.py
 
 # The whole architecture zoo (tests/test_zoo.py; make test runs a subset): --dist loadscope keeps each
 # net's test class on one worker, so each net is built once.

@@ -90,7 +90,7 @@ class Commands:
         from ckptdoctor.pipelines.inspect import inspect
 
         format = _fmt(format)
-        extra = {}
+        extra: dict = {}
         if data is not None:
             extra = dict(
                 data=str(data),

@@ -636,7 +636,8 @@ def string_payload(values, byte_order="<") -> tuple[bytes, int]:
 
 
 def test_table_matches_sstable_spec_example():
-    # Spec section 3.9: the 127-byte index of one float32 tensor "f32" [3,4].
+    # docs/checkpoint-format.md, "Worked example: a one-tensor index": the 127-byte index of one
+    # float32 tensor "f32" [3,4].
     hexdump = (
         "0000060801 1a020801 000313663332 0801120812020803120208042830 35dc5a3b9d 00000000 01000000"
         "00ec85258b 0000000001000000 00c0f2a1b0 000102670 02a 0000000001000000 00d994ef47"
@@ -985,3 +986,14 @@ def test_cli_without_tensorflow_matches_tf_names_dtypes_shapes_and_numpy_stats(w
         assert t["std"] == pytest.approx(ref.std(), rel=1e-6, abs=1e-12), t["name"]
         if v.dtype.kind == "f":
             assert t["nan"] == int(np.isnan(v).sum()) and t["inf"] == int(np.isinf(v).sum())
+
+
+def test_shape_of_more_than_int64_elements_is_refused_even_with_a_zero_dimension():
+    # Found by test_fuzz_well_formed_entries: (2**40, 2**40, 0) holds no element, but numpy
+    # (and TensorFlow) cannot make an array of that shape; the entry is damaged, not a crash.
+    with tempfile.TemporaryDirectory() as d:
+        prefix = write_bundle(d, [(b"t", entry_proto(1, [2**40, 2**40, 0], 0, 0, google_crc32c.value(b"")))], b"")
+        with BundleReader(prefix) as reader:
+            assert [e.shape for e in reader.entries()] == [(2**40, 2**40, 0)]  # listed, as stored
+            with pytest.raises(TensorReadError, match=r"2\*\*63-1"):
+                reader.read("t")

@@ -4,7 +4,7 @@ The target: the population statistics of each BN input *as the network computes 
 inference* (dropout, noise and stochastic depth off; every earlier BN layer normalising
 with its own new statistics). The runners feed this estimator accordingly: only the BN
 layers run in training mode, every other layer that has a training mode is held in
-inference mode (``graph_modes`` for TF1 graphs, ``keras_measure`` for Keras models). With
+inference mode (``formats.tf1.modes`` for TF1 graphs, ``runtime.keras_runner`` for Keras models). With
 one batch holding every sample, ``--method train`` gives the target exactly (each BN layer
 then normalises with the batch's statistics, which are the new ones); ``--method
 sequential`` gives it exactly whatever the batch size, one layer at a time.

@@ -92,11 +92,20 @@ class Model(Protocol):
     """An opened checkpoint or model file: the adapter of its format."""
 
     path: str  # the checkpoint as the report names it
-    format: str  # the reader's format name
     resolved_from: str  # one line: how the user's path was understood
-    reader: CheckpointReader
     family: str  # "keras" or "tensorflow": whose tensor names these are (diff)
-    config: dict | None  # a Keras model config the file carries
+
+    @property
+    def format(self) -> str:
+        """The format's name in reports (``tf-v2-bundle``, ``keras-v3``, ``tf-saved-model``...)."""
+
+    @property
+    def reader(self) -> CheckpointReader:
+        """The tensors: names, dtypes, shapes and values."""
+
+    @property
+    def config(self) -> dict | None:
+        """A Keras model config the file carries."""
 
     def describe(self) -> Description:
         """What the model says about the tensors."""

@@ -4,8 +4,8 @@ A V2 checkpoint (what ``tf.train.Checkpoint``, ``tf.compat.v1.train.Saver``,
 ``save_weights`` and SavedModel ``variables/`` write) is an SSTable index that
 maps each tensor name to a ``BundleEntryProto`` (dtype, shape, shard, offset,
 size, masked CRC32C), plus raw data files holding the tensors' bytes. The
-byte-level rules are in ``/work/shared/tf-checkpoint-format.md``; section
-numbers below refer to it.
+byte-level rules are in ``docs/checkpoint-format.md``; the section names in
+quotes below are its headings.
 
 What this reader guarantees:
 
@@ -29,7 +29,7 @@ returns them (same dtype and bytes), with these choices:
   mapped (deleting or replacing it by rename is safe).
 * bfloat16, float8_*, int4, uint4, int2, uint2 and float4_e2m1fn come back as
   ``ml_dtypes`` arrays. int4/uint4 are stored one element per byte, value in
-  the low nibble (§4.5), which is exactly ``ml_dtypes.int4``'s memory layout,
+  the low nibble ("Dtype table and element layout"), which is exactly ``ml_dtypes.int4``'s memory layout,
   so they are views too (``tobytes()`` equals TensorFlow's).
 * quantized types (qint8, quint8, qint16, quint16, qint32) come back as the
   plain integer dtype of the same width, as TensorFlow's reader does.
@@ -49,7 +49,7 @@ import os
 import re
 import struct
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import google_crc32c
@@ -82,11 +82,12 @@ __all__ = [
     "object_paths_from_graph",
 ]
 
-#: Key of the serialized TrackableObjectGraph in TF2 checkpoints (§10.1).
+#: Key of the serialized TrackableObjectGraph in TF2 checkpoints
+#: ("The object-graph key and TrackableObjectGraph fields").
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
-#: Attribute name under which a variable saves its value (§10.2).
+#: Attribute name under which a variable saves its value ("Key escaping of TF2 object paths").
 VARIABLE_VALUE_ATTRIBUTE = "VARIABLE_VALUE"
-#: Marker segment of slot-variable keys, kept in object paths of slots (§10.2).
+#: Marker segment of slot-variable keys, kept in object paths of slots ("Key escaping of TF2 object paths").
 OPTIMIZER_SLOT_SEGMENT = ".OPTIMIZER_SLOT"
 _ATTRIBUTES_SEGMENT = "/.ATTRIBUTES/"
 
@@ -177,14 +178,17 @@ def _dtype_name(enum: int) -> str:
     return dt.name if dt else f"unknown({enum})"
 
 
-def _num_elements(shape: Sequence[int]) -> int:
+_I64_MAX = (1 << 63) - 1
+
+
+def _num_elements(shape: Iterable[int]) -> int:
     n = 1
     for d in shape:
         n *= d
     return n
 
 
-# ----------------------------------------------------------------- slice keys (§6.2)
+# ----------------------------------------------------------------- slice keys ("Slice keys of partitioned variables")
 
 
 def _ordered_string(b: bytes) -> bytes:
@@ -237,7 +241,7 @@ def encode_slice_key(name: str, extents: Sequence[tuple[int, int | None]]) -> by
     return b"".join(parts)
 
 
-# ------------------------------------------------------------- object paths (§10)
+# ------------------------------------------------------------- object paths ("Object paths reported by ckptdoctor")
 
 
 def object_paths_from_graph(nodes: Sequence[ObjectNode], keys: Sequence[str]) -> dict[str, str]:
@@ -247,7 +251,7 @@ def object_paths_from_graph(nodes: Sequence[ObjectNode], keys: Sequence[str]) ->
 
     1. Each object gets the path of its breadth-first shortest route from the
        root (node 0) over ``children`` edges, ties going to the first edge in
-       stored order (TensorFlow's own rule, §10.2, so the path follows the
+       stored order (TensorFlow's own rule, "Key escaping of TF2 object paths", so the path follows the
        same edges as the key: a tf_keras layer reachable as both ``layer-0``
        and ``layer_with_weights-0`` appears under the one its key uses).
        Segments are the raw local names, unescaped, joined with ``/`` (a
@@ -436,7 +440,7 @@ class BundleReader:
                 raise CorruptCheckpointError(
                     f"corrupt checkpoint index {self.index_path}: entry {key!r} is not a BundleEntryProto ({e})"
                 ) from e
-            if key[:1] == b"\x00":  # a piece of a partitioned tensor (§6.2)
+            if key[:1] == b"\x00":  # a piece of a partitioned tensor ("Slice keys of partitioned variables")
                 self._slice_entries[key] = entry
             else:
                 self._entries[key.decode("utf-8", "surrogateescape")] = entry
@@ -456,7 +460,7 @@ class BundleReader:
             )
         value = items[0][1]
         if value[:1] == b"\x0a":
-            # V1 tables start with a length-delimited `meta` submessage (§9).
+            # V1 tables start with a length-delimited `meta` submessage ("TF1 V1 checkpoints").
             raise UnsupportedFormatError(
                 f"{self.index_path} holds a TF1 'V1' checkpoint table, not a V2 bundle index; "
                 "this reader reads V2 checkpoints only"
@@ -664,6 +668,12 @@ class BundleReader:
                 f"tensor {label} has dtype {_dtype_name(entry.dtype)} (enum {entry.dtype}), "
                 "which cannot be read from a checkpoint"
             )
+        if _num_elements(max(d, 1) for d in entry.shape) > _I64_MAX:  # numpy cannot shape it, even with a 0
+            raise TensorReadError(
+                "tensor-unreadable",
+                name,
+                f"tensor {label}: shape {list(entry.shape)} has more than 2**63-1 elements (corrupt index entry)",
+            )
         needed = _num_elements(entry.shape) * dt.np_dtype.itemsize
         if entry.size != needed:
             raise TensorReadError(
@@ -678,7 +688,7 @@ class BundleReader:
         """Byte-swap a flat array read from a big-endian bundle (a copy)."""
         if not self.big_endian or flat.dtype.itemsize == 1:
             return flat
-        # Complex numbers swap their two halves separately (§5.5).
+        # Complex numbers swap their two halves separately ("Byte order").
         unit = flat.dtype.itemsize // 2 if flat.dtype.kind == "c" else flat.dtype.itemsize
         return flat.view(f"u{unit}").byteswap().view(flat.dtype)
 
@@ -740,7 +750,7 @@ class BundleReader:
         if first < flat.size:
             yield flat[first:]
 
-    # ------------------------------------------------------------------ strings (§5.3)
+    # ------------------------------------------------------------------ strings ("String tensors")
 
     def _read_strings(self, name: str, entry: BundleEntry, label: str) -> np.ndarray:
         buf, path = self._locate(name, entry, label)
@@ -790,7 +800,7 @@ class BundleReader:
         out[:] = [data[bounds[i] : bounds[i + 1]] for i in range(count)]
         return out.reshape(entry.shape)
 
-    # ------------------------------------------------------------------ partitioned (§6)
+    # ------------------------------------------------------------------ partitioned ("Partitioned tensors")
 
     def _piece_keys(self, name: str, entry: BundleEntry) -> list[bytes | None]:
         """The index key of each stored piece (None when it has no entry)."""

@@ -40,7 +40,7 @@ class KerasArchiveReader(KerasH5Reader):
 
     def __init__(self, path: str):
         try:
-            self._zip = zipfile.ZipFile(path)
+            self._zip: zipfile.ZipFile | None = zipfile.ZipFile(path)
         except (OSError, zipfile.BadZipFile) as e:
             raise CorruptCheckpointError(
                 f"{path} is not a readable zip archive ({e}): a .keras file is a zip written by model.save()"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -89,7 +90,7 @@ class KerasH5Reader:
                 f"{self.prefix} is HDF5 but not a Keras weights file (no 'layers', 'model_weights' or layer_names): "
                 "pass a file written by Keras' save() or save_weights()"
             )
-        self._datasets: dict[str, object] = {}
+        self._datasets: dict[str, Any] = {}  # h5py.Dataset
         f.visititems(self._collect)
 
     def _collect(self, name, obj) -> None:
@@ -158,7 +159,7 @@ class KerasH5Reader:
         import h5py
 
         f = self._file
-        groups = []
+        groups: list[dict[str, Any]] = []
         if self.layout == "legacy":
             root = f.get("model_weights", f)
             base = "model_weights/" if "model_weights" in f else ""

@@ -4,9 +4,9 @@ TensorFlow checkpoints store ``BundleHeaderProto``, ``BundleEntryProto`` and the
 TF2 ``TrackableObjectGraph`` as serialized protobufs. Pulling in the protobuf
 library (and TensorFlow's generated classes) for five small messages would make
 the reader depend on TensorFlow, so they are decoded here by hand, following the
-wire format (spec section 11): fields in any order, last value wins for scalars,
-unknown fields skipped by wire type, packed and unpacked repeated scalars both
-accepted.
+wire format (``docs/checkpoint-format.md``, "Protobuf wire format as protowire
+decodes it"): fields in any order, last value wins for scalars, unknown fields
+skipped by wire type, packed and unpacked repeated scalars both accepted.
 
 Every length and varint is checked against the buffer before it is used, so a
 hostile buffer raises ``WireFormatError`` and never IndexError or MemoryError.
@@ -45,7 +45,11 @@ class WireFormatError(ValueError):
     """The bytes are not a well-formed protobuf message of the expected kind."""
 
 
-def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+#: A message's buffer: ``bytes``, or a ``memoryview`` whose LEN fields are then views too (no copy).
+Buffer = bytes | memoryview
+
+
+def read_varint(buf: Buffer, pos: int, end: int) -> tuple[int, int]:
     """Decode one unsigned LEB128 varint of at most 10 bytes.
 
     Args:
@@ -85,10 +89,11 @@ def _signed64(v: int) -> int:
     return v - (1 << 64) if v >= (1 << 63) else v
 
 
-def iter_fields(buf: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, int | bytes]]:
+def iter_fields(buf: Buffer, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, int | Buffer]]:
     """Yield ``(field_number, wire_type, value)`` for each field of a message.
 
-    VARINT, I64 and I32 values are unsigned ints; LEN values are ``bytes``.
+    VARINT, I64 and I32 values are unsigned ints; LEN values are slices of ``buf``
+    (``bytes``, or views of a ``memoryview``).
 
     Raises:
         WireFormatError: a tag, varint or length runs past ``end``, or a group
@@ -130,7 +135,7 @@ def _expect(wtype: int, want: int, what: str) -> None:
         raise WireFormatError(f"{what} has wire type {wtype}, expected {want}")
 
 
-def _repeated_varints(wtype: int, value: int | bytes, what: str) -> list[int]:
+def _repeated_varints(wtype: int, value: int | Buffer, what: str) -> list[int]:
     """Values of a repeated scalar field, packed (LEN) or not (VARINT)."""
     if wtype == _VARINT:
         return [value]  # type: ignore[list-item]
@@ -430,7 +435,7 @@ def _scan(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
     For LEN fields ``buf[a:b]`` is the payload; for VARINT/I32/I64 ``a`` is the
     value and ``b`` unused.
     """
-    out = []
+    out: list[tuple[int, int, int, int]] = []
     append = out.append
     while pos < end:
         tag = buf[pos]
@@ -495,7 +500,9 @@ def _decode_attribute(buf: bytes, a: int, b: int) -> tuple[str, str, str]:
 
 
 def decode_object_graph(buf: bytes) -> list[ObjectNode]:
-    """Decode a serialized ``TrackableObjectGraph`` (spec section 10.1).
+    """Decode a serialized ``TrackableObjectGraph``.
+
+    Its fields: ``docs/checkpoint-format.md``, "The object-graph key and TrackableObjectGraph fields".
 
     Only the fields needed to map checkpoint keys to object paths are kept;
     ``registered_saver`` and ``has_checkpoint_values`` are skipped.

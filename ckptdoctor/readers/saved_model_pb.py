@@ -153,7 +153,7 @@ def _decode_node(buf: bytes) -> SavedNode:
     return SavedNode(tuple(children), tuple(slots), kind, identifier, variable if kind == "variable" else None)  # type: ignore[arg-type]
 
 
-def _first_meta_graph(buf: bytes) -> bytes | None:
+def _first_meta_graph(buf: bytes | memoryview) -> bytes | None:
     for f, wt, v in iter_fields(buf):
         if f == 2:
             _need(wt, _LEN, "SavedModel.meta_graphs")
@@ -179,11 +179,11 @@ def decode_saved_object_graph(buf: bytes) -> list[SavedNode] | None:
     for f, wt, v in iter_fields(meta):
         if f == 7:
             _need(wt, _LEN, "MetaGraphDef.object_graph_def")
-            graph = bytes(v)  # type: ignore[arg-type]
+            graph = bytes(v)
     if graph is None:
         return None
     nodes = []
-    for f, wt, v in iter_fields(graph):  # type: ignore[arg-type]
+    for f, wt, v in iter_fields(graph):
         if f == 1:
             _need(wt, _LEN, "SavedObjectGraph.nodes")
             nodes.append(_decode_node(v))  # type: ignore[arg-type]
@@ -304,23 +304,22 @@ def decode_fused_batch_norms(buf: bytes) -> list[FusedBatchNorm]:
     meta = _first_meta_graph(memoryview(buf))
     if meta is None:
         return []
-    graph_def, object_graph = None, None
+    graph_def: bytes | None = None
+    object_graph: bytes | None = None
     for f, wt, v in iter_fields(meta):
         if f == 2 and wt == _LEN:
-            graph_def = v
+            graph_def = bytes(v)
         elif f == 7 and wt == _LEN:
-            object_graph = bytes(v)  # type: ignore[arg-type]
+            object_graph = bytes(v)
     if graph_def is None or object_graph is None:
         return []
     bound = _bound_inputs(object_graph)
     found = []
-    for f, wt, library in iter_fields(graph_def):  # type: ignore[arg-type]
+    for f, wt, library in iter_fields(graph_def):
         if f == 2 and wt == _LEN:
             for f2, wt2, fdef in iter_fields(library):  # type: ignore[arg-type]
-                if f2 == 1 and wt2 == _LEN:
-                    fdef = bytes(fdef)  # type: ignore[arg-type]
-                    if _FUSED_OPS[0] in fdef:  # the prefix of every fused op name
-                        found.extend(_fused_in_function(fdef, bound))
+                if f2 == 1 and wt2 == _LEN and not isinstance(fdef, int) and _FUSED_OPS[0] in fdef:
+                    found.extend(_fused_in_function(bytes(fdef), bound))  # the prefix of every fused op name
     return found
 
 

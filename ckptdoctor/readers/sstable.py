@@ -1,6 +1,6 @@
 """Read the immutable sorted string table (SSTable) of a checkpoint ``.index``.
 
-The layout (spec section 3) is LevelDB's::
+The layout (``docs/checkpoint-format.md``, "SSTable layout of the index file") is LevelDB's::
 
     [data block][trailer] ... [metaindex block][trailer] [index block][trailer] [footer]
 

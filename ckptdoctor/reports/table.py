@@ -109,7 +109,7 @@ def render_inspect(report) -> str:
     lines.append("")
     title = "TENSORS" if shown == report.total_tensors else f"TENSORS ({shown} of {report.total_tensors} match)"
     lines.append(title)
-    rows = [
+    rows: list[tuple] = [
         (
             _name(t.name),
             t.dtype,
@@ -129,7 +129,7 @@ def render_inspect(report) -> str:
     ]
     headers = ["name", "dtype", "shape", "size", "bytes", "min", "max", "mean", "std", "nan", "inf", "in graph", "role"]
     if any(t.object_path for t in report.tensors):  # TF2 checkpoints: the readable object path too
-        rows = [row + (_name(t.object_path or ""),) for row, t in zip(rows, report.tensors)]
+        rows = [(*row, _name(t.object_path or "")) for row, t in zip(rows, report.tensors)]
         headers.append("object path")
     lines.append(_tab(rows, headers) if rows else "(none)")
     lines.append("")

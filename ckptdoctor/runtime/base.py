@@ -6,7 +6,7 @@ loop over it is written once, in ``pipelines.measure``.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 __all__ = ["Input", "Target", "Pass", "Runner", "OutputUnavailable"]
 
@@ -15,7 +15,7 @@ class Input(NamedTuple):
     """One model input bound to its data array."""
 
     name: str
-    array: object  # a numpy array or a lazily read one (memory map, HDF5 dataset)
+    array: Any  # a numpy array or a lazily read one (memory map, HDF5 dataset)
     shape: list | None  # the input's shape (None dims unknown), None: unknown rank
     dtype: str  # the input's dtype name; batches are cast to it
 

@@ -12,7 +12,7 @@ Running the model is ``keras_runner``'s part.
 from __future__ import annotations
 
 import inspect
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -96,7 +96,7 @@ class BNLayer(NamedTuple):
     """A BN layer of a loaded Keras model, at any nesting depth."""
 
     name: str  # its path from the top model: "bn1", "backbone/block/bn2"
-    layer: object  # the Keras layer
+    layer: Any  # the Keras layer
     chain: tuple  # (model, child) links from the top model down to the layer
     trainable: bool  # the layer and every model holding it are trainable
     reason: str = ""  # why it is frozen
@@ -227,12 +227,14 @@ def variable_values(variable) -> np.ndarray:
     return np.array(variable.numpy() if hasattr(variable, "numpy") else variable)
 
 
-def input_arrays(config, arrays: dict, data: str, input: str | None) -> tuple[list[str], list]:
-    """The model's input names and the data arrays in their order (checked before Keras loads anything).
+def input_arrays(
+    config, arrays: dict, data: str, input: str | None, names: list[str] | None = None
+) -> tuple[list[str], list]:
+    """The model's input names (from its config, or ``names``) and the data arrays in their order.
 
     ``input`` names the input a single array feeds (default: the only one).
     """
-    names = model_inputs(config) or ["input"]
+    names = names or model_inputs(config) or ["input"]
     if input and None in arrays:
         arrays = {input: arrays[None]}
     if None in arrays:
@@ -333,3 +335,14 @@ def bind_inputs(model, names: list[str], xs: list) -> list[Input]:
         )
         for i, (t, a) in enumerate(zip(model.inputs, xs))
     ]
+
+
+def input_names(model) -> list[str]:
+    """A loaded model's input names, in call order."""
+    try:
+        names = model_inputs({"config": model.get_config()})
+    except Exception:  # noqa: BLE001 - a subclassed model may not serialize its config
+        names = []
+    if len(names) == len(model.inputs):
+        return names
+    return [str(getattr(t, "name", f"input_{i}")).split(":")[0] for i, t in enumerate(model.inputs)]

@@ -19,7 +19,7 @@ from ckptdoctor.errors import UnsupportedFormatError
 from ckptdoctor.runtime.base import Input, Pass, Target
 from ckptdoctor.runtime.keras_model import BNLayer, variable_values
 
-__all__ = ["KerasRunner", "TRAINING_ARGUMENT", "GAP_NOTE"]
+__all__ = ["KerasRunner", "load_runner", "TRAINING_ARGUMENT", "GAP_NOTE"]
 
 #: What switches the BN layers between training and inference mode (the report's ``training_flag``): the
 #: model always runs in inference mode, and each BN layer's own call is handed training=True or False.
@@ -90,7 +90,7 @@ class _Taps:
         self.layer_gaps: dict[str, float] = {}
         self.moments: dict | None = None
         self.only: str | None = None
-        self._tapped = []
+        self._tapped: list = []
         self._renorm = []
         try:
             for bn in bns:
@@ -272,3 +272,69 @@ class KerasRunner:
     def close(self) -> None:
         self._taps.close()
         self._quiet.__exit__(None, None, None)
+
+
+def load_runner(
+    path: str,
+    config: dict | None,
+    code: list[str],
+    keras_version: str | None,
+    fmt: str,
+    arrays: dict,
+    *,
+    data: str,
+    input: str | None,
+    unsafe: bool,
+    keys_of,
+    read,
+    graph: str,
+) -> KerasRunner:
+    """Load the Keras model of ``path`` in safe mode and bind it to the data: every Keras repair's runner.
+
+    Args:
+        config: the model config (checked before Keras loads anything); ``code``: its Lambda layers,
+            refused unless ``unsafe``.
+        keras_version, fmt: which Keras wrote the file (``keras_model.keras_module``).
+        arrays: ``load_data``'s dict; ``data`` names them in messages; ``input`` the input one array feeds.
+        keys_of: the trainable BN layers -> {layer: {"moving_mean": key, ...}}, where the file stores them.
+        read: key -> the stored value (checked against the loaded variables before anything runs).
+        graph: what described the model, for the report.
+    """
+    from ckptdoctor.runtime.keras_model import (
+        bind_inputs,
+        check_loadable,
+        check_stored_values,
+        frozen_note,
+        held_in_inference,
+        input_arrays,
+        keras_module,
+        load_keras_model,
+        targets,
+        trainable_bn_layers,
+        variant_notes,
+    )
+
+    if code and not unsafe:
+        raise UnsupportedFormatError(
+            f"{path} has Lambda layers ({', '.join(code[:3])}) whose Python code would run on load: "
+            "pass --unsafe only if you trust the file"
+        )
+    names, xs = input_arrays(config, arrays, data, input)
+    check_loadable(config, path)
+    K, legacy = keras_module(keras_version, fmt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras' UserWarnings would bury the report on stderr
+        model = load_keras_model(K, legacy, path, unsafe)
+    bns, frozen = trainable_bn_layers(K, model, path)
+    keys = keys_of(bns)
+    stored = check_stored_values(bns, keys, read, path)
+    return KerasRunner(
+        model,
+        bns,
+        frozen,
+        targets(bns, keys, stored),
+        bind_inputs(model, names, xs),
+        graph=graph.format(keras="tf-keras" if legacy else "Keras 3"),
+        held=held_in_inference(K, model),
+        notes=frozen_note(frozen) + variant_notes(bns),
+    )

@@ -11,7 +11,6 @@ depth of nested models are repaired; frozen ones are left as they are.
 from __future__ import annotations
 
 import os
-import warnings
 
 from ckptdoctor.errors import CkptDoctorError, OutputExistsError, UnsupportedFormatError
 from ckptdoctor.formats.base import Description, RepairOptions, Written
@@ -66,20 +65,7 @@ class KerasFile:
         return out
 
     def runner(self, arrays: dict, options: RepairOptions):
-        from ckptdoctor.runtime.keras_model import (
-            bind_inputs,
-            check_loadable,
-            check_stored_values,
-            frozen_note,
-            held_in_inference,
-            input_arrays,
-            keras_module,
-            load_keras_model,
-            targets,
-            trainable_bn_layers,
-            variant_notes,
-        )
-        from ckptdoctor.runtime.keras_runner import KerasRunner
+        from ckptdoctor.runtime.keras_runner import load_runner
 
         path, config = self.path, self.config
         if not config:
@@ -87,34 +73,28 @@ class KerasFile:
                 f"{path} holds weights only (no model config): repair needs the model; save it with "
                 "model.save('model.keras') (or a full .h5) and repair that"
             )
-        code = lambda_layers(config)
-        if code and not options.unsafe:
-            raise UnsupportedFormatError(
-                f"{path} has Lambda layers ({', '.join(code[:3])}) whose Python code would run on load: "
-                "pass --unsafe only if you trust the file"
-            )
         layout = describe_keras_file(self.reader, config)
         keys = {layer.name: layer.weights for layer in layout.bn_layers}
-        names, xs = input_arrays(config, arrays, options.data, options.input)
-        check_loadable(config, path)
-        K, legacy = keras_module(self.reader.keras_version, self.format)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Keras' UserWarnings would bury the report on stderr
-            model = load_keras_model(K, legacy, path, options.unsafe)
-        bns, frozen = trainable_bn_layers(K, model, path)
-        for bn in bns:
-            if "moving_mean" not in keys.get(bn.name, {}) or "moving_variance" not in keys.get(bn.name, {}):
-                raise UnsupportedFormatError(f"the file does not store the moving statistics of BN layer {bn.name}")
-        stored = check_stored_values(bns, keys, self.reader.read, path)
-        return KerasRunner(
-            model,
-            bns,
-            frozen,
-            targets(bns, keys, stored),
-            bind_inputs(model, names, xs),
-            graph=f"{path} (model config, {'tf-keras' if legacy else 'Keras 3'})",
-            held=held_in_inference(K, model),
-            notes=frozen_note(frozen) + variant_notes(bns),
+
+        def keys_of(bns: list) -> dict:
+            for bn in bns:
+                if "moving_mean" not in keys.get(bn.name, {}) or "moving_variance" not in keys.get(bn.name, {}):
+                    raise UnsupportedFormatError(f"the file does not store the moving statistics of BN layer {bn.name}")
+            return keys
+
+        return load_runner(
+            path,
+            config,
+            lambda_layers(config),
+            self.reader.keras_version,
+            self.format,
+            arrays,
+            data=options.data,
+            input=options.input,
+            unsafe=options.unsafe,
+            keys_of=keys_of,
+            read=self.reader.read,
+            graph=f"{path} (model config, {{keras}})",
         )
 
     def write(self, replacements: dict, output: str, in_place: bool, force: bool) -> Written:

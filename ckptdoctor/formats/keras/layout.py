@@ -4,7 +4,7 @@ The config plays the graph's part for Keras files: it names each layer, its clas
 (so BN layers are found by class, not guessed from names), its axis, whether it is
 trainable. This module maps each config layer to the file's weights and reports the
 layers and roles ``inspect`` and ``repair`` use. Which weights a layer class stores is
-not kept here: ``keras_expect`` asks the Keras that wrote the file (only BN layers'
+not kept here: ``expect`` asks the Keras that wrote the file (only BN layers'
 weights are named from their config, so that they are found without Keras).
 
 Layers inside nested models (a backbone model used as a layer) are named by their
@@ -88,7 +88,7 @@ def describe_keras_file(
     """Map the file's weight groups to the config's layers; find BN layers and cross-reference problems.
 
     What each layer should store comes from the file and, with ``check_with_keras``, from the Keras
-    that wrote it (``keras_expect``): a legacy file names its weights (``weight_names``), and a name
+    that wrote it (``expect``): a legacy file names its weights (``weight_names``), and a name
     it lists without the dataset is missing whatever Keras says; Keras 3 numbers them (``vars/0``),
     and a gap in the numbers is missing. Beyond that, a layer Keras could not rebuild (or without
     Keras) is not checked: never reported missing. BN layers' weights are named by their config
@@ -127,8 +127,8 @@ def describe_keras_file(
     expected_of = layout.expectation.layers
     by_path = {c.path: c for c in cfg_layers}
     by_name: dict[str, ConfigLayer] = {}
-    for c in cfg_layers:
-        by_name.setdefault(c.name, c)
+    for cfg in cfg_layers:
+        by_name.setdefault(cfg.name, cfg)
     if reader.layout == "legacy":
         groups = _split_legacy_groups(groups, by_path, cfg_layers, bool(config))
         matched = {g["path"]: by_path.get(g["name"]) for g in groups}
@@ -172,21 +172,21 @@ def describe_keras_file(
             for w, key in weights.items():
                 if w in ("moving_mean", "moving_variance", "gamma", "beta"):
                     layout.roles[key] = "bn_" + w
-    for c in cfg_layers:
-        if c.path in seen_layers or c.class_name in MODEL_CLASSES:
+    for cfg in cfg_layers:
+        if cfg.path in seen_layers or cfg.class_name in MODEL_CLASSES:
             continue
-        expected = expected_of.get(c.path)
-        for w in [e.name for e in expected] if expected is not None else c.bn_weights() or []:
-            layout.missing.append((c.path, w, c.trainable))
-        if c.class_name in BN_CLASSES:
+        expected = expected_of.get(cfg.path)
+        for w in [e.name for e in expected] if expected is not None else cfg.bn_weights() or []:
+            layout.missing.append((cfg.path, w, cfg.trainable))
+        if cfg.class_name in BN_CLASSES:
             layer = KerasLayer(
-                name=c.path,
-                class_name=c.class_name,
+                name=cfg.path,
+                class_name=cfg.class_name,
                 path="",
                 keys=(),
                 weights={},
-                trainable=_trainable(c, by_path),
-                axis=c.config.get("axis", -1),
+                trainable=_trainable(cfg, by_path),
+                axis=cfg.config.get("axis", -1),
             )
             layout.bn_layers.append(layer)
     for key in keys:
@@ -227,8 +227,8 @@ def _cross_reference(group: dict, layout: str, expected, bn_weights, present: se
             numbers = {int(r[len(own) :]) for r in stored if r.startswith(own) and r[len(own) :].isdigit()}
             gone += [f"{own}{i}" for i in range(max(numbers, default=-1) + 1) if i not in numbers]
         if bn_weights is not None:
-            own = [r for r in stored if r.startswith("vars/")]
-            gone += [w for w in bn_weights[len(own) :] if w not in gone]
+            stored_vars = [r for r in stored if r.startswith("vars/")]
+            gone += [w for w in bn_weights[len(stored_vars) :] if w not in gone]
     elif bn_weights is not None:
         gone += [w for w in bn_weights if w not in stored and w not in gone]
     return gone, extra, mismatched
@@ -239,7 +239,8 @@ def _fold_sublayer_groups(groups: list[dict]) -> list[dict]:
     wrapper's ``layer``) are groups below the layer's own ``.../layers/<name>`` group: their weights are the
     layer's. A sub-object without such a group above it stays a group of its own."""
     layer_group = re.compile(r"(^|/)layers/[^/]+$")
-    out, by_path = [], {}
+    out: list[dict] = []
+    by_path: dict[str, dict] = {}
     for g in groups:
         parts = g["path"].split("/")
         owner = (
@@ -263,7 +264,7 @@ def _fold_sublayer_groups(groups: list[dict]) -> list[dict]:
     return out
 
 
-def _trainable(c: ConfigLayer, by_path: dict) -> bool:
+def _trainable(c: ConfigLayer | None, by_path: dict) -> bool:
     """The layer and every nested model holding it are trainable (``base.trainable = False`` freezes all)."""
     while c is not None:
         if not c.trainable:
@@ -293,8 +294,8 @@ def _match_unnamed_groups(groups: list[dict], cfg_layers: list[ConfigLayer]) -> 
     """Keras 3 layout without names: ``<prefix>layers/<snake class>[_i]`` is the i-th layer of that class of
     the model at ``prefix``, matched level by level."""
     children: dict[str, list[ConfigLayer]] = {}
-    for c in cfg_layers:
-        children.setdefault(c.parent, []).append(c)
+    for layer in cfg_layers:
+        children.setdefault(layer.parent, []).append(layer)
     paths = {g["path"] for g in groups}
     matched: dict[str, ConfigLayer | None] = {}
 
@@ -305,8 +306,8 @@ def _match_unnamed_groups(groups: list[dict], cfg_layers: list[ConfigLayer]) -> 
             key=lambda seg: (re.sub(r"_\d+$", "", seg), _suffix(seg)),
         )
         pools: dict[str, list[ConfigLayer]] = {}
-        for c in children.get(parent, []) if parent is not None else []:
-            pools.setdefault(_snake(c.class_name), []).append(c)
+        for child in children.get(parent, []) if parent is not None else []:
+            pools.setdefault(_snake(child.class_name), []).append(child)
         for seg in segments:
             pool = pools.get(re.sub(r"_\d+$", "", seg)) or []
             c = pool.pop(0) if pool else None

@@ -56,8 +56,8 @@ def _copy_with(source: str, target: str, fmt: str, replacements: dict) -> None:
                 with zin.open(info) as src, open(weights_tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst)
                 overwrite(weights_tmp)
-                with open(weights_tmp, "rb") as src, zout.open(info, "w", force_zip64=True) as dst:
-                    shutil.copyfileobj(src, dst)
+                with open(weights_tmp, "rb") as tmp, zout.open(info, "w", force_zip64=True) as member:
+                    shutil.copyfileobj(tmp, member)
     finally:
         if os.path.exists(weights_tmp):
             os.remove(weights_tmp)

@@ -10,7 +10,6 @@ unless ``--unsafe``); the BN inputs are measured as for Keras files
 from __future__ import annotations
 
 import os
-import warnings
 
 from ckptdoctor.constants import KERAS_METADATA_PB, SAVED_MODEL_VARIABLES
 from ckptdoctor.errors import (
@@ -46,7 +45,7 @@ class SavedModelDir:
             )
         self.path = self.directory if for_repair else self._prefix
         self.resolved_from = f"the variables of the SavedModel {self.directory}"
-        self._reader = None
+        self._reader: BundleReader | None = None
 
     @property
     def reader(self):
@@ -96,46 +95,23 @@ class SavedModelDir:
 
     def runner(self, arrays: dict, options: RepairOptions):
         from ckptdoctor.formats.savedmodel.metadata import bundle_keys, read_keras_metadata
-        from ckptdoctor.runtime.keras_model import (
-            bind_inputs,
-            check_loadable,
-            check_stored_values,
-            frozen_note,
-            held_in_inference,
-            input_arrays,
-            keras_module,
-            load_keras_model,
-            targets,
-            trainable_bn_layers,
-            variant_notes,
-        )
-        from ckptdoctor.runtime.keras_runner import KerasRunner
+        from ckptdoctor.runtime.keras_runner import load_runner
 
         path = self.directory
         config, code, version = read_keras_metadata(path)
-        if code and not options.unsafe:
-            raise UnsupportedFormatError(
-                f"{path} has Lambda layers ({', '.join(code[:3])}) whose Python code would run on load: "
-                "pass --unsafe only if you trust the file"
-            )
-        names, xs = input_arrays(config, arrays, options.data, options.input)
-        check_loadable(config, path)
-        K, _legacy = keras_module(version if version and version.startswith("2") else "2", "keras-saved-model")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Keras' UserWarnings would bury the report on stderr
-            model = load_keras_model(K, True, path, options.unsafe)
-        bns, frozen = trainable_bn_layers(K, model, path)
-        keys = bundle_keys(bns, self.reader)
-        stored = check_stored_values(bns, keys, self.reader.read, path)  # before anything runs
-        return KerasRunner(
-            model,
-            bns,
-            frozen,
-            targets(bns, keys, stored),
-            bind_inputs(model, names, xs),
+        return load_runner(
+            path,
+            config,
+            code,
+            version if version and version.startswith("2") else "2",
+            "keras-saved-model",
+            arrays,
+            data=options.data,
+            input=options.input,
+            unsafe=options.unsafe,
+            keys_of=lambda bns: bundle_keys(bns, self.reader),
+            read=self.reader.read,
             graph=f"{path} ({KERAS_METADATA_PB}, tf-keras)",
-            held=held_in_inference(K, model),
-            notes=frozen_note(frozen) + variant_notes(bns),
         )
 
     def write(self, replacements: dict, output: str, in_place: bool, force: bool) -> Written:

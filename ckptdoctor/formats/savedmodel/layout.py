@@ -140,7 +140,7 @@ def _paths(children, slots, n: int) -> list[tuple[str, ...] | None]:
             continue
         for var_id, slot_name, slot_id in slots(owner):
             if 0 <= var_id < n and 0 <= slot_id < n and paths[var_id] is not None and paths[slot_id] is None:
-                paths[slot_id] = paths[var_id] + (OPTIMIZER_SLOT,) + paths[owner] + (slot_name,)  # type: ignore
+                paths[slot_id] = paths[var_id] + (OPTIMIZER_SLOT,) + paths[owner] + (slot_name,)
     return paths
 
 
@@ -165,8 +165,8 @@ def _keras_bn_layers(directory: str, nodes: list[SavedNode], key_of_node: dict[i
     if not os.path.isfile(file):
         return None
     try:
-        with open(file, "rb") as f:
-            buf = f.read()
+        with open(file, "rb") as stream:
+            buf = stream.read()
     except OSError as e:
         raise CorruptCheckpointError(f"cannot read {file}: {e.strerror or e}") from e
     described: dict[str, tuple[int | None, dict]] = {}  # node_path -> (node_id, metadata)
@@ -203,7 +203,7 @@ def _keras_bn_layers(directory: str, nodes: list[SavedNode], key_of_node: dict[i
         flags = [m.get("trainable") for m in holders + [meta]]
         trainable = False if False in flags else (True if isinstance(meta.get("trainable"), bool) else None)
         children = dict((name, child) for child, name in reversed(nodes[target].children))
-        layer = {"layer": "/".join(names), "channels": None, "trainable": trainable}
+        layer: dict = {"layer": "/".join(names), "channels": None, "trainable": trainable}
         for weight in BN_WEIGHTS:
             child = children.get(weight)
             layer[weight] = key_of_node.get(child) if child is not None else None

@@ -105,7 +105,7 @@ def write_directory(source: str, out: str, reader, replacements: dict, in_place:
         written = write_checkpoint(reader, os.path.join(tmp, SAVED_MODEL_VARIABLES), replacements, meta_path=None)
         _same_files(source, tmp, {OWNER_FILE})
         os.remove(os.path.join(tmp, OWNER_FILE))
-        if in_place:
+        if backup is not None:
             os.rename(source, backup)
             os.rename(tmp, source)
         elif os.path.lexists(out):

@@ -118,7 +118,7 @@ class TF1Checkpoint:
             }
             for b in info.bn_layers
         ]
-        stat_keys = {layer[k] for layer in layers for k in ("moving_mean", "moving_variance") if layer.get(k)}
+        stat_keys = {str(layer[k]) for layer in layers for k in ("moving_mean", "moving_variance") if layer.get(k)}
         findings = diagnose_graph(
             info.variables, by_key, info.roles, stat_keys, info.update_ops_unused, info.bn_update_ops
         )

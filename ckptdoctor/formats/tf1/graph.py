@@ -426,7 +426,7 @@ def _updated_by(targets: dict, tensor, exclude=()) -> str | None:
 
 
 def _find_fused(tracer, targets):
-    layers = {}
+    layers: dict[tuple, dict] = {}
     for op, frame in tracer.walk():
         if op.type not in C.FUSED_BN_OPS:
             continue
@@ -586,7 +586,7 @@ def _find_nonfused(tracer, targets):
                 if shape is not None:
                     axis = next((i for i, d in enumerate(shape) if d != 1), -1)
                 break
-        if mean is None:
+        if mean is None or mean_mul is None:
             continue
         # beta - mean * scale, then x * scale + that: the forward path, not the gradient graph's.
         for sub in mean_mul.outputs[0].consumers():
@@ -656,6 +656,7 @@ def describe_graph(graph, path: str) -> GraphInfo:
     variables: dict[str, GraphVariable] = {}
     op_to_key: dict[str, str] = {}
     for v in global_vars:
+        shape: tuple[int, ...] | None
         info = getattr(v, "_save_slice_info", None)
         if info is not None:
             key, shape = info.full_name, tuple(int(d) for d in info.full_shape)

@@ -150,12 +150,12 @@ def forward_outputs(graph, inputs, fed: set[str], layers, tracer=None) -> list:
     blocked = _descendants(unfed)
     reached = {name for name in _descendants(inputs) - blocked if not name.startswith("gradients")}
 
-    def counts(op) -> bool:
+    def computes(op) -> bool:
         """A computation downstream of the data that is not a scalar (a loss or a metric computable
         without labels does not count: the tensor it reduces is an output)."""
         return not _is_update(op) and bool(op.outputs) and op.outputs[0].shape.rank != 0
 
-    forward = {name for name in reached if counts(graph.get_operation_by_name(name))}
+    forward = {name for name in reached if computes(graph.get_operation_by_name(name))}
     candidates = []
     for name in forward:
         op = graph.get_operation_by_name(name)
