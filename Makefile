@@ -29,6 +29,10 @@ demo: $(VENV)/.installed
 	@echo
 	@echo "== 4. The repaired checkpoint restored in inference mode =="
 	@$(PY) sample_ckpts/evaluate.py sample_ckpts/seed demo_out/seed-repaired
+	@echo
+	@echo "== 5. A TF2 CheckpointManager directory (Keras 3, custom loop): the model comes from a factory =="
+	cd sample_ckpts/tf2-manager && ../../$(BIN)/ckptdoctor repair ckpts --data X.npy --graph model_factory:build \
+		--batch-size 256 --output ../../demo_out/tf2-repaired --force
 
 # Two workers for the two cores; --dist loadfile keeps each test file on one worker, so a
 # file's module fixtures (Keras models built in subprocesses) are built once.

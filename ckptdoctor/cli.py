@@ -69,8 +69,9 @@ class Commands:
             checkpoint: a prefix (model.ckpt), any file of it (.index, .data-*, .meta), a directory
                 with a 'checkpoint' state file, a SavedModel directory, or a Keras file (.keras,
                 .weights.h5, .h5).
-            graph: the MetaGraphDef (.meta) or a SavedModel; for a Keras weights file, a .keras, full
-                .h5 or config .json; default: <prefix>.meta when it exists; False: none.
+            graph: the MetaGraphDef (.meta) or a SavedModel; for a TF2 checkpoint or a Keras weights file,
+                the model: a .keras, full .h5, config .json, or package.module:function (a factory returning
+                it: ckptdoctor imports and runs that code); default: <prefix>.meta when it exists; False: none.
             stats: compute min/max/mean/std and NaN/Inf counts per tensor (reads every value).
             match: a regular expression: list only matching tensors (the diagnosis covers all).
             format: table or json.
@@ -171,7 +172,9 @@ class Commands:
                 or a Keras model (model.keras, a full legacy .h5, a SavedModel directory written by tf-keras).
             data: X.npy, data.npz (keys = placeholder or Keras input names), FILE.h5:dataset, or FILE.h5
                 (its top-level datasets, named like .npz keys).
-            graph: the MetaGraphDef; default <prefix>.meta.
+            graph: the MetaGraphDef; default <prefix>.meta. For a TF2 checkpoint (tf.train.Checkpoint,
+                CheckpointManager), the model: a .keras, config .json, or package.module:function (a factory
+                returning it, imported from the working directory and sys.path: ckptdoctor runs that code).
             input: the placeholder the data go to (default: the only float placeholder that fits).
             training: the boolean training switch (default: found from the BN layers).
             feed: NAME=VALUE constants for other placeholders (repeatable), e.g. keep_prob=1.0.

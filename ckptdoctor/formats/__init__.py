@@ -35,6 +35,38 @@ def open_model(path, graph=None, for_repair: bool = False) -> Model:
         from ckptdoctor.formats.savedmodel.adapter import SavedModelDir
 
         return SavedModelDir(path, graph, for_repair=for_repair)
+    if not is_saved_model_dir(path):
+        tf2 = _tf2_checkpoint(path, graph)
+        if tf2 is not None:
+            return tf2
     from ckptdoctor.formats.tf1.adapter import TF1Checkpoint
 
     return TF1Checkpoint(path, graph)
+
+
+def _tf2_checkpoint(path: str, graph):
+    """The TF2 adapter when ``path`` is an object-based checkpoint without a MetaGraphDef (or ``graph`` names a
+    Keras model), else None."""
+    from ckptdoctor.errors import CkptDoctorError
+    from ckptdoctor.formats.tf2.adapter import TF2Checkpoint
+    from ckptdoctor.formats.tf2.objects import has_object_graph
+    from ckptdoctor.readers.bundle import BundleReader
+    from ckptdoctor.readers.resolve import resolve_checkpoint
+    from ckptdoctor.runtime.keras_build import is_model_description
+
+    described = is_model_description(graph)
+    if not described and graph not in (None, True, False):
+        return None  # a MetaGraphDef
+    try:
+        resolved = resolve_checkpoint(path)
+        if resolved.kind != "v2" or (
+            not described and graph is not False and os.path.isfile(resolved.prefix + ".meta")
+        ):
+            return None
+        if not described:
+            with BundleReader(resolved.prefix) as reader:
+                if not has_object_graph(reader):
+                    return None
+    except CkptDoctorError:
+        return None  # the TF1 adapter says what is wrong
+    return TF2Checkpoint(resolved, graph)

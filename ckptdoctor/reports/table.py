@@ -267,6 +267,8 @@ def render_repair(report) -> str:
             else "/"
             if os.path.isdir(report.output)
             else " (+ .index, .data, .meta)"
+            if os.path.isfile(report.output + ".meta")
+            else " (+ .index, .data)"
         )
         lines.append(
             f"written: {report.output}{files}; verified: "
