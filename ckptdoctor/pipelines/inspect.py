@@ -68,6 +68,7 @@ def inspect(
         report = _report(model, model.describe(), stats, pattern)
     finally:
         model.close()
+    report = dataclasses.replace(report, match=match or None)
     return report if data is None else _against_data(report, checkpoint, graph, data, dry_run)
 
 

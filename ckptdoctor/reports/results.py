@@ -72,6 +72,8 @@ class InspectReport:
     total_tensors: int = 0
     total_bytes: int = 0
     summary: dict = field(default_factory=dict)
+    #: The ``--match`` pattern that chose ``tensors`` (None: every tensor is listed).
+    match: str | None = None
 
     @property
     def exit_code(self) -> int:
