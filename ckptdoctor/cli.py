@@ -109,7 +109,8 @@ class Commands:
             stats: compute min/max/mean/std and NaN/Inf counts per tensor (reads every value).
             match: a regular expression: list only matching tensors (the diagnosis covers all).
             format: table or json.
-            report: also write the report as HDF5 to this path.
+            report: also write the report to this file: FILE.html a self-contained page with charts (opens offline),
+                any other name HDF5 (read back by `ckptdoctor report`).
             force: overwrite an existing --report file.
             data: also check the BN statistics against data (as for repair; a dry run writes nothing):
                 layers whose stored statistics are far from their input's moments are bn-stats-stale.
@@ -123,7 +124,7 @@ class Commands:
         Exit code: 0 no error-level finding, 1 at least one, 2 the checkpoint could not be read.
 
         Examples:
-            ckptdoctor inspect sample_ckpts/seed-trainables --match moving --report seed.h5
+            ckptdoctor inspect sample_ckpts/seed-trainables --match moving --report seed.html
             ckptdoctor inspect model.keras --data X.npy --format json
         """
         from ckptdoctor.pipelines.inspect import inspect
@@ -149,7 +150,7 @@ class Commands:
             **extra,
         )
         if report:
-            from ckptdoctor.reports.hdf5 import write_report
+            from ckptdoctor.reports import write_report
 
             write_report(result, str(report), force=bool(force))
         return _render_inspect(result, format, (f"report written to {report}",) if report else ())
@@ -227,7 +228,8 @@ class Commands:
             in_place: replace the input after verification, keeping a backup.
             dry_run: compute and report, write nothing.
             force: overwrite an existing output.
-            report: also write an HDF5 file with per-layer before/after arrays.
+            report: also write a report: FILE.html a self-contained page with charts of what changed per layer,
+                any other name HDF5 with the per-layer before/after arrays. A refused repair writes none.
             format: table or json.
             progress: show a progress bar on stderr.
             unsafe: Keras models only: allow Lambda layers, whose Python code runs when the model loads.
@@ -236,7 +238,7 @@ class Commands:
         to the reference; nothing written), 2 error.
 
         Examples:
-            ckptdoctor repair sample_ckpts/seed --data sample_ckpts/seed/X.npy --output fixed/seed --report repair.h5
+            ckptdoctor repair sample_ckpts/seed --data sample_ckpts/seed/X.npy --output fixed/seed --report repair.html
             ckptdoctor repair model.keras --data X.npy --dry-run
         """
         from ckptdoctor.pipelines.repair import repair

@@ -66,6 +66,11 @@ def test_each_command_help_has_usage_options_and_an_example(command):
     assert run_cli("help", command).stdout == out
 
 
+def test_inspect_help_names_the_html_report():
+    out = " ".join(run_cli("inspect", "--help").stdout.split())
+    assert "--report FILE" in out and "FILE.html a self-contained page with charts" in out
+
+
 # --------------------------------------------------------------------------------------------- one-line errors
 
 
