@@ -12,12 +12,15 @@ import os
 import pty
 import re
 import select
+import shutil
 import struct
 import subprocess
+import sys
 import termios
+from pathlib import Path
 
 import pytest
-from conftest import SAMPLES, assert_one_line_error, cli_command, run_cli
+from conftest import ROOT, SAMPLES, assert_one_line_error, cli_command, run_cli
 
 import ckptdoctor
 from ckptdoctor.cli import COMMANDS, Commands
@@ -182,3 +185,24 @@ def test_long_tensor_tables_show_a_count_and_point_to_match(resnet_keras):
     assert rows and f"TENSORS ({len(rows)} of {total} match)" in matched
     everything = run_cli("inspect", *model, "--match", ".").stdout
     assert all(re.search(rf"^{re.escape(n)}\s", everything, re.M) for n in names)
+
+
+# --------------------------------------------------------------------------------------------- the demo
+
+
+@pytest.mark.skipif(not shutil.which("make"), reason="no make")
+def test_make_demo_reads_as_a_story(tmp_path):
+    """``make demo`` with this environment: no make error noise, inspect's exit 1 said in words, the reports named."""
+    venv = Path(sys.prefix)
+    out = tmp_path / "demo"
+    cmd = ["make", "--no-print-directory", "-o", f"{venv}/.installed", "demo", f"VENV={venv}", f"DEMO_OUT={out}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    text = proc.stdout + proc.stderr
+    assert "make:" not in text and "Error" not in text and "(ignored)" not in text
+    assert text.count("-> exit code 1, as expected") == 2
+    assert "inference-mode error 3.85e-05 (1x)" in proc.stdout  # the repaired checkpoint, restored
+    tail = proc.stdout.rstrip().splitlines()[-2:]
+    assert [line.split()[0] for line in tail] == [str(out / "seed-inspect.html"), str(out / "seed-repair.html")]
+    for name in ("seed-inspect.html", "seed-repair.html"):
+        assert (out / name).read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
