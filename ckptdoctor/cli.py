@@ -308,6 +308,9 @@ def _doc(command: str) -> dict:
             continue
         if not line.startswith(" "):
             head = line.strip()
+            if section == "text":  # the paragraph goes on
+                doc["paragraphs"][-1] += " " + head
+                continue
             section = {"Args:": "args", "Example:": "examples", "Examples:": "examples"}.get(head, "text")
             if section == "text":
                 doc["paragraphs"].append(head)

@@ -67,6 +67,11 @@ def test_each_command_help_has_usage_options_and_an_example(command):
     for name in params:  # every option, spelled as the command line takes it
         assert f"--{name.replace('_', '-')}" in out or name.upper() in out, name
     assert run_cli("help", command).stdout == out
+    # The exit codes: one paragraph, however the docstring wraps it.
+    doc = inspect.cleandoc(getattr(Commands, command).__doc__)
+    said = [" ".join(p.split()) for p in doc.split("\n\n") if p.startswith("Exit code:")]
+    shown = [" ".join(p.split()) for p in out.split("\n\n") if p.startswith("Exit code:")]
+    assert shown == said
 
 
 def test_inspect_help_names_the_html_report():
