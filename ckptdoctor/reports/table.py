@@ -154,7 +154,7 @@ def _tensor_table(report) -> list[str]:
     if shown > TENSOR_ROWS and not report.match:
         return _tensor_summary(report)
     title = "TENSORS" if shown == report.total_tensors else f"TENSORS ({shown} of {report.total_tensors} match)"
-    rows = [
+    rows: list[tuple] = [
         (
             _name(t.name),
             t.dtype,
