@@ -12,27 +12,46 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[tf,test]"
 	touch $@
 
+# The demo tells the story of the bundled seed checkpoint. inspect exits 1 when it finds an error-level
+# problem: the demo expects that where it shows one, says so in words, and stops on any other exit code.
+DEMO_OUT ?= demo_out
+EXPECT_1 = code=$$?; if [ $$code -ne 1 ]; then echo "demo: expected exit code 1, got $$code"; exit 1; fi; echo
+
 demo: $(VENV)/.installed
+	@mkdir -p $(DEMO_OUT)
 	@echo "== 1. Diagnose: the seed's network saved by a Saver over the trainable variables only =="
-	-$(BIN)/ckptdoctor inspect sample_ckpts/seed-trainables --match 'moving|gamma'
+	@echo "$$ ckptdoctor inspect sample_ckpts/seed-trainables --match 'moving|gamma'"
+	@$(BIN)/ckptdoctor inspect sample_ckpts/seed-trainables --match 'moving|gamma'; $(EXPECT_1) \
+		"-> exit code 1, as expected: the BN moving statistics were never saved (bn-stats-missing)"
 	@echo
 	@echo "== 2. The seed as written: statistics stored, but stale; the restored network in inference mode =="
 	@$(PY) sample_ckpts/evaluate.py sample_ckpts/seed
 	@echo
-	@echo "== 2b. Stale statistics are found with data: inspect --data (a dry-run repair, nothing written) =="
-	-$(BIN)/ckptdoctor inspect sample_ckpts/seed --data sample_ckpts/seed/X.npy --stats=False --match 'moving'
+	@echo "== 3. Stale statistics are found with data: inspect --data (a dry-run repair, nothing written) =="
+	@echo "$$ ckptdoctor inspect sample_ckpts/seed --data sample_ckpts/seed/X.npy --stats=False --match moving \\"
+	@echo "      --report $(DEMO_OUT)/seed-inspect.html"
+	@$(BIN)/ckptdoctor inspect sample_ckpts/seed --data sample_ckpts/seed/X.npy --stats=False --match 'moving' \
+		--report $(DEMO_OUT)/seed-inspect.html --force; $(EXPECT_1) \
+		"-> exit code 1, as expected: the statistics lag the weights (bn-stats-stale), though they look healthy"
 	@echo
-	@echo "== 3. Repair: recompute the BN statistics from X.npy in training mode (output in demo_out/) =="
-	@mkdir -p demo_out
-	$(BIN)/ckptdoctor repair sample_ckpts/seed --data sample_ckpts/seed/X.npy --batch-size 1000 \
-		--output demo_out/seed-repaired --force
+	@echo "== 4. Repair: recompute the BN statistics from X.npy in training mode (output in $(DEMO_OUT)/) =="
+	@echo "$$ ckptdoctor repair sample_ckpts/seed --data sample_ckpts/seed/X.npy --batch-size 1000 \\"
+	@echo "      --output $(DEMO_OUT)/seed-repaired --report $(DEMO_OUT)/seed-repair.html"
+	@$(BIN)/ckptdoctor repair sample_ckpts/seed --data sample_ckpts/seed/X.npy --batch-size 1000 \
+		--output $(DEMO_OUT)/seed-repaired --report $(DEMO_OUT)/seed-repair.html --force
 	@echo
-	@echo "== 4. The repaired checkpoint restored in inference mode =="
-	@$(PY) sample_ckpts/evaluate.py sample_ckpts/seed demo_out/seed-repaired
+	@echo "== 5. The repaired checkpoint restored in inference mode =="
+	@$(PY) sample_ckpts/evaluate.py sample_ckpts/seed $(DEMO_OUT)/seed-repaired
 	@echo
-	@echo "== 5. A TF2 CheckpointManager directory (Keras 3, custom loop): the model comes from a factory =="
-	cd sample_ckpts/tf2-manager && ../../$(BIN)/ckptdoctor repair ckpts --data X.npy --graph model_factory:build \
-		--batch-size 256 --output ../../demo_out/tf2-repaired --force
+	@echo "== 6. A TF2 CheckpointManager directory (Keras 3, custom loop): the model comes from a factory =="
+	@echo "$$ cd sample_ckpts/tf2-manager && ckptdoctor repair ckpts --data X.npy --graph model_factory:build \\"
+	@echo "      --batch-size 256 --output $(DEMO_OUT)/tf2-repaired"
+	@cd sample_ckpts/tf2-manager && $(abspath $(BIN))/ckptdoctor repair ckpts --data X.npy \
+		--graph model_factory:build --batch-size 256 --output $(abspath $(DEMO_OUT))/tf2-repaired --force
+	@echo
+	@echo "== 7. The reports: self-contained pages, open them in any browser (no network needed) =="
+	@echo "   $(DEMO_OUT)/seed-inspect.html   the diagnosis against the data: which BN layers are off, by how much"
+	@echo "   $(DEMO_OUT)/seed-repair.html    what the repair changed per layer, and the gaps before and after"
 
 # Two workers for the two cores; --dist loadfile keeps each test file on one worker, so a
 # file's module fixtures (Keras models built in subprocesses) are built once.

@@ -2,21 +2,29 @@
 
 Exit codes: 0 nothing wrong, 1 an error-level finding (or checkpoints differ),
 2 the tool could not do its job (one line on stderr; ``--debug`` for the traceback).
+
+python-fire dispatches the commands; ``main`` answers what fire answers badly itself:
+``--help`` (the commands with their summaries; a command's usage, options and example,
+from its docstring), ``--version``, an unknown command or option, a missing argument
+(one line, exit 2).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 
 __all__ = ["Commands", "main"]
 
 
 class Outcome:
-    """What a command prints (via ``__str__``) and the process's exit code."""
+    """What a command prints (via ``__str__``), the process's exit code, and lines for stderr after the output."""
 
-    def __init__(self, text: str, exit_code: int):
+    def __init__(self, text: str, exit_code: int, after: tuple[str, ...] = ()):
         self.text = text
         self.exit_code = exit_code
+        self.after = after
 
     def __str__(self) -> str:
         return self.text
@@ -31,11 +39,38 @@ def _fmt(format: str) -> str:
     return format
 
 
-def _render_inspect(report, format):
+def _colour() -> bool:
+    """Colour only on a terminal, and not when ``NO_COLOR`` is set (https://no-color.org) or ``TERM=dumb``."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def _render_inspect(report, format, after: tuple[str, ...] = ()):
     from ckptdoctor.reports.table import render_inspect, to_json
 
-    text = to_json(report.to_dict()) if format == "json" else render_inspect(report)
-    return Outcome(text, report.exit_code)
+    text = to_json(report.to_dict()) if format == "json" else render_inspect(report, colour=_colour())
+    return Outcome(text, report.exit_code, after)
+
+
+def _int(value, option: str, allow_none: bool = False):
+    """An integer option, or a one-line error naming it."""
+    if value is None and allow_none:
+        return None
+    try:
+        if isinstance(value, bool) or float(value) != int(float(value)):
+            raise ValueError(value)
+        return int(float(value))
+    except (TypeError, ValueError):
+        from ckptdoctor.errors import CkptDoctorError
+
+        raise CkptDoctorError(f"--{option} must be a whole number, received {value!r}") from None
+
+
+def _refuse_existing(report, force) -> None:
+    """An existing --report file without --force is refused before any work."""
+    if report and os.path.exists(str(report)) and not force:
+        from ckptdoctor.errors import OutputExistsError
+
+        raise OutputExistsError(f"{report} exists: pass --force to overwrite it, or choose another --report path")
 
 
 def _feeds(feed) -> list[str]:
@@ -75,7 +110,8 @@ class Commands:
             stats: compute min/max/mean/std and NaN/Inf counts per tensor (reads every value).
             match: a regular expression: list only matching tensors (the diagnosis covers all).
             format: table or json.
-            report: also write the report as HDF5 to this path.
+            report: also write the report to this file: FILE.html a self-contained page with charts (opens offline),
+                any other name HDF5 (read back by `ckptdoctor report`).
             force: overwrite an existing --report file.
             data: also check the BN statistics against data (as for repair; a dry run writes nothing):
                 layers whose stored statistics are far from their input's moments are bn-stats-stale.
@@ -87,10 +123,15 @@ class Commands:
             unsafe: with --data: allow Keras Lambda layers (their code runs).
 
         Exit code: 0 no error-level finding, 1 at least one, 2 the checkpoint could not be read.
+
+        Examples:
+            ckptdoctor inspect sample_ckpts/seed-trainables --match moving --report seed.html
+            ckptdoctor inspect model.keras --data X.npy --format json
         """
         from ckptdoctor.pipelines.inspect import inspect
 
         format = _fmt(format)
+        _refuse_existing(report, force)
         extra: dict = {}
         if data is not None:
             extra = dict(
@@ -98,8 +139,8 @@ class Commands:
                 input=None if input is None else str(input),
                 training=None if training is None else str(training),
                 feed=_feeds(feed),
-                batch_size=int(batch_size),
-                max_samples=max_samples,
+                batch_size=_int(batch_size, "batch-size"),
+                max_samples=_int(max_samples, "max-samples", allow_none=True),
                 unsafe=bool(unsafe),
             )
         result = inspect(
@@ -110,18 +151,20 @@ class Commands:
             **extra,
         )
         if report:
-            from ckptdoctor.reports.hdf5 import write_report
+            from ckptdoctor.reports import write_report
 
             write_report(result, str(report), force=bool(force))
-            print(f"report written to {report}", file=sys.stderr)
-        return _render_inspect(result, format)
+        return _render_inspect(result, format, (f"report written to {report}",) if report else ())
 
     def report(self, path: str, format: str = "table"):
-        """Print a report stored by `inspect --report` exactly as inspect printed it.
+        """Print a report stored by `inspect --report FILE.h5` exactly as inspect printed it.
 
         Args:
             path: the HDF5 report.
             format: table or json.
+
+        Example:
+            ckptdoctor report seed.h5 --format json
         """
         from ckptdoctor.reports.hdf5 import read_report
 
@@ -136,6 +179,9 @@ class Commands:
             format: table or json.
 
         Exit code: 0 identical, 1 different, 2 error.
+
+        Example:
+            ckptdoctor diff model.keras model-repaired.keras
         """
         from ckptdoctor.pipelines.diff import diff
         from ckptdoctor.reports.table import render_diff, to_json
@@ -185,13 +231,18 @@ class Commands:
             in_place: replace the input after verification, keeping a backup.
             dry_run: compute and report, write nothing.
             force: overwrite an existing output.
-            report: also write an HDF5 file with per-layer before/after arrays.
+            report: also write a report: FILE.html a self-contained page with charts of what changed per layer,
+                any other name HDF5 with the per-layer before/after arrays. A refused repair writes none.
             format: table or json.
             progress: show a progress bar on stderr.
             unsafe: Keras models only: allow Lambda layers, whose Python code runs when the model loads.
 
         Exit code: 0 repaired (or dry run), 1 refused (the repair would not bring the inference outputs closer
         to the reference; nothing written), 2 error.
+
+        Examples:
+            ckptdoctor repair sample_ckpts/seed --data sample_ckpts/seed/X.npy --output fixed/seed --report repair.html
+            ckptdoctor repair model.keras --data X.npy --dry-run
         """
         from ckptdoctor.pipelines.repair import repair
         from ckptdoctor.reports.table import render_repair, to_json
@@ -204,8 +255,8 @@ class Commands:
             input=None if input is None else str(input),
             training=None if training is None else str(training),
             feed=_feeds(feed),
-            batch_size=int(batch_size),
-            max_samples=None if max_samples is None else int(max_samples),
+            batch_size=_int(batch_size, "batch-size"),
+            max_samples=_int(max_samples, "max-samples", allow_none=True),
             method=str(method),
             output=None if output is None else str(output),
             in_place=bool(in_place),
@@ -216,35 +267,249 @@ class Commands:
             unsafe=bool(unsafe),
         )
         text = to_json(result.to_dict()) if format == "json" else render_repair(result)
-        return Outcome(text, result.exit_code)
+        return Outcome(
+            text, result.exit_code, (f"report written to {report}",) if report and not result.refused else ()
+        )
+
+
+#: The commands, in the order a user meets them.
+COMMANDS = ("inspect", "repair", "diff", "report")
+
+#: What an option's value is, in the help (default: the option's name in capitals).
+_METAVARS = {
+    "match": "REGEX",
+    "format": "table|json",
+    "report": "FILE",
+    "data": "FILE",
+    "feed": "NAME=VALUE",
+    "input": "NAME",
+    "training": "NAME",
+    "batch_size": "N",
+    "max_samples": "N",
+    "method": "train|sequential",
+    "output": "PATH",
+    "graph": "GRAPH",
+}
+
+
+def _params(command: str) -> dict:
+    import inspect as _inspect
+
+    return {n: p for n, p in _inspect.signature(getattr(Commands, command)).parameters.items() if n != "self"}
+
+
+def _doc(command: str) -> dict:
+    """A command's docstring in parts: ``summary``, ``args`` (name -> text), ``paragraphs``, ``examples``."""
+    import inspect as _inspect
+
+    lines = _inspect.cleandoc(getattr(Commands, command).__doc__ or "").splitlines()
+    doc: dict = {"summary": lines[0].strip() if lines else "", "args": {}, "paragraphs": [], "examples": []}
+    section, arg = "", ""
+    for line in lines[1:]:
+        if not line.strip():
+            section = "" if section not in ("args", "examples") else section
+            continue
+        if not line.startswith(" "):
+            head = line.strip()
+            if section == "text":  # the paragraph goes on
+                doc["paragraphs"][-1] += " " + head
+                continue
+            section = {"Args:": "args", "Example:": "examples", "Examples:": "examples"}.get(head, "text")
+            if section == "text":
+                doc["paragraphs"].append(head)
+            continue
+        if section == "args":
+            m = re.match(r"^    (\w+): (.*)$", line)
+            if m:
+                arg = m.group(1)
+                doc["args"][arg] = m.group(2).strip()
+            elif arg:
+                doc["args"][arg] += " " + line.strip()
+        elif section == "examples":
+            doc["examples"].append(line.strip())
+        elif doc["paragraphs"]:
+            doc["paragraphs"][-1] += " " + line.strip()
+    return doc
+
+
+def _help_width() -> int:
+    from ckptdoctor.reports.table import terminal_width
+
+    return min(terminal_width(), 100)
+
+
+def _two_columns(rows: list[tuple[str, str]], width: int) -> list[str]:
+    import textwrap
+
+    col = min(max((len(left) for left, _ in rows), default=0) + 4, 30)
+    out = []
+    for left, right in rows:
+        text = textwrap.wrap(right, max(20, width - col), break_on_hyphens=False) or [""]
+        if len(left) + 4 > col:
+            out.append("  " + left)
+            out += [" " * col + t for t in text]
+        else:
+            out.append(("  " + left).ljust(col) + text[0])
+            out += [" " * col + t for t in text[1:]]
+    return out
+
+
+def top_help() -> str:
+    """``ckptdoctor --help``: the commands with their one-line summaries."""
+    from ckptdoctor.constants import VERSION
+
+    width = _help_width()
+    lines = [
+        f"ckptdoctor {VERSION}: {(Commands.__doc__ or '').strip()}",
+        "",
+        "usage: ckptdoctor COMMAND ARGUMENTS [--options]",
+        "",
+        "commands:",
+        *_two_columns([(c, _doc(c)["summary"]) for c in COMMANDS], width),
+        "",
+        "options:",
+        *_two_columns(
+            [
+                ("--help, -h", "this help; `ckptdoctor COMMAND --help`: the command's options and an example"),
+                ("--version", "print the version"),
+                ("--debug", "on an error, show the traceback"),
+            ],
+            width,
+        ),
+        "",
+        "Exit codes: 0 nothing wrong, 1 an error-level finding (diff: different; repair: refused, nothing written), "
+        "2 the tool could not do its job (one line on stderr).",
+        "",
+        "example:",
+        "  ckptdoctor inspect model.ckpt --report model.html",
+    ]
+    return "\n".join(_rewrap(lines, width))
+
+
+def _rewrap(lines: list[str], width: int) -> list[str]:
+    import textwrap
+
+    out = []
+    for line in lines:
+        out += [line] if line.startswith(" ") or len(line) <= width else textwrap.wrap(line, width)
+    return out
+
+
+def command_help(command: str) -> str:
+    """``ckptdoctor COMMAND --help``: usage, summary, arguments, options with defaults, exit codes, examples."""
+    width = _help_width()
+    doc, params = _doc(command), _params(command)
+    required = [n for n, p in params.items() if p.default is p.empty]
+    usage = f"usage: ckptdoctor {command} {' '.join(n.upper() for n in required)} [options]"
+    options = []
+    for name, p in params.items():
+        if name in required:
+            continue
+        flag = "--" + name.replace("_", "-")
+        text = doc["args"].get(name, "")
+        if isinstance(p.default, bool):
+            left = f"{flag}, --no-{flag[2:]}" if p.default else flag
+            text = _with_default(text, "on") if p.default else text
+        else:
+            left = f"{flag} {_METAVARS.get(name, name.upper())}"
+            if p.default not in (None, ()):
+                text = _with_default(text, p.default)
+        options.append((left, text))
+    lines = [usage, "", doc["summary"], "", "arguments:"]
+    lines += _two_columns([(n.upper(), doc["args"].get(n, "")) for n in required], width)
+    lines += ["", "options:", *_two_columns(options + [("--help, -h", "this help")], width), ""]
+    for paragraph in doc["paragraphs"]:
+        lines += [paragraph, ""]
+    lines += ["example:" if len(doc["examples"]) == 1 else "examples:"] + ["  " + e for e in doc["examples"]]
+    return "\n".join(_rewrap(lines, width))
+
+
+def _with_default(text: str, default) -> str:
+    return f"{text.rstrip('.')} (default: {default})."
+
+
+def _is_flag(arg: str) -> bool:
+    """What fire takes for a flag (a negative number is a value)."""
+    return arg.startswith("--") or bool(re.match(r"^-[a-zA-Z]", arg))
 
 
 def _check_options(argv: list[str]) -> list[str]:
-    """Unknown ``--options`` are one-line errors (fire would print its usage screen); ``--no-x`` means ``--x=False``."""
-    import inspect as _inspect
+    """The command line as fire will take it, or a one-line error.
 
+    Unknown ``--options`` and missing arguments are one-line errors (fire would print its usage
+    screen); ``--no-x`` means ``--x=False``; a switch given without a value (``--force``) is
+    ``--force=True``, so that it never takes the next argument as its value.
+    """
     from ckptdoctor.errors import CkptDoctorError
 
     if not argv or argv[0].startswith("-") or not hasattr(Commands, argv[0]):
         return argv
-    params = _inspect.signature(getattr(Commands, argv[0])).parameters
-    known = {name for name in params if name != "self"}
+    command, params = argv[0], _params(argv[0])
     flags = {name for name, p in params.items() if isinstance(p.default, bool)}
-    out = []
-    for arg in argv:
-        if not arg.startswith("--") or arg in ("--help", "--"):
+    out, positional, named = [command], 0, set()
+    rest = argv[1:]
+    i = 0
+    while i < len(rest):
+        arg, following = rest[i], rest[i + 1] if i + 1 < len(rest) else None
+        i += 1
+        if arg == "--":  # fire's own flags follow
+            out += rest[i - 1 :]
+            break
+        if not arg.startswith("--"):
             out.append(arg)
+            positional += not _is_flag(arg)
             continue
         name = arg[2:].split("=", 1)[0].replace("-", "_")
         if name.startswith("no_") and name[3:] in flags and "=" not in arg:
             out.append(f"--{name[3:]}=False")
-            continue
-        if name in known or (name.startswith("no") and name[2:] in flags):
+        elif name in flags and "=" not in arg:  # --force, --stats False
+            takes = following is not None and following.lower() in ("true", "false")
+            out.append(f"--{name}={following.capitalize() if following is not None and takes else True}")
+            i += takes
+        elif name in params or (name.startswith("no") and name[2:] in flags):
             out.append(arg)
-            continue
-        options = ", ".join("--" + n.replace("_", "-") for n in params if n != "self")
-        raise CkptDoctorError(f"unknown option {arg.split('=', 1)[0]} for {argv[0]}: its options are {options}")
+            named.add(name)
+            if "=" not in arg and following is not None and not name.startswith("no"):
+                out.append(following)  # --match moving: the next argument is the value
+                i += 1
+        else:
+            options = ", ".join("--" + n.replace("_", "-") for n in params)
+            raise CkptDoctorError(f"unknown option {arg.split('=', 1)[0]} for {command}: its options are {options}")
+    required = [n for n, p in params.items() if p.default is p.empty and n not in named]
+    if positional < len(required):
+        missing = " and ".join(n.upper() for n in required[positional:])
+        raise CkptDoctorError(
+            f"{command} needs {missing}: ckptdoctor {command} {' '.join(n.upper() for n in required)} [options] "
+            f"(ckptdoctor {command} --help)"
+        )
     return out
+
+
+def _early_answer(argv: list[str]) -> str | None:
+    """The text of ``--help`` and ``--version`` (answered without fire), or None for a command to run.
+
+    Raises:
+        CkptDoctorError: an unknown command or top-level option.
+    """
+    from ckptdoctor.errors import CkptDoctorError
+
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    if not argv or argv[0] in ("--help", "-h", "help"):
+        if len(argv) > 1 and argv[1] in COMMANDS:
+            return command_help(argv[1])
+        return top_help()
+    if argv[0] in ("--version", "-V"):
+        from ckptdoctor.constants import VERSION
+
+        return f"ckptdoctor {VERSION}"
+    if argv[0] not in COMMANDS:
+        what = "option" if argv[0].startswith("-") else "command"
+        raise CkptDoctorError(
+            f"unknown {what} {argv[0]!r}: the commands are {', '.join(COMMANDS)} (ckptdoctor --help lists them)"
+        )
+    if "--help" in head or "-h" in head:
+        return command_help(argv[0])
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,6 +522,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     try:
+        answer = _early_answer(argv)
+        if answer is not None:
+            print(answer)
+            return 0
         argv = _check_options(argv)
         result = fire.Fire(Commands, command=argv, name="ckptdoctor")
     except fire.core.FireExit as e:
@@ -270,8 +539,6 @@ def main(argv: list[str] | None = None) -> int:
         print("ckptdoctor: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (`| head`): not an error of ours to report
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 1
     except Exception as e:  # the CLI boundary: a bug must still not print a traceback
@@ -283,7 +550,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return result.exit_code if isinstance(result, Outcome) else 0
+    if isinstance(result, Outcome):
+        for line in result.after:  # after the output, so that it reads last on a terminal
+            print(line, file=sys.stderr)
+        return result.exit_code
+    return 0
 
 
 if __name__ == "__main__":

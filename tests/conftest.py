@@ -82,6 +82,16 @@ def build(tmp_path_factory):
     return _build
 
 
+@pytest.fixture(scope="session")
+def resnet_keras(tmp_path_factory) -> Path:
+    """A Keras 3 residual net with 21 BN layers (``report_builders.py``): OUT/model.keras and OUT/X.npy."""
+    out = tmp_path_factory.mktemp("resnet") / "resnet"
+    builder = Path(__file__).with_name("report_builders.py")
+    proc = subprocess.run([sys.executable, str(builder), str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
 def tf_reader_values(prefix: str) -> dict:
     """Every tensor via TensorFlow's own reader (an independent source of truth)."""
     import tensorflow as tf

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from ckptdoctor.analysis.diagnose import Finding
 
-__all__ = ["STALE_CODE", "stale_findings"]
+__all__ = ["STALE_CODE", "stale_findings", "stale_severity"]
 
 STALE_CODE = "bn-stats-stale"
 WARN_SHIFT, ERROR_SHIFT = 0.2, 1.0  # max |new mean - stored mean| / new sd
@@ -31,7 +31,8 @@ WARN_RATIO, ERROR_RATIO = 1.25, 2.0  # variance new/stored, or its inverse
 MIN_SAMPLES = 32
 
 
-def _severity(layer) -> str | None:
+def stale_severity(layer) -> str | None:
+    """``error``, ``warning`` or None (close enough) for one layer's mean shift and variance ratios."""
     shift = layer.max_mean_shift or 0.0
     lo, hi = layer.var_ratio_min, layer.var_ratio_max
     worst_ratio = max(hi or 1.0, 1.0 / lo if lo else 1.0)
@@ -55,7 +56,7 @@ def stale_findings(repair_report) -> tuple[list[Finding], list[str]]:
     for layer in repair_report.layers:
         if layer.status_before != "ok":
             continue
-        severity = _severity(layer)
+        severity = stale_severity(layer)
         if severity is None:
             continue
         findings.append(

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import numpy as np
+
 from ckptdoctor.analysis.diagnose import Finding, diagnose_bn, frozen_untrained
 from ckptdoctor.analysis.staleness import stale_findings
 from ckptdoctor.analysis.stats import STATS_DTYPES, compute_stats
@@ -24,7 +26,7 @@ from ckptdoctor.errors import (
 )
 from ckptdoctor.formats import open_model
 from ckptdoctor.formats.base import Description, Model
-from ckptdoctor.reports.results import InspectReport, TensorReport, sort_findings, summary
+from ckptdoctor.reports.results import InspectReport, StoredStatistics, TensorReport, sort_findings, summary
 
 __all__ = ["inspect", "InspectReport", "TensorReport"]
 
@@ -68,6 +70,7 @@ def inspect(
         report = _report(model, model.describe(), stats, pattern)
     finally:
         model.close()
+    report = dataclasses.replace(report, match=match or None)
     return report if data is None else _against_data(report, checkpoint, graph, data, dry_run)
 
 
@@ -100,6 +103,7 @@ def _against_data(report: InspectReport, checkpoint: str, graph, data: str, opti
         notes=tuple(report.notes) + tuple(notes),
         bn_layers=bn_layers,
         summary=summary(report.total_tensors, report.total_bytes, report.bn_layers, all_findings),
+        data_check=dry,
     )
 
 
@@ -156,7 +160,23 @@ def _report(model: Model, description: Description, stats: bool, pattern) -> Ins
         total_tensors=len(entries),
         total_bytes=total_bytes,
         summary=summary(len(entries), total_bytes, bn_rows, findings),
+        stored=tuple(
+            StoredStatistics(
+                row.layer, _per_channel(values.get(row.moving_mean)), _per_channel(values.get(row.moving_variance))
+            )
+            for row in bn_rows
+        ),
     )
+
+
+def _per_channel(value) -> tuple[float, ...] | None:
+    """A stored statistic's values as floats (None: not stored, unreadable, or not a number type)."""
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in np.asarray(value).astype(np.float64).reshape(-1))
+    except (TypeError, ValueError):
+        return None
 
 
 def read_stat_values(reader, keys, unreadable: dict) -> dict:

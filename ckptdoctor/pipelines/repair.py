@@ -80,7 +80,8 @@ def repair(
         in_place: replace the input after verification, keeping a backup.
         dry_run: compute everything, write nothing.
         force: overwrite an existing output.
-        report: an HDF5 path for per-layer before/after arrays.
+        report: a report path: ``.html``/``.htm`` a self-contained page with charts, anything else
+            HDF5 with per-layer before/after arrays (``reports.write_report``).
         progress: show a progress bar on stderr (when it is a terminal).
         unsafe: Keras models: allow Lambda layers (their code runs).
 
@@ -110,6 +111,7 @@ def repair(
         try:
             n = _sample_count(runner, data, max_samples)
             measured = measure(runner, lambda: batches(runner.inputs, n, batch_size), n, batch_size, method, progress)
+            order = _network_order(runner)
         finally:
             runner.close()
         replacements, rows = _results(runner, measured, n)
@@ -140,12 +142,20 @@ def repair(
         output_check=measured.check,
         findings=findings,
         refused=refused,
+        order=order,
     )
     if report and not refused:  # a refused repair writes nothing
-        from ckptdoctor.reports.hdf5 import write_repair_report
+        from ckptdoctor.reports import write_report
 
-        write_repair_report(result, report, force=force)
+        write_report(result, report, force=force)
     return result
+
+
+def _network_order(runner: Runner) -> tuple[str, ...]:
+    """The target layers in the order they ran (after the measuring passes); layers not seen run last."""
+    names = [t.name for t in runner.targets]
+    ran = [name for name in dict.fromkeys(runner.order()) if name in set(names)]
+    return tuple(ran + [name for name in names if name not in set(ran)])
 
 
 def _sample_count(runner: Runner, data: str, max_samples: int | None) -> int:

@@ -2,7 +2,8 @@
 
 Layout: root attributes ``ckptdoctor_version``, ``checkpoint``, ``format``,
 ``graph``, ``created`` (ISO 8601, UTC), plus ``resolved_from``, ``notes`` and
-``summary`` (JSON strings) and ``total_tensors``/``total_bytes``; compound
+``summary`` (JSON strings), ``total_tensors``/``total_bytes`` and ``match`` (the
+``--match`` pattern, "" for none: older files lack it); compound
 datasets ``/tensors``, ``/bn_layers`` and ``/findings`` with the JSON fields as
 columns. Strings are UTF-8; ``shape`` is a JSON string; NaN stands where a
 number does not apply; ``in_graph`` is 1/0/-1 (-1: no graph checked). Empty
@@ -80,6 +81,7 @@ def write_report(report: InspectReport, path: str, force: bool = False) -> str:
             f.attrs["summary"] = json.dumps(report.summary)
             f.attrs["total_tensors"] = report.total_tensors
             f.attrs["total_bytes"] = report.total_bytes
+            f.attrs["match"] = report.match or ""
             _table(
                 f,
                 "tensors",
@@ -162,7 +164,7 @@ def write_report(report: InspectReport, path: str, force: bool = False) -> str:
 
 def _check_written(tmp: str, report: InspectReport) -> None:
     back = read_report(tmp)
-    if back.to_dict() != report.to_dict():
+    if back.to_dict() != report.to_dict() or back.match != report.match:
         raise CkptDoctorError(f"the report written to {tmp} does not read back equal; nothing was kept")
 
 
@@ -245,6 +247,7 @@ def read_report(path: str) -> InspectReport:
                 total_tensors=int(f.attrs["total_tensors"]),
                 total_bytes=int(f.attrs["total_bytes"]),
                 summary=json.loads(_s(f.attrs["summary"])),
+                match=_s(f.attrs.get("match", "")) or None,
             )
         except (KeyError, ValueError, TypeError) as e:
             raise CkptDoctorError(f"{path} is a damaged ckptdoctor report ({e}): write it again with --report") from e

@@ -8,7 +8,15 @@ from ckptdoctor.analysis.changes import LayerRepair
 from ckptdoctor.analysis.diagnose import SEVERITIES, BNLayerStatus, Finding
 from ckptdoctor.analysis.selfcheck import OutputCheck
 
-__all__ = ["TensorReport", "InspectReport", "RepairReport", "LayerRepair", "summary", "sort_findings"]
+__all__ = [
+    "TensorReport",
+    "StoredStatistics",
+    "InspectReport",
+    "RepairReport",
+    "LayerRepair",
+    "summary",
+    "sort_findings",
+]
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,15 @@ class TensorReport:
     in_graph: bool | None = None
     role: str = "other"
     object_path: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredStatistics:
+    """One BN layer's stored moving statistics, per channel (None: not stored, unreadable or not numeric)."""
+
+    layer: str
+    mean: tuple[float, ...] | None
+    variance: tuple[float, ...] | None
 
 
 def sort_findings(findings) -> list[Finding]:
@@ -72,6 +89,12 @@ class InspectReport:
     total_tensors: int = 0
     total_bytes: int = 0
     summary: dict = field(default_factory=dict)
+    #: The ``--match`` pattern that chose ``tensors`` (None: every tensor is listed).
+    match: str | None = None
+    #: Each BN layer's stored values (``bn_layers``' order), for the HTML report's chart; not in JSON or HDF5.
+    stored: tuple[StoredStatistics, ...] = field(default=(), compare=False, repr=False)
+    #: With ``data``: the dry-run repair that judged the statistics (None without); not in JSON or HDF5.
+    data_check: RepairReport | None = field(default=None, compare=False, repr=False)
 
     @property
     def exit_code(self) -> int:
@@ -124,6 +147,9 @@ class RepairReport:
     #: ``repair-not-improved`` when the repair was refused (nothing written).
     findings: tuple[Finding, ...] = ()
     refused: bool = False
+    #: The BN layers' names in the order the network runs them (empty: unknown); ``layers`` keep the
+    #: format's order. Not in the JSON document, whose schema stays as it was.
+    order: tuple[str, ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -133,4 +159,5 @@ class RepairReport:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["layers"] = [asdict(layer) for layer in self.layers]
+        del d["order"]
         return d

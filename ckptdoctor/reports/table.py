@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 
-__all__ = ["render_inspect", "render_diff", "render_repair", "to_json", "human_bytes"]
+__all__ = ["render_inspect", "render_diff", "render_repair", "to_json", "human_bytes", "terminal_width", "TENSOR_ROWS"]
 
 _MAX_NAME = 72
 
@@ -19,6 +20,11 @@ def human_bytes(n: int) -> str:
             return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 error``, ``2 errors``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _num(x) -> str:
@@ -58,57 +64,96 @@ def to_json(data: dict) -> str:
     return json.dumps(clean(data), indent=2, ensure_ascii=False)
 
 
-def _findings_table(findings) -> str:
+def terminal_width() -> int:
+    """The terminal's width in columns (``COLUMNS`` first; 80 when the output is not a terminal)."""
+    return max(40, shutil.get_terminal_size((80, 24)).columns)
+
+
+#: SGR colour codes, used only when the output is a terminal (``colour=True``).
+_SGR = {
+    "error": "1;31",
+    "warning": "1;33",
+    "info": "36",
+    "code": "1",
+    "ok": "32",
+    "stale": "33",
+    "missing": "31",
+    "partial": "31",
+    "at-init": "31",
+    "invalid": "31",
+}
+
+
+def _paint(text: str, what: str, colour: bool) -> str:
+    code = _SGR.get(what)
+    return f"\x1b[{code}m{text}\x1b[0m" if colour and code else text
+
+
+def _wrap(text: str, width: int, first: str = "", rest: str = "    ") -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(
+        text, width, initial_indent=first, subsequent_indent=rest, break_long_words=False, break_on_hyphens=False
+    ) or [first]
+
+
+#: A group lists this many findings (infos: ``_INFOS_SHOWN``) and counts the rest.
+_SHOWN, _INFOS_SHOWN = 20, 5
+
+
+def _findings_text(findings, width: int, colour: bool) -> str:
+    """One block per code: the shared words, each finding's own part, and the advice once."""
+    from ckptdoctor.reports.findings import group_findings
+
     if not findings:
         return "no findings"
-    rows = []
-    infos: dict[str, list] = {}
-    for f in findings:
-        if f.severity == "info":
-            infos.setdefault(f.code, []).append(f)
+    blocks = []
+    for g in group_findings(findings):
+        if len(g.items) == 1:
+            lines = _wrap(f"{g.severity} {g.code}: {g.items[0].message}", width, rest="  ")
         else:
-            rows.append((f.severity, f.code, f.layer or "", _name(f.tensor or ""), f.message))
-    for code, group in infos.items():
-        if len(group) <= 3:
-            rows.extend(("info", f.code, f.layer or "", _name(f.tensor or ""), f.message) for f in group)
-        else:  # many infos of one kind (optimizer slots not saved) fold into one row; JSON keeps them all
-            names = ", ".join(f.tensor or "" for f in group[:4])
-            rows.append(
-                (
-                    "info",
-                    code,
-                    "",
-                    f"{len(group)} tensors",
-                    f"{names}, ... ({group[0].message.split('(', 1)[-1].split(')')[0]})",
-                )
-            )
-    from tabulate import tabulate
-
-    return tabulate(
-        rows,
-        headers=["severity", "code", "layer", "tensor", "message"],
-        tablefmt="simple",
-        maxcolwidths=[None, None, 24, 40, 70],
-        disable_numparse=True,
-    )
+            about = f"… {g.shared}" if g.shared else g.meaning
+            lines = _wrap(f"{g.severity} {g.code} ({len(g.items)}): {about}", width, rest="  ")
+            limit = _INFOS_SHOWN if g.severity == "info" else _SHOWN
+            shown = g.items if len(g.items) <= limit + 1 else g.items[:limit]
+            for item in shown:
+                own = f"{_paint(item.severity, item.severity, colour)}: " if g.mixed else ""
+                wrapped = _wrap("- " + (f"{item.severity}: " if g.mixed else "") + item.text, width, "  ", "    ")
+                lines += [wrapped[0].replace(f"- {item.severity}: ", f"- {own}", 1)] + wrapped[1:]
+            if len(shown) < len(g.items):
+                lines.append(f"  - … and {len(g.items) - len(shown)} more (--format json lists every finding)")
+            if g.advice:
+                lines += _wrap("advice: " + g.advice, width, first="  ", rest="    ")
+        head = f"{g.severity} {g.code}"
+        lines[0] = f"{_paint(g.severity, g.severity, colour)} {_paint(g.code, 'code', colour)}" + lines[0][len(head) :]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
-def render_inspect(report) -> str:
-    """The readable inspect report: header, tensors, BN layers, findings."""
-    s = report.summary
-    lines = [
-        f"checkpoint: {report.checkpoint}  ({report.resolved_from})"
-        if report.resolved_from
-        else f"checkpoint: {report.checkpoint}",
-        f"format:     {report.format}",
-        f"graph:      {report.graph or '(none)'}",
-        f"tensors:    {report.total_tensors}, {human_bytes(report.total_bytes)}",
+#: More tensors than this (and no --match) are summarised by role, not listed.
+TENSOR_ROWS = 50
+
+
+def _tensor_summary(report) -> list[str]:
+    """The tensors counted by role, and how to list them (a checkpoint with hundreds of tensors)."""
+    roles: dict[str, list[int]] = {}
+    for t in report.tensors:
+        count = roles.setdefault(t.role, [0, 0])
+        count[0] += 1
+        count[1] += t.nbytes
+    rows = [(role, n, human_bytes(b)) for role, (n, b) in sorted(roles.items(), key=lambda kv: -kv[1][0])]
+    return [
+        f"TENSORS ({len(report.tensors)}: too many to list; --match REGEX lists the matching ones, "
+        "e.g. --match moving_mean, and --match . lists them all)",
+        _tab(rows, ["role", "tensors", "bytes"]),
     ]
-    lines += [f"note:       {n}" for n in report.notes]
+
+
+def _tensor_table(report) -> list[str]:
     shown = len(report.tensors)
-    lines.append("")
+    if shown > TENSOR_ROWS and not report.match:
+        return _tensor_summary(report)
     title = "TENSORS" if shown == report.total_tensors else f"TENSORS ({shown} of {report.total_tensors} match)"
-    lines.append(title)
     rows: list[tuple] = [
         (
             _name(t.name),
@@ -131,14 +176,47 @@ def render_inspect(report) -> str:
     if any(t.object_path for t in report.tensors):  # TF2 checkpoints: the readable object path too
         rows = [(*row, _name(t.object_path or "")) for row, t in zip(rows, report.tensors)]
         headers.append("object path")
-    lines.append(_tab(rows, headers) if rows else "(none)")
+    return [title, _tab(rows, headers) if rows else "(none)"]
+
+
+def render_inspect(report, width: int | None = None, colour: bool = False) -> str:
+    """The readable inspect report: header, tensors, BN layers, findings.
+
+    Args:
+        width: wrap prose (notes, findings) at this many columns; default: the terminal's width.
+        colour: colour severities and BN statuses (ANSI codes: only for a terminal).
+    """
+    width = width or terminal_width()
+    s = report.summary
+    lines = _wrap(
+        f"checkpoint: {report.checkpoint}  ({report.resolved_from})"
+        if report.resolved_from
+        else f"checkpoint: {report.checkpoint}",
+        width,
+        rest=" " * 12,
+    )
+    lines += [
+        f"format:     {report.format}",
+        f"graph:      {report.graph or '(none)'}",
+        f"tensors:    {report.total_tensors}, {human_bytes(report.total_bytes)}",
+    ]
+    for n in report.notes:
+        lines += _wrap(f"note:       {n}", width, rest=" " * 12)
+    lines.append("")
+    lines += _tensor_table(report)
     lines.append("")
     lines.append(f"BN LAYERS ({len(report.bn_layers)})")
     if report.bn_layers:
         lines.append(
             _tab(
                 [
-                    (b.layer, _num(b.channels), b.moving_mean or "", b.moving_variance or "", b.status)
+                    (
+                        b.layer,
+                        _num(b.channels),
+                        b.moving_mean or "",
+                        b.moving_variance or "",
+                        _paint(b.status, b.status, colour),
+                    )
                     for b in report.bn_layers
                 ],
                 ["layer", "channels", "moving mean", "moving variance", "status"],
@@ -147,8 +225,9 @@ def render_inspect(report) -> str:
     else:
         lines.append("(none)")
     lines.append("")
-    lines.append(f"FINDINGS: {s.get('errors', 0)} errors, {s.get('warnings', 0)} warnings, {s.get('infos', 0)} infos")
-    lines.append(_findings_table(report.findings))
+    counts = ", ".join(_count(s.get(k + "s", 0), k) for k in ("error", "warning", "info"))
+    lines.append(f"FINDINGS: {counts}")
+    lines.append(_findings_text(report.findings, width, colour))
     return "\n".join(lines)
 
 
@@ -192,8 +271,13 @@ def render_diff(report) -> str:
     return "\n".join(lines)
 
 
-def render_repair(report) -> str:
-    """The readable repair report: BN layers before/after, proof, where the output went."""
+def render_repair(report, width: int | None = None) -> str:
+    """The readable repair report: BN layers before/after, proof, where the output went.
+
+    Args:
+        width: wrap the notes and findings at this many columns; default: the terminal's width.
+    """
+    width = width or terminal_width()
     lines = [
         f"checkpoint: {report.checkpoint}",
         f"graph:      {report.graph}",
@@ -232,11 +316,12 @@ def render_repair(report) -> str:
         )
     )
     lines.append("")
+    prose = []
     if report.gap_note:
-        lines.append(report.gap_note)
+        prose.append(report.gap_note)
     if report.held_in_inference:
         held = report.held_in_inference
-        lines.append(
+        prose.append(
             f"held in inference mode while the BN layers ran in training mode ({len(held)}): "
             f"{', '.join(held[:12])}{' ...' if len(held) > 12 else ''}"
         )
@@ -247,18 +332,18 @@ def render_repair(report) -> str:
             if check.gap_after < check.gap_before
             else ("unchanged (round-off)" if check.improved else "NOT better")
         )
-        lines.append(
+        prose.append(
             f"output check: final output vs the BN-training reference on the first {check.samples} samples, "
-            f"relative gap {_num(check.gap_before)} -> {_num(check.gap_after)}: {verdict}"
+            f"relative gap {_num(check.gap_before)} -> {_num(check.gap_after)}: {verdict.replace(' ', chr(0))}"
         )
         if check.grown:
-            lines.append(
+            prose.append(
                 f"layers whose own gap grew: {', '.join(check.grown[:12])}{' ...' if len(check.grown) > 12 else ''}"
             )
-    for n in report.notes:
-        lines.append(f"note: {n}")
-    for f in report.findings:
-        lines.append(f"{f.severity}: {f.code}: {f.message}")
+    prose += [f"note: {n}" for n in report.notes]
+    prose += [f"{f.severity}: {f.code}: {f.message}" for f in report.findings]
+    for text in prose:  # a NUL keeps a phrase on one line ("NOT better")
+        lines += [line.replace(chr(0), " ") for line in _wrap(text, width, rest="  ")]
     if report.output:
         # a Keras file, a SavedModel directory, or a prefix
         files = (
