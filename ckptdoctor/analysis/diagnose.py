@@ -42,6 +42,8 @@ CODES = {
     "non-finite": "NaN or Inf in a weight",
     "checksum-mismatch": "a tensor's bytes do not match their stored checksum",
     "tensor-unreadable": "a tensor's bytes cannot be read (a truncated or missing data file)",
+    "shard-unreadable": "Keras sharded weights: a shard the manifest names is missing, is not readable HDF5, or "
+    "does not hold what the manifest puts there",
     "bn-frozen-untrained": "a Keras BN layer frozen from the start (trainable=False) kept its initial statistics",
     "bn-stats-stale": "with --data: a BN layer's stored statistics differ from its input's moments on the data",
     "repair-not-improved": "repair: the new statistics would not bring the inference outputs closer to the "

@@ -121,8 +121,12 @@ def resolve_checkpoint(path: str) -> ResolvedCheckpoint:
         if len(indexes) == 1:
             prefix = os.path.join(path, indexes[0][: -len(".index")])
             return ResolvedCheckpoint(prefix, "v2", f"the only checkpoint in {path}")
-        hint = f"; it holds {len(indexes)} checkpoints, pass one prefix" if indexes else ""
-        raise CheckpointNotFoundError(f"{path} is a directory without a 'checkpoint' state file{hint}")
+        if indexes:
+            raise CheckpointNotFoundError(
+                f"{path} is a directory without a 'checkpoint' state file; it holds {len(indexes)} checkpoints, "
+                "pass one prefix"
+            )
+        raise CheckpointNotFoundError(_unknown_directory(path))
     if os.path.isfile(path + ".index"):
         return ResolvedCheckpoint(path, "v2", f"prefix {path}")
     stripped = _strip_file_suffix(path)
@@ -135,6 +139,30 @@ def resolve_checkpoint(path: str) -> ResolvedCheckpoint:
     raise CheckpointNotFoundError(
         f"no checkpoint at {path}: expected a prefix such as model.ckpt (with model.ckpt.index beside it), "
         f"one of its files, or a directory with a 'checkpoint' file{hint}"
+    )
+
+
+#: What a directory may be, for the message about one that is none of them.
+ACCEPTED_DIRECTORIES = (
+    "a TF checkpoint directory (a 'checkpoint' state file, or one <prefix>.index)",
+    "a SavedModel (saved_model.pb, variables/)",
+    "a Keras model directory (config.json, model.weights.h5)",
+)
+
+
+def _unknown_directory(path: str) -> str:
+    """One line: what the directory holds, and what ckptdoctor reads."""
+    try:
+        names = sorted(n + ("/" if os.path.isdir(os.path.join(path, n)) else "") for n in os.listdir(path))
+    except OSError:
+        names = []
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    files = [n for n in names if n.endswith((".keras", ".h5", ".hdf5", ".weights.json"))]
+    hint = f"; to read one of its files, pass it ({os.path.join(path, files[0])})" if files else ""
+    return (
+        f"{path} is a directory that holds no format ckptdoctor reads (it contains {shown or 'nothing'}): "
+        f"pass {', '.join(ACCEPTED_DIRECTORIES)}, or a file (a checkpoint prefix or its .index, .keras, .h5, "
+        f".weights.h5, .weights.json){hint}"
     )
 
 

@@ -2,7 +2,7 @@
 
 Three descriptions are accepted:
 
-* a ``.keras`` archive (or a full legacy ``.h5``): its config, loaded with Keras' safe
+* a ``.keras`` archive (or a Keras 3 model directory, or a full legacy ``.h5``): its config, loaded with Keras' safe
   mode; the weights it holds are ignored (the checkpoint's replace them);
 * a model config ``.json`` (``model.to_json()``), deserialized in safe mode;
 * ``package.module:function``, a factory that returns the model. It is imported from
@@ -63,6 +63,9 @@ def _from_factory(spec: str):
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
+    from ckptdoctor.tfcompat import import_tensorflow
+
+    import_tensorflow()  # first, quietly: the user's module imports Keras, whose start-up would bury our messages
     try:
         target = importlib.import_module(module_name)
         for part in attr.split("."):
@@ -103,9 +106,14 @@ def _from_json(path: str, unsafe: bool):
 
 def _from_file(path: str, unsafe: bool):
     from ckptdoctor.readers.keras_archive import KerasArchiveReader, is_keras_archive
+    from ckptdoctor.readers.keras_dir import KerasDirReader
     from ckptdoctor.readers.keras_h5 import KerasH5Reader
 
-    reader = KerasArchiveReader(path) if is_keras_archive(path) else KerasH5Reader(path)
+    reader: KerasH5Reader
+    if os.path.isdir(path):
+        reader = KerasDirReader(path)
+    else:
+        reader = KerasArchiveReader(path) if is_keras_archive(path) else KerasH5Reader(path)
     try:
         version, fmt, has_config = reader.keras_version, reader.format, bool(reader.model_config)
     finally:
@@ -137,7 +145,7 @@ def build_model(spec: str, unsafe: bool = False):
         warnings.simplefilter("ignore")  # Keras' UserWarnings would bury the report on stderr
         if is_factory(spec):
             return _from_factory(spec)
-        if not os.path.isfile(spec):
+        if not os.path.isfile(spec) and not os.path.isdir(spec):
             raise GraphError(
                 f"no model description at {spec}: pass --graph with a .keras file, a model config "
                 ".json or a package.module:function factory"

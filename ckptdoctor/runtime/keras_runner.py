@@ -19,7 +19,7 @@ from ckptdoctor.errors import UnsupportedFormatError
 from ckptdoctor.runtime.base import Input, Pass, Target
 from ckptdoctor.runtime.keras_model import BNLayer, variable_values
 
-__all__ = ["KerasRunner", "load_runner", "TRAINING_ARGUMENT", "GAP_NOTE"]
+__all__ = ["KerasRunner", "load_runner", "bind_runner", "TRAINING_ARGUMENT", "GAP_NOTE"]
 
 #: What switches the BN layers between training and inference mode (the report's ``training_flag``): the
 #: model always runs in inference mode, and each BN layer's own call is handed training=True or False.
@@ -300,19 +300,7 @@ def load_runner(
         read: key -> the stored value (checked against the loaded variables before anything runs).
         graph: what described the model, for the report.
     """
-    from ckptdoctor.runtime.keras_model import (
-        bind_inputs,
-        check_loadable,
-        check_stored_values,
-        frozen_note,
-        held_in_inference,
-        input_arrays,
-        keras_module,
-        load_keras_model,
-        targets,
-        trainable_bn_layers,
-        variant_notes,
-    )
+    from ckptdoctor.runtime.keras_model import check_loadable, input_arrays, keras_module, load_keras_model
 
     if code and not unsafe:
         raise UnsupportedFormatError(
@@ -325,6 +313,27 @@ def load_runner(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Keras' UserWarnings would bury the report on stderr
         model = load_keras_model(K, legacy, path, unsafe)
+    return bind_runner(K, model, path, names, xs, keys_of=keys_of, read=read, graph=graph, legacy=legacy)
+
+
+def bind_runner(K, model, path: str, names: list[str], xs: list, *, keys_of, read, graph: str, legacy: bool):
+    """A loaded model's ``KerasRunner``: its BN layers found, their stored statistics checked, the data bound.
+
+    Args:
+        K: the Keras module that loaded ``model`` (``legacy``: tf-keras).
+        names, xs: the model's input names and the data arrays in their order.
+        keys_of, read, graph: as for ``load_runner``.
+    """
+    from ckptdoctor.runtime.keras_model import (
+        bind_inputs,
+        check_stored_values,
+        frozen_note,
+        held_in_inference,
+        targets,
+        trainable_bn_layers,
+        variant_notes,
+    )
+
     bns, frozen = trainable_bn_layers(K, model, path)
     keys = keys_of(bns)
     stored = check_stored_values(bns, keys, read, path)

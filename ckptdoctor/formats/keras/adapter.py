@@ -1,11 +1,14 @@
-"""The Keras adapter: ``.keras`` archives, full legacy ``.h5`` and ``.weights.h5``, read with zipfile and h5py.
+"""The Keras adapter: ``.keras`` archives (HDF5 or npz weights), Keras 3 model directories, full legacy ``.h5``,
+``.weights.h5`` and sharded ``.weights.json``, read with zipfile, numpy's ``.npy`` headers and h5py.
 
 Inspect never imports Keras to list or cross-reference (``describe``). Repair loads
 the model with Keras' safe mode (Lambda layers are refused before loading unless
-``--unsafe``), checks that each BN layer's file key holds the loaded variable's bytes
-before anything runs, runs it (``runtime.keras_runner``), and writes a copy of the
-file with only the statistics' datasets overwritten (``store``). BN layers at any
-depth of nested models are repaired; frozen ones are left as they are.
+``--unsafe``), or for a weights-only file builds the one ``--graph`` describes and loads
+the weights into it; checks that each BN layer's file key holds the loaded variable's
+bytes before anything runs, runs it (``runtime.keras_runner``), and writes a copy of the
+file (directory, shards) with only the statistics' datasets overwritten (``store``,
+``sharded_store``). BN layers at any depth of nested models are repaired; frozen ones
+are left as they are.
 """
 
 from __future__ import annotations
@@ -17,26 +20,39 @@ from ckptdoctor.formats.base import Description, RepairOptions, Written
 from ckptdoctor.formats.keras.describe import describe_keras
 from ckptdoctor.formats.keras.files import open_keras_reader
 from ckptdoctor.formats.keras.layout import describe_keras_file
-from ckptdoctor.formats.keras.store import default_output, write_keras
+from ckptdoctor.formats.keras.store import default_output, write_keras, write_keras_dir
 from ckptdoctor.readers.keras_config import lambda_layers
 
 __all__ = ["KerasFile"]
 
 _LEGACY_ROOT = "model_weights/"
+_NPZ_FORMATS = ("keras-v3-npz", "keras-v3-dir-npz")
+_SHARDED = "keras-weights-sharded"
+_MANIFEST_SUFFIX = ".weights.json"
+_WHAT = {
+    "keras-v3-dir": "Keras model directory",
+    "keras-v3-dir-npz": "Keras model directory (npz weights)",
+    "keras-v3-npz": "Keras file (npz weights)",
+    _SHARDED: "Keras sharded weights",
+}
 
 
 class KerasFile:
-    """A Keras file opened for inspect, diff or repair."""
+    """A Keras file (or model directory, or sharded weights) opened for inspect, diff or repair."""
 
     family = "keras"
 
     def __init__(self, path: str, graph=None):
-        self.path = os.fspath(path)
-        self.resolved_from = f"Keras file {self.path}"
+        self.path = os.path.normpath(os.fspath(path)) if os.path.isdir(path) else os.fspath(path)
         self._graph = graph
         self.reader = open_keras_reader(self.path)
         self.format = self.reader.format
         self.config = self.reader.model_config
+        self.resolved_from = f"{_WHAT.get(self.format, 'Keras file')} {self.path}"
+        if self.format == _SHARDED:
+            n = len(self.reader.shards)
+            self.resolved_from += f" ({n} shard{'s' if n != 1 else ''}: {', '.join(self.reader.shards[:3])}"
+            self.resolved_from += ", ...)" if n > 3 else ")"
 
     def close(self) -> None:
         self.reader.close()
@@ -53,26 +69,62 @@ class KerasFile:
     # ------------------------------------------------------------------ repair
 
     def check_repair(self, options: RepairOptions) -> None:
-        if self._graph or options.training or options.feed:
-            raise CkptDoctorError(
-                "--graph, --training and --feed are for TF1 checkpoints: a Keras file brings its own model; drop them"
+        path = self.path
+        if options.training or options.feed:
+            raise CkptDoctorError("--training and --feed are for TF1 checkpoints: a Keras model has neither; drop them")
+        if self.format in _NPZ_FORMATS:
+            raise UnsupportedFormatError(
+                f"{path} stores npz weights, which Keras cannot load (its npz store reads only pickled layers, and "
+                "refuses those since Keras 3.9), so a repaired copy could not be loaded either: save the model with "
+                "HDF5 weights (model.save('model.keras'), the default) and repair that"
+            )
+        if self.config:
+            if self._graph:
+                raise CkptDoctorError(
+                    f"--graph is for weights-only files (.weights.h5, .weights.json): {path} brings its own model; "
+                    "drop it"
+                )
+            return
+        if self.reader.layout == "legacy":
+            raise UnsupportedFormatError(
+                f"{path} holds weights only, in the legacy tf-keras layout (save_weights to .h5), which repair does "
+                "not rewrite: save the whole model with model.save() and repair that"
+            )
+        if not self._graph:
+            raise UnsupportedFormatError(
+                f"{path} holds weights only (no model config): pass --graph with the model they belong to (a .keras "
+                "file, a model config .json or a package.module:function factory), or save the whole model with "
+                "model.save('model.keras') and repair that"
             )
 
     def output_path(self, output: str | None, in_place: bool, force: bool, dry_run: bool) -> str:
-        out = self.path if in_place else (output or default_output(self.path))
-        if not dry_run and not in_place and os.path.exists(out) and not force:
+        out = self.path if in_place else os.path.normpath(output) if output else default_output(self.path)
+        if self.format == _SHARDED and not out.endswith(_MANIFEST_SUFFIX):
+            raise CkptDoctorError(
+                f"--output {out}: sharded weights are written as a manifest named *{_MANIFEST_SUFFIX} (the name "
+                "Keras loads them from) with its shards beside it"
+            )
+        if not dry_run and not in_place and os.path.lexists(out) and not force:
             raise OutputExistsError(f"{out} exists: pass --force to overwrite it, or choose --output elsewhere")
         return out
 
     def runner(self, arrays: dict, options: RepairOptions):
+        if not self.config:
+            from ckptdoctor.runtime.keras_weights import weights_runner
+
+            return weights_runner(
+                os.fspath(self._graph),
+                self.path,
+                {e.name: tuple(e.shape) for e in self.reader.entries()},
+                arrays,
+                data=options.data,
+                input=options.input,
+                unsafe=options.unsafe,
+                read=self.reader.read,
+            )
         from ckptdoctor.runtime.keras_runner import load_runner
 
         path, config = self.path, self.config
-        if not config:
-            raise UnsupportedFormatError(
-                f"{path} holds weights only (no model config): repair needs the model; save it with "
-                "model.save('model.keras') (or a full .h5) and repair that"
-            )
         layout = describe_keras_file(self.reader, config)
         keys = {layer.name: layer.weights for layer in layout.bn_layers}
 
@@ -98,4 +150,10 @@ class KerasFile:
         )
 
     def write(self, replacements: dict, output: str, in_place: bool, force: bool) -> Written:
+        if self.format == _SHARDED:
+            from ckptdoctor.formats.keras.sharded_store import write_sharded
+
+            return write_sharded(self.reader, self.path, output, replacements, in_place)
+        if self.format == "keras-v3-dir":
+            return write_keras_dir(self.reader, self.path, output, replacements, in_place)
         return write_keras(self.reader, self.path, output, replacements, in_place)

@@ -123,8 +123,28 @@ def _cross_reference(layout) -> list[Finding]:
     return findings
 
 
+def _shard_findings(reader) -> list[Finding]:
+    """Sharded weights: each shard that cannot be used (missing, not HDF5, not what the manifest says) is an error;
+    what the other shards hold is still listed."""
+    accept = getattr(reader, "accept_damage", None)
+    if accept is None:
+        return []
+    return [
+        Finding(
+            "shard-unreadable",
+            "error",
+            None,
+            problem.shard,
+            f"{problem.describe(reader.prefix)}: its weights are not listed and the weights cannot be loaded; "
+            "restore the shard or save the weights again",
+        )
+        for problem in accept()
+    ]
+
+
 def describe_keras(path: str, reader, graph=None) -> Description:
     """The ``Description`` of a Keras file, checked against its own config or the one ``graph`` names."""
+    damaged = _shard_findings(reader)
     config, keras_version, label, notes = _config(path, reader, graph)
     layout = describe_keras_file(reader, config, keras_version, check_with_keras=True)
     notes.extend(_expectation_notes(layout, config))
@@ -150,7 +170,7 @@ def describe_keras(path: str, reader, graph=None) -> Description:
         bn_layers=specs,
         role=lambda key: layout.roles.get(key, "weight"),
         in_graph=in_graph if config else (lambda key: None),
-        findings=_cross_reference(layout),
+        findings=damaged + _cross_reference(layout),
         notes=notes,
         trained=_trained(reader, layout),
         advice=KERAS_ADVICE,

@@ -1,10 +1,12 @@
-"""Writing a repaired Keras file: a copy with only the BN statistics' datasets overwritten, verified.
+"""Writing a repaired Keras file or model directory: a copy with only the BN statistics' datasets overwritten.
 
 The new file is a copy of the input in which only the moving-mean and moving-variance
 datasets are overwritten with h5py, so every other byte of the weights, and the config
 itself, are the input's own. The copy is written under a temporary name beside the
 output, read back with our own readers and compared with the input, and only then
-renamed into place.
+renamed into place. A model directory is copied file by file (``writers.directory``):
+only ``model.weights.h5`` is rewritten, every other file (``config.json``, ``assets/``, a
+Hub repository's ``README.md``) is compared byte for byte. Sharded weights: ``sharded_store``.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from ckptdoctor.formats.keras.files import open_keras_reader
 from ckptdoctor.readers.keras_archive import CONFIG_MEMBER, WEIGHTS_MEMBER
 from ckptdoctor.writers.atomic import atomic_output
 
-__all__ = ["default_output", "write_keras"]
+__all__ = ["default_output", "write_keras", "write_keras_dir"]
 
 
 def default_output(path: str) -> str:
-    """``model.keras`` -> ``model-repaired.keras``."""
-    for ext in (".weights.h5", ".keras", ".hdf5", ".h5"):
+    """``model.keras`` -> ``model-repaired.keras``; ``w.weights.json`` -> ``w-repaired.weights.json``; ``dir`` ->
+    ``dir-repaired``."""
+    path = os.path.normpath(path)
+    for ext in (".weights.h5", ".weights.json", ".keras", ".hdf5", ".h5"):
         if path.endswith(ext):
             return path[: -len(ext)] + "-repaired" + ext
     return path + "-repaired"
@@ -119,3 +123,23 @@ def write_keras(reader, path: str, out: str, replacements: dict, in_place: bool)
             backup = f"{path}.backup-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
             shutil.copy2(path, backup)
     return Written(counts["untouched"], counts["updated"], backup)
+
+
+def write_keras_dir(reader, path: str, out: str, replacements: dict, in_place: bool) -> Written:
+    """Write the model directory ``path`` with ``replacements`` to the directory ``out``: every file copied and
+    compared byte for byte but ``model.weights.h5``, whose tensors are verified; ``in_place`` keeps the input as
+    ``<dir>.backup-<UTC time>``."""
+    from ckptdoctor.readers.keras_dir import WEIGHTS_H5
+    from ckptdoctor.writers.directory import write_directory_copy
+
+    def build(tmp: str) -> dict:
+        _copy_with(reader.weights_file, os.path.join(tmp, WEIGHTS_H5), "keras-weights-h5", replacements)
+        return _verify(reader, tmp, replacements)
+
+    counts, backup = write_directory_copy(path, out, {WEIGHTS_H5}, build, in_place)
+    return Written(
+        counts["untouched"],
+        counts["updated"],
+        backup,
+        (f"only {WEIGHTS_H5} was rewritten; every other file is the input's own",),
+    )
