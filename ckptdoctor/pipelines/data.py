@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import zipfile
+from tokenize import TokenError
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from ckptdoctor.errors import BadDataError
 from ckptdoctor.readers.limits import (
     ZIP_ERRORS,
     LimitExceeded,
+    check_hdf5_file,
     check_zip_member,
     hard_children,
     hdf5_storage_problem,
@@ -32,7 +34,15 @@ from ckptdoctor.readers.limits import (
     stored_member_start,
 )
 
-__all__ = ["load_data", "check_data", "first_nonfinite", "release_rows", "batches", "NONFINITE_CHUNK_ROWS"]
+__all__ = [
+    "load_data",
+    "check_data",
+    "first_nonfinite",
+    "read_rows",
+    "release_rows",
+    "batches",
+    "NONFINITE_CHUNK_ROWS",
+]
 
 NONFINITE_CHUNK_ROWS = 4096
 _MAX_NPY_HEADER = 1 << 16
@@ -60,7 +70,8 @@ def _npy_header(f, name: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
             shape, fortran, dtype = fmt.read_array_header_2_0(f)
         else:
             raise ValueError(f"unknown .npy format version {version}")
-    except (ValueError, EOFError, OSError, SyntaxError, TypeError) as e:
+    # numpy parses the header as a Python literal: besides ValueError, its tokenizer and parser raise their own.
+    except (ValueError, EOFError, OSError, SyntaxError, TypeError, RecursionError, MemoryError, TokenError) as e:
         raise BadDataError(f"{name} is not a readable .npy array ({e}): save it with np.save") from e
     if dtype.hasobject:
         raise BadDataError(f"{name} holds Python objects (a pickle), which ckptdoctor never loads: {_PICKLE_ADVICE}")
@@ -123,8 +134,8 @@ def _load_npz(path: str) -> dict:
         with zipfile.ZipFile(path) as zf:
             out = {}
             for info in zf.infolist():
-                if info.is_dir():
-                    continue
+                if info.filename.endswith("/"):
+                    continue  # a folder entry
                 if not info.filename.endswith(".npy"):
                     raise BadDataError(
                         f"{path} holds {info.filename}, which is not an .npy array: save it with np.savez"
@@ -145,6 +156,7 @@ def _checked_dataset(path: str, name: str, ds):
     """``ds`` after checking that it stores the values it declares."""
     try:
         problem = hdf5_storage_problem(ds)
+        ds.dtype  # noqa: B018  (h5py maps the file's datatype here, and raises for one numpy has no match for)
     except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:
         raise _h5_error(path, e) from e
     if problem is not None:
@@ -153,10 +165,14 @@ def _checked_dataset(path: str, name: str, ds):
 
 
 def _dataset_names(f) -> list[str]:
+    """The datasets' names, for a message (as many as a damaged file lets us walk)."""
     import h5py
 
     names: list[str] = []
-    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    try:
+        f.visititems(lambda name, obj: names.append(str(name)) if isinstance(obj, h5py.Dataset) else None)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError):
+        pass
     return names
 
 
@@ -164,6 +180,7 @@ def _load_h5(path: str, dataset: str):
     import h5py
 
     try:
+        check_hdf5_file(path)
         f = h5py.File(path, "r")
         link = f.get(dataset, getlink=True)
         found = f[dataset] if isinstance(link, h5py.HardLink) else None
@@ -180,6 +197,7 @@ def _load_h5_all(path: str) -> dict:
     import h5py
 
     try:
+        check_hdf5_file(path)
         f = h5py.File(path, "r")
         out = {name: obj for name, obj in hard_children(f) if isinstance(obj, h5py.Dataset)}
         if not out:
@@ -249,9 +267,17 @@ def batches(inputs, n: int, batch_size: int):
     each a copy in the input's dtype; the mapped pages of a batch are let go once it is used (``release_rows``)."""
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
-        yield [np.array(i.array[start:stop], dtype=_dtype(i.dtype)) for i in inputs]
+        yield [np.array(read_rows(i.array, start, stop, i.name), dtype=_dtype(i.dtype)) for i in inputs]
         for i in inputs:
             release_rows(i.array, start, stop)
+
+
+def read_rows(array, start: int, stop: int, name: str):
+    """``array[start:stop]``; a damaged HDF5 dataset's (or a truncated map's) read error becomes ``BadDataError``."""
+    try:
+        return array[start:stop]
+    except (OSError, ValueError, TypeError, RuntimeError, KeyError) as e:
+        raise BadDataError(f"{name}: rows {start} to {stop} cannot be read ({e}): the data file is damaged") from e
 
 
 def _dtype(name: str):
@@ -268,7 +294,7 @@ def first_nonfinite(array, name: str) -> None:
     if array.dtype.kind not in "fc":
         return
     for start in range(0, array.shape[0], NONFINITE_CHUNK_ROWS):
-        chunk = np.asarray(array[start : start + NONFINITE_CHUNK_ROWS])
+        chunk = np.asarray(read_rows(array, start, start + NONFINITE_CHUNK_ROWS, name))
         bad = ~np.isfinite(chunk)
         release_rows(array, start, start + NONFINITE_CHUNK_ROWS)
         if bad.any():

@@ -10,18 +10,22 @@ read, whatever their headers say; ``model.weights.h5`` must start with the HDF5 
 (Keras writes it at offset 0), checked on its first bytes before h5py sees it. A stored
 (uncompressed) weights member, as Keras writes it, is read through a window onto the archive
 file, so h5py's seeks cost nothing and nothing is inflated; its CRC-32 is checked once while
-opening. A compressed one is read through zipfile.
+opening. A compressed one is inflated once into an unnamed temporary file. Either way its HDF5
+heaps and variable-length values are checked (``hdf5_raw``) before h5py reads them.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import shutil
+import tempfile
 import zipfile
 import zlib
 
 from ckptdoctor.errors import CorruptCheckpointError, UnsupportedFormatError
-from ckptdoctor.readers.keras_h5 import HDF5_SIGNATURE, KerasH5Reader
+from ckptdoctor.readers.hdf5_raw import HDF5_SIGNATURE, RawHDF5
+from ckptdoctor.readers.keras_h5 import KerasH5Reader
 from ckptdoctor.readers.limits import (
     MAX_JSON_BYTES,
     ZIP_ERRORS,
@@ -88,8 +92,8 @@ class _Window(io.RawIOBase):
         super().close()
 
 
-def _stored_window(path: str, info: zipfile.ZipInfo, start: int) -> _Window:
-    """A window onto a stored member's bytes, after checking its CRC-32 (one streamed pass)."""
+def _stored_window(path: str, info: zipfile.ZipInfo, start: int) -> tuple[_Window, RawHDF5]:
+    """A window onto a stored member's bytes and their ``RawHDF5``, after checking the member's CRC-32."""
     with open(path, "rb") as f:
         f.seek(start)
         crc, left = 0, info.file_size
@@ -101,28 +105,42 @@ def _stored_window(path: str, info: zipfile.ZipInfo, start: int) -> _Window:
             left -= len(block)
     if crc != info.CRC:
         raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
-    return _Window(path, start, info.file_size)
+    return _Window(path, start, info.file_size), RawHDF5.open(path, start, start + info.file_size)
 
 
-def _open_weights(zf: zipfile.ZipFile, path: str, archive_size: int):
-    """The weights member as a seekable file object, after its sizes and its first bytes are checked."""
+def _extracted(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[object, RawHDF5]:
+    """A compressed member inflated once into an unnamed temporary file (its inflated size was checked):
+    h5py then seeks in a file, not through zipfile (which re-inflates from the start at every seek back)."""
+    tmp = tempfile.TemporaryFile()  # noqa: SIM115  (returned open; closed with the reader)
+    try:
+        with zf.open(info) as member:
+            shutil.copyfileobj(member, tmp, _CRC_STEP)
+        tmp.flush()
+        tmp.seek(0)
+        return tmp, RawHDF5.open(tmp)
+    except BaseException:
+        tmp.close()
+        raise
+
+
+def _open_weights(zf: zipfile.ZipFile, path: str, archive_size: int) -> tuple[object, RawHDF5]:
+    """The weights member as a seekable file object and the ``RawHDF5`` of its bytes, after its sizes and its
+    first bytes are checked."""
     info = zf.getinfo(WEIGHTS_MEMBER)
     check_zip_member(info, archive_size)
     with open(path, "rb") as f:
         start = stored_member_start(f, info, archive_size)
-    member = zf.open(info) if start is None else _stored_window(path, info, start)
-    try:
-        head = member.read(len(HDF5_SIGNATURE))
-        if head != HDF5_SIGNATURE:
-            raise LimitExceeded(
-                f"{WEIGHTS_MEMBER} does not start with the HDF5 signature "
-                f"(it starts with {head[:8].hex() or 'nothing'})"
-            )
-        member.seek(0)
-    except BaseException:
-        member.close()
-        raise
-    return member
+        if start is not None:
+            f.seek(start)
+            head = f.read(len(HDF5_SIGNATURE))
+        else:
+            with zf.open(info) as member:
+                head = member.read(len(HDF5_SIGNATURE))
+    if head != HDF5_SIGNATURE:
+        raise LimitExceeded(
+            f"{WEIGHTS_MEMBER} does not start with the HDF5 signature (it starts with {head[:8].hex() or 'nothing'})"
+        )
+    return _extracted(zf, info) if start is None else _stored_window(path, info, start)
 
 
 class KerasArchiveReader(KerasH5Reader):
@@ -142,14 +160,15 @@ class KerasArchiveReader(KerasH5Reader):
                 f"{path} is not a readable zip archive ({e}): a .keras file is a zip written by model.save()"
             ) from e
         try:
-            config, metadata, fileobj = self._members(path, size)
+            config, metadata, (fileobj, raw) = self._members(path, size)
         except BaseException:
             zf.close()
             raise
         try:
-            super().__init__(path, fileobj=fileobj, label=path)
+            super().__init__(path, fileobj=fileobj, label=path, raw=raw)
         except BaseException:
             fileobj.close()
+            raw.close()
             zf.close()
             raise
         self.format = "keras-v3"
@@ -158,7 +177,7 @@ class KerasArchiveReader(KerasH5Reader):
         if isinstance(metadata.get("keras_version"), str):
             self.keras_version = metadata["keras_version"]
 
-    def _members(self, path: str, size: int) -> tuple[dict, dict, object]:
+    def _members(self, path: str, size: int) -> tuple[dict, dict, tuple[object, RawHDF5]]:
         """``config.json``, ``metadata.json`` (both checked, parsed JSON) and the weights member, opened."""
         zf = self._zip
         names = zf.namelist()

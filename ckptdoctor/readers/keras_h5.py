@@ -24,11 +24,18 @@ import numpy as np
 
 from ckptdoctor.errors import CorruptCheckpointError, TensorReadError, UnsupportedFormatError
 from ckptdoctor.readers.base import DEFAULT_CHUNK_BYTES, TensorEntry
-from ckptdoctor.readers.limits import LimitExceeded, hard_children, hdf5_storage_problem, load_json, read_hdf5_attr
+from ckptdoctor.readers.hdf5_raw import HDF5_SIGNATURE, RawHDF5
+from ckptdoctor.readers.limits import (
+    LimitExceeded,
+    hard_children,
+    hdf5_name,
+    hdf5_storage_problem,
+    load_json,
+    read_hdf5_attr,
+)
 
-__all__ = ["KerasH5Reader", "is_keras_h5"]
+__all__ = ["KerasH5Reader", "is_keras_h5", "HDF5_SIGNATURE"]
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 #: Attributes naming layers and weights hold names, not data: more than this is not a Keras file.
 _NAMES_CAP = 16 << 20
 #: What h5py raises on a damaged file, besides the HDF5 errors it maps to OSError/KeyError/ValueError.
@@ -80,7 +87,8 @@ class KerasH5Reader:
         keras_version: the ``keras_version`` attribute when the file has one.
     """
 
-    def __init__(self, path: str, fileobj=None, label: str | None = None):
+    def __init__(self, path: str, fileobj=None, label: str | None = None, raw: RawHDF5 | None = None):
+        """Open ``path``, or ``fileobj`` with ``raw``, the ``RawHDF5`` of its bytes (a ``.keras`` member)."""
         import h5py
 
         self.prefix = label or path
@@ -88,8 +96,18 @@ class KerasH5Reader:
         self._datasets: dict[str, object] = {}
         self._problems: dict[str, str | None] = {}
         try:
+            self._raw = raw if raw is not None else RawHDF5.open(path)
+        except OSError as e:
+            raise CorruptCheckpointError(f"cannot read {self.prefix}: {e.strerror or e}") from e
+        if self._raw.problem:
+            self._raw.close()
+            raise CorruptCheckpointError(
+                f"{self.prefix} is a damaged HDF5 file: {self._raw.problem}; get an undamaged copy"
+            )
+        try:
             self._file = h5py.File(fileobj if fileobj is not None else path, "r")
         except _H5_ERRORS as e:
+            self._raw.close()
             raise CorruptCheckpointError(
                 f"{self.prefix} is not a readable HDF5 file ({e}): pass a Keras .h5, .weights.h5 or .keras file"
             ) from e
@@ -141,7 +159,7 @@ class KerasH5Reader:
         try:
             if name not in obj.attrs:
                 return None
-            return _text(read_hdf5_attr(obj, name))
+            return _text(read_hdf5_attr(obj, name, self._raw))
         except LimitExceeded as e:
             raise CorruptCheckpointError(f"{self.prefix}: {e}; it is not a file Keras wrote") from e
         except _H5_ERRORS as e:
@@ -152,7 +170,7 @@ class KerasH5Reader:
         try:
             if name not in obj.attrs:
                 return []
-            value = np.asarray(read_hdf5_attr(obj, name, _NAMES_CAP))
+            value = np.asarray(read_hdf5_attr(obj, name, self._raw, _NAMES_CAP))
         except LimitExceeded as e:
             raise CorruptCheckpointError(f"{self.prefix}: {e}; it is not a file Keras wrote") from e
         except _H5_ERRORS as e:
@@ -163,7 +181,7 @@ class KerasH5Reader:
         import h5py
 
         if isinstance(obj, h5py.Dataset):
-            self._datasets[name] = obj
+            self._datasets[hdf5_name(name)] = obj
 
     # ------------------------------------------------------------------ interface
 
@@ -192,13 +210,19 @@ class KerasH5Reader:
         return self._problems[name]
 
     def _checked(self, name: str):
-        """The dataset, after checking that its values are stored in the file."""
+        """The dataset, after checking that its values are stored in the file and can be read safely."""
         ds = self._lookup(name)
         problem = self.storage_problem(name)
         if problem is not None:
             raise TensorReadError(
                 "tensor-not-stored", name, f"{name} {problem}; not read: the file does not hold the values it declares"
             )
+        try:
+            unsafe = self._raw.dataset_problem(ds, name)
+        except _H5_ERRORS as e:
+            unsafe = f"{name}: its variable-length values cannot be checked ({e})"
+        if unsafe is not None:
+            raise TensorReadError("tensor-unreadable", name, f"{unsafe}; not read")
         return ds
 
     def read(self, name: str) -> np.ndarray:
@@ -236,10 +260,13 @@ class KerasH5Reader:
                 yield np.asarray(block).ravel()
 
     def close(self) -> None:
-        """Close the HDF5 file."""
+        """Close the HDF5 file (and unmap its bytes)."""
         f, self._file = getattr(self, "_file", None), None
         if f is not None:
             f.close()
+        raw = getattr(self, "_raw", None)
+        if raw is not None:
+            raw.close()
 
     def __enter__(self) -> KerasH5Reader:
         return self

@@ -24,6 +24,8 @@ The bounds:
   other files, so it is not read.
 * Links inside HDF5 files are followed only when hard (``hard_children``): soft links can make
   cycles, external links open other files (or a FIFO that never answers).
+* HDF5 global heaps and variable-length values, which libhdf5 trusts more than is safe: checked
+  with ckptdoctor's own code before h5py reads them (``hdf5_raw``).
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ __all__ = [
     "read_zip_member",
     "stored_member_start",
     "hdf5_storage_problem",
+    "check_hdf5_file",
     "hard_children",
+    "hdf5_name",
     "read_hdf5_attr",
     "human",
 ]
@@ -68,7 +72,17 @@ EXPANSION_FLOOR = 16 << 20
 #: The same floor for one HDF5 dataset (files hold many: a lower one keeps their sum bounded too).
 HDF5_EXPANSION_FLOOR = 1 << 20
 #: What reading a damaged or hostile zip member can raise besides ``LimitExceeded``.
-ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError, ValueError)
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    struct.error,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+    OSError,
+    ValueError,
+    IndexError,
+)
 
 
 class LimitExceeded(ValueError, CorruptCheckpointError):
@@ -277,6 +291,21 @@ def hdf5_storage_problem(ds) -> str | None:
     return None
 
 
+def check_hdf5_file(file) -> None:
+    """Raise ``LimitExceeded`` when an HDF5 file holds a global heap libhdf5 cannot decode safely
+    (``hdf5_raw.RawHDF5``: one pass through a memory map whose pages are let go as it goes).
+
+    Args:
+        file: a path, or a real file object (with a file descriptor).
+    """
+    from ckptdoctor.readers.hdf5_raw import RawHDF5
+
+    raw = RawHDF5.open(file)
+    raw.close()
+    if raw.problem:
+        raise LimitExceeded(raw.problem)
+
+
 def hard_children(group) -> list[tuple[str, object]]:
     """A group's members reached by hard links, as ``(name, object)``; soft and external links are skipped."""
     import h5py
@@ -286,17 +315,23 @@ def hard_children(group) -> list[tuple[str, object]]:
         link = group.get(name, getlink=True)
         if isinstance(link, h5py.HardLink):
             try:
-                out.append((name, group[name]))
-            except (KeyError, OSError, ValueError):
+                out.append((hdf5_name(name), group[name]))
+            except (KeyError, OSError, ValueError, TypeError, RuntimeError):
                 continue  # a dangling or unreadable link: nothing to list
     return out
 
 
-def read_hdf5_attr(obj, name: str, cap: int = MAX_JSON_BYTES):
-    """An attribute's value, refused before reading when it declares more than ``cap`` bytes.
+def hdf5_name(name) -> str:
+    """A link name as ``str``: h5py gives ``bytes`` for names that are not UTF-8 (kept, surrogate-escaped)."""
+    return name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else str(name)
+
+
+def read_hdf5_attr(obj, name: str, raw, cap: int = MAX_JSON_BYTES):
+    """An attribute's value, refused before reading when it declares more than ``cap`` bytes, or when its
+    variable-length values do not match the file's heaps (``raw``: the file's ``hdf5_raw.RawHDF5``).
 
     Raises:
-        LimitExceeded: the attribute's declared size is above ``cap``.
+        LimitExceeded: the attribute's declared size is above ``cap``, or its values cannot be read safely.
         KeyError: no such attribute.
     """
     attr = obj.attrs.get_id(name)
@@ -309,4 +344,7 @@ def read_hdf5_attr(obj, name: str, cap: int = MAX_JSON_BYTES):
     size = max(count * attr.get_type().get_size(), stored)
     if size > cap:
         raise LimitExceeded(f"attribute {name!r} declares {human(size)}, above the {human(cap)} limit for it")
+    problem = raw.attribute_problem(obj, name)
+    if problem:
+        raise LimitExceeded(problem)
     return obj.attrs[name]

@@ -11,6 +11,7 @@ tables are present with zero rows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -180,13 +181,19 @@ def read_report(path: str) -> InspectReport:
 
     if not os.path.isfile(path):
         raise CkptDoctorError(f"no report at {path}: pass a file written by `ckptdoctor inspect --report`")
+    from ckptdoctor.readers.hdf5_raw import RawHDF5
+
     try:
+        raw = RawHDF5.open(path)
+        if raw.problem:
+            raw.close()
+            raise OSError(raw.problem)
         f = h5py.File(path, "r")
     except OSError as e:
         raise CkptDoctorError(
             f"{path} is not an HDF5 file ({e}): pass a file written by `ckptdoctor inspect --report`"
         ) from e
-    with f:
+    with f, contextlib.closing(raw):
         if _s(f.attrs.get("kind", "")) != REPORT_KIND or not all(k in f for k in ("tensors", "bn_layers", "findings")):
             raise CkptDoctorError(
                 f"{path} is HDF5 but not a ckptdoctor inspect report (no kind={REPORT_KIND} attribute)"
@@ -209,7 +216,7 @@ def read_report(path: str) -> InspectReport:
                     role=_s(r["role"]),
                     object_path=_s(r["object_path"]) or None,
                 )
-                for r in f["tensors"][()]
+                for r in _table(f, "tensors", raw)
             )
             bn = tuple(
                 BNLayerStatus(
@@ -221,7 +228,7 @@ def read_report(path: str) -> InspectReport:
                     channels=_opt_int(r["channels"]),
                     status=_s(r["status"]),
                 )
-                for r in f["bn_layers"][()]
+                for r in _table(f, "bn_layers", raw)
             )
             findings = tuple(
                 Finding(
@@ -231,7 +238,7 @@ def read_report(path: str) -> InspectReport:
                     tensor=_s(r["tensor"]) or None,
                     message=_s(r["message"]),
                 )
-                for r in f["findings"][()]
+                for r in _table(f, "findings", raw)
             )
             return InspectReport(
                 checkpoint=_s(f.attrs["checkpoint"]),
@@ -246,8 +253,19 @@ def read_report(path: str) -> InspectReport:
                 total_bytes=int(f.attrs["total_bytes"]),
                 summary=json.loads(_s(f.attrs["summary"])),
             )
-        except (KeyError, ValueError, TypeError) as e:
+        except (KeyError, ValueError, TypeError, OSError, AttributeError, IndexError, RuntimeError) as e:
             raise CkptDoctorError(f"{path} is a damaged ckptdoctor report ({e}): write it again with --report") from e
+
+
+def _table(f, name: str, raw):
+    """A report table's rows, after checking that the file stores the rows it declares (and its strings)."""
+    from ckptdoctor.readers.limits import hdf5_storage_problem
+
+    ds = f[name]
+    problem = hdf5_storage_problem(ds) or raw.dataset_problem(ds, f"/{name}")
+    if problem is not None:
+        raise ValueError(f"its /{name} {problem}")
+    return ds[()]
 
 
 REPAIR_KIND = "ckptdoctor-repair"
