@@ -756,13 +756,13 @@ def test_synthetic_partitioned_tensors(tmp_path):
     for extents in pieces:
         region = tuple(slice(s, s + n if n is not None else None) for s, n in extents)
         raw = full[region].tobytes()
-        entry = entry_proto(1, full[region].shape, len(data), len(raw), google_crc32c.value(raw))
         # The first piece's key spells the whole dimension explicitly (0, 6), as
         # TF1 writers do, while the full entry leaves the length out.
         key_extents = ((0, 2), (0, 6)) if extents == pieces[0] else extents
-        items.append((encode_slice_key("w", key_extents), entry))
-        items.append((encode_slice_key("gappy", extents), entry))
-        data += raw
+        for name, spelled in (("w", key_extents), ("gappy", extents)):  # each piece with bytes of its own
+            entry = entry_proto(1, full[region].shape, len(data), len(raw), google_crc32c.value(raw))
+            items.append((encode_slice_key(name, spelled), entry))
+            data += raw
     items.append((b"w", entry_proto(1, [4, 6], slices=pieces)))
     # A tensor whose pieces do not tile, and one whose piece entries are missing.
     items.append((b"gappy", entry_proto(1, [4, 6], slices=pieces[:2])))

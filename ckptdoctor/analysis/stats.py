@@ -69,7 +69,16 @@ class TensorStats:
 
 
 def compute_stats(chunks: Iterable[np.ndarray]) -> TensorStats:
-    """Statistics of the concatenation of ``chunks`` (1-D arrays of one dtype)."""
+    """Statistics of the concatenation of ``chunks`` (1-D arrays of one dtype).
+
+    Values near the top of their dtype's range overflow the sums of squares: the std is then
+    ``inf``, silently (numpy's overflow warning would be a second line on stderr).
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _compute_stats(chunks)
+
+
+def _compute_stats(chunks: Iterable[np.ndarray]) -> TensorStats:
     count = 0
     mean = 0.0
     m2 = 0.0

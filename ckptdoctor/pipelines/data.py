@@ -1,68 +1,196 @@
 """Loading and checking the data a repair runs over.
 
-``.npy`` files are memory-mapped, never read whole; ``.npz`` members and HDF5
-datasets are sliced batch by batch. Nothing is ever unpickled
+``.npy`` files and the stored (``np.savez``) members of ``.npz`` files are
+memory-mapped, never read whole; compressed ``.npz`` members are inflated once, and
+HDF5 datasets are sliced batch by batch. Nothing is ever unpickled
 (``allow_pickle=False``). Every check runs before any work starts; each problem
 is one line naming the file, what is wrong and what to do.
+
+Sizes the files declare are checked before they are trusted (``readers.limits``): an
+``.npy`` header must describe no more bytes than follow it; an ``.npz`` member must
+inflate at most ``MAX_EXPANSION`` times and hold the bytes its header describes; an HDF5
+dataset must store the values it declares (``hdf5_storage_problem``), and only hard links
+are followed.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
+from tokenize import TokenError
+from typing import Literal
 
 import numpy as np
 
 from ckptdoctor.errors import BadDataError
+from ckptdoctor.readers.limits import (
+    ZIP_ERRORS,
+    LimitExceeded,
+    check_hdf5_file,
+    check_zip_member,
+    hard_children,
+    hdf5_storage_problem,
+    human,
+    stored_member_start,
+)
 
-__all__ = ["load_data", "check_data", "first_nonfinite", "release_rows", "batches", "NONFINITE_CHUNK_ROWS"]
+__all__ = [
+    "load_data",
+    "check_data",
+    "first_nonfinite",
+    "read_rows",
+    "release_rows",
+    "batches",
+    "NONFINITE_CHUNK_ROWS",
+]
 
 NONFINITE_CHUNK_ROWS = 4096
+_MAX_NPY_HEADER = 1 << 16
+_PICKLE_ADVICE = "save the data as a numeric array (np.save(path, x.astype('float32')))"
+
+
+def _npy_header(f, name: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """``(shape, fortran_order, dtype, bytes the header promises)`` of the ``.npy`` stream ``f`` (at its start).
+
+    Raises:
+        BadDataError: not an ``.npy`` header, or one of Python objects (a pickle).
+    """
+    fmt = np.lib.format
+    head = f.read(12)
+    long_header = head[6:7] not in (b"\x01", b"")
+    length = int.from_bytes(head[8:12] if long_header else head[8:10], "little")
+    if head[:6] == fmt.MAGIC_PREFIX and length > _MAX_NPY_HEADER:
+        raise BadDataError(f"{name} declares a {human(length)} .npy header (np.save writes a few hundred bytes)")
+    f.seek(0)
+    try:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unknown .npy format version {version}")
+    # numpy parses the header as a Python literal: besides ValueError, its tokenizer and parser raise their own.
+    except (ValueError, EOFError, OSError, SyntaxError, TypeError, RecursionError, MemoryError, TokenError) as e:
+        raise BadDataError(f"{name} is not a readable .npy array ({e}): save it with np.save") from e
+    if dtype.hasobject:
+        raise BadDataError(f"{name} holds Python objects (a pickle), which ckptdoctor never loads: {_PICKLE_ADVICE}")
+    if any(d < 0 for d in shape):
+        raise BadDataError(f"{name} declares the negative shape {list(shape)}: save it with np.save")
+    return shape, fortran, dtype, math.prod(shape) * dtype.itemsize
 
 
 def _load_npy(path: str):
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        if "allow_pickle" in str(e) or "Object arrays" in str(e):
-            raise BadDataError(
-                f"{path} holds Python objects (a pickle), which ckptdoctor never loads: "
-                "save the data as a numeric array (np.save(path, x.astype('float32')))"
-            ) from e
-        raise BadDataError(f"{path} is not a readable .npy file ({e}): save it with np.save") from e
+        with open(path, "rb") as f:
+            shape, fortran, dtype, needed = _npy_header(f, path)
+            offset = f.tell()
+        held = os.path.getsize(path) - offset
     except OSError as e:
         raise BadDataError(f"cannot read {path}: {e.strerror or e}") from e
+    if needed > held:
+        raise BadDataError(
+            f"{path}: its header declares shape {list(shape)} of {dtype} ({human(needed)}) but the file holds "
+            f"{human(held)} after it (truncated, or not written by np.save): save the data again"
+        )
+    if needed == 0:
+        return np.zeros(shape, dtype, order="F" if fortran else "C")
+    try:
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+    except (ValueError, OSError) as e:
+        raise BadDataError(f"{path} is not a readable .npy file ({e}): save it with np.save") from e
+
+
+def _npz_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, size: int):
+    """One member of an ``.npz``: memory-mapped when stored, inflated when compressed, after its sizes are checked."""
+    label = f"{path}: member {info.filename}"
+    check_zip_member(info, size)
+    with zf.open(info) as member:
+        shape, fortran, dtype, needed = _npy_header(member, label)
+        header = member.tell()
+    if header + needed > info.file_size:
+        raise BadDataError(
+            f"{label} declares shape {list(shape)} of {dtype} ({human(needed)}) but holds {human(info.file_size)}: "
+            "save the data again"
+        )
+    order: Literal["C", "F"] = "F" if fortran else "C"
+    if needed == 0:
+        return np.zeros(shape, dtype, order=order)
+    with open(path, "rb") as f:
+        start = stored_member_start(f, info, size)
+    if start is not None:
+        return np.memmap(path, dtype=dtype, mode="r", offset=start + header, shape=shape, order=order)
+    with zf.open(info) as member:
+        member.read(header)
+        raw = member.read(needed)
+    if len(raw) != needed:
+        raise BadDataError(f"{label} is truncated ({human(len(raw))} of {human(needed)}): save the data again")
+    return np.frombuffer(raw, dtype).reshape(shape, order=order)
 
 
 def _load_npz(path: str) -> dict:
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        size = os.path.getsize(path)
+        with zipfile.ZipFile(path) as zf:
+            out = {}
+            for info in zf.infolist():
+                if info.filename.endswith("/"):
+                    continue  # a folder entry
+                if not info.filename.endswith(".npy"):
+                    raise BadDataError(
+                        f"{path} holds {info.filename}, which is not an .npy array: save it with np.savez"
+                    )
+                out[info.filename[: -len(".npy")]] = _npz_member(zf, info, path, size)
+            return out
+    except LimitExceeded as e:
+        raise BadDataError(f"{path}: {e}: not data np.savez writes; save the data again") from e
+    except ZIP_ERRORS as e:
         raise BadDataError(f"{path} is not a readable .npz file ({e}): save it with np.savez") from e
-    out = {}
-    for key in archive.files:
-        try:
-            out[key] = archive[key]
-        except ValueError as e:
-            raise BadDataError(
-                f"{path}: member {key} holds Python objects (a pickle), which ckptdoctor never "
-                "loads: save numeric arrays only"
-            ) from e
-    return out
+
+
+def _h5_error(path: str, e: Exception) -> BadDataError:
+    return BadDataError(f"{path} is not a readable HDF5 file ({e})")
+
+
+def _checked_dataset(path: str, name: str, ds):
+    """``ds`` after checking that it stores the values it declares."""
+    try:
+        problem = hdf5_storage_problem(ds)
+        ds.dtype  # noqa: B018  (h5py maps the file's datatype here, and raises for one numpy has no match for)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:
+        raise _h5_error(path, e) from e
+    if problem is not None:
+        raise BadDataError(f"{path}: dataset {name} {problem}: it holds no data; pass data stored in the file")
+    return ds
+
+
+def _dataset_names(f) -> list[str]:
+    """The datasets' names, for a message (as many as a damaged file lets us walk)."""
+    import h5py
+
+    names: list[str] = []
+    try:
+        f.visititems(lambda name, obj: names.append(str(name)) if isinstance(obj, h5py.Dataset) else None)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError):
+        pass
+    return names
 
 
 def _load_h5(path: str, dataset: str):
     import h5py
 
     try:
+        check_hdf5_file(path)
         f = h5py.File(path, "r")
-    except OSError as e:
-        raise BadDataError(f"{path} is not a readable HDF5 file ({e})") from e
-    if dataset not in f or not isinstance(f[dataset], h5py.Dataset):
-        names = []
-        f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        link = f.get(dataset, getlink=True)
+        found = f[dataset] if isinstance(link, h5py.HardLink) else None
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:
+        raise _h5_error(path, e) from e
+    if not isinstance(found, h5py.Dataset):
+        names = _dataset_names(f)
         raise BadDataError(f"{path} has no dataset {dataset!r}; datasets there: {', '.join(names[:8]) or 'none'}")
-    return f[dataset]
+    return _checked_dataset(path, dataset, found)
 
 
 def _load_h5_all(path: str) -> dict:
@@ -70,18 +198,18 @@ def _load_h5_all(path: str) -> dict:
     import h5py
 
     try:
+        check_hdf5_file(path)
         f = h5py.File(path, "r")
-    except OSError as e:
-        raise BadDataError(f"{path} is not a readable HDF5 file ({e})") from e
-    out = {name: obj for name, obj in f.items() if isinstance(obj, h5py.Dataset)}
-    if not out:
-        names = []
-        f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
-        raise BadDataError(
-            f"{path} has no dataset at its top level (datasets deeper down: "
-            f"{', '.join(names[:8]) or 'none'}): name one as {path}:GROUP/DATASET"
-        )
-    return out
+        out = {name: obj for name, obj in hard_children(f) if isinstance(obj, h5py.Dataset)}
+        if not out:
+            names = _dataset_names(f)
+            raise BadDataError(
+                f"{path} has no dataset at its top level (datasets deeper down: "
+                f"{', '.join(names[:8]) or 'none'}): name one as {path}:GROUP/DATASET"
+            )
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:
+        raise _h5_error(path, e) from e
+    return {name: _checked_dataset(path, name, ds) for name, ds in out.items()}
 
 
 def load_data(spec: str) -> dict[str | None, object]:
@@ -140,9 +268,17 @@ def batches(inputs, n: int, batch_size: int):
     each a copy in the input's dtype; the mapped pages of a batch are let go once it is used (``release_rows``)."""
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
-        yield [np.array(i.array[start:stop], dtype=_dtype(i.dtype)) for i in inputs]
+        yield [np.array(read_rows(i.array, start, stop, i.name), dtype=_dtype(i.dtype)) for i in inputs]
         for i in inputs:
             release_rows(i.array, start, stop)
+
+
+def read_rows(array, start: int, stop: int, name: str):
+    """``array[start:stop]``; a damaged HDF5 dataset's (or a truncated map's) read error becomes ``BadDataError``."""
+    try:
+        return array[start:stop]
+    except (OSError, ValueError, TypeError, RuntimeError, KeyError) as e:
+        raise BadDataError(f"{name}: rows {start} to {stop} cannot be read ({e}): the data file is damaged") from e
 
 
 def _dtype(name: str):
@@ -159,7 +295,7 @@ def first_nonfinite(array, name: str) -> None:
     if array.dtype.kind not in "fc":
         return
     for start in range(0, array.shape[0], NONFINITE_CHUNK_ROWS):
-        chunk = np.asarray(array[start : start + NONFINITE_CHUNK_ROWS])
+        chunk = np.asarray(read_rows(array, start, start + NONFINITE_CHUNK_ROWS, name))
         bad = ~np.isfinite(chunk)
         release_rows(array, start, start + NONFINITE_CHUNK_ROWS)
         if bad.any():

@@ -65,6 +65,10 @@ def inspect(
         CkptDoctorError: the checkpoint or graph cannot be read at all.
     """
     pattern = compile_match(match)
+    if data is not None:
+        from ckptdoctor.pipelines.data import load_data
+
+        load_data(data)  # bad data fail before any work (lazy: memory-mapped or sliced, nothing read whole)
     model = open_model(checkpoint, graph=graph)
     try:
         report = _report(model, model.describe(), stats, pattern)
@@ -80,10 +84,8 @@ def _against_data(report: InspectReport, checkpoint: str, graph, data: str, opti
     A model that cannot be run (no graph, an exported SavedModel) keeps its report, with
     a note that the statistics were not checked; bad data still fail.
     """
-    from ckptdoctor.pipelines.data import load_data
     from ckptdoctor.pipelines.repair import repair
 
-    load_data(data)  # bad data fail first (lazy: memory-mapped or sliced, nothing read whole)
     try:
         dry = repair(
             checkpoint, data, graph=graph if graph not in (None, True, False) else None, dry_run=True, **options

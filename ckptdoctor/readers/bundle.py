@@ -18,6 +18,13 @@ What this reader guarantees:
   readable, so better to know at once). Damage inside a data file only affects
   the tensors stored there: reading one of them raises ``TensorReadError``
   (``checksum-mismatch`` or ``tensor-unreadable``) and the others still read.
+* Work is bounded by the bytes the files hold: an entry's size must equal its
+  shape times its dtype's width and lie inside its data file, and no two
+  entries' bytes may overlap (an index can list the same bytes many times, so
+  that reading "every tensor" would read them many times): the entry further
+  into the index is ``tensor-unreadable``. A partitioned tensor's pieces must
+  tile its shape, which is checked in O(pieces log pieces) or against a mask of
+  its (stored) elements, never pairwise for many pieces.
 
 Values are returned the way ``tf.train.load_checkpoint(p).get_tensor(name)``
 returns them (same dtype and bytes), with these choices:
@@ -42,6 +49,7 @@ returns them (same dtype and bytes), with these choices:
 
 from __future__ import annotations
 
+import bisect
 import functools
 import glob
 import mmap
@@ -96,8 +104,10 @@ _ATTRIBUTES_SEGMENT = "/.ATTRIBUTES/"
 _CRC_STEP = 8 * 1024 * 1024
 # Up to this many strings, decode length varints in Python; above, with numpy.
 _SMALL_STRING_COUNT = 64
-# Overlap checks between pieces of a partitioned tensor are pairwise.
-_MAX_PIECES_CHECKED = 4096
+# Up to this many pieces of a partitioned tensor, overlaps are looked for pairwise.
+_PAIRWISE_PIECES = 64
+# The longest-prefix search of object paths' rule 4 gives up after this many steps (real keys need one or two).
+_PREFIX_STEPS = 64
 
 
 class TensorNotFoundError(CkptDoctorError, KeyError):
@@ -313,6 +323,7 @@ def object_paths_from_graph(nodes: Sequence[ObjectNode], keys: Sequence[str]) ->
                 by_key[key] = f"{path}/{attr_name}" if path else attr_name
 
     result: dict[str, str] = {}
+    with_marker = sorted(k for k in by_key if _ATTRIBUTES_SEGMENT in k)
     for key in keys:
         found = by_key.get(key)
         if found is not None:
@@ -321,13 +332,30 @@ def object_paths_from_graph(nodes: Sequence[ObjectNode], keys: Sequence[str]) ->
         marker = key.find(_ATTRIBUTES_SEGMENT)
         if marker < 0:
             continue
-        # Longest attribute key that is a prefix of this key.
-        for end in range(len(key) - 1, marker + len(_ATTRIBUTES_SEGMENT), -1):
-            found = by_key.get(key[:end])
-            if found is not None:
-                result[key] = found + key[end:]
-                break
+        prefix = _longest_prefix(with_marker, key, marker + len(_ATTRIBUTES_SEGMENT))
+        if prefix is not None:
+            result[key] = by_key[prefix] + key[len(prefix) :]
     return result
+
+
+def _longest_prefix(ordered: list[str], key: str, shortest: int) -> str | None:
+    """The longest string of ``ordered`` (sorted) that is a proper prefix of ``key`` and longer than ``shortest``.
+
+    The largest string not above a probe is, if it is a prefix of the probe, the longest one; if not, the
+    answer is a prefix of their common part, which becomes the probe. Each step is a binary search.
+    """
+    probe = key[:-1]
+    for _ in range(_PREFIX_STEPS):
+        if len(probe) <= shortest:
+            return None
+        i = bisect.bisect_right(ordered, probe) - 1
+        if i < 0:
+            return None
+        candidate = ordered[i]
+        if probe.startswith(candidate):
+            return candidate if len(candidate) > shortest else None
+        probe = probe[: len(os.path.commonprefix([candidate, probe]))]
+    return None
 
 
 # --------------------------------------------------------------------- the reader
@@ -446,6 +474,7 @@ class BundleReader:
                 self._entries[key.decode("utf-8", "surrogateescape")] = entry
         self._check_shards()
         self._buffers: dict[int, mmap.mmap | bytes] = {}
+        self._overlaps: dict[int, str] | None = None  # id(entry) -> the entry whose bytes it reuses
         self._listing: list[TensorEntry] | None = None
         self._closed = False
         self.object_graph_error: str | None = None
@@ -632,9 +661,41 @@ class BundleReader:
             self._buffers[shard_id] = buf
         return buf, path
 
+    def _overlapping(self) -> dict[int, str]:
+        """``id(entry)`` -> the name of an earlier entry whose bytes it overlaps, for every such stored entry.
+
+        One sweep over the entries sorted by shard and offset; the entry first in the index keeps the bytes.
+        """
+        if self._overlaps is None:
+            stored = [(e, name) for name, e in self._entries.items() if not e.slices]
+            stored += [(e, f"{_slice_key_tensor_name(k)} (a piece)") for k, e in self._slice_entries.items()]
+            order = sorted(range(len(stored)), key=lambda i: (stored[i][0].shard_id, stored[i][0].offset, i))
+            found: dict[int, str] = {}
+            shard, end, owner = None, 0, ""
+            for i in order:
+                e, name = stored[i]
+                if e.size == 0:
+                    continue
+                if e.shard_id != shard:
+                    shard, end = e.shard_id, 0
+                if e.offset < end:
+                    found[id(e)] = owner
+                    continue
+                end, owner = e.offset + e.size, name
+            self._overlaps = found
+        return self._overlaps
+
     def _locate(self, name: str, entry: BundleEntry, label: str) -> tuple[mmap.mmap | bytes, str]:
-        """The data file holding ``entry``, after checking its bytes are all there."""
+        """The data file holding ``entry``, after checking its bytes are all there and its own."""
         buf, path = self._buffer(entry.shard_id, name)
+        owner = self._overlapping().get(id(entry))
+        if owner is not None:
+            raise TensorReadError(
+                "tensor-unreadable",
+                name,
+                f"tensor {label}: its bytes {entry.offset}..{entry.offset + entry.size} in {path} overlap those of "
+                f"{owner!r} (corrupt index: each tensor has bytes of its own): not read",
+            )
         end = entry.offset + entry.size
         if end > len(buf):
             raise TensorReadError(
@@ -855,7 +916,7 @@ class BundleReader:
             covered += _num_elements(piece_shape)
             pieces.append(_Piece(tuple(slice(a, b) for a, b in bounds), piece, label))
         total = _num_elements(shape)
-        if covered != total or (len(pieces) <= _MAX_PIECES_CHECKED and _any_overlap(pieces)):
+        if covered != total or not _no_overlap(pieces, shape):
             raise TensorReadError(
                 "tensor-unreadable",
                 name,
@@ -903,6 +964,27 @@ class BundleReader:
 
 
 # ----------------------------------------------------------------------- helpers
+
+
+def _no_overlap(pieces: Sequence[_Piece], shape: tuple[int, ...]) -> bool:
+    """Whether no two pieces share an element (they cover as many elements as the shape has: so they tile it).
+
+    Pairwise for a few pieces; sorted along the one partitioned axis, as TensorFlow's partitioners cut;
+    otherwise against a mask of the elements (as many as the pieces store, whose bytes are their own).
+    """
+    if len(pieces) <= _PAIRWISE_PIECES:
+        return not _any_overlap(pieces)
+    varying = {ax for p in pieces for ax, (r, d) in enumerate(zip(p.region, shape)) if (r.start, r.stop) != (0, d)}
+    if len(varying) == 1:
+        ax = varying.pop()
+        spans = sorted((p.region[ax].start, p.region[ax].stop) for p in pieces)
+        return all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    mask = np.zeros(shape, dtype=bool)
+    for p in pieces:
+        if mask[p.region].any():
+            return False
+        mask[p.region] = True
+    return True
 
 
 def _any_overlap(pieces: Sequence[_Piece]) -> bool:

@@ -17,7 +17,7 @@ h5py gives it.
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,10 +25,22 @@ import numpy as np
 
 from ckptdoctor.errors import CorruptCheckpointError, TensorReadError, UnsupportedFormatError
 from ckptdoctor.readers.base import DEFAULT_CHUNK_BYTES, TensorEntry
+from ckptdoctor.readers.hdf5_raw import HDF5_SIGNATURE, RawHDF5
+from ckptdoctor.readers.limits import (
+    LimitExceeded,
+    hard_children,
+    hdf5_name,
+    hdf5_storage_problem,
+    load_json,
+    read_hdf5_attr,
+)
 
-__all__ = ["KerasH5Reader", "is_keras_h5"]
+__all__ = ["KerasH5Reader", "is_keras_h5", "HDF5_SIGNATURE"]
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+#: Attributes naming layers and weights hold names, not data: more than this is not a Keras file.
+_NAMES_CAP = 16 << 20
+#: What h5py raises on a damaged file, besides the HDF5 errors it maps to OSError/KeyError/ValueError.
+_H5_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError)
 
 
 def is_keras_h5(path: str) -> bool:
@@ -46,8 +58,27 @@ def _dtype_name(dtype: np.dtype) -> str:
     return dtype.name
 
 
+def _hard_group(group, name: str):
+    """``group[name]`` when it is a group reached by a hard link, else None (soft and external links: not followed)."""
+    import h5py
+
+    try:
+        if not isinstance(group.get(name, getlink=True), h5py.HardLink):
+            return None
+        found = group[name]
+    except _H5_ERRORS:
+        return None
+    return found if isinstance(found, h5py.Group) else None
+
+
 class KerasH5Reader:
     """Read the weights of a Keras HDF5 file (or of an open HDF5 file object).
+
+    Nothing the file declares is trusted before it is checked: a dataset whose declared values
+    are not stored in the file (storage never allocated, chunks never written, external or
+    virtual storage, filters inflating more than ``limits.MAX_EXPANSION`` times) is listed but
+    never read: reading it raises ``TensorReadError`` with code ``tensor-not-stored``. Attributes
+    holding JSON or names are size-checked before they are read; only hard links are followed.
 
     Attributes:
         prefix: the path shown in reports.
@@ -57,47 +88,101 @@ class KerasH5Reader:
         keras_version: the ``keras_version`` attribute when the file has one.
     """
 
-    def __init__(self, path: str, fileobj=None, label: str | None = None):
+    def __init__(self, path: str, fileobj=None, label: str | None = None, raw: RawHDF5 | None = None):
+        """Open ``path``, or ``fileobj`` with ``raw``, the ``RawHDF5`` of its bytes (a ``.keras`` member)."""
         import h5py
 
         self.prefix = label or path
         self._fileobj = fileobj
+        self._datasets: dict[str, Any] = {}  # h5py.Dataset
+        self._problems: dict[str, str | None] = {}
+        try:
+            self._raw = raw if raw is not None else RawHDF5.open(path)
+        except OSError as e:
+            raise CorruptCheckpointError(f"cannot read {self.prefix}: {e.strerror or e}") from e
+        if self._raw.problem:
+            self._raw.close()
+            raise CorruptCheckpointError(
+                f"{self.prefix} is a damaged HDF5 file: {self._raw.problem}; get an undamaged copy"
+            )
         try:
             self._file = h5py.File(fileobj if fileobj is not None else path, "r")
-        except (OSError, ValueError) as e:
+        except _H5_ERRORS as e:
+            self._raw.close()
             raise CorruptCheckpointError(
                 f"{self.prefix} is not a readable HDF5 file ({e}): pass a Keras .h5, .weights.h5 or .keras file"
             ) from e
+        try:
+            self._read_structure()
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_structure(self) -> None:
         f = self._file
         self.model_config = None
-        self.keras_version = _text(f.attrs.get("keras_version")) if "keras_version" in f.attrs else None
-        if "model_weights" in f or "layer_names" in f.attrs:
+        self.keras_version = self._text_attr(f, "keras_version")
+        weights = _hard_group(f, "model_weights")
+        try:
+            legacy = weights is not None or "layer_names" in f.attrs
+            v3 = not legacy and (_hard_group(f, "layers") is not None or _hard_group(f, "vars") is not None)
+        except _H5_ERRORS as e:
+            raise CorruptCheckpointError(f"{self.prefix} is a damaged HDF5 file ({e})") from e
+        if legacy:
             self.layout = "legacy"
             self.format = "keras-legacy-h5"
-            if "model_config" in f.attrs:
+            text = self._text_attr(f, "model_config")
+            if text is not None:
                 try:
-                    self.model_config = json.loads(_text(f.attrs["model_config"]))
+                    config = load_json(text, "its model_config attribute")
                 except ValueError as e:
                     raise CorruptCheckpointError(f"{self.prefix}: its model_config attribute is not JSON ({e})") from e
-            if self.keras_version is None and "model_weights" in f:
-                self.keras_version = _text(f["model_weights"].attrs.get("keras_version", b"")) or None
-        elif "layers" in f or "vars" in f:
+                self.model_config = config if isinstance(config, dict) else None
+            if self.keras_version is None and weights is not None:
+                self.keras_version = self._text_attr(weights, "keras_version") or None
+        elif v3:
             self.layout = "v3"
             self.format = "keras-weights-h5"
         else:
-            self.close()
             raise UnsupportedFormatError(
                 f"{self.prefix} is HDF5 but not a Keras weights file (no 'layers', 'model_weights' or layer_names): "
                 "pass a file written by Keras' save() or save_weights()"
             )
-        self._datasets: dict[str, Any] = {}  # h5py.Dataset
-        f.visititems(self._collect)
+        try:
+            f.visititems(self._collect)
+        except _H5_ERRORS as e:
+            raise CorruptCheckpointError(
+                f"{self.prefix} is a damaged HDF5 file: its groups cannot be walked ({e})"
+            ) from e
+
+    def _text_attr(self, obj, name: str) -> str | None:
+        """A string attribute (size-checked before it is read), or None when absent."""
+        try:
+            if name not in obj.attrs:
+                return None
+            return _text(read_hdf5_attr(obj, name, self._raw))
+        except LimitExceeded as e:
+            raise CorruptCheckpointError(f"{self.prefix}: {e}; it is not a file Keras wrote") from e
+        except _H5_ERRORS as e:
+            raise CorruptCheckpointError(f"{self.prefix}: its {name} attribute cannot be read ({e})") from e
+
+    def _names_attr(self, obj, name: str) -> list[str]:
+        """A list-of-names attribute (``layer_names``, ``weight_names``), size-checked; [] when absent."""
+        try:
+            if name not in obj.attrs:
+                return []
+            value = np.asarray(read_hdf5_attr(obj, name, self._raw, _NAMES_CAP))
+        except LimitExceeded as e:
+            raise CorruptCheckpointError(f"{self.prefix}: {e}; it is not a file Keras wrote") from e
+        except _H5_ERRORS as e:
+            raise CorruptCheckpointError(f"{self.prefix}: its {name} attribute cannot be read ({e})") from e
+        return [_text(v) for v in value.reshape(-1)]
 
     def _collect(self, name, obj) -> None:
         import h5py
 
         if isinstance(obj, h5py.Dataset):
-            self._datasets[name] = obj
+            self._datasets[hdf5_name(name)] = obj
 
     # ------------------------------------------------------------------ interface
 
@@ -106,39 +191,83 @@ class KerasH5Reader:
         out = []
         for name in sorted(self._datasets):
             ds = self._datasets[name]
-            shape = tuple(int(d) for d in ds.shape)
-            out.append(
-                TensorEntry(name=name, dtype=_dtype_name(ds.dtype), shape=shape, nbytes=int(ds.id.get_storage_size()))
-            )
+            try:
+                shape = tuple(int(d) for d in ds.shape) if ds.shape is not None else ()
+                dtype = _dtype_name(ds.dtype)
+                nbytes = int(ds.id.get_storage_size())
+            except _H5_ERRORS as e:
+                # A datatype h5py cannot map (bitfield, region reference...) or damaged metadata: listed, not read.
+                shape, dtype, nbytes = (), f"unsupported ({type(e).__name__})", 0
+            out.append(TensorEntry(name=name, dtype=dtype, shape=shape, nbytes=nbytes))
         return out
 
-    def read(self, name: str) -> np.ndarray:
-        """The dataset's values with their stored dtype and shape."""
+    def storage_problem(self, name: str) -> str | None:
+        """Why dataset ``name``'s values are not stored in the file (``limits.hdf5_storage_problem``), or None."""
+        if name not in self._problems:
+            try:
+                self._problems[name] = hdf5_storage_problem(self._lookup(name))
+            except _H5_ERRORS as e:
+                self._problems[name] = f"has storage metadata that cannot be read ({e})"
+        return self._problems[name]
+
+    def _checked(self, name: str):
+        """The dataset, after checking that its values are stored in the file and can be read safely."""
         ds = self._lookup(name)
+        problem = self.storage_problem(name)
+        if problem is not None:
+            raise TensorReadError(
+                "tensor-not-stored", name, f"{name} {problem}; not read: the file does not hold the values it declares"
+            )
+        try:
+            unsafe = self._raw.dataset_problem(ds, name)
+        except _H5_ERRORS as e:
+            unsafe = f"{name}: its variable-length values cannot be checked ({e})"
+        if unsafe is not None:
+            raise TensorReadError("tensor-unreadable", name, f"{unsafe}; not read")
+        return ds
+
+    def read(self, name: str) -> np.ndarray:
+        """The dataset's values with their stored dtype and shape.
+
+        Raises:
+            TensorReadError: ``tensor-not-stored`` when its values are not in the file,
+                ``tensor-unreadable`` when its bytes cannot be read.
+        """
+        ds = self._checked(name)
         try:
             return np.asarray(ds[()])
-        except (OSError, ValueError, KeyError) as e:
+        except _H5_ERRORS as e:
             raise TensorReadError("tensor-unreadable", name, f"{name}: its bytes cannot be read ({e})") from e
 
     def iter_chunks(self, name: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[np.ndarray]:
-        """Flat chunks of about ``chunk_bytes``, read row-block by row-block."""
-        ds = self._lookup(name)
-        if ds.ndim == 0 or ds.shape[0] == 0:
+        """Flat chunks of about ``chunk_bytes`` in C order, read as hyperslabs of the leading axes."""
+        ds = self._checked(name)
+        try:
+            shape, itemsize = tuple(int(d) for d in ds.shape), max(1, ds.dtype.itemsize)
+        except _H5_ERRORS as e:
+            raise TensorReadError("tensor-unreadable", name, f"{name}: its bytes cannot be read ({e})") from e
+        if not shape or 0 in shape:
             yield self.read(name).ravel()
             return
-        row_bytes = max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64)))
-        rows = max(1, chunk_bytes // row_bytes)
-        for start in range(0, ds.shape[0], rows):
-            try:
-                yield np.asarray(ds[start : start + rows]).ravel()
-            except (OSError, ValueError) as e:
-                raise TensorReadError("tensor-unreadable", name, f"{name}: its bytes cannot be read ({e})") from e
+        # The first axis whose trailing block fits a chunk: iterate the axes before it, slice along it.
+        axis = next(k for k in range(len(shape)) if math.prod(shape[k + 1 :]) * itemsize <= chunk_bytes)
+        rows = max(1, chunk_bytes // (math.prod(shape[axis + 1 :]) * itemsize))
+        for outer in np.ndindex(*shape[:axis]):
+            for start in range(0, shape[axis], rows):
+                try:
+                    block = ds[outer + (slice(start, start + rows),)]
+                except _H5_ERRORS as e:
+                    raise TensorReadError("tensor-unreadable", name, f"{name}: its bytes cannot be read ({e})") from e
+                yield np.asarray(block).ravel()
 
     def close(self) -> None:
-        """Close the HDF5 file."""
+        """Close the HDF5 file (and unmap its bytes)."""
         f, self._file = getattr(self, "_file", None), None
         if f is not None:
             f.close()
+        raw = getattr(self, "_raw", None)
+        if raw is not None:
+            raw.close()
 
     def __enter__(self) -> KerasH5Reader:
         return self
@@ -156,40 +285,59 @@ class KerasH5Reader:
             file records it, else None) and ``keys`` (its datasets, in the layer's
             variable order).
         """
+        try:
+            return self._legacy_groups() if self.layout == "legacy" else self._v3_groups()
+        except _H5_ERRORS as e:
+            raise CorruptCheckpointError(
+                f"{self.prefix} is a damaged HDF5 file: its layers cannot be read ({e})"
+            ) from e
+
+    def _legacy_groups(self) -> list[dict]:
+        f = self._file
+        groups = []
+        weights = _hard_group(f, "model_weights")
+        root = weights if weights is not None else f
+        base = "model_weights/" if weights is not None else ""
+        for layer in self._names_attr(root, "layer_names"):
+            group = _hard_group(root, layer) if layer else None
+            if group is None:
+                groups.append({"path": base + layer, "name": layer, "keys": []})
+                continue
+            names = self._names_attr(group, "weight_names")
+            groups.append({"path": base + layer, "name": layer, "keys": [f"{base}{layer}/{n}" for n in names]})
+        return groups
+
+    def _v3_groups(self) -> list[dict]:
+        """Depth first, children in name order, as the recursive walk Keras' layout suggests; no recursion,
+        and each group once (hard links can make a group its own descendant)."""
         import h5py
 
-        f = self._file
-        groups: list[dict[str, Any]] = []
-        if self.layout == "legacy":
-            root = f.get("model_weights", f)
-            base = "model_weights/" if "model_weights" in f else ""
-            for layer in (_text(n) for n in root.attrs.get("layer_names", [])):
-                if layer not in root:
-                    groups.append({"path": base + layer, "name": layer, "keys": []})
-                    continue
-                names = [_text(n) for n in root[layer].attrs.get("weight_names", [])]
-                groups.append({"path": base + layer, "name": layer, "keys": [f"{base}{layer}/{n}" for n in names]})
-            return groups
-
-        def walk(group, path):
-            if "vars" in group and isinstance(group["vars"], h5py.Group):
-                v = group["vars"]
+        groups = []
+        seen: set = set()
+        stack: list[tuple[Any, str]] = [(self._file, "")]
+        while stack:
+            group, path = stack.pop()
+            address = h5py.h5o.get_info(group.id).addr
+            if address in seen:
+                continue
+            seen.add(address)
+            children = hard_children(group)
+            v = dict(children).get("vars")
+            if isinstance(v, h5py.Group):
                 keys = sorted(
-                    (k for k in v if isinstance(v[k], h5py.Dataset)),
+                    (k for k, obj in hard_children(v) if isinstance(obj, h5py.Dataset)),
                     key=lambda k: (0, int(k)) if k.isdigit() else (1, k),
                 )
                 groups.append(
                     {
                         "path": path,
-                        "name": _text(v.attrs["name"]) if "name" in v.attrs else None,
+                        "name": self._text_attr(v, "name"),
                         "keys": [f"{path}/vars/{k}" if path else f"vars/{k}" for k in keys],
                     }
                 )
-            for child in group:
-                if child != "vars" and isinstance(group[child], h5py.Group):
-                    walk(group[child], f"{path}/{child}" if path else child)
-
-        walk(f, "")
+            subgroups = [(c, obj) for c, obj in children if c != "vars" and isinstance(obj, h5py.Group)]
+            for child, obj in reversed(subgroups):
+                stack.append((obj, f"{path}/{child}" if path else child))
         return groups
 
     def _lookup(self, name: str):
@@ -201,7 +349,7 @@ class KerasH5Reader:
 
 def _text(value) -> str:
     if isinstance(value, bytes):
-        return value.decode("utf-8")
+        return value.decode("utf-8", "replace")
     if isinstance(value, np.ndarray) and value.shape == ():
         return _text(value.item())
     return str(value)

@@ -19,6 +19,8 @@ import struct
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from ckptdoctor.errors import CorruptCheckpointError
+
 __all__ = [
     "WireFormatError",
     "read_varint",
@@ -41,8 +43,13 @@ _unpack_u32 = struct.Struct("<I").unpack_from
 _unpack_u64 = struct.Struct("<Q").unpack_from
 
 
-class WireFormatError(ValueError):
-    """The bytes are not a well-formed protobuf message of the expected kind."""
+class WireFormatError(ValueError, CorruptCheckpointError):
+    """The bytes are not a well-formed protobuf message of the expected kind.
+
+    A ``ValueError`` for the decoders' callers, which turn it into a ``CorruptCheckpointError``
+    naming the file; a ``CorruptCheckpointError`` itself, so that one a caller missed is still
+    ckptdoctor's one-line error, never an internal one.
+    """
 
 
 #: A message's buffer: ``bytes``, or a ``memoryview`` whose LEN fields are then views too (no copy).

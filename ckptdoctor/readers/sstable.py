@@ -17,7 +17,12 @@ the restart array is only validated, not used.
 
 Everything read from the file is checked against the file's real size before
 use; any inconsistency raises ``CorruptCheckpointError`` with a one-line
-message naming the file and what is wrong.
+message naming the file and what is wrong. Work stays bounded by the file's
+bytes: data blocks must follow each other without overlapping (an index
+pointing many times at one block would make it parsed many times), and the keys
+the prefix compression rebuilds may total at most ``MAX_KEY_EXPANSION`` times the
+file's size (each entry may share its whole predecessor, so a few bytes per
+entry could otherwise rebuild quadratically many).
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ __all__ = [
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48
 BLOCK_TRAILER_SIZE = 5
+#: The rebuilt keys of a table may total at most this many times the file's size (plus one MiB): real
+#: tables stay below 20 (a key shares most of its predecessor but each entry also holds its value).
+MAX_KEY_EXPANSION = 64
 _MAGIC_BYTES = struct.pack("<Q", TABLE_MAGIC)
 _NO_COMPRESSION, _SNAPPY = 0, 1
 _CRC_MASK_DELTA = 0xA282EAD8
@@ -292,15 +300,30 @@ def parse_table(data: bytes, path: str) -> list[tuple[bytes, bytes]]:
     _, index_handle = read_footer(data, path)
     index_block = read_block(data, index_handle, path, "index block")
     items: list[tuple[bytes, bytes]] = []
+    key_budget = MAX_KEY_EXPANSION * len(data) + (1 << 20)
+    next_free = 0  # where the next data block may start: blocks follow each other (spec 3.1)
     for i, (_sep, handle_bytes) in enumerate(iter_block(index_block, path, "index block")):
         what = f"data block {i}"
         try:
             handle, _ = _decode_handle(handle_bytes, 0, len(handle_bytes))
         except WireFormatError as e:
             raise _corrupt(path, f"index entry {i}: bad block handle ({e})") from e
+        if handle.offset < next_free:
+            raise _corrupt(
+                path, f"{what} at offset {handle.offset} overlaps the previous block, which ends at {next_free}"
+            )
         # Data blocks precede the index block (spec 3.1).
         block = read_block(data, handle, path, what, limit=index_handle.offset)
-        items.extend(iter_block(block, path, what))
+        next_free = handle.offset + handle.size + BLOCK_TRAILER_SIZE
+        for key, value in iter_block(block, path, what):
+            key_budget -= len(key)
+            if key_budget < 0:
+                raise _corrupt(
+                    path,
+                    f"its keys expand to more than {MAX_KEY_EXPANSION} times the file's size "
+                    "(entries sharing ever longer prefixes): not a table TensorFlow wrote",
+                )
+            items.append((key, value))
     for j in range(1, len(items)):
         if items[j][0] <= items[j - 1][0]:
             raise _corrupt(path, f"keys out of order ({items[j][0]!r} after {items[j - 1][0]!r})")

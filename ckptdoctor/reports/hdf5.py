@@ -12,6 +12,7 @@ tables are present with zero rows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -182,13 +183,19 @@ def read_report(path: str) -> InspectReport:
 
     if not os.path.isfile(path):
         raise CkptDoctorError(f"no report at {path}: pass a file written by `ckptdoctor inspect --report`")
+    from ckptdoctor.readers.hdf5_raw import RawHDF5
+
     try:
+        raw = RawHDF5.open(path)
+        if raw.problem:
+            raw.close()
+            raise OSError(raw.problem)
         f = h5py.File(path, "r")
     except OSError as e:
         raise CkptDoctorError(
             f"{path} is not an HDF5 file ({e}): pass a file written by `ckptdoctor inspect --report`"
         ) from e
-    with f:
+    with f, contextlib.closing(raw):
         if _s(f.attrs.get("kind", "")) != REPORT_KIND or not all(k in f for k in ("tensors", "bn_layers", "findings")):
             raise CkptDoctorError(
                 f"{path} is HDF5 but not a ckptdoctor inspect report (no kind={REPORT_KIND} attribute)"
@@ -211,7 +218,7 @@ def read_report(path: str) -> InspectReport:
                     role=_s(r["role"]),
                     object_path=_s(r["object_path"]) or None,
                 )
-                for r in f["tensors"][()]
+                for r in _read_table(f, "tensors", raw)
             )
             bn = tuple(
                 BNLayerStatus(
@@ -223,7 +230,7 @@ def read_report(path: str) -> InspectReport:
                     channels=_opt_int(r["channels"]),
                     status=_s(r["status"]),
                 )
-                for r in f["bn_layers"][()]
+                for r in _read_table(f, "bn_layers", raw)
             )
             findings = tuple(
                 Finding(
@@ -233,7 +240,7 @@ def read_report(path: str) -> InspectReport:
                     tensor=_s(r["tensor"]) or None,
                     message=_s(r["message"]),
                 )
-                for r in f["findings"][()]
+                for r in _read_table(f, "findings", raw)
             )
             return InspectReport(
                 checkpoint=_s(f.attrs["checkpoint"]),
@@ -249,8 +256,19 @@ def read_report(path: str) -> InspectReport:
                 summary=json.loads(_s(f.attrs["summary"])),
                 match=_s(f.attrs.get("match", "")) or None,
             )
-        except (KeyError, ValueError, TypeError) as e:
+        except (KeyError, ValueError, TypeError, OSError, AttributeError, IndexError, RuntimeError) as e:
             raise CkptDoctorError(f"{path} is a damaged ckptdoctor report ({e}): write it again with --report") from e
+
+
+def _read_table(f, name: str, raw):
+    """A report table's rows, after checking that the file stores the rows it declares (and its strings)."""
+    from ckptdoctor.readers.limits import hdf5_storage_problem
+
+    ds = f[name]
+    problem = hdf5_storage_problem(ds) or raw.dataset_problem(ds, f"/{name}")
+    if problem is not None:
+        raise ValueError(f"its /{name} {problem}")
+    return ds[()]
 
 
 REPAIR_KIND = "ckptdoctor-repair"

@@ -44,14 +44,13 @@ SavedModel owns are ``unexpected-in-checkpoint``.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import deque
 from dataclasses import dataclass
 
 from ckptdoctor.constants import OPTIMIZER_SLOT_PATTERN
 from ckptdoctor.errors import CorruptCheckpointError, TensorReadError
-from ckptdoctor.readers.protowire import WireFormatError, decode_object_graph, iter_fields
+from ckptdoctor.readers.protowire import WireFormatError, decode_object_graph
 from ckptdoctor.readers.saved_model_pb import FusedBatchNorm, SavedNode, read_saved_model
 
 __all__ = ["SavedModelVariable", "SavedModelLayout", "is_saved_model_dir", "describe_saved_model"]
@@ -155,37 +154,18 @@ def _readable(path: tuple[str, ...]) -> str:
 def _keras_bn_layers(directory: str, nodes: list[SavedNode], key_of_node: dict[int, str]) -> list[dict] | None:
     """BN layers named by ``keras_metadata.pb``, or None when there is no such file.
 
-    ``keras_metadata.pb`` is a ``SavedMetadata``: repeated nodes (field 1) with
-    ``node_id`` (2, the SavedModel object graph's node), ``node_path`` (3,
-    ``root.layer_with_weights-1``) and a JSON ``metadata`` (5) naming the class and
-    the layer. The node is found by walking ``node_path``'s names from the root;
+    ``keras_metadata.pb`` (``readers.keras_metadata``) has one node per object with
+    ``node_id`` (the SavedModel object graph's node), ``node_path``
+    (``root.layer_with_weights-1``) and a JSON ``metadata`` naming the class and the
+    layer. The node is found by walking ``node_path``'s names from the root;
     ``node_id`` is used only when the walk fails.
     """
-    file = os.path.join(directory, KERAS_METADATA_PB)
-    if not os.path.isfile(file):
+    from ckptdoctor.readers.keras_metadata import read_keras_metadata_nodes
+
+    found = read_keras_metadata_nodes(directory, KERAS_METADATA_PB)
+    if found is None:
         return None
-    try:
-        with open(file, "rb") as stream:
-            buf = stream.read()
-    except OSError as e:
-        raise CorruptCheckpointError(f"cannot read {file}: {e.strerror or e}") from e
-    described: dict[str, tuple[int | None, dict]] = {}  # node_path -> (node_id, metadata)
-    try:
-        for field, _w, raw in iter_fields(buf):
-            if field != 1 or not isinstance(raw, bytes):
-                continue
-            node_id, node_path, meta = None, "", {}
-            for f, _w2, v in iter_fields(raw):
-                if f == 2 and isinstance(v, int):
-                    node_id = v
-                elif f == 3 and isinstance(v, bytes):
-                    node_path = v.decode("utf-8", "replace")
-                elif f == 5 and isinstance(v, bytes):
-                    meta = json.loads(v.decode("utf-8") or "{}")
-            if isinstance(meta, dict):
-                described[node_path] = (node_id, meta)
-    except (WireFormatError, UnicodeDecodeError, ValueError) as e:
-        raise CorruptCheckpointError(f"{file} is not a readable keras_metadata.pb ({e})") from e
+    described = {n.node_path: (n.node_id, n.metadata) for n in found}  # node_path -> (node_id, metadata)
     layers = []
     for node_path, (node_id, meta) in described.items():
         if meta.get("class_name") not in BN_CLASSES:
@@ -196,9 +176,15 @@ def _keras_bn_layers(directory: str, nodes: list[SavedNode], key_of_node: dict[i
         if target is None:
             continue
         # A nested model's layer is named by its path (backbone/block/bn2), as for Keras files, and is
-        # frozen when it or any model holding it is.
+        # frozen when it or any model holding it is. The holders' paths are built one part at a time
+        # (joining every prefix anew would cost the square of a long path).
         parts = node_path.split(".")
-        holders = [described[".".join(parts[:i])][1] for i in range(2, len(parts)) if ".".join(parts[:i]) in described]
+        holders = []
+        prefix = parts[0] if parts else ""
+        for part in parts[1:-1]:
+            prefix = f"{prefix}.{part}"
+            if prefix in described:
+                holders.append(described[prefix][1])
         names = [str(m.get("name")) for m in holders if m.get("name")] + [str(meta.get("name") or node_path)]
         flags = [m.get("trainable") for m in holders + [meta]]
         trainable = False if False in flags else (True if isinstance(meta.get("trainable"), bool) else None)
@@ -206,10 +192,12 @@ def _keras_bn_layers(directory: str, nodes: list[SavedNode], key_of_node: dict[i
         layer: dict = {"layer": "/".join(names), "channels": None, "trainable": trainable}
         for weight in BN_WEIGHTS:
             child = children.get(weight)
-            layer[weight] = key_of_node.get(child) if child is not None else None
-            variable = nodes[child].variable if child is not None else None
-            if weight == "moving_mean" and variable is not None and variable.shape and variable.shape[-1] >= 0:
-                layer["channels"] = variable.shape[-1]
+            layer[weight], variable = None, None
+            if child is not None and 0 <= child < len(nodes):
+                layer[weight], variable = key_of_node.get(child), nodes[child].variable
+            shape = variable.shape if variable is not None else None
+            if weight == "moving_mean" and shape and shape[-1] >= 0:
+                layer["channels"] = shape[-1]
         if layer["moving_mean"] or layer["moving_variance"]:  # else a layer never built: no variables
             layers.append(layer)
     return layers

@@ -13,7 +13,6 @@ The mapping is checked, not trusted (``runtime.keras_model.check_stored_values``
 
 from __future__ import annotations
 
-import json
 import os
 
 from ckptdoctor.constants import KERAS_METADATA_PB, OBJECT_GRAPH_KEY, SAVED_MODEL_VARIABLES
@@ -28,42 +27,29 @@ _BN_WEIGHTS = ("moving_mean", "moving_variance", "gamma", "beta")
 def read_keras_metadata(path: str) -> tuple[dict | None, list[str], str | None]:
     """The model config, the Lambda layers and the Keras version from ``keras_metadata.pb``.
 
-    ``keras_metadata.pb`` is a ``SavedMetadata`` message: repeated ``nodes`` (field 1),
-    each with ``node_path`` (3, ``root``, ``root.layer-3``), ``identifier`` (4) and a
-    JSON ``metadata`` string (5). The root node's JSON carries the model's config;
-    every layer node's names its class, which also finds Lambda layers of models
-    without a config (subclassed ones).
+    ``keras_metadata.pb`` (``readers.keras_metadata``) holds one node per object, each with
+    a JSON ``metadata``. The root node's JSON carries the model's config; every layer
+    node's names its class, which also finds Lambda layers of models without a config
+    (subclassed ones).
 
     Returns:
         ``(config, lambda layer names, keras_version)``; ``config`` is
         ``{"class_name": ..., "config": ...}`` or None.
     """
-    from ckptdoctor.readers.protowire import WireFormatError, iter_fields
+    from ckptdoctor.readers.keras_metadata import read_keras_metadata_nodes
 
-    file = os.path.join(path, KERAS_METADATA_PB)
-    try:
-        with open(file, "rb") as f:
-            buf = f.read()
-    except OSError as e:
-        raise CorruptCheckpointError(f"cannot read {file}: {e.strerror or e}") from e
+    nodes = read_keras_metadata_nodes(path, KERAS_METADATA_PB)
+    if nodes is None:
+        raise CorruptCheckpointError(f"cannot read {os.path.join(path, KERAS_METADATA_PB)}: it does not exist")
     config, version, code = None, None, []
-    try:
-        for field, _wtype, node in iter_fields(buf):
-            if field != 1 or not isinstance(node, bytes):
-                continue
-            parts = {f: v for f, _w, v in iter_fields(node) if isinstance(v, bytes)}
-            node_path = parts.get(3, b"").decode("utf-8", "replace")
-            meta = json.loads(parts.get(5, b"{}").decode("utf-8"))
-            if not isinstance(meta, dict):
-                continue
-            if meta.get("class_name") in CODE_CLASSES:
-                code.append(meta.get("name") or node_path)
-            if node_path == "root":
-                version = meta.get("keras_version")
-                if isinstance(meta.get("config"), dict):
-                    config = {"class_name": meta.get("class_name", ""), "config": meta["config"]}
-    except (WireFormatError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptCheckpointError(f"{file} is not a readable keras_metadata.pb ({e})") from e
+    for node in nodes:
+        meta = node.metadata
+        if meta.get("class_name") in CODE_CLASSES:
+            code.append(str(meta.get("name") or node.node_path))
+        if node.node_path == "root":
+            version = meta.get("keras_version") if isinstance(meta.get("keras_version"), str) else None
+            if isinstance(meta.get("config"), dict):
+                config = {"class_name": meta.get("class_name", ""), "config": meta["config"]}
     code += [name for name in lambda_layers(config) if name not in code]
     return config, code, version
 
