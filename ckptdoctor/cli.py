@@ -102,11 +102,12 @@ class Commands:
 
         Args:
             checkpoint: a prefix (model.ckpt), any file of it (.index, .data-*, .meta), a directory
-                with a 'checkpoint' state file, a SavedModel directory, or a Keras file (.keras,
-                .weights.h5, .h5).
-            graph: the MetaGraphDef (.meta) or a SavedModel; for a TF2 checkpoint or a Keras weights file,
-                the model: a .keras, full .h5, config .json, or package.module:function (a factory returning
-                it: ckptdoctor imports and runs that code); default: <prefix>.meta when it exists; False: none.
+                with a 'checkpoint' state file, a SavedModel directory, a Keras file (.keras,
+                .weights.h5, sharded .weights.json, .h5) or a Keras model directory (config.json +
+                model.weights.h5, as save_model(zipped=False) and the Hugging Face Hub write it).
+            graph: the MetaGraphDef (.meta) or a SavedModel; for a TF2 checkpoint or Keras weights, the model:
+                a .keras, model directory, full .h5, config .json or package.module:function factory (imported
+                and called: this runs your code); default: <prefix>.meta when it exists; False: none.
             stats: compute min/max/mean/std and NaN/Inf counts per tensor (reads every value).
             match: a regular expression: list only matching tensors (the diagnosis covers all).
             format: table or json.
@@ -174,7 +175,8 @@ class Commands:
         """Compare two checkpoints or Keras files: tensors only in one, dtype, shape or value differences.
 
         Args:
-            a: first checkpoint (prefix, folder, SavedModel) or Keras file (.keras, .weights.h5, .h5).
+            a: first checkpoint (prefix, folder, SavedModel), Keras file (.keras, .weights.h5, .weights.json,
+                .h5) or Keras model directory.
             b: second one; two Keras files with model configs also differ when their configs do.
             format: table or json.
 
@@ -215,12 +217,14 @@ class Commands:
 
         Args:
             checkpoint: the checkpoint to repair (never modified, except with --in-place after verification),
-                or a Keras model (model.keras, a full legacy .h5, a SavedModel directory written by tf-keras).
+                a Keras model (model.keras, a Keras model directory, a full legacy .h5, a SavedModel directory
+                written by tf-keras), or Keras weights (.weights.h5, sharded .weights.json) with --graph.
             data: X.npy, data.npz (keys = placeholder or Keras input names), FILE.h5:dataset, or FILE.h5
                 (its top-level datasets, named like .npz keys).
             graph: the MetaGraphDef; default <prefix>.meta. For a TF2 checkpoint (tf.train.Checkpoint,
-                CheckpointManager), the model: a .keras, config .json, or package.module:function (a factory
-                returning it, imported from the working directory and sys.path: ckptdoctor runs that code).
+                CheckpointManager) or Keras weights (.weights.h5, .weights.json): the model, as a .keras, a
+                Keras model directory, a config .json, or package.module:function, a factory imported from the
+                working directory and sys.path and called (this runs your code).
             input: the placeholder the data go to (default: the only float placeholder that fits).
             training: the boolean training switch (default: found from the BN layers).
             feed: NAME=VALUE constants for other placeholders (repeatable), e.g. keep_prob=1.0.

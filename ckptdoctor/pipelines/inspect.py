@@ -45,10 +45,12 @@ def inspect(
 
     Args:
         checkpoint: a prefix, any file of the checkpoint, a directory with a
-            ``checkpoint`` state file, a SavedModel directory or a Keras file.
+            ``checkpoint`` state file, a SavedModel directory, a Keras file or a
+            Keras model directory.
         graph: what describes the model: a MetaGraphDef, or for a Keras weights
-            file a ``.keras``/full ``.h5``/config ``.json``; None uses what the
-            checkpoint brings (``<prefix>.meta``, the file's own config); False none.
+            file a ``.keras``/model directory/full ``.h5``/config ``.json``/
+            ``package.module:function`` factory; None uses what the checkpoint
+            brings (``<prefix>.meta``, the file's own config); False none.
         stats: compute per-tensor statistics (reads every value).
         match: a regular expression; only matching tensors are listed (the
             diagnosis still covers all).

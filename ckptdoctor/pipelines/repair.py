@@ -68,7 +68,8 @@ def repair(
         checkpoint: the checkpoint, Keras file or SavedModel to repair; never modified
             (``in_place`` swaps it only after the new one is verified, keeping a backup).
         data: ``X.npy``, ``data.npz`` (keys name inputs) or ``FILE.h5:dataset``.
-        graph: TF1 checkpoints: the MetaGraphDef; default ``<prefix>.meta``.
+        graph: TF1 checkpoints: the MetaGraphDef; default ``<prefix>.meta``. Keras weights-only files
+            (``.weights.h5``, ``.weights.json``): the model (``runtime.keras_build.build_model``).
         input: the input the data feed (a placeholder or any feedable tensor, or a
             Keras input's name); default: the only one that fits.
         training: TF1: the boolean training switch; default: the one the BN layers depend on.

@@ -59,8 +59,12 @@ def _shape(v) -> tuple:
 
 
 def _check_matches(spec: str, path: str, saved: dict, shapes: dict) -> None:
-    """Refuse a model whose variables are not the file's: list what is missing, extra, or of another shape."""
+    """Refuse a model whose variables are not the file's: list what is missing, extra, or of another shape.
+
+    The optimizer's state is left out on both sides: a factory's model may be compiled, or not.
+    """
     stored = {k: s for k, s in shapes.items() if k.split("/")[0] not in _NOT_MODEL}
+    saved = {k: v for k, v in saved.items() if k.split("/")[0] not in _NOT_MODEL}
     missing = sorted(set(saved) - set(stored))
     extra = sorted(set(stored) - set(saved))
     other = sorted(k for k in set(saved) & set(stored) if _shape(saved[k]) != tuple(stored[k]))

@@ -104,6 +104,16 @@ class KerasFile:
                 f"--output {out}: sharded weights are written as a manifest named *{_MANIFEST_SUFFIX} (the name "
                 "Keras loads them from) with its shards beside it"
             )
+        several = self.format == _SHARDED or os.path.isdir(self.path)  # a directory, or a manifest and its shards
+        here, there = os.path.abspath(self.path), os.path.abspath(out)
+        if several and not in_place and there == here:
+            raise CkptDoctorError(
+                f"--output is the input {self.path} itself: pass --in-place to replace it (keeping a backup)"
+            )
+        if os.path.isdir(self.path) and there.startswith(here + os.sep):
+            raise CkptDoctorError(
+                f"--output {out} is inside the input directory {self.path}: choose --output elsewhere"
+            )
         if not dry_run and not in_place and os.path.lexists(out) and not force:
             raise OutputExistsError(f"{out} exists: pass --force to overwrite it, or choose --output elsewhere")
         return out

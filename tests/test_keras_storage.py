@@ -1,0 +1,478 @@
+"""Keras 3 storage variants: unzipped model directories (and the Hugging Face Hub layout), npz weights, and sharded
+``.weights.json`` weights, against the zipped ``.keras`` form of the same model.
+
+The models are built by ``keras_storage_builders.py`` (one subprocess for the small nested model in every form, one
+for the Keras Applications backbone, in parallel). What the zipped ``model.keras`` gives is the reference: the other
+forms must inspect to the same tensors and BN layers, and repair to the same statistics, bit for bit; Keras must
+load what repair wrote (``load_model``, ``load_weights``).
+"""
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import assert_one_line_error, cli_command, h5_datasets, run_cli, run_cli_without_tf
+
+BUILDERS = Path(__file__).with_name("keras_storage_builders.py")
+BN = {"backbone/bn1", "backbone/block/bn2", "bn_top"}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """The folder ``build`` and ``backbone`` wrote (built side by side)."""
+    folder = tmp_path_factory.mktemp("storage")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(BUILDERS), what, str(folder)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for what in ("build", "backbone")
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    return folder
+
+
+def parallel(*commands, cwd=None) -> list[subprocess.CompletedProcess]:
+    """``ckptdoctor ARGS`` for each ARGS at once (two cores: each loads TensorFlow)."""
+    procs = [
+        subprocess.Popen(
+            cli_command() + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
+        )
+        for args in commands
+    ]
+    done = []
+    for args, p in zip(commands, procs):
+        out, err = p.communicate(timeout=600)
+        done.append(subprocess.CompletedProcess(args, p.returncode, out, err))
+    return done
+
+
+def one_line_error_without_tf(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    """``assert_one_line_error`` for ``run_cli_without_tf``, whose TF_LOADED line must say False."""
+    assert "TF_LOADED=False" in proc.stderr, proc.stderr[-2000:]
+    proc = subprocess.CompletedProcess(
+        proc.args, proc.returncode, proc.stdout, proc.stderr.replace("TF_LOADED=False", "")
+    )
+    assert_one_line_error(proc, *fragments)
+
+
+def as_json(proc: subprocess.CompletedProcess, codes=(0,)) -> dict:
+    assert proc.returncode in codes, (proc.args, proc.stderr[-2000:])
+    return json.loads(proc.stdout)
+
+
+def check(root: Path, original: str, *items: str, data: Path | None = None) -> list[dict]:
+    """``keras_storage_builders.py check``: Keras loads each item; gaps to the reference, outputs, statistics."""
+    proc = subprocess.run(
+        [sys.executable, str(BUILDERS), "check", str(root), str(data or root / "X.npy"), original, *items],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def tensors(report: dict) -> dict:
+    """Each tensor's row without what names the file (the object path)."""
+    return {t["name"]: {k: v for k, v in t.items() if k != "object_path"} for t in report["tensors"]}
+
+
+def findings(report: dict) -> list:
+    return sorted((f["code"], f["severity"], f["layer"], f["tensor"]) for f in report["findings"])
+
+
+def digest(path: Path) -> dict:
+    """Every file below ``path`` (symlinks followed) -> sha256."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {str(p.relative_to(path) if path.is_dir() else p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def weights_of(path: Path) -> dict:
+    """Every stored tensor of a .keras, a model directory or a sharded manifest (read with h5py)."""
+    if path.is_dir():
+        return h5_datasets(path / "model.weights.h5")
+    if path.name.endswith(".weights.json"):
+        out = {}
+        for shard in shards_of(json.loads(path.read_text())):
+            out.update(h5_datasets(path.parent / shard))
+        return out
+    return h5_datasets(path)
+
+
+def shards_of(manifest: dict) -> set:
+    """The shard names of a manifest (Keras writes one name as a string, several as a list)."""
+    return {f for files in manifest["weight_map"].values() for f in ([files] if isinstance(files, str) else files)}
+
+
+def only_statistics_changed(src: dict, out: dict, stats: set) -> None:
+    assert set(src) == set(out)
+    for key in src:
+        if key in stats:
+            assert not np.array_equal(src[key], out[key]), key
+        else:
+            assert src[key].dtype == out[key].dtype and src[key].tobytes() == out[key].tobytes(), key
+
+
+# --------------------------------------------------------------------------- model directories
+
+
+def test_model_directory_and_hub_layout_inspect_like_the_archive(root):
+    zipped, folder, hub = root / "model.keras", root / "model_dir", root / "hub" / "snapshot"
+    ref, report = (as_json(p) for p in parallel(*[("inspect", p, "--format", "json") for p in (zipped, folder)]))
+    assert {b["layer"] for b in ref["bn_layers"]} == BN and ref["format"] == "keras-v3"
+    assert set(tensors(ref)) == set(h5_datasets(zipped)) and all(t["in_graph"] for t in ref["tensors"])
+    assert report["format"] == "keras-v3-dir" and report["checkpoint"] == str(folder)
+    assert tensors(report) == tensors(ref) and report["bn_layers"] == ref["bn_layers"]
+    assert findings(report) == findings(ref) and report["graph"] == f"{folder} (model config)"
+    assert report["notes"] == ref["notes"]  # checked against Keras alike
+    # Listing and the config cross-reference need no TensorFlow: the Hub snapshot without it.
+    bare = run_cli_without_tf("inspect", hub, "--format", "json")
+    assert "TF_LOADED=False" in bare.stderr, bare.stderr[-2000:]
+    report = json.loads(bare.stdout)
+    assert report["format"] == "keras-v3-dir" and report["checkpoint"] == str(hub)
+    assert tensors(report) == tensors(ref) and report["bn_layers"] == ref["bn_layers"]
+    assert findings(report) == findings(ref)
+    diff = run_cli_without_tf("diff", zipped, hub)
+    assert diff.returncode == 0 and "identical" in diff.stdout, diff.stdout
+
+
+def test_model_directory_repairs_to_the_archive_repair_exactly(root, tmp_path):
+    zipped, folder, hub = root / "model.keras", root / "model_dir", root / "hub" / "snapshot"
+    before = {p: digest(p) for p in (zipped, folder, hub, root / "hub" / "blobs")}
+    outs = [tmp_path / "zipped.keras", tmp_path / "dir", tmp_path / "hub"]
+    procs = parallel(
+        *[
+            ("repair", src, "--data", root / "X.npy", "--batch-size", 512, "--output", out, "--format", "json")
+            for src, out in zip((zipped, folder, hub), outs)
+        ]
+    )
+    results = [as_json(p) for p in procs]
+    assert {p: digest(p) for p in before} == before  # the inputs (and the Hub cache's blobs) are never written
+    stats = {b[k] for b in results[0]["layers"] for k in ("moving_mean", "moving_variance")}
+    assert len(stats) == 6 and {b["layer"] for b in results[0]["layers"]} == BN
+    ref = weights_of(outs[0])
+    only_statistics_changed(weights_of(zipped), ref, stats)
+    for src, out, result in zip((folder, hub), outs[1:], results[1:]):
+        assert result["output"] == str(out) and (result["updated"], result["untouched"]) == (6, len(ref) - 6)
+        assert [layer["layer"] for layer in result["layers"]] == [layer["layer"] for layer in results[0]["layers"]]
+        got = weights_of(out)
+        assert set(got) == set(ref)
+        for key in ref:  # the zipped form's repair, bit for bit
+            assert got[key].dtype == ref[key].dtype and got[key].tobytes() == ref[key].tobytes(), key
+        # Every other file is the input's own (a Hub snapshot's symlinks become the files they point to).
+        assert {k: v for k, v in digest(out).items() if k != "model.weights.h5"} == {
+            k: v for k, v in digest(src).items() if k != "model.weights.h5"
+        }
+        assert not any(p.is_symlink() for p in out.rglob("*"))
+    # Keras loads the repaired directories, to the same model as the repaired archive; all samples were in one
+    # batch, so inference gives the BN-training reference (dropout off).
+    stale, *loaded = check(root, str(zipped), str(zipped), *map(str, outs))
+    assert stale["gap"] > 0.1 and loaded[0]["gap"] < 2e-3, (stale["gap"], loaded[0]["gap"])
+    for row in loaded[1:]:
+        assert row["stats"] == loaded[0]["stats"] and row["outputs"] == loaded[0]["outputs"]
+        assert set(row["stats"]) == BN
+
+
+def test_model_directory_in_place_keeps_a_backup(root, tmp_path):
+    folder = tmp_path / "model_dir"
+    shutil.copytree(root / "model_dir", folder)
+    original = digest(folder)
+    for output, why in ((folder, "pass --in-place"), (folder / "fixed", "inside the input directory")):
+        proc = run_cli_without_tf("repair", folder, "--data", root / "X.npy", "--output", output)
+        one_line_error_without_tf(proc, why)
+    result = as_json(run_cli("repair", folder, "--data", root / "X.npy", "--in-place", "--format", "json"))
+    assert result["output"] == str(folder) and result["backup"].startswith(f"{folder}.backup-")
+    assert digest(Path(result["backup"])) == original
+    assert digest(folder)["config.json"] == original["config.json"] and digest(folder) != original
+    proc = run_cli("inspect", folder, "--stats=False")
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_hub_clone_without_git_lfs_is_a_one_line_error(root, tmp_path):
+    clone = tmp_path / "clone"
+    shutil.copytree(root / "model_dir", clone)
+    pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize 61272\n".format("0" * 64)
+    (clone / "model.weights.h5").write_text(pointer)
+    one_line_error_without_tf(
+        run_cli_without_tf("inspect", clone), "model.weights.h5", "Git LFS pointer", "git lfs pull"
+    )
+
+
+# --------------------------------------------------------------------------- npz weights
+
+
+def test_npz_weights_keras_writes_are_refused_without_unpickling(root, tmp_path):
+    npz_archive, npz_dir = root / "model_npz.keras", root / "npz_dir"
+    with zipfile.ZipFile(npz_archive) as z:  # what Keras writes: every member pickled
+        assert "model.weights.npz" in z.namelist()
+    for path, where in ((npz_archive, "model.weights.npz"), (npz_dir, "model.weights.h5")):
+        for args in (("inspect", path), ("diff", path, root / "model.keras")):
+            one_line_error_without_tf(
+                run_cli_without_tf(*args),
+                where,
+                "pickled Python objects",
+                "allow_pickle=False",
+                "keras.src.backend.Variable",
+            )
+        proc = run_cli("repair", path, "--data", root / "X.npy", "--output", tmp_path / "out")
+        assert_one_line_error(proc, "pickled", "HDF5 weights")
+        assert not (tmp_path / "out").exists()
+    # A pickle that would run a command: disassembled to name what it imports, never loaded.
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    member, npz = io.BytesIO(), io.BytesIO()
+    np.save(member, np.array(Payload(), dtype=object), allow_pickle=True)
+    with zipfile.ZipFile(npz, "w") as z:
+        z.writestr("layers/dense.npy", member.getvalue())
+    evil = tmp_path / "evil.keras"
+    with zipfile.ZipFile(root / "model.keras") as z, zipfile.ZipFile(evil, "w") as out:
+        out.writestr("config.json", z.read("config.json"))
+        out.writestr("model.weights.npz", npz.getvalue())
+    one_line_error_without_tf(
+        run_cli_without_tf("inspect", evil), "layers/dense.npy", "holds pickled Python objects", "system"
+    )
+    assert not marker.exists()
+
+
+def test_plain_array_npz_reads_like_hdf5(root, tmp_path):
+    """No Keras writes npz weights without pickles; an npz of plain arrays named like the HDF5 datasets (made here
+    from model.keras) is what the reader reads: the same tensors, BN layers (matched by class and order: an npz
+    records no names) and values."""
+    plain = tmp_path / "plain.keras"
+    zipped = root / "model.keras"
+    with zipfile.ZipFile(zipped) as z, zipfile.ZipFile(plain, "w") as out:
+        for name in ("metadata.json", "config.json"):
+            out.writestr(name, z.read(name))
+        with out.open("model.weights.npz", "w") as member:
+            np.savez(member, **h5_datasets(zipped))
+    ref, got = (json.loads(run_cli_without_tf("inspect", p, "--format", "json").stdout) for p in (zipped, plain))
+    assert got["format"] == "keras-v3-npz"
+
+    def rows(report):  # an npz member's bytes are its data's, an HDF5 dataset's its storage's
+        return {k: {f: v for f, v in t.items() if f != "nbytes"} for k, t in tensors(report).items()}
+
+    assert rows(got) == rows(ref)
+    assert got["bn_layers"] == ref["bn_layers"] and findings(got) == findings(ref)
+    proc = run_cli_without_tf("diff", zipped, plain)
+    assert proc.returncode == 0 and "identical" in proc.stdout, proc.stdout
+    proc = run_cli("repair", plain, "--data", root / "X.npy")
+    assert_one_line_error(proc, "npz weights", "Keras cannot load")
+
+
+# --------------------------------------------------------------------------- directories of no known format
+
+
+def test_unknown_directory_says_what_it_holds_and_what_is_accepted(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "data").mkdir()
+    shutil.copyfile(Path(__file__), tmp_path / "model.keras")  # a file a Keras user would name
+    for command in ("inspect", "diff"):
+        proc = run_cli_without_tf(command, tmp_path, *([tmp_path] if command == "diff" else []))
+        one_line_error_without_tf(proc, "data/", "notes.txt", "SavedModel", "Keras model directory", ".weights.json")
+    keras_dir = tmp_path / "keras_dir"
+    keras_dir.mkdir()
+    (keras_dir / "config.json").write_text("{}")
+    (keras_dir / "metadata.json").write_text('{"keras_version": "3.15.1"}')
+    one_line_error_without_tf(run_cli_without_tf("inspect", keras_dir), "no model.weights.h5", "metadata.json")
+
+
+# --------------------------------------------------------------------------- sharded weights
+
+
+def test_sharded_weights_inspect_and_diff_like_the_unsharded_file(root):
+    sharded, single = root / "sharded" / "w.weights.json", root / "model.weights.h5"
+    shards = json.loads((root / "info.json").read_text())["shards"]
+    assert len(shards) >= 2
+    ref, got = (as_json(run_cli_without_tf("inspect", p, "--format", "json")) for p in (single, sharded))
+    assert got["format"] == "keras-weights-sharded" and tensors(got) == tensors(ref)
+    assert set(tensors(got)) == set(weights_of(sharded))
+    assert got["bn_layers"] == ref["bn_layers"] and {b["layer"] for b in got["bn_layers"]} == BN
+    assert not got["findings"]
+    proc = run_cli_without_tf("diff", sharded, single)
+    assert proc.returncode == 0 and "TF_LOADED=False" in proc.stderr and "identical" in proc.stdout
+    # Against the model's config (from a .keras, or from the factory that builds it): every tensor is the model's.
+    for proc in parallel(
+        *[
+            ("inspect", sharded, "--graph", g, "--format", "json")
+            for g in (root / "model.keras", "storage_factory:nested")
+        ],
+        cwd=root,
+    ):
+        report = as_json(proc)
+        assert all(t["in_graph"] for t in report["tensors"]) and not report["findings"]
+        assert {b["layer"]: b["status"] for b in report["bn_layers"]} == {name: "ok" for name in BN}
+
+
+def test_weights_only_files_repair_with_graph_to_the_archive_repair(root, tmp_path):
+    """Sharded weights with a factory, and a .weights.h5 with a model directory, as --graph (the backbone test
+    gives sharded weights a .keras)."""
+    sharded = root / "sharded" / "w.weights.json"
+    data = ("--data", root / "X.npy", "--batch-size", 64, "--format", "json")
+    outs = {
+        "zipped": tmp_path / "model.keras",
+        "factory": tmp_path / "f.weights.json",
+        "single": tmp_path / "s.weights.h5",
+    }
+    procs = parallel(
+        ("repair", root / "model.keras", *data, "--output", outs["zipped"]),
+        ("repair", sharded, *data, "--graph", "storage_factory:nested", "--output", outs["factory"]),
+        ("repair", root / "model.weights.h5", *data, "--graph", root / "model_dir", "--output", outs["single"]),
+        cwd=root,
+    )
+    results = dict(zip(outs, map(as_json, procs)))
+    ref = weights_of(outs["zipped"])
+    for name in ("factory", "single"):
+        assert results[name]["output"] == str(outs[name]) and results[name]["updated"] == 6
+        assert results[name]["graph"].startswith(("storage_factory:nested", str(root / "model_dir")))
+        got = weights_of(outs[name])
+        assert set(got) == set(ref)
+        for key in got:  # the zipped form's repair, bit for bit
+            assert got[key].tobytes() == ref[key].tobytes() and got[key].dtype == ref[key].dtype, (name, key)
+    # Same split, shards renamed after the output; a shard holding no statistic is the input's bytes.
+    manifest, new = json.loads(sharded.read_text()), json.loads(outs["factory"].read_text())
+    assert new["metadata"] == manifest["metadata"]
+    assert new["weight_map"] == {
+        g: [f.replace("w_", "f_", 1) for f in files] if isinstance(files, list) else files.replace("w_", "f_", 1)
+        for g, files in manifest["weight_map"].items()
+    }
+    stats = {layer[k] for layer in results["factory"]["layers"] for k in ("moving_mean", "moving_variance")}
+    for shard in shards_of(manifest):
+        src, out = sharded.parent / shard, tmp_path / shard.replace("w_", "f_", 1)
+        with h5py.File(src) as f:
+            holds_stats = any(key in f for key in stats)
+        assert holds_stats or src.read_bytes() == out.read_bytes(), shard
+    # Keras loads them (load_weights), to the repaired archive's model.
+    loaded = check(
+        root,
+        str(root / "model.keras"),
+        str(outs["zipped"]),
+        f"storage_factory:nested={outs['factory']}",
+        f"storage_factory:nested={outs['single']}",
+    )
+    for row in loaded[1:]:
+        assert row["outputs"] == loaded[0]["outputs"] and row["stats"] == loaded[0]["stats"]
+
+
+def test_weights_only_repair_refuses_a_model_that_does_not_fit(root, tmp_path):
+    sharded = root / "sharded" / "w.weights.json"
+    other = root / "backbone" / "sharded" / "w.weights.json"
+    wrong, missing = parallel(
+        ("repair", other, "--data", root / "backbone" / "X.npy", "--graph", root / "model.keras"),
+        ("repair", sharded, "--data", root / "X.npy", "--graph", "storage_factory:nowhere"),
+        cwd=root,
+    )
+    assert_one_line_error(
+        wrong, "does not match", "are not in the file", "belong to none of its variables", "pass the model that wrote"
+    )
+    assert_one_line_error(missing, "storage_factory:nowhere", "cannot import")
+    proc = run_cli("repair", sharded, "--data", root / "X.npy", "--graph", root / "model.keras", "--output", "x.h5")
+    assert_one_line_error(proc, ".weights.json")
+    assert not list(root.glob("backbone/sharded/w-repaired*"))
+
+
+def test_missing_or_damaged_shard_is_a_finding_or_a_one_line_error(root, tmp_path):
+    folder = tmp_path / "sharded"
+    shutil.copytree(root / "sharded", folder)
+    manifest = folder / "w.weights.json"
+    shards = json.loads((root / "info.json").read_text())["shards"]
+    kept, lost = shards[0], shards[1]
+    for damage in ("missing", "garbage"):
+        if damage == "missing":
+            (folder / lost).unlink()
+        else:
+            (folder / lost).write_bytes(b"not hdf5 at all" * 100)
+        proc = run_cli_without_tf("inspect", manifest, "--format", "json")
+        report = as_json(proc, codes=(1,))
+        [finding] = [f for f in report["findings"] if f["code"] == "shard-unreadable"]
+        assert finding["severity"] == "error" and finding["tensor"] == lost
+        assert ("is missing" if damage == "missing" else "not a readable HDF5 file") in finding["message"]
+        assert set(tensors(report)) == set(h5_datasets(folder / kept))  # what the other shards hold is listed
+        for args in (
+            ("diff", manifest, root / "model.weights.h5"),
+            ("repair", manifest, "--data", root / "X.npy", "--graph", root / "model.keras"),
+        ):
+            one_line_error_without_tf(run_cli_without_tf(*args), f"shard {lost}", "every shard is needed")
+    manifest.write_text("{not json")
+    one_line_error_without_tf(run_cli_without_tf("inspect", manifest), "w.weights.json", "not a readable JSON manifest")
+
+
+def test_sharded_in_place_keeps_every_input_file_as_a_backup(root, tmp_path):
+    folder = tmp_path / "sharded"
+    shutil.copytree(root / "sharded", folder)
+    manifest, before = folder / "w.weights.json", digest(folder)
+    args = ("repair", manifest, "--graph", "storage_factory:nested", "--data", root / "X.npy")
+    assert_one_line_error(run_cli(*args, "--output", manifest, cwd=root), "is the input", "--in-place")
+    result = as_json(run_cli(*args, "--in-place", "--format", "json", cwd=root))
+    assert result["output"] == str(manifest) and result["updated"] == 6
+    suffix = result["backup"][len(str(manifest)) :]
+    assert suffix.startswith(".backup-") and any(suffix in note for note in result["notes"])
+    after = digest(folder)
+    assert set(after) == set(before) | {name + suffix for name in before}
+    assert all(after[name + suffix] == sha for name, sha in before.items())  # every input file kept as it was
+    assert after["w.weights.json"] == before["w.weights.json"]  # the same shard names: the same manifest
+    assert [n for n in before if after[n] != before[n]]  # the shards holding statistics were rewritten
+    proc = run_cli_without_tf("inspect", manifest, "--stats=False")
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_sharded_backbone_weights_inspect_and_repair(root, tmp_path):
+    """The acceptance case: a Keras Applications backbone (MobileNetV2) nested in a model with its own head."""
+    folder = root / "backbone"
+    sharded, info = folder / "sharded" / "w.weights.json", json.loads((folder / "info.json").read_text())
+    assert len(info["shards"]) >= 3 and len(info["bn"]) == 53
+    report = as_json(run_cli_without_tf("inspect", sharded, "--format", "json"))
+    single = as_json(run_cli_without_tf("inspect", folder / "w.weights.h5", "--format", "json"))
+    stored = weights_of(sharded)
+    assert set(tensors(report)) == set(stored) and tensors(report) == tensors(single)
+    assert sorted(b["layer"] for b in report["bn_layers"]) == sorted(info["bn"])
+    assert {b["status"] for b in report["bn_layers"]} == {"ok"} and not report["findings"]
+    for b in report["bn_layers"]:
+        assert b["gamma"] and b["beta"] and stored[b["moving_mean"]].shape == (b["channels"],)
+    data = ("--data", folder / "X.npy", "--batch-size", 64, "--format", "json")
+    outs = [tmp_path / "f.weights.json", tmp_path / "a.weights.json"]
+    checked, by_factory, by_keras = parallel(
+        ("inspect", sharded, "--graph", folder / "arch.keras", "--stats=False", "--format", "json"),
+        ("repair", sharded, *data, "--graph", "storage_factory:backbone", "--output", outs[0]),
+        ("repair", sharded, *data, "--graph", folder / "arch.keras", "--output", outs[1]),
+        cwd=root,
+    )
+    checked = as_json(checked)
+    assert sorted(b["layer"] for b in checked["bn_layers"]) == sorted(info["bn"])
+    assert not [f for f in checked["findings"] if f["severity"] == "error"] and all(
+        t["in_graph"] for t in checked["tensors"]
+    )
+    for proc in (by_factory, by_keras):
+        result = as_json(proc)
+        assert sorted(layer["layer"] for layer in result["layers"]) == sorted(info["bn"])
+        assert result["held_in_inference"] == ["drop"] and result["output_check"]["improved"]
+        stats = {layer[k] for layer in result["layers"] for k in ("moving_mean", "moving_variance")}
+        only_statistics_changed(stored, weights_of(Path(result["output"])), stats)
+    rows = check(
+        root,
+        f"storage_factory:backbone={sharded}",
+        f"storage_factory:backbone={sharded}",
+        *[f"storage_factory:backbone={out}" for out in outs],
+        data=folder / "X.npy",
+    )
+    assert rows[0]["gap"] > 0.05  # stale before
+    for row in rows[1:]:  # all samples in one batch: inference gives the BN-training reference
+        assert row["gap"] < 2e-3, row["gap"]
+        assert row["stats"] == rows[1]["stats"] and row["outputs"] == rows[1]["outputs"]
