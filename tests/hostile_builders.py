@@ -266,6 +266,40 @@ def keras_archive(path, replace: dict | None = None) -> Path:
     return write_zip(path, list(members.items()))
 
 
+def big_layer_archive(path, units: int = 16000) -> Path:
+    """A ``.keras`` whose config (600 bytes) declares a Dense layer of ``units`` x ``units`` (1 GB of float32 for
+    16,000) built from an input of ``units``; the weights file stores the small layer of ``keras_archive``."""
+    import copy
+
+    config = copy.deepcopy(KERAS_CONFIG)
+    config["config"]["layers"][1] = {
+        "module": "keras.layers",
+        "class_name": "Dense",
+        "config": {"name": "dense", "units": units},
+        "build_config": {"input_shape": [None, units]},
+    }
+    return keras_archive(path, {"config.json": json.dumps(config).encode()})
+
+
+def big_layer_legacy_h5(path, source, units: int = 16000) -> Path:
+    """A copy of the tf-keras full model ``source`` whose ``model_config`` declares its input and Dense layer
+    ``units`` wide (a ``units`` x ``units`` kernel); the stored weights stay as they are."""
+    import shutil
+
+    import h5py
+
+    shutil.copyfile(source, path)
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] == "InputLayer":
+                layer["config"]["batch_input_shape"] = [None, units]
+            elif layer["class_name"] == "Dense":
+                layer["config"]["units"] = units
+        f.attrs["model_config"] = json.dumps(config).encode()
+    return Path(path)
+
+
 def config_bomb(path, size: int = 3 * GiB) -> Path:
     """A ``.keras`` whose ``config.json`` inflates to ``size`` bytes of JSON whitespace (about size/1000 on disk)."""
     return keras_archive(path, {"config.json": deflate_repeat(b" " * (1 << 20), size >> 20)})
@@ -400,6 +434,7 @@ CASES = {
     "bomb.npz": npz_bomb,
     "unstored-data.h5": unstored_data_h5,
     "heap-loop.weights.h5": heap_loop_h5,
+    "big-layer.keras": big_layer_archive,
     "vlen-1GiB.weights.h5": vlen_length_h5,
     "deep-saved-model": deep_saved_model,
 }

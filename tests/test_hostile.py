@@ -31,6 +31,9 @@ MiB = 1 << 20
 RSS_BOUND = 256 * MiB
 SEED = Path(__file__).resolve().parents[1] / "sample_ckpts" / "seed"
 FIXTURE_SAVEDMODEL = Path(__file__).resolve().parents[1] / "fuzz" / "fixtures" / "savedmodel"
+FUZZ_CORPUS = Path(__file__).resolve().parents[1] / "fuzz" / "corpus"
+#: Importing TensorFlow alone costs about 560 MiB of RSS here: the bound when Keras checks a config.
+WITH_TENSORFLOW_BOUND = 1024 * MiB
 
 
 def refused(args, *fragments) -> str:
@@ -94,6 +97,22 @@ def test_genuine_archive_reads_through_the_window(tmp_path):
     doc = inspected(hb.keras_archive(tmp_path / "ok.keras"))
     assert doc["format"] == "keras-v3" and {t["name"] for t in doc["tensors"]} >= {"layers/dense/vars/0"}
     assert all(t["mean"] is not None for t in doc["tensors"])
+
+
+@pytest.mark.parametrize("kind", ["keras3", "tfkeras"])
+def test_layer_sizes_from_a_config_are_not_allocated(tmp_path, kind):
+    # The weights check rebuilds each config layer with Keras: a 600-byte config declaring a 16,000 x 16,000
+    # Dense layer made it allocate and initialise 1 GB (Keras 3: 82 s, 3.7 GB RSS; tf-keras: 23 s, 3.7 GB).
+    if kind == "keras3":
+        path = hb.big_layer_archive(tmp_path / "big.keras")
+    else:
+        path = hb.big_layer_legacy_h5(tmp_path / "big.h5", FUZZ_CORPUS / "keras_h5" / "tfkeras-full.h5")
+    proc, rss = run_cli_measured("inspect", path, "--format", "json", tensorflow=True)
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 1
+    kernel = [f for f in doc["findings"] if f["code"] == "shape-mismatch" and "kernel" in f["message"]]
+    assert kernel and "16000" in kernel[0]["message"]
+    assert rss < WITH_TENSORFLOW_BOUND, f"peak RSS {rss / MiB:.0f} MiB"
 
 
 # ----------------------------------------------------------------------------- HDF5 datasets
