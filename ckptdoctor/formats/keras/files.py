@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from ckptdoctor.errors import CorruptCheckpointError, GraphError
@@ -52,9 +51,11 @@ def config_from(path: str) -> tuple[dict, str | None]:
     if not os.path.isfile(path):
         raise GraphError(f"no model config at {path}: pass --graph with a .keras file, a full .h5 or a config .json")
     if path.endswith(".json"):
+        from ckptdoctor.readers.limits import MAX_JSON_BYTES, load_json
+
         try:
-            with open(path, encoding="utf-8") as f:
-                config = json.load(f)
+            with open(path, "rb") as f:
+                config = load_json(f.read(MAX_JSON_BYTES + 1), path)
         except (OSError, ValueError) as e:
             raise GraphError(f"{path} is not a readable JSON model config ({e})") from e
         return config, config.get("keras_version") if isinstance(config, dict) else None
