@@ -281,6 +281,19 @@ def big_layer_archive(path, units: int = 16000) -> Path:
     return keras_archive(path, {"config.json": json.dumps(config).encode()})
 
 
+def many_layers_archive(path, n: int = 20000) -> Path:
+    """A ``.keras`` whose config adds ``n`` Dense layers of different widths (no weights stored for them)."""
+    import copy
+
+    config = copy.deepcopy(KERAS_CONFIG)
+    config["config"]["layers"] += [
+        {"module": "keras.layers", "class_name": "Dense", "config": {"name": f"d{i}", "units": 3 + i},
+         "build_config": {"input_shape": [None, 3]}}
+        for i in range(n)
+    ]  # fmt: skip
+    return keras_archive(path, {"config.json": json.dumps(config).encode()})
+
+
 def big_layer_legacy_h5(path, source, units: int = 16000) -> Path:
     """A copy of the tf-keras full model ``source`` whose ``model_config`` declares its input and Dense layer
     ``units`` wide (a ``units`` x ``units`` kernel); the stored weights stay as they are."""

@@ -36,6 +36,9 @@ _MODELS = frozenset({"Functional", "Sequential", "Model"})
 _IRRELEVANT = frozenset({"name", "inbound_nodes", "shared_object_id"})
 
 _CACHE: dict[str, tuple | None] = {}
+#: Layers (Keras 3: kinds of layers, names aside) rebuilt per file at most: about 2 ms each, and a config is
+#: cheap to fill with tens of thousands. Real models have at most a few hundred kinds.
+MAX_REBUILDS = 1024
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,7 @@ def _rebuild_keras3(K, layers: list, layout: str, out: Expectation) -> None:
         def make(self, path, metadata=None):
             return self.made.setdefault(path, {})
 
+    rebuilt = 0
     for layer in layers:
         item = layer.item
         if layer.class_name in _MODELS or not isinstance(item, dict):
@@ -223,7 +227,13 @@ def _rebuild_keras3(K, layers: list, layout: str, out: Expectation) -> None:
             out.unchecked.append((layer.path, f"{unsafe} is not rebuilt (code outside Keras)"))
             continue
         key = _cache_key("keras3", item)
+        if key not in _CACHE and rebuilt >= MAX_REBUILDS:
+            out.unchecked.append(
+                (layer.path, f"not rebuilt: the config asks for more than {MAX_REBUILDS} kinds of layers")
+            )
+            continue
         if key not in _CACHE:
+            rebuilt += 1
             _CACHE[key] = None
             try:
                 with _unallocated_variables():
@@ -278,6 +288,9 @@ def _rebuild_tfkeras(K, layers: list, config: dict, out: Expectation) -> None:
     unsafe = _unsafe_part(config)
     if unsafe:
         out.reason = f"the config holds {unsafe}, which is never rebuilt (code outside Keras)"
+        return
+    if len(layers) > MAX_REBUILDS:
+        out.reason = f"the config has {len(layers)} layers; more than {MAX_REBUILDS} are not rebuilt"
         return
     import logging
 
