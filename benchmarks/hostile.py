@@ -41,6 +41,9 @@ COMMANDS = {
     "saved_model.pb nested 2,000 deep": ("deep-saved-model", ["inspect", "{f}"]),
     "HDF5 global heap with a free-space object of size 0": ("heap-loop.weights.h5", ["inspect", "{f}"]),
     "HDF5 string attribute declaring 1.25 GiB": ("vlen-1GiB.weights.h5", ["inspect", "{f}"]),
+    "config declaring a 16,000 x 16,000 Dense layer (Keras 3)": ("big-layer.keras", ["inspect", "{f}"]),
+    "the same in a tf-keras .h5": ("big-layer-tfkeras.h5", ["inspect", "{f}"]),
+    "config of 50,000 kinds of layers (Keras 3)": ("many-layers.keras", ["inspect", "{f}"]),
 }  # fmt: skip
 
 

@@ -420,6 +420,7 @@ def _varint(v: int) -> bytes:
 
 
 SEED = Path(__file__).resolve().parents[1] / "sample_ckpts" / "seed"
+FUZZ_CORPUS = Path(__file__).resolve().parents[1] / "fuzz" / "corpus"
 
 
 def deep_saved_model(directory, depth: int = 2000) -> Path:
@@ -448,6 +449,8 @@ CASES = {
     "unstored-data.h5": unstored_data_h5,
     "heap-loop.weights.h5": heap_loop_h5,
     "big-layer.keras": big_layer_archive,
+    "big-layer-tfkeras.h5": lambda p: big_layer_legacy_h5(p, FUZZ_CORPUS / "keras_h5" / "tfkeras-full.h5"),
+    "many-layers.keras": lambda p: many_layers_archive(p, 50_000),
     "vlen-1GiB.weights.h5": vlen_length_h5,
     "deep-saved-model": deep_saved_model,
 }
