@@ -198,6 +198,45 @@ def vlen_length_h5(path, length: int = 0x50000000) -> Path:
     return Path(path)
 
 
+def vlen_dataset_h5(path, chunked: bool, length: int = 0x50000000) -> Path:
+    """A Keras 3 ``.weights.h5`` with a string dataset (``layers/vocab/vars/0``, a vocabulary) whose value
+    ``"alpha"``'s descriptor declares ``length`` bytes; ``chunked``: stored in chunks, else contiguously."""
+    import h5py
+
+    keras_weights_h5(path)
+    with h5py.File(path, "r+") as f:
+        vocab = f.create_group("layers/vocab/vars")
+        ds = vocab.create_dataset(
+            "0",
+            data=np.array([b"alpha", b"beta", b"gamma"], dtype=object),
+            dtype=h5py.string_dtype(),
+            **({"chunks": (2,), "maxshape": (None,)} if chunked else {}),
+        )
+        f.flush()
+        at = ds.id.get_chunk_info(0).byte_offset if chunked else ds.id.get_offset()  # the first descriptor
+    data = bytearray(Path(path).read_bytes())
+    assert struct.unpack_from("<I", data, at)[0] == len("alpha")
+    data[at : at + 4] = struct.pack("<I", length)
+    Path(path).write_bytes(bytes(data))
+    return Path(path)
+
+
+def object_graph_bundle(prefix, count: int = 10_000_000) -> str:
+    """A TF2 checkpoint whose object graph ``_CHECKPOINTABLE_OBJECT_GRAPH``, a string scalar in any real
+    checkpoint, declares ``count`` (empty) strings, with valid checksums: reading it made ``count`` objects."""
+    import google_crc32c
+    from test_bundle_reader import entry_proto, write_bundle
+
+    from ckptdoctor.readers import sstable
+
+    length_crc = google_crc32c.value(bytes(4 * count))  # the lengths as the writer checksums them (u32 each)
+    stored = struct.pack("<I", sstable.mask_crc(length_crc))
+    data = bytes(count) + stored  # one zero varint per string, then the lengths' checksum, no payload
+    crc = google_crc32c.extend(length_crc, stored)
+    entry = entry_proto(7, [count], 0, len(data), crc)
+    return write_bundle(prefix, [(b"_CHECKPOINTABLE_OBJECT_GRAPH", entry)], data)
+
+
 def external_storage_h5(path, target: str = "/dev/zero") -> Path:
     """A Keras 3 ``.weights.h5`` whose dense kernel's values are declared to be in ``target`` (an external file)."""
     import h5py

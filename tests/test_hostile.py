@@ -181,6 +181,13 @@ def test_variable_length_value_declaring_gigabytes_is_refused(tmp_path):
     refused(["inspect", path], "declares 1342177280 bytes but its global heap object holds 5")
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["contiguous", "chunked"])
+def test_string_dataset_declaring_gigabytes_is_not_read(tmp_path, chunked):
+    # diff reads every tensor: the vocabulary's descriptors are checked first (libhdf5 would allocate 1.25 GiB).
+    path = hb.vlen_dataset_h5(tmp_path / "vocab.weights.h5", chunked)
+    refused(["diff", path, path], "layers/vocab/vars/0: a value declares 1342177280 bytes")
+
+
 def test_report_file_with_a_hostile_heap_is_refused(tmp_path):
     path = hb.heap_loop_h5(tmp_path / "report.h5")
     refused(["report", path], "is not an HDF5 file", "loop forever")
@@ -255,6 +262,22 @@ def test_entries_sharing_bytes_are_read_once(tmp_path):
     assert [t["name"] for t in doc["tensors"] if t["mean"] is not None] == ["t0000"]
     overlapping = [f for f in doc["findings"] if f["code"] == "tensor-unreadable"]
     assert len(overlapping) == 1999 and "overlap those of 't0000'" in overlapping[0]["message"]
+
+
+def test_object_graph_declaring_millions_of_strings_is_not_read(tmp_path):
+    # The object graph must be one string: its 10,000,000 "strings" (10 MB) were 10 million objects.
+    doc = inspected(hb.object_graph_bundle(tmp_path), "--graph", "False")  # within the memory bound
+    assert [(t["name"], t["shape"], t["object_path"]) for t in doc["tensors"]] == [
+        ("_CHECKPOINTABLE_OBJECT_GRAPH", [10_000_000], None)
+    ]
+
+
+def test_index_of_another_kind_is_told_by_its_footer(tmp_path):
+    # A sparse 1 GiB file of zeros named .index: its last 48 bytes say it is none, before it is read.
+    with open(tmp_path / "ckpt.index", "wb") as f:
+        f.truncate(1 << 30)
+    write_file(tmp_path / "ckpt.data-00000-of-00001", b"")
+    refused(["inspect", tmp_path / "ckpt", "--graph", "False"], "is not a TensorFlow checkpoint index: bad magic")
 
 
 def _table(blocks: list[bytes], handles: list[bytes]) -> bytes:

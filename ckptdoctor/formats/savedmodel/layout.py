@@ -49,7 +49,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from ckptdoctor.constants import OPTIMIZER_SLOT_PATTERN
-from ckptdoctor.errors import CorruptCheckpointError, TensorReadError
+from ckptdoctor.errors import CorruptCheckpointError, TensorReadError, UnsupportedFormatError
 from ckptdoctor.readers.protowire import WireFormatError, decode_object_graph
 from ckptdoctor.readers.saved_model_pb import FusedBatchNorm, SavedNode, read_saved_model
 
@@ -333,9 +333,8 @@ def describe_saved_model(directory: str, reader) -> SavedModelLayout:
     attribute_keys_at: dict[tuple[str, ...], list[str]] = {}
     if OBJECT_GRAPH_KEY in keys:
         try:
-            value = reader.read(OBJECT_GRAPH_KEY)
-            bundle_nodes = decode_object_graph(value.reshape(-1)[0])
-        except (TensorReadError, WireFormatError, IndexError, AttributeError, TypeError) as e:
+            bundle_nodes = decode_object_graph(reader.read_object_graph())
+        except (TensorReadError, UnsupportedFormatError, WireFormatError) as e:
             bundle_nodes = []
             notes.append(f"the bundle's object graph is unusable ({e}): keys built from saved_model.pb's paths")
         bpaths = _paths(lambda i: bundle_nodes[i].children, lambda i: bundle_nodes[i].slot_variables, len(bundle_nodes))
