@@ -115,6 +115,17 @@ def test_layer_sizes_from_a_config_are_not_allocated(tmp_path, kind):
     assert rss < WITH_TENSORFLOW_BOUND, f"peak RSS {rss / MiB:.0f} MiB"
 
 
+def test_repair_refuses_a_config_that_does_not_fit_its_weights_before_loading(tmp_path):
+    # Keras would build (allocate, 3.7 GB RSS) the 16,000 x 16,000 layer before failing on the weights.
+    data = tmp_path / "x.npy"
+    np.save(data, np.zeros((8, 4), np.float32))
+    proc, rss = run_cli_measured(
+        "repair", hb.big_layer_archive(tmp_path / "big.keras"), "--data", data, "--dry-run", tensorflow=True
+    )
+    assert_one_line_error(proc, "its config and its weights disagree", "the config builds [16000, 16000]")
+    assert rss < WITH_TENSORFLOW_BOUND, f"peak RSS {rss / MiB:.0f} MiB"
+
+
 def test_a_config_of_many_kinds_of_layers_is_checked_up_to_a_bound(tmp_path):
     # 20,000 Dense layers of different widths: each a rebuild of about 2 ms; 1024 are rebuilt, the rest noted.
     proc, rss = run_cli_measured("inspect", hb.many_layers_archive(tmp_path / "many.keras"), "--format", "json",

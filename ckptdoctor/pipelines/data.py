@@ -19,6 +19,7 @@ import math
 import os
 import zipfile
 from tokenize import TokenError
+from typing import Literal
 
 import numpy as np
 
@@ -113,7 +114,7 @@ def _npz_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, size: int
             f"{label} declares shape {list(shape)} of {dtype} ({human(needed)}) but holds {human(info.file_size)}: "
             "save the data again"
         )
-    order = "F" if fortran else "C"
+    order: Literal["C", "F"] = "F" if fortran else "C"
     if needed == 0:
         return np.zeros(shape, dtype, order=order)
     with open(path, "rb") as f:

@@ -258,7 +258,7 @@ class RawHDF5:
             if self._u(pos, 1) != 1:
                 raise _Bad(f"no object header at offset {pos - self.start}")
             first, header = (pos + 16, pos + 16 + self._u(pos + 8, 4)), 8
-        chunks, seen = [first], set()
+        chunks, seen = [first], set[tuple[int, int]]()
         while chunks:
             a, z = chunks.pop()
             if (a, z) in seen or len(seen) >= _MAX_CHUNKS or z > self.end or a < self.start:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -93,7 +94,7 @@ class KerasH5Reader:
 
         self.prefix = label or path
         self._fileobj = fileobj
-        self._datasets: dict[str, object] = {}
+        self._datasets: dict[str, Any] = {}
         self._problems: dict[str, str | None] = {}
         try:
             self._raw = raw if raw is not None else RawHDF5.open(path)

@@ -43,7 +43,7 @@ def decode_keras_metadata(buf: bytes) -> list[MetadataNode]:
         WireFormatError: the bytes are not a ``SavedMetadata`` message.
         ValueError: a node's metadata is not JSON, not UTF-8, or too large or deep (``limits``).
     """
-    nodes = []
+    nodes: list[MetadataNode] = []
     for field, wtype, raw in iter_fields(buf):
         if field != 1:
             continue
@@ -52,13 +52,13 @@ def decode_keras_metadata(buf: bytes) -> list[MetadataNode]:
         node_id, node_path, identifier, meta = None, "", "", b""
         for f, w, v in iter_fields(raw):  # type: ignore[arg-type]
             if f == 2 and w == _VARINT:
-                node_id = int(v)  # type: ignore[arg-type]
+                node_id = int(v)
             elif f == 3 and w == _LEN:
-                node_path = bytes(v).decode("utf-8", "replace")  # type: ignore[arg-type]
+                node_path = bytes(v).decode("utf-8", "replace")
             elif f == 4 and w == _LEN:
-                identifier = bytes(v).decode("utf-8", "replace")  # type: ignore[arg-type]
+                identifier = bytes(v).decode("utf-8", "replace")
             elif f == 5 and w == _LEN:
-                meta = bytes(v)  # type: ignore[arg-type]
+                meta = bytes(v)
         parsed = load_json(meta, f"the metadata of node {node_path or len(nodes)}") if meta.strip() else {}
         nodes.append(MetadataNode(node_id, node_path, identifier, parsed if isinstance(parsed, dict) else {}))
     return nodes

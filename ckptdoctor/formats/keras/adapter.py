@@ -93,10 +93,18 @@ class KerasFile:
                 f"{path} has Lambda layers ({', '.join(code[:3])}) whose Python code would run on load: "
                 "pass --unsafe only if you trust the file"
             )
-        layout = describe_keras_file(self.reader, config)
+        # The config's layers rebuilt without allocating them (keras_expect): a config whose layers do not
+        # fit the stored weights is refused below, before Keras builds (allocates) the whole model from it.
+        layout = describe_keras_file(self.reader, config, check_with_keras=True)
         keys = {layer.name: layer.weights for layer in layout.bn_layers}
         names, xs = input_arrays(config, arrays, options.data, options.input)
         check_loadable(config, path)
+        if layout.mismatched:
+            layer, weight, key, want, got = layout.mismatched[0]
+            raise UnsupportedFormatError(
+                f"{path}: its config and its weights disagree ({len(layout.mismatched)} weights): {key} ({layer} "
+                f"{weight}) is stored as {list(got)} but the config builds {list(want)}; nothing was loaded"
+            )
         K, legacy = keras_module(self.reader.keras_version, self.format)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Keras' UserWarnings would bury the report on stderr

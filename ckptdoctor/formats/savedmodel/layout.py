@@ -192,12 +192,14 @@ def _keras_bn_layers(directory: str, nodes: list[SavedNode], key_of_node: dict[i
         flags = [m.get("trainable") for m in holders + [meta]]
         trainable = False if False in flags else (True if isinstance(meta.get("trainable"), bool) else None)
         children = dict((name, child) for child, name in reversed(nodes[target].children))
-        layer = {"layer": "/".join(names), "channels": None, "trainable": trainable}
+        layer: dict = {"layer": "/".join(names), "channels": None, "trainable": trainable}
         for weight in BN_WEIGHTS:
             child = children.get(weight)
-            ok = child is not None and 0 <= child < len(nodes)
-            layer[weight] = key_of_node.get(child) if ok else None
-            variable = nodes[child].variable if ok else None
+            if child is None or not 0 <= child < len(nodes):
+                layer[weight] = None
+                continue
+            layer[weight] = key_of_node.get(child)
+            variable = nodes[child].variable
             shape = variable.shape if variable is not None else None
             if weight == "moving_mean" and shape and shape[-1] >= 0:
                 layer["channels"] = shape[-1]
