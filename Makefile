@@ -4,7 +4,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 
-.PHONY: demo test check zoo bench samples clean
+.PHONY: demo test check zoo bench samples fuzz clean
+
+# `make fuzz`: every harness of fuzz/ for FUZZ_SECONDS seconds each (six harnesses: 3 minutes by default).
+FUZZ_SECONDS ?= 30
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +80,18 @@ bench: $(VENV)/.installed
 
 samples: $(VENV)/.installed
 	$(PY) sample_ckpts/make_samples.py
+
+# The harnesses need neither TensorFlow nor Keras: a fresh clone gets the package and atheris only.
+$(VENV)/.fuzz-installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[fuzz]"
+	touch $@
+
+# Prints each harness's executions and coverage; exits 1 if one found a crash, a hang (an input over
+# 5 s) or a memory overrun (over 512 MiB): the input is then in fuzz/work/<harness>/artifacts/.
+fuzz: $(VENV)/.fuzz-installed
+	$(PY) -m fuzz.run_all --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -36,6 +36,34 @@ def run_cli(*args, check_codes=(0, 1, 2), **kwargs) -> subprocess.CompletedProce
     return proc
 
 
+# Runs argv[2:] and writes its peak RSS (KiB) to the file argv[1]. A fresh, small process in between:
+# a child forked from the (large) test process would count the test process's pages in its own peak.
+_MEASURE = (
+    "import os, subprocess, sys; p = subprocess.Popen(sys.argv[2:]); _, status, usage = os.wait4(p.pid, 0); "
+    "open(sys.argv[1], 'w').write(str(usage.ru_maxrss)); sys.exit(os.waitstatus_to_exitcode(status))"
+)
+
+
+def run_cli_measured(*args, timeout: float = 300, tensorflow: bool = False) -> tuple[subprocess.CompletedProcess, int]:
+    """``run_cli`` in a fresh process, and that process's peak RSS in bytes (``wait4``'s ``ru_maxrss``).
+
+    The peak is the child's own high-water mark, measured by a small wrapper process (see ``_MEASURE``): a
+    bound on memory that does not depend on the machine's speed. ``timeout`` only guards against a hang.
+    Unless ``tensorflow``, TensorFlow and Keras are unimportable in the CLI's process (as on a machine
+    without them, ``run_cli_without_tf``): the peak is then what reading the files cost.
+    """
+    import tempfile
+
+    cli = cli_command() if tensorflow else [sys.executable, "-c", _NO_TF_OR_KERAS]
+    with tempfile.TemporaryDirectory() as d:
+        rss_file = os.path.join(d, "rss")
+        cmd = [sys.executable, "-c", _MEASURE, rss_file, *cli, *map(str, args)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        with open(rss_file) as f:
+            rss = int(f.read()) * 1024
+    return proc, rss
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
     """Exit 2, one line on stderr starting with 'ckptdoctor: error:', no traceback."""
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
@@ -106,6 +134,12 @@ _NO_TF = (
     "import sys; sys.modules['tensorflow'] = None; "
     "from ckptdoctor.cli import main; code = main(sys.argv[1:]); "
     "sys.stderr.write('TF_LOADED=%s\\n' % any(m.startswith('tensorflow.') for m in sys.modules)); sys.exit(code)"
+)
+
+
+_NO_TF_OR_KERAS = (
+    "import sys; sys.modules.update(tensorflow=None, keras=None, tf_keras=None); "
+    "from ckptdoctor.cli import main; sys.exit(main(sys.argv[1:]))"
 )
 
 

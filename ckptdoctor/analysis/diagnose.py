@@ -41,9 +41,12 @@ CODES = {
     "dtype-mismatch": "graph and checkpoint disagree on a dtype",
     "non-finite": "NaN or Inf in a weight",
     "checksum-mismatch": "a tensor's bytes do not match their stored checksum",
-    "tensor-unreadable": "a tensor's bytes cannot be read (a truncated or missing data file)",
+    "tensor-unreadable": "a tensor's bytes cannot be read (a truncated or missing data file, bytes another tensor "
+    "already claims, a damaged HDF5 dataset)",
     "shard-unreadable": "Keras sharded weights: a shard the manifest names is missing, is not readable HDF5, or "
     "does not hold what the manifest puts there",
+    "tensor-not-stored": "a tensor declares values the file does not hold (HDF5 storage never written, missing "
+    "chunks, external or virtual storage, filters inflating more than 100:1): listed, never read",
     "bn-frozen-untrained": "a Keras BN layer frozen from the start (trainable=False) kept its initial statistics",
     "bn-stats-stale": "with --data: a BN layer's stored statistics differ from its input's moments on the data",
     "repair-not-improved": "repair: the new statistics would not bring the inference outputs closer to the "

@@ -578,14 +578,29 @@ class BundleReader:
         listing.sort(key=lambda t: t.name)
         return listing
 
+    def read_object_graph(self) -> bytes:
+        """The serialized ``TrackableObjectGraph`` (the string scalar ``OBJECT_GRAPH_KEY``).
+
+        Its dtype and shape are checked before it is read: a "scalar" declaring millions of strings
+        would otherwise become millions of Python objects.
+
+        Raises:
+            TensorNotFoundError: the checkpoint has no object graph.
+            UnsupportedFormatError: it is not one string.
+            TensorReadError: its bytes cannot be read.
+        """
+        entry = self._lookup(OBJECT_GRAPH_KEY)
+        if entry.dtype != _DT_STRING or entry.slices or _num_elements(entry.shape) != 1:
+            raise UnsupportedFormatError(
+                f"it is {_dtype_name(entry.dtype)} of shape {list(entry.shape)}, expected a string scalar"
+            )
+        return self.read(OBJECT_GRAPH_KEY).reshape(-1)[0]
+
     def _object_paths(self) -> dict[str, str]:
         if OBJECT_GRAPH_KEY not in self._entries:
             return {}
         try:
-            value = self.read(OBJECT_GRAPH_KEY)
-            if value.dtype != object or value.size != 1:
-                raise UnsupportedFormatError(f"it is {value.dtype} of shape {value.shape}, expected a string scalar")
-            nodes = decode_object_graph(value.reshape(-1)[0])
+            nodes = decode_object_graph(self.read_object_graph())
         except (TensorReadError, UnsupportedFormatError, WireFormatError) as e:
             # Listing still works without paths; the caller can report why.
             self.object_graph_error = f"object graph {OBJECT_GRAPH_KEY} unusable: {e}"

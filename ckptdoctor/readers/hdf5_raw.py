@@ -108,6 +108,9 @@ class RawHDF5:
     def _scan_heaps(self) -> str | None:
         b, length = self.buf, self.lengths
         header = 8 + length
+        # Collections never overlap, so walking them visits each 16 bytes at most once; bytes spelling
+        # collection headers inside one another would make walks overlap: their total is bounded.
+        self._steps = (self.end - self.start) // 8 + 65536
         for block in range(self.start, self.end, _SCAN_STEP):
             stop = min(self.end, block + _SCAN_STEP + len(_HEAP_SIGNATURE) - 1)
             pos = b.find(_HEAP_SIGNATURE, block, stop)
@@ -141,6 +144,9 @@ class RawHDF5:
             if index > 0:
                 objects[index] = size
             p += need
+            self._steps -= 1
+            if self._steps < 0:
+                return "overlaps other collections (more heap objects than the file can hold)"
         return None
 
     # ------------------------------------------------------------------ the checks
@@ -196,8 +202,11 @@ class RawHDF5:
                 return None if offset is None else self._descriptors(self._at(offset), count, size, slots, what)
             if kind == h5py.h5d.CHUNKED and plist.get_nfilters() == 0:
                 per_chunk = math.prod(int(c) for c in plist.get_chunk())
-                for i in range(ds.id.get_num_chunks()):
-                    info = ds.id.get_chunk_info(i)
+                chunks: list = []
+                ds.id.chunk_iter(chunks.append)  # one pass over the chunk index (get_chunk_info(i) is O(i))
+                for info in chunks:
+                    if info.size < per_chunk * size:
+                        return f"{what}: a chunk of {info.size} bytes holds fewer than its {per_chunk} values"
                     problem = self._descriptors(self._at(info.byte_offset), per_chunk, size, slots, what)
                     if problem:
                         return problem
@@ -249,8 +258,7 @@ class RawHDF5:
             if self._u(pos, 1) != 1:
                 raise _Bad(f"no object header at offset {pos - self.start}")
             first, header = (pos + 16, pos + 16 + self._u(pos + 8, 4)), 8
-        chunks: list = [first]
-        seen: set = set()
+        chunks, seen = [first], set[tuple[int, int]]()
         while chunks:
             a, z = chunks.pop()
             if (a, z) in seen or len(seen) >= _MAX_CHUNKS or z > self.end or a < self.start:
@@ -301,7 +309,10 @@ class RawHDF5:
             raise _Bad("the attribute message runs past its header")
         name = bytes(self.buf[p : p + name_size]).split(b"\0", 1)[0].decode("utf-8", "replace")
         size, _length, slots = self._datatype(dt, dt + dt_size, 0)
-        return name, (size, slots), self._count(ds, ds + ds_size), data
+        count = self._count(ds, ds + ds_size)
+        if slots and data + count * size > z:
+            raise _Bad(f"its {count} values run past its message")
+        return name, (size, slots), count, data
 
     def _count(self, a: int, z: int) -> int:
         """Elements of a dataspace message."""

@@ -109,7 +109,7 @@ def _stored_window(path: str, info: zipfile.ZipInfo, start: int) -> tuple[_Windo
     return _Window(path, start, info.file_size), RawHDF5.open(path, start, start + info.file_size)
 
 
-def _extracted(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[object, RawHDF5]:
+def _extracted(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[Any, RawHDF5]:
     """A compressed member inflated once into an unnamed temporary file (its inflated size was checked):
     h5py then seeks in a file, not through zipfile (which re-inflates from the start at every seek back)."""
     tmp = tempfile.TemporaryFile()  # noqa: SIM115  (returned open; closed with the reader)
@@ -124,7 +124,7 @@ def _extracted(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[object, RawH
         raise
 
 
-def _open_weights(zf: zipfile.ZipFile, path: str, archive_size: int) -> tuple[object, RawHDF5]:
+def _open_weights(zf: zipfile.ZipFile, path: str, archive_size: int) -> tuple[Any, RawHDF5]:
     """The weights member as a seekable file object and the ``RawHDF5`` of its bytes, after its sizes and its
     first bytes are checked."""
     info = zf.getinfo(WEIGHTS_MEMBER)
@@ -220,7 +220,7 @@ class KerasArchiveReader(KerasH5Reader):
             raise CorruptCheckpointError(
                 f"{path}: its {WEIGHTS_MEMBER} cannot be read ({e}); the archive is damaged or was not written by Keras"
             ) from e
-        return parsed[CONFIG_MEMBER], parsed[METADATA_MEMBER], fileobj
+        return parsed[CONFIG_MEMBER] or {}, parsed[METADATA_MEMBER] or {}, fileobj
 
     def close(self) -> None:
         """Close the weights and the archive."""

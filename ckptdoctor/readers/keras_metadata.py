@@ -43,7 +43,7 @@ def decode_keras_metadata(buf: bytes) -> list[MetadataNode]:
         WireFormatError: the bytes are not a ``SavedMetadata`` message.
         ValueError: a node's metadata is not JSON, not UTF-8, or too large or deep (``limits``).
     """
-    nodes: list = []
+    nodes: list[MetadataNode] = []
     for field, wtype, raw in iter_fields(buf):
         if field != 1:
             continue

@@ -17,6 +17,8 @@ from ckptdoctor.errors import CheckpointNotFoundError, CorruptCheckpointError
 __all__ = ["ResolvedCheckpoint", "resolve_checkpoint", "read_state_file"]
 
 _DATA_SUFFIX = re.compile(r"\.data-\d{5,}-of-\d{5,}$")
+#: A state file names a few checkpoints in a few lines; more than this is not one (it is never read further).
+_STATE_FILE_CAP = 1 << 20
 _STATE_LINE = re.compile(r'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"\s*$')
 
 
@@ -49,9 +51,15 @@ def read_state_file(directory: str) -> str:
     path = os.path.join(directory, "checkpoint")
     try:
         with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+            text = f.read(_STATE_FILE_CAP + 1)
     except (OSError, UnicodeDecodeError) as e:
         raise CorruptCheckpointError(f"cannot read the state file {path}: {e}") from e
+    if len(text) > _STATE_FILE_CAP:
+        raise CorruptCheckpointError(
+            f"the state file {path} is larger than {_STATE_FILE_CAP >> 20} MiB, not one TensorFlow wrote "
+            "(a few lines): pass a checkpoint prefix instead"
+        )
+    lines = text.splitlines()
     for line in lines:
         m = _STATE_LINE.match(line)
         if m:

@@ -339,6 +339,15 @@ def read_table(path: str) -> list[tuple[bytes, bytes]]:
     """
     try:
         with open(path, "rb") as f:
+            # The footer first: a file of another kind (or a sparse one of zeros) is told apart
+            # from its last 48 bytes, without reading all of it.
+            size = os.fstat(f.fileno()).st_size
+            if size >= FOOTER_SIZE:
+                f.seek(size - 8)
+                if f.read(8) != _MAGIC_BYTES:
+                    f.seek(size - FOOTER_SIZE)
+                    read_footer(f.read(FOOTER_SIZE), os.fspath(path))  # raises, naming the bad magic
+                f.seek(0)
             data = f.read()
     except FileNotFoundError as e:
         raise CheckpointNotFoundError(f"{path} does not exist") from e

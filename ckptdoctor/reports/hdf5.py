@@ -184,6 +184,7 @@ def read_report(path: str) -> InspectReport:
     if not os.path.isfile(path):
         raise CkptDoctorError(f"no report at {path}: pass a file written by `ckptdoctor inspect --report`")
     from ckptdoctor.readers.hdf5_raw import RawHDF5
+    from ckptdoctor.readers.limits import load_json
 
     try:
         raw = RawHDF5.open(path)
@@ -196,7 +197,8 @@ def read_report(path: str) -> InspectReport:
             f"{path} is not an HDF5 file ({e}): pass a file written by `ckptdoctor inspect --report`"
         ) from e
     with f, contextlib.closing(raw):
-        if _s(f.attrs.get("kind", "")) != REPORT_KIND or not all(k in f for k in ("tensors", "bn_layers", "findings")):
+        attrs = _CheckedAttrs(f, raw)
+        if _s(attrs.get("kind", "")) != REPORT_KIND or not all(k in f for k in ("tensors", "bn_layers", "findings")):
             raise CkptDoctorError(
                 f"{path} is HDF5 but not a ckptdoctor inspect report (no kind={REPORT_KIND} attribute)"
             )
@@ -205,7 +207,7 @@ def read_report(path: str) -> InspectReport:
                 TensorReport(
                     name=_s(r["name"]),
                     dtype=_s(r["dtype"]),
-                    shape=tuple(json.loads(_s(r["shape"]))),
+                    shape=tuple(load_json(_s(r["shape"]), "a tensor's shape")),
                     size=int(r["size"]),
                     nbytes=int(r["nbytes"]),
                     min=_opt(r["min"]),
@@ -218,7 +220,7 @@ def read_report(path: str) -> InspectReport:
                     role=_s(r["role"]),
                     object_path=_s(r["object_path"]) or None,
                 )
-                for r in _read_table(f, "tensors", raw)
+                for r in _stored_rows(f, "tensors", raw)
             )
             bn = tuple(
                 BNLayerStatus(
@@ -230,7 +232,7 @@ def read_report(path: str) -> InspectReport:
                     channels=_opt_int(r["channels"]),
                     status=_s(r["status"]),
                 )
-                for r in _read_table(f, "bn_layers", raw)
+                for r in _stored_rows(f, "bn_layers", raw)
             )
             findings = tuple(
                 Finding(
@@ -240,27 +242,42 @@ def read_report(path: str) -> InspectReport:
                     tensor=_s(r["tensor"]) or None,
                     message=_s(r["message"]),
                 )
-                for r in _read_table(f, "findings", raw)
+                for r in _stored_rows(f, "findings", raw)
             )
             return InspectReport(
-                checkpoint=_s(f.attrs["checkpoint"]),
-                format=_s(f.attrs["format"]),
-                graph=_s(f.attrs["graph"]) or None,
+                checkpoint=_s(attrs["checkpoint"]),
+                format=_s(attrs["format"]),
+                graph=_s(attrs["graph"]) or None,
                 tensors=tensors,
                 bn_layers=bn,
                 findings=findings,
-                notes=tuple(json.loads(_s(f.attrs["notes"]))),
-                resolved_from=_s(f.attrs["resolved_from"]),
-                total_tensors=int(f.attrs["total_tensors"]),
-                total_bytes=int(f.attrs["total_bytes"]),
-                summary=json.loads(_s(f.attrs["summary"])),
-                match=_s(f.attrs.get("match", "")) or None,
+                notes=tuple(load_json(_s(attrs["notes"]), "its notes")),
+                resolved_from=_s(attrs["resolved_from"]),
+                total_tensors=int(attrs["total_tensors"]),
+                total_bytes=int(attrs["total_bytes"]),
+                summary=load_json(_s(attrs["summary"]), "its summary"),
+                match=_s(attrs.get("match", "")) or None,
             )
         except (KeyError, ValueError, TypeError, OSError, AttributeError, IndexError, RuntimeError) as e:
             raise CkptDoctorError(f"{path} is a damaged ckptdoctor report ({e}): write it again with --report") from e
 
 
-def _read_table(f, name: str, raw):
+class _CheckedAttrs:
+    """A report's root attributes, each size-checked (and its strings checked against the heaps) before it is read."""
+
+    def __init__(self, f, raw):
+        self._f, self._raw = f, raw
+
+    def __getitem__(self, name: str):
+        from ckptdoctor.readers.limits import read_hdf5_attr
+
+        return read_hdf5_attr(self._f, name, self._raw)
+
+    def get(self, name: str, default):
+        return self[name] if name in self._f.attrs else default
+
+
+def _stored_rows(f, name: str, raw):
     """A report table's rows, after checking that the file stores the rows it declares (and its strings)."""
     from ckptdoctor.readers.limits import hdf5_storage_problem
 

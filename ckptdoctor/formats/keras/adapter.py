@@ -135,7 +135,15 @@ class KerasFile:
         from ckptdoctor.runtime.keras_runner import load_runner
 
         path, config = self.path, self.config
-        layout = describe_keras_file(self.reader, config)
+        # The config's layers rebuilt without allocating them (keras_expect): a config whose layers do not
+        # fit the stored weights is refused here, before Keras builds (allocates) the whole model from it.
+        layout = describe_keras_file(self.reader, config, check_with_keras=True)
+        if layout.mismatched:
+            layer, weight, key, want, got = layout.mismatched[0]
+            raise UnsupportedFormatError(
+                f"{path}: its config and its weights disagree ({len(layout.mismatched)} weights): {key} ({layer} "
+                f"{weight}) is stored as {list(got)} but the config builds {list(want)}; nothing was loaded"
+            )
         keys = {layer.name: layer.weights for layer in layout.bn_layers}
 
         def keys_of(bns: list) -> dict:

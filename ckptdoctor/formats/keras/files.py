@@ -107,9 +107,11 @@ def config_from(path: str) -> tuple[dict, str | None]:
             "package.module:function factory"
         )
     if path.endswith(".json") and not path.endswith(".weights.json"):
+        from ckptdoctor.readers.limits import MAX_JSON_BYTES, load_json
+
         try:
-            with open(path, encoding="utf-8") as f:
-                config = json.load(f)
+            with open(path, "rb") as f:
+                config = load_json(f.read(MAX_JSON_BYTES + 1), path)
         except (OSError, ValueError) as e:
             raise GraphError(f"{path} is not a readable JSON model config ({e})") from e
         return config, config.get("keras_version") if isinstance(config, dict) else None

@@ -49,7 +49,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from ckptdoctor.constants import OPTIMIZER_SLOT_PATTERN
-from ckptdoctor.errors import CorruptCheckpointError, TensorReadError
+from ckptdoctor.errors import CorruptCheckpointError, TensorReadError, UnsupportedFormatError
 from ckptdoctor.readers.protowire import WireFormatError, decode_object_graph
 from ckptdoctor.readers.saved_model_pb import FusedBatchNorm, SavedNode, read_saved_model
 
@@ -66,6 +66,8 @@ OPTIMIZER_SLOT = ".OPTIMIZER_SLOT"
 #: tf-keras layer classes (``keras_metadata.pb``) that are batch normalization.
 BN_CLASSES = frozenset({"BatchNormalization", "SyncBatchNormalization", "BatchNormalizationV1", "BatchNormalizationV2"})
 BN_WEIGHTS = ("moving_mean", "moving_variance", "gamma", "beta")
+#: Nested models whose flags a BN layer's path is checked against (real models nest a few levels).
+_MAX_NESTING = 64
 
 
 @dataclass(frozen=True)
@@ -166,22 +168,23 @@ def _keras_bn_layers(directory: str, nodes: list[SavedNode], key_of_node: dict[i
     if found is None:
         return None
     described = {n.node_path: (n.node_id, n.metadata) for n in found}  # node_path -> (node_id, metadata)
+    by_name: dict[int, dict[str, int]] = {}  # node -> its children by local name (first one wins), built on use
     layers = []
     for node_path, (node_id, meta) in described.items():
         if meta.get("class_name") not in BN_CLASSES:
             continue
-        target = _walk(nodes, node_path.split(".")[1:]) if node_path.startswith("root.") else None
+        target = _walk(nodes, node_path.split(".")[1:], by_name) if node_path.startswith("root.") else None
         if target is None and node_id is not None and 0 <= node_id < len(nodes):
             target = node_id
         if target is None:
             continue
         # A nested model's layer is named by its path (backbone/block/bn2), as for Keras files, and is
-        # frozen when it or any model holding it is. The holders' paths are built one part at a time
-        # (joining every prefix anew would cost the square of a long path).
+        # frozen when it or any model holding it is. The holders' paths are built one part at a time,
+        # for the first _MAX_NESTING levels (a path of 100,000 parts would cost the square of its length).
         parts = node_path.split(".")
         holders = []
         prefix = parts[0] if parts else ""
-        for part in parts[1:-1]:
+        for part in parts[1:-1][:_MAX_NESTING]:
             prefix = f"{prefix}.{part}"
             if prefix in described:
                 holders.append(described[prefix][1])
@@ -203,15 +206,19 @@ def _keras_bn_layers(directory: str, nodes: list[SavedNode], key_of_node: dict[i
     return layers
 
 
-def _walk(nodes: list[SavedNode], names: list[str]) -> int | None:
+def _walk(nodes: list[SavedNode], names: list[str], by_name: dict[int, dict[str, int]]) -> int | None:
+    """The node reached from the root by ``names``' children (``by_name`` caches each node's children by name:
+    a long path through a graph with cycles costs one lookup per name)."""
     node = 0
     for name in names:
-        for child, local in nodes[node].children:
-            if local == name:
-                node = child
-                break
-        else:
+        children = by_name.get(node)
+        if children is None:
+            children = by_name[node] = {}
+            for child, local in nodes[node].children:
+                children.setdefault(local, child)
+        if name not in children:
             return None
+        node = children[name]
     return node
 
 
@@ -326,9 +333,8 @@ def describe_saved_model(directory: str, reader) -> SavedModelLayout:
     attribute_keys_at: dict[tuple[str, ...], list[str]] = {}
     if OBJECT_GRAPH_KEY in keys:
         try:
-            value = reader.read(OBJECT_GRAPH_KEY)
-            bundle_nodes = decode_object_graph(value.reshape(-1)[0])
-        except (TensorReadError, WireFormatError, IndexError, AttributeError, TypeError) as e:
+            bundle_nodes = decode_object_graph(reader.read_object_graph())
+        except (TensorReadError, UnsupportedFormatError, WireFormatError) as e:
             bundle_nodes = []
             notes.append(f"the bundle's object graph is unusable ({e}): keys built from saved_model.pb's paths")
         bpaths = _paths(lambda i: bundle_nodes[i].children, lambda i: bundle_nodes[i].slot_variables, len(bundle_nodes))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 
 from ckptdoctor.constants import KERAS_METADATA_PB, OBJECT_GRAPH_KEY, SAVED_MODEL_VARIABLES
-from ckptdoctor.errors import CorruptCheckpointError, UnsupportedFormatError
+from ckptdoctor.errors import CorruptCheckpointError, TensorReadError, UnsupportedFormatError
 from ckptdoctor.readers.keras_config import CODE_CLASSES, lambda_layers
 
 __all__ = ["read_keras_metadata", "bundle_keys"]
@@ -61,8 +61,8 @@ def _object_graph(reader) -> list | None:
     if OBJECT_GRAPH_KEY not in {e.name for e in reader.entries()}:
         return None
     try:
-        return decode_object_graph(reader.read(OBJECT_GRAPH_KEY).reshape(-1)[0])
-    except (WireFormatError, IndexError, AttributeError) as e:
+        return decode_object_graph(reader.read_object_graph())
+    except (WireFormatError, TensorReadError, UnsupportedFormatError) as e:
         raise CorruptCheckpointError(f"the SavedModel's object graph {OBJECT_GRAPH_KEY} is unreadable ({e})") from e
 
 
