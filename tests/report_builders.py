@@ -13,8 +13,9 @@ epoch of 4 steps with BN momentum 0.99, so every moving statistic lags (``bn-sta
 import os
 import sys
 
-os.environ.pop("TF_USE_LEGACY_KERAS", None)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":  # as a builder: Keras 3. Imported by a test for its names: the test's environment stays.
+    os.environ.pop("TF_USE_LEGACY_KERAS", None)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 
-from ckptdoctor.analysis.diagnose import Advice, Finding, role_from_name
-from ckptdoctor.errors import GraphError, UnsupportedFormatError
+from ckptdoctor.analysis.diagnose import Advice, Finding, bn_layers_from_names, role_from_name
+from ckptdoctor.errors import CorruptCheckpointError, GraphError, UnsupportedFormatError
 from ckptdoctor.formats.base import Description, RepairOptions, Written
 from ckptdoctor.formats.tf2.objects import ObjectGraph, read_object_graph
 from ckptdoctor.readers.bundle import BundleReader
@@ -77,8 +77,11 @@ class TF2Checkpoint:
     # ------------------------------------------------------------------ inspect
 
     def describe(self) -> Description:
-        graph = self.objects()
         if self._graph is None:
+            try:
+                graph = self.objects()
+            except CorruptCheckpointError as e:
+                return self._describe_by_names(str(e))
             notes = [
                 f"BN layers found from the checkpoint's object graph (objects with moving_mean and moving_variance "
                 f"children), named by object path; {_NEEDS_MODEL} to name them by layer and check the model"
@@ -93,6 +96,19 @@ class TF2Checkpoint:
                 advice=TF2_ADVICE,
             )
         return self._describe_with_model()
+
+    def _describe_by_names(self, problem: str) -> Description:
+        """Without a model, a checkpoint whose object graph cannot be used is still listed: BN layers by name."""
+        keys = [e.name for e in self.reader.entries()]
+        notes = [f"{problem}: every tensor is listed, BN layers found by name; the checkpoint may be damaged"]
+        return Description(
+            graph=None,
+            bn_layers=bn_layers_from_names(keys),
+            role=role_from_name,
+            notes=notes,
+            bn_from_names=True,
+            advice=TF2_ADVICE,
+        )
 
     def _object_path(self, names: dict[str, str]):
         graph = self.objects()

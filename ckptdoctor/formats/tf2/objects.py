@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ckptdoctor.constants import OBJECT_GRAPH_KEY
-from ckptdoctor.errors import CorruptCheckpointError, TensorReadError
+from ckptdoctor.errors import CorruptCheckpointError, TensorReadError, UnsupportedFormatError
 from ckptdoctor.readers.protowire import WireFormatError, decode_object_graph
 
 __all__ = ["ObjectGraph", "read_object_graph", "has_object_graph"]
@@ -111,8 +111,8 @@ def read_object_graph(reader) -> ObjectGraph:
         CorruptCheckpointError: it cannot be read or decoded.
     """
     try:
-        nodes = decode_object_graph(reader.read(OBJECT_GRAPH_KEY).reshape(-1)[0])
-    except (TensorReadError, WireFormatError, IndexError, AttributeError, TypeError) as e:
+        nodes = decode_object_graph(reader.read_object_graph())  # a string scalar, checked before it is read
+    except (TensorReadError, UnsupportedFormatError, WireFormatError, IndexError, AttributeError, TypeError) as e:
         raise CorruptCheckpointError(f"the checkpoint's object graph {OBJECT_GRAPH_KEY} is unusable ({e})") from e
     if not nodes:
         raise CorruptCheckpointError(f"the checkpoint's object graph {OBJECT_GRAPH_KEY} is empty")
