@@ -241,10 +241,19 @@ class KerasNpzReader:
         order: Literal["F", "C"] = "F" if m.fortran else "C"
         return np.frombuffer(data, dtype=m.dtype).reshape(m.shape, order=order).copy(order="K")
 
-    def leaf_location(self, name: str) -> tuple[str, int, int] | None:
-        """Where a tensor's bytes lie: ``(member, offset, nbytes)`` for an array of a pickled member, else None."""
+    def leaf_location(self, name: str) -> tuple[str, int, int]:
+        """Where a tensor's bytes lie in the npz: ``(member, offset in the member, nbytes)``."""
         m = self._member(name)
-        return None if m.offset is None else (m.info.filename, m.offset, m.data_bytes)
+        if m.offset is not None:
+            return m.info.filename, m.offset, m.data_bytes
+        assert self._zip is not None
+        with self._zip.open(m.info) as stream:
+            _header(stream)
+            return m.info.filename, stream.tell(), m.data_bytes
+
+    def is_fortran(self, name: str) -> bool:
+        """Whether the tensor's bytes are stored in Fortran order."""
+        return self._member(name).fortran
 
     def iter_chunks(self, name: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[np.ndarray]:
         """Flat chunks of about ``chunk_bytes``, streamed from the member (Fortran-ordered arrays whole; an array of
