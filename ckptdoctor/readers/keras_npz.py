@@ -111,7 +111,7 @@ class KerasNpzReader:
             if not isinstance(source, str):
                 source.seek(0)
             self._zip: zipfile.ZipFile | None = zipfile.ZipFile(source)
-        except (OSError, zipfile.BadZipFile) as e:
+        except ZIP_ERRORS as e:
             self._close_others()
             raise CorruptCheckpointError(
                 f"{weights_name} is not a readable npz (a zip of .npy files) ({e}): save the model again"
@@ -135,7 +135,7 @@ class KerasNpzReader:
             try:
                 with self._zip.open(info) as stream:
                     shape, fortran, dtype = _header(stream)
-            except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+            except ZIP_ERRORS as e:
                 raise CorruptCheckpointError(
                     f"{self.weights_name}: member {info.filename} has no readable .npy header ({e})"
                 ) from e
@@ -221,7 +221,7 @@ class KerasNpzReader:
         try:
             with self._zip.open(m.info) as stream:
                 value = np.lib.format.read_array(stream, allow_pickle=False)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        except ZIP_ERRORS as e:
             raise TensorReadError(self._code(e), name, f"{name}: its bytes cannot be read ({e})") from e
         if value.shape != m.shape or value.dtype != m.dtype:
             raise TensorReadError("tensor-unreadable", name, f"{name}: its data do not match its .npy header")
@@ -281,7 +281,7 @@ class KerasNpzReader:
                         raise EOFError(f"the data end after {m.data_bytes - left + len(block)} of {m.data_bytes} bytes")
                     left -= len(block)
                     yield np.frombuffer(block, dtype=m.dtype)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        except ZIP_ERRORS as e:
             raise TensorReadError(self._code(e), name, f"{name}: its bytes cannot be read ({e})") from e
 
     @staticmethod
@@ -330,22 +330,22 @@ class KerasNpzReader:
 
 def open_npz_archive(path: str) -> KerasNpzReader:
     """The npz weights of a ``.keras`` archive (``model.weights.npz``), read from the zip member (never extracted)."""
-    import json
-
-    from ckptdoctor.readers.keras_archive import CONFIG_MEMBER, METADATA_MEMBER
+    from ckptdoctor.readers.keras_archive import archive_json
 
     try:
         archive = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as e:
+        size = os.path.getsize(path)
+    except ZIP_ERRORS as e:
         raise CorruptCheckpointError(f"{path} is not a readable zip archive ({e})") from e
     try:
-        names = archive.namelist()
-        config = json.loads(archive.read(CONFIG_MEMBER))
-        metadata = json.loads(archive.read(METADATA_MEMBER)) if METADATA_MEMBER in names else {}
+        config, metadata = archive_json(archive, path, size)
         member = archive.open(WEIGHTS_NPZ_MEMBER)
-    except (KeyError, ValueError, zipfile.BadZipFile) as e:
+    except (KeyError, *ZIP_ERRORS) as e:
         archive.close()
-        raise CorruptCheckpointError(f"{path}: its {CONFIG_MEMBER} cannot be read as JSON ({e})") from e
+        raise CorruptCheckpointError(f"{path}: its {WEIGHTS_NPZ_MEMBER} cannot be read ({e})") from e
+    except BaseException:
+        archive.close()
+        raise
     return KerasNpzReader(
         member, path, f"{path}:{WEIGHTS_NPZ_MEMBER}", config, metadata, "keras-v3-npz", close_also=(member, archive)
     )

@@ -16,10 +16,12 @@ stays TF-free. Any other global is refused in one line naming it, before anythin
 is imported.
 
 Bounds: a member is read whole (at most ``limits.MAX_PICKLE_BYTES``, its sizes checked
-first); an array's declared shape must match the bytes the pickle holds for it, so no
-declared size allocates anything; object arrays are only the 0-d container Keras writes;
-leaves are numeric (bool, integer, float, complex). Where each leaf's bytes lie in the
-member is recorded (``Leaf.offset``), so values are read, and rewritten by repair, in
+first); no opcode allocates more than the bytes that follow it (protocol 5's ``BYTEARRAY8``,
+which does, is refused: numpy's ``.npy`` pickles are protocol 3 or 4); an array's declared
+shape must match the bytes the pickle holds for it, so no declared size allocates anything;
+dtypes are spelled as numpy pickles them (``"f4"``); object arrays are only the 0-d container
+Keras writes; leaves are numeric (bool, integer, float, complex). Where each leaf's bytes lie
+in the member is recorded (``Leaf.offset``), so values are read, and rewritten by repair, in
 place.
 """
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import re
 import struct
 from typing import Any, NamedTuple
 
@@ -39,6 +42,7 @@ __all__ = ["Leaf", "PickleRefused", "PickleDamaged", "read_pickled_member"]
 _NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
 _KERAS_VARIABLE = (("keras.src.backend", "Variable"), ("keras.src.backend.tensorflow.core", "Variable"))
 _NUMERIC_KINDS = "biufc"
+_DTYPE_SPEC = re.compile(r"[biufcO][0-9]{1,2}")
 
 
 class PickleRefused(Exception):
@@ -84,11 +88,13 @@ class _DtypeRecord:
     """``numpy.dtype(spec, align, copy)`` then its ``__setstate__``: only plain numeric or object dtypes."""
 
     def __init__(self, spec=None, align=False, copy=True):
-        if not isinstance(spec, str) or len(spec) > 8:
+        # numpy pickles a dtype by its kind and size ("f4", "i8", "b1", "O8"); anything else could reach numpy's
+        # parser of comma-strings (ast.literal_eval) and is no numeric type anyway.
+        if not isinstance(spec, str) or not _DTYPE_SPEC.fullmatch(spec):
             raise PickleDamaged(f"a dtype spelled {spec!r:.40}, not a plain numpy type")
         try:
             self.dtype = np.dtype(spec)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise PickleDamaged(f"a dtype spelled {spec!r}, which numpy does not know") from e
         if self.dtype.kind not in _NUMERIC_KINDS + "O" or self.dtype.fields or self.dtype.subdtype:
             raise PickleDamaged(f"an array of dtype {spec!r}, not a numeric one")
@@ -255,7 +261,14 @@ class _Unpickler(_PythonUnpickler):
     def _load_binbytes8(self) -> None:
         self._load_bytes(8)
 
+    def _load_protocol_5(self) -> None:
+        # BYTEARRAY8 allocates the length it declares before reading (pickle.py), and out-of-band buffers are
+        # not in a file: numpy writes .npy pickles with protocol 3 or 4, which have neither.
+        raise PickleDamaged("a protocol 5 opcode (bytearray or out-of-band buffer), which numpy's .npy never writes")
+
     dispatch[pickle.FRAME[0]] = _load_frame
+    for _op in (pickle.BYTEARRAY8, pickle.NEXT_BUFFER, pickle.READONLY_BUFFER):
+        dispatch[_op[0]] = _load_protocol_5
     dispatch[pickle.SHORT_BINBYTES[0]] = _load_short_binbytes
     dispatch[pickle.BINBYTES[0]] = _load_binbytes
     dispatch[pickle.BINBYTES8[0]] = _load_binbytes8
@@ -283,8 +296,11 @@ def _leaf(value, offsets: dict, start: int, where: str) -> Leaf:
             raise PickleDamaged(f"{where} is a Keras variable without an array value")
         leaf = _leaf(inner.value, offsets, start, where)
         shape, dtype = value.state.get("_shape"), value.state.get("_dtype")
-        if (shape is not None and tuple(shape) != leaf.shape) or (dtype is not None and dtype != leaf.dtype.name):
-            raise PickleDamaged(f"{where} is a Keras variable of {dtype} {shape} holding {leaf.dtype} {leaf.shape}")
+        wrong_shape = shape is not None and (not isinstance(shape, (tuple, list)) or tuple(shape) != leaf.shape)
+        if wrong_shape or (dtype is not None and dtype != leaf.dtype.name):
+            raise PickleDamaged(
+                f"{where} is a Keras variable of {dtype!r:.20} {shape!r:.40} holding {leaf.dtype} {list(leaf.shape)}"
+            )
         return leaf
     if not isinstance(value, _ArrayRecord) or value.state is None or value.state[1].kind == "O":
         raise PickleDamaged(f"{where} holds a {type(value).__name__.strip('_')}, not a numeric array")
