@@ -11,7 +11,8 @@ high learning rate, so its statistics are stale, and writes into ROOT:
 - ``model.keras`` (zipped, HDF5 weights: the reference form), ``model_dir/`` (``save_model(zipped=False)``),
   ``hub/`` (the same files as a Hugging Face Hub snapshot: symlinks into ``blobs/``, with README.md and
   .gitattributes), ``model_npz.keras`` (``weights_format="npz"``), ``npz_dir/`` (npz weights, unzipped: Keras
-  writes them as ``model.weights.h5``);
+  writes them as ``model.weights.h5``), ``constraint_npz.keras`` (npz weights of a Dense layer whose kernel has a
+  ``MaxNorm`` constraint, which Keras pickles with the variable);
 - ``model.weights.h5`` and ``sharded/w.weights.json`` with its shards (``save_weights(max_shard_size=...)``);
 - ``storage_factory.py`` (its ``nested`` and ``backbone`` build the models), ``X.npy``, ``y.npy``, ``info.json``
   (``bn``: the BN layer paths; ``shards``: the shard names).
@@ -132,6 +133,8 @@ def build(root):
     _hub(os.path.join(root, "model_dir"), os.path.join(root, "hub", "snapshot"))
     saving_lib.save_model(model, os.path.join(root, "model_npz.keras"), weights_format="npz")
     saving_lib.save_model(model, os.path.join(root, "npz_dir"), weights_format="npz", zipped=False)
+    constrained = K.Sequential([K.Input((4,)), K.layers.Dense(3, kernel_constraint=K.constraints.MaxNorm(2))])
+    saving_lib.save_model(constrained, os.path.join(root, "constraint_npz.keras"), weights_format="npz")
     model.save_weights(os.path.join(root, "model.weights.h5"))
     os.makedirs(os.path.join(root, "sharded"))
     model.save_weights(os.path.join(root, "sharded", "w.weights.json"), max_shard_size=0.000004)

@@ -330,6 +330,11 @@ def test_hostile_npz_pickle_is_refused_without_running(root, tmp_path):
     proc = run_cli("repair", evil, "--data", root / "X.npy", "--output", tmp_path / "out.keras")
     assert_one_line_error(proc, "posix.system")
     assert not marker.exists() and not (tmp_path / "out.keras").exists()
+    # A real Keras file pickling more than arrays and variables (a constraint object) is refused alike.
+    one_line_error_without_tf(
+        run_cli_without_tf("inspect", root / "constraint_npz.keras"),
+        "would import keras.src.constraints.constraints.MaxNorm",
+    )
     # What numpy itself does with it: runs the command (the reason ckptdoctor never calls it).
     with zipfile.ZipFile(evil) as z, z.open("model.weights.npz") as f:
         np.load(f, allow_pickle=True)["layers/dense"]

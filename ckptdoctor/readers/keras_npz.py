@@ -170,7 +170,8 @@ class KerasNpzReader:
             raise UnsupportedFormatError(
                 f"{where} is a pickle that would import {e.name}, which is neither a numpy array nor a Keras "
                 "variable: refused, nothing of it was imported or run (ckptdoctor unpickles only those, never "
-                "with allow_pickle=True); if you trust the file, load it with Keras and save it with HDF5 weights "
+                "with allow_pickle=True); only if you trust the file, unpickle it yourself (np.load(allow_pickle="
+                "True), with Keras imported), set the model's weights and save it with HDF5 weights "
                 "(model.save('model.keras'))"
             ) from None
         except PickleDamaged as e:
