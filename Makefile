@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test check zoo bench samples fuzz clean
 
-# `make fuzz`: every harness of fuzz/ for FUZZ_SECONDS seconds each (six harnesses: 3 minutes by default).
+# `make fuzz`: every harness of fuzz/ for FUZZ_SECONDS seconds each (seven harnesses: 3.5 minutes by default).
 FUZZ_SECONDS ?= 30
 
 $(VENV)/.installed: pyproject.toml

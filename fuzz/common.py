@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"
 REGRESSIONS = HERE / "regressions"
 WORK = HERE / "work"  # git-ignored: the growing corpus, crash artifacts and logs of `make fuzz`
-HARNESSES = ("sstable", "protowire", "saved_model", "keras_h5", "keras_archive", "data")
+HARNESSES = ("sstable", "protowire", "saved_model", "keras_h5", "keras_archive", "npz_pickle", "data")
 TIMEOUT_S = 5
 RSS_LIMIT_MB = 512
 

@@ -37,14 +37,34 @@ def _tiny_model(K):
 
 
 def write_keras3(out: Path) -> None:
-    """A ``.keras`` archive, its ``.weights.h5`` and a Keras 3 legacy ``.h5``."""
+    """A ``.keras`` archive (HDF5 weights, and npz weights: pickled members), its ``.weights.h5`` and a Keras 3
+    legacy ``.h5``."""
     import keras as K
+    from keras.src.saving import saving_lib
 
     K.utils.set_random_seed(0)
     model = _tiny_model(K)
     model.save(out / "keras_archive" / "tiny.keras")
+    saving_lib.save_model(model, out / "keras_archive" / "tiny-npz.keras", weights_format="npz")
+    write_npz_pickles(out / "keras_archive" / "tiny-npz.keras", out / "npz_pickle")
     model.save_weights(out / "keras_h5" / "keras3.weights.h5")
     model.save(out / "keras_h5" / "keras3-legacy.h5")
+
+
+def write_npz_pickles(archive: Path, out: Path) -> None:
+    """The pickles of an npz-weights ``.keras``, each member's bytes after its ``.npy`` header."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    out.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive) as z, z.open("model.weights.npz") as f, zipfile.ZipFile(f) as npz:
+        for name in ("__root__.npy", "layers/dense.npy", "layers/batch_normalization.npy", "optimizer.npy"):
+            stream = io.BytesIO(npz.read(name))
+            np.lib.format.read_magic(stream)
+            np.lib.format.read_array_header_1_0(stream)
+            (out / (name.replace("/", "-")[: -len(".npy")] + ".pickle")).write_bytes(stream.read())
 
 
 def write_tfkeras(out: Path) -> None:
@@ -155,7 +175,7 @@ def main(argv: list[str]) -> int:
     if argv:  # one writer, in this process
         WRITERS[argv[0]](Path(argv[1]))
         return 0
-    for harness in ("sstable", "protowire", "saved_model", "keras_h5", "keras_archive", "data"):
+    for harness in ("sstable", "protowire", "saved_model", "keras_h5", "keras_archive", "npz_pickle", "data"):
         shutil.rmtree(CORPUS / harness, ignore_errors=True)
         (CORPUS / harness).mkdir(parents=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT))

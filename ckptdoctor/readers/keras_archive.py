@@ -144,6 +144,40 @@ def _open_weights(zf: zipfile.ZipFile, path: str, archive_size: int) -> tuple[An
     return _extracted(zf, info) if start is None else _stored_window(path, info, start)
 
 
+def archive_json(zf: zipfile.ZipFile, path: str, size: int) -> tuple[dict, dict]:
+    """A ``.keras`` archive's ``config.json`` and ``metadata.json`` (``{}`` when absent), parsed after every
+    member's sizes are checked against the archive (``size`` bytes), so that no later step meets a bomb.
+
+    Raises:
+        CorruptCheckpointError: a member's sizes do not fit, a JSON member is unreadable or not an object, or
+            there is no ``config.json``.
+    """
+    for info in zf.infolist():
+        try:
+            check_zip_member(info, size)
+        except LimitExceeded as e:
+            raise CorruptCheckpointError(f"{path}: {e}; the archive is damaged or was not written by Keras") from e
+    parsed: dict[str, Any] = {}
+    for member in (CONFIG_MEMBER, METADATA_MEMBER):
+        if member not in zf.NameToInfo:
+            parsed[member] = {} if member == METADATA_MEMBER else None
+            continue
+        try:
+            value = load_json(read_zip_member(zf, member, MAX_JSON_BYTES, size), member)
+        except (KeyError, *ZIP_ERRORS) as e:
+            raise CorruptCheckpointError(
+                f"{path}: its {member} cannot be read as JSON ({e}); the archive is damaged or was not written by Keras"
+            ) from e
+        if not isinstance(value, dict):
+            raise CorruptCheckpointError(f"{path}: its {member} is JSON but not an object (a {type(value).__name__})")
+        parsed[member] = value
+    if parsed[CONFIG_MEMBER] is None:
+        raise CorruptCheckpointError(
+            f"{path}: it has no {CONFIG_MEMBER}: a .keras file is a zip written by model.save()"
+        )
+    return parsed[CONFIG_MEMBER], parsed[METADATA_MEMBER]
+
+
 class KerasArchiveReader(KerasH5Reader):
     """The weights of a ``.keras`` archive, with its config and metadata.
 
@@ -182,32 +216,7 @@ class KerasArchiveReader(KerasH5Reader):
         """``config.json``, ``metadata.json`` (both checked, parsed JSON) and the weights member, opened."""
         zf = self._zip
         names = zf.namelist()
-        for info in zf.infolist():  # every member, so that no later step (repair's copy) meets a bomb
-            try:
-                check_zip_member(info, size)
-            except LimitExceeded as e:
-                raise CorruptCheckpointError(f"{path}: {e}; the archive is damaged or was not written by Keras") from e
-        parsed: dict[str, Any] = {}
-        for member in (CONFIG_MEMBER, METADATA_MEMBER):
-            if member not in zf.NameToInfo:
-                parsed[member] = {} if member == METADATA_MEMBER else None
-                continue
-            try:
-                value = load_json(read_zip_member(zf, member, MAX_JSON_BYTES, size), member)
-            except (KeyError, *ZIP_ERRORS) as e:
-                raise CorruptCheckpointError(
-                    f"{path}: its {member} cannot be read as JSON ({e}); "
-                    "the archive is damaged or was not written by Keras"
-                ) from e
-            if not isinstance(value, dict):
-                raise CorruptCheckpointError(
-                    f"{path}: its {member} is JSON but not an object (a {type(value).__name__})"
-                )
-            parsed[member] = value
-        if parsed[CONFIG_MEMBER] is None:
-            raise CorruptCheckpointError(
-                f"{path}: it has no {CONFIG_MEMBER}: a .keras file is a zip written by model.save()"
-            )
+        config, metadata = archive_json(zf, path, size)
         if WEIGHTS_MEMBER not in zf.NameToInfo:
             other = [n for n in names if "weights" in n]
             raise UnsupportedFormatError(
@@ -220,7 +229,7 @@ class KerasArchiveReader(KerasH5Reader):
             raise CorruptCheckpointError(
                 f"{path}: its {WEIGHTS_MEMBER} cannot be read ({e}); the archive is damaged or was not written by Keras"
             ) from e
-        return parsed[CONFIG_MEMBER] or {}, parsed[METADATA_MEMBER] or {}, fileobj
+        return config, metadata, fileobj
 
     def close(self) -> None:
         """Close the weights and the archive."""

@@ -1,43 +1,43 @@
-"""Keras npz weights (``model.weights.npz``) read member by member from the ``.npy`` headers, never unpickled.
+"""Keras npz weights (``model.weights.npz``) read member by member, pickled members with a restricted unpickler.
 
 Keras 3 writes ``model.weights.npz`` into a ``.keras`` archive (or a model directory) when
 saved with ``saving_lib.save_model(m, path, weights_format="npz")``. An npz is a zip of
-``.npy`` members; each header gives the member's dtype, shape and order, so the tensors
-are listed without reading any data, and values are read with ``allow_pickle=False``.
-
-A member whose dtype is ``object`` holds pickled Python objects: loading it would run
-whatever the pickle names. It is refused in one line (``UnsupportedFormatError``) naming
-the member and, from a static scan of its opcodes (``pickletools``, which executes
-nothing), what unpickling would import. This is what Keras 3 itself writes today: its npz
-store saves each layer as a pickled dict of its variables (``layers/dense.npy``), which
-Keras since 3.9 refuses to load as well. Members holding plain arrays are tensors, named
-by their path without ``.npy``; the Keras 3 HDF5 naming (``layers/dense/vars/0``) groups
-them into layers as for ``model.weights.h5``.
+``.npy`` members. Keras' npz store saves each layer as a pickled dict of its variables
+(``layers/dense.npy``: a 0-d object array holding ``{"0": kernel, "1": bias}``): those
+members are read by ``npz_pickle.read_pickled_member``, an unpickler whose ``find_class``
+answers only what numpy arrays and Keras variables need, with stand-ins that run nothing
+(the approach of ``torch.load(weights_only=True)``; ``np.load(allow_pickle=True)`` is never
+used, since it runs whatever a pickle names). Any other global is refused in one line
+naming it. A member's sizes are checked (``limits``) before it is read whole. Its arrays
+are named as in ``model.weights.h5`` (``layers/dense/vars/0``; ``__root__`` gives ``vars/0``).
+Members holding plain arrays (``np.savez`` of arrays, which no Keras writes) are tensors
+named by their path without ``.npy``, listed from their headers.
 """
 
 from __future__ import annotations
 
 import io
-import pickletools
+import os
 import zipfile
 from collections.abc import Iterator
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, Literal, NamedTuple
 
 import numpy as np
 
 from ckptdoctor.errors import CorruptCheckpointError, TensorReadError, UnsupportedFormatError
 from ckptdoctor.readers.base import DEFAULT_CHUNK_BYTES, TensorEntry
 from ckptdoctor.readers.keras_h5 import _dtype_name
+from ckptdoctor.readers.limits import MAX_PICKLE_BYTES, ZIP_ERRORS, LimitExceeded, read_zip_member
+from ckptdoctor.readers.npz_pickle import PickleDamaged, PickleRefused, read_pickled_member
 
-__all__ = ["KerasNpzReader", "pickle_imports", "open_npz_archive", "open_npz_dir", "WEIGHTS_NPZ_MEMBER"]
+__all__ = ["KerasNpzReader", "open_npz_archive", "open_npz_dir", "WEIGHTS_NPZ_MEMBER", "ROOT_MEMBER"]
 
 #: The npz weights member of a ``.keras`` archive (and file of a model directory).
 WEIGHTS_NPZ_MEMBER = "model.weights.npz"
 #: A deflated member may not expand beyond this ratio (DEFLATE itself cannot exceed about 1032:1).
 _MAX_EXPANSION = 1100
-#: How much of a pickled member is scanned for what it would import, and of how many members.
-_SCAN_BYTES = 1 << 20
-_SCAN_MEMBERS = 64
+#: The member holding the model's own variables (not a layer's): its keys are named ``vars/<i>``.
+ROOT_MEMBER = "__root__"
 
 
 class _Member(NamedTuple):
@@ -46,46 +46,7 @@ class _Member(NamedTuple):
     dtype: np.dtype
     fortran: bool
     data_bytes: int
-
-
-_STRING_OPS = frozenset(
-    {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING", "SHORT_BINSTRING"}
-)
-_MEMO_GET_OPS = frozenset({"BINGET", "LONG_BINGET", "GET"})
-_MEMO_PUT_OPS = frozenset({"MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT"})
-_NO_PUSH_OPS = frozenset({"PROTO", "FRAME", "STOP", "POP", "POP_MARK"})
-
-
-def pickle_imports(data: bytes) -> list[str]:
-    """The globals a pickle would import (``module.name``), found by disassembling it: nothing is executed.
-
-    ``STACK_GLOBAL`` takes its module and name from the two values pushed before it, which are
-    strings or memo references to strings; those two are followed, nothing else of the stack.
-    """
-    found: list[str] = []
-    recent: list[str | None] = [None, None]
-    memo: dict[int, str | None] = {}
-    try:
-        for op, arg, _pos in pickletools.genops(io.BytesIO(data)):
-            name = op.name
-            if name in _STRING_OPS:
-                recent = [recent[-1], str(arg)]
-            elif name in _MEMO_GET_OPS:
-                recent = [recent[-1], memo.get(int(arg or 0))]
-            elif name in _MEMO_PUT_OPS:
-                memo[len(memo) if name == "MEMOIZE" else int(arg or 0)] = recent[-1]
-            elif name == "STACK_GLOBAL":
-                if recent[0] and recent[1]:
-                    found.append(f"{recent[0]}.{recent[1]}")
-                recent = [None, None]
-            elif name in ("GLOBAL", "INST"):
-                found.append(str(arg).replace(" ", "."))
-                recent = [recent[-1], None]
-            elif name not in _NO_PUSH_OPS:
-                recent = [recent[-1], None]
-    except Exception:  # noqa: BLE001 - a truncated or odd pickle: what was seen so far is the answer
-        pass
-    return list(dict.fromkeys(found))
+    offset: int | None = None  # where the data start in a pickled member; None: a plain .npy (after its header)
 
 
 def _variable_order(key: str) -> tuple:
@@ -107,7 +68,8 @@ def _header(stream) -> tuple[tuple[int, ...], bool, np.dtype]:
 
 
 class KerasNpzReader:
-    """The tensors of a Keras ``model.weights.npz``: listed from the ``.npy`` headers, read without pickles.
+    """The tensors of a Keras ``model.weights.npz``: plain members listed from their ``.npy`` headers, pickled ones
+    (what Keras writes) through the restricted unpickler of ``npz_pickle``.
 
     Args:
         source: the npz as a path or a seekable binary file (a zip member of the ``.keras`` archive).
@@ -118,8 +80,11 @@ class KerasNpzReader:
         close_also: file objects closed with the reader (the archive holding the npz).
 
     Raises:
-        UnsupportedFormatError: a member holds pickled objects (never loaded).
-        CorruptCheckpointError: not an npz, or a member that is not ``.npy``.
+        UnsupportedFormatError: a pickled member names a global other than numpy's arrays and Keras' variables
+            (nothing of it is imported).
+        LimitExceeded: a pickled member is larger than ``MAX_PICKLE_BYTES`` or its sizes do not fit the npz.
+        CorruptCheckpointError: not an npz, a member that is not ``.npy``, or a pickle that is not the dict of
+            arrays Keras writes.
     """
 
     layout = "v3"
@@ -142,8 +107,11 @@ class KerasNpzReader:
         self.weights_name = weights_name
         self._close_also = close_also
         try:
+            self._size = os.path.getsize(source) if isinstance(source, str) else source.seek(0, 2)
+            if not isinstance(source, str):
+                source.seek(0)
             self._zip: zipfile.ZipFile | None = zipfile.ZipFile(source)
-        except (OSError, zipfile.BadZipFile) as e:
+        except ZIP_ERRORS as e:
             self._close_others()
             raise CorruptCheckpointError(
                 f"{weights_name} is not a readable npz (a zip of .npy files) ({e}): save the model again"
@@ -157,8 +125,6 @@ class KerasNpzReader:
     def _scan(self) -> dict[str, _Member]:
         assert self._zip is not None
         members: dict[str, _Member] = {}
-        pickled: list[str] = []
-        imports: list[str] = []
         for info in self._zip.infolist():
             if info.is_dir():
                 continue
@@ -169,36 +135,54 @@ class KerasNpzReader:
             try:
                 with self._zip.open(info) as stream:
                     shape, fortran, dtype = _header(stream)
-                    if dtype.hasobject:  # read to be disassembled, never loaded
-                        imports += pickle_imports(stream.read(_SCAN_BYTES)) if len(pickled) < _SCAN_MEMBERS else []
-            except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+            except ZIP_ERRORS as e:
                 raise CorruptCheckpointError(
                     f"{self.weights_name}: member {info.filename} has no readable .npy header ({e})"
                 ) from e
+            name = info.filename[: -len(".npy")]
             if dtype.hasobject:
-                pickled.append(info.filename)
+                members.update(self._pickled(info, name, tuple(shape)))
                 continue
             count = 1
             for d in shape:
                 count *= int(d)
-            name = info.filename[: -len(".npy")]
             members[name] = _Member(info, tuple(int(d) for d in shape), dtype, bool(fortran), count * dtype.itemsize)
-        if pickled:
-            self._refuse_pickles(pickled, imports)
         return members
 
-    def _refuse_pickles(self, pickled: list[str], imports: list[str]) -> None:
-        imports = list(dict.fromkeys(imports))
-        imports.sort(key=lambda name: name.startswith("numpy"))  # the surprising imports first
-        shown = ", ".join(imports[:5]) + (f" and {len(imports) - 5} more" if len(imports) > 5 else "")
-        more = f" and {len(pickled) - 1} more members hold" if len(pickled) > 1 else " holds"
-        raise UnsupportedFormatError(
-            f"{self.weights_name}: member {pickled[0]}{more} pickled Python objects (dtype object"
-            + (f"; unpickling would import {shown}" if imports else "")
-            + "), as Keras' npz weights store each layer's variables: ckptdoctor never unpickles "
-            "(allow_pickle=False), and Keras 3.9 and later refuse to load such a file as well; save the "
-            "model with HDF5 weights (model.save('model.keras'), the default)"
-        )
+    def _pickled(self, info: zipfile.ZipInfo, name: str, shape: tuple) -> dict[str, _Member]:
+        """The arrays of a pickled member, read with the restricted unpickler (``npz_pickle``)."""
+        assert self._zip is not None
+        where = f"{self.weights_name}: member {info.filename}"
+        if shape != ():
+            raise CorruptCheckpointError(
+                f"{where} is an object array of shape {list(shape)}: Keras writes each layer as one pickled dict "
+                "(shape []); not read"
+            )
+        try:
+            data = read_zip_member(self._zip, info.filename, MAX_PICKLE_BYTES, self._size)
+            stream = io.BytesIO(data)
+            _header(stream)
+            start = stream.tell()
+            leaves = read_pickled_member(data[start:], start)
+        except LimitExceeded as e:
+            raise LimitExceeded(f"{self.weights_name}: {e}; not read") from e
+        except PickleRefused as e:
+            raise UnsupportedFormatError(
+                f"{where} is a pickle that would import {e.name}, which is neither a numpy array nor a Keras "
+                "variable: refused, nothing of it was imported or run (ckptdoctor unpickles only those, never "
+                "with allow_pickle=True); only if you trust the file, unpickle it yourself (np.load(allow_pickle="
+                "True), with Keras imported), set the model's weights and save it with HDF5 weights "
+                "(model.save('model.keras'))"
+            ) from None
+        except PickleDamaged as e:
+            raise CorruptCheckpointError(f"{where}: {e}: not the pickled dict of arrays Keras writes") from None
+        except ZIP_ERRORS as e:
+            raise CorruptCheckpointError(f"{where} cannot be read ({e})") from e
+        prefix = "" if name == ROOT_MEMBER else name + "/"
+        return {
+            f"{prefix}vars/{key}": _Member(info, leaf.shape, leaf.dtype, leaf.fortran, leaf.nbytes, leaf.offset)
+            for key, leaf in leaves.items()
+        }
 
     # ------------------------------------------------------------------ interface
 
@@ -233,18 +217,55 @@ class KerasNpzReader:
         m = self._member(name)
         self._check_size(name, m)
         assert self._zip is not None
+        if m.offset is not None:
+            return self._read_leaf(name, m)
         try:
             with self._zip.open(m.info) as stream:
                 value = np.lib.format.read_array(stream, allow_pickle=False)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        except ZIP_ERRORS as e:
             raise TensorReadError(self._code(e), name, f"{name}: its bytes cannot be read ({e})") from e
         if value.shape != m.shape or value.dtype != m.dtype:
             raise TensorReadError("tensor-unreadable", name, f"{name}: its data do not match its .npy header")
         return value
 
-    def iter_chunks(self, name: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[np.ndarray]:
-        """Flat chunks of about ``chunk_bytes``, streamed from the member (Fortran-ordered arrays whole)."""
+    def _read_leaf(self, name: str, m: _Member) -> np.ndarray:
+        """An array of a pickled member: its bytes, where the unpickler found them (sizes checked then)."""
+        assert self._zip is not None and m.offset is not None
+        try:
+            with self._zip.open(m.info) as stream:
+                stream.seek(m.offset)
+                data = stream.read(m.data_bytes)
+        except ZIP_ERRORS as e:
+            raise TensorReadError(self._code(e), name, f"{name}: its bytes cannot be read ({e})") from e
+        if len(data) != m.data_bytes:
+            raise TensorReadError("tensor-unreadable", name, f"{name}: its member ends before its data do")
+        order: Literal["F", "C"] = "F" if m.fortran else "C"
+        return np.frombuffer(data, dtype=m.dtype).reshape(m.shape, order=order).copy(order="K")
+
+    def leaf_location(self, name: str) -> tuple[str, int, int]:
+        """Where a tensor's bytes lie in the npz: ``(member, offset in the member, nbytes)``."""
         m = self._member(name)
+        if m.offset is not None:
+            return m.info.filename, m.offset, m.data_bytes
+        assert self._zip is not None
+        with self._zip.open(m.info) as stream:
+            _header(stream)
+            return m.info.filename, stream.tell(), m.data_bytes
+
+    def is_fortran(self, name: str) -> bool:
+        """Whether the tensor's bytes are stored in Fortran order."""
+        return self._member(name).fortran
+
+    def iter_chunks(self, name: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[np.ndarray]:
+        """Flat chunks of about ``chunk_bytes``, streamed from the member (Fortran-ordered arrays whole; an array of
+        a pickled member is read whole, its member having been read whole already)."""
+        m = self._member(name)
+        if m.offset is not None and m.dtype.itemsize:
+            flat = self.read(name).ravel(order="K")
+            step = max(1, chunk_bytes // m.dtype.itemsize)
+            for i in range(0, max(flat.size, 1), step):
+                yield flat[i : i + step]
+            return
         if m.fortran or m.data_bytes == 0 or m.dtype.itemsize == 0:
             yield self.read(name).ravel()
             return
@@ -261,7 +282,7 @@ class KerasNpzReader:
                         raise EOFError(f"the data end after {m.data_bytes - left + len(block)} of {m.data_bytes} bytes")
                     left -= len(block)
                     yield np.frombuffer(block, dtype=m.dtype)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        except ZIP_ERRORS as e:
             raise TensorReadError(self._code(e), name, f"{name}: its bytes cannot be read ({e})") from e
 
     @staticmethod
@@ -310,22 +331,22 @@ class KerasNpzReader:
 
 def open_npz_archive(path: str) -> KerasNpzReader:
     """The npz weights of a ``.keras`` archive (``model.weights.npz``), read from the zip member (never extracted)."""
-    import json
-
-    from ckptdoctor.readers.keras_archive import CONFIG_MEMBER, METADATA_MEMBER
+    from ckptdoctor.readers.keras_archive import archive_json
 
     try:
         archive = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as e:
+        size = os.path.getsize(path)
+    except ZIP_ERRORS as e:
         raise CorruptCheckpointError(f"{path} is not a readable zip archive ({e})") from e
     try:
-        names = archive.namelist()
-        config = json.loads(archive.read(CONFIG_MEMBER))
-        metadata = json.loads(archive.read(METADATA_MEMBER)) if METADATA_MEMBER in names else {}
+        config, metadata = archive_json(archive, path, size)
         member = archive.open(WEIGHTS_NPZ_MEMBER)
-    except (KeyError, ValueError, zipfile.BadZipFile) as e:
+    except (KeyError, *ZIP_ERRORS) as e:
         archive.close()
-        raise CorruptCheckpointError(f"{path}: its {CONFIG_MEMBER} cannot be read as JSON ({e})") from e
+        raise CorruptCheckpointError(f"{path}: its {WEIGHTS_NPZ_MEMBER} cannot be read ({e})") from e
+    except BaseException:
+        archive.close()
+        raise
     return KerasNpzReader(
         member, path, f"{path}:{WEIGHTS_NPZ_MEMBER}", config, metadata, "keras-v3-npz", close_also=(member, archive)
     )

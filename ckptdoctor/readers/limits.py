@@ -13,6 +13,9 @@ The bounds:
   nodes, a config given with ``--graph``): at most ``MAX_JSON_BYTES`` (64 MiB, as safetensors caps
   its header) and ``MAX_JSON_DEPTH`` levels of nesting, checked by a scan that does not recurse
   before the JSON parser (which does) sees the text.
+* pickled npz members (Keras' npz weights, one per layer): at most ``MAX_PICKLE_BYTES`` (2 GiB),
+  read whole, through the restricted unpickler of ``npz_pickle`` (its arrays' declared shapes
+  must match the bytes the pickle holds for them).
 * zip members: inflating to more than ``MAX_EXPANSION`` times the bytes stored (above
   ``EXPANSION_FLOOR``: tiny members compress well) is a decompression bomb; a member's stored
   bytes must lie inside the archive. The declared inflated size bounds what is read (zipfile
@@ -44,6 +47,7 @@ __all__ = [
     "LimitExceeded",
     "MAX_JSON_BYTES",
     "MAX_JSON_DEPTH",
+    "MAX_PICKLE_BYTES",
     "MAX_EXPANSION",
     "EXPANSION_FLOOR",
     "HDF5_EXPANSION_FLOOR",
@@ -65,6 +69,8 @@ __all__ = [
 MAX_JSON_BYTES = 64 << 20
 #: Deeper JSON is refused: real Keras configs nest a few dozen levels (a model nested 80 deep stays below).
 MAX_JSON_DEPTH = 256
+#: A pickled npz member (Keras writes one per layer) is read whole into memory: at most this large.
+MAX_PICKLE_BYTES = 2 << 30
 #: A zip member or HDF5 dataset may inflate to at most this many times its stored bytes...
 MAX_EXPANSION = 100
 #: ... once it inflates to more than this (a small member of zeros or spaces compresses far better).

@@ -17,7 +17,7 @@ import warnings
 
 from ckptdoctor.errors import UnsupportedFormatError
 
-__all__ = ["saved_variables", "weights_runner"]
+__all__ = ["saved_variables", "weights_runner", "config_runner"]
 
 #: Roots of a weights file that hold no model variables (the optimizer's state, metrics).
 _NOT_MODEL = ("optimizer", "optimizer_weights", "metrics")
@@ -58,7 +58,7 @@ def _shape(v) -> tuple:
     return tuple(int(d) for d in getattr(v, "shape", ()))
 
 
-def _check_matches(spec: str, path: str, saved: dict, shapes: dict) -> None:
+def _check_matches(spec: str, path: str, saved: dict, shapes: dict, model: str | None = None) -> None:
     """Refuse a model whose variables are not the file's: list what is missing, extra, or of another shape.
 
     The optimizer's state is left out on both sides: a factory's model may be compiled, or not.
@@ -82,9 +82,31 @@ def _check_matches(spec: str, path: str, saved: dict, shapes: dict) -> None:
             "model)"
         )
     raise UnsupportedFormatError(
-        f"the model --graph {spec} builds does not match {path}: {'; '.join(parts)}; pass the model that wrote "
-        "these weights"
+        f"the model {model or f'--graph {spec} builds'} does not match {path}: {'; '.join(parts)}; "
+        + ("pass the model that wrote these weights" if model is None else "save the model again")
     )
+
+
+def _keys_of(saved: dict):
+    """``keys_of`` for ``bind_runner``: each BN layer's statistics under the key Keras' saving walk gives them."""
+    key_of = {id(v): k for k, v in saved.items()}
+
+    def keys_of(bns: list) -> dict:
+        keys = {}
+        for bn in bns:
+            named = {}
+            for attr in ("moving_mean", "moving_variance", "gamma", "beta"):
+                variable = getattr(bn.layer, attr, None)
+                if variable is not None and id(variable) in key_of:
+                    named[attr] = key_of[id(variable)]
+            if "moving_mean" not in named or "moving_variance" not in named:
+                raise UnsupportedFormatError(
+                    f"Keras' saving walk does not store BN layer {bn.name}'s moving statistics"
+                )
+            keys[bn.name] = named
+        return keys
+
+    return keys_of
 
 
 def weights_runner(
@@ -121,24 +143,67 @@ def weights_runner(
     except Exception as e:  # Keras raises ValueError, KeyError, OSError... when the file does not fit
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise UnsupportedFormatError(f"Keras cannot load {path} into the model --graph {spec} builds: {first}") from e
-    key_of = {id(v): k for k, v in saved.items()}
-
-    def keys_of(bns: list) -> dict:
-        keys = {}
-        for bn in bns:
-            named = {}
-            for attr in ("moving_mean", "moving_variance", "gamma", "beta"):
-                variable = getattr(bn.layer, attr, None)
-                if variable is not None and id(variable) in key_of:
-                    named[attr] = key_of[id(variable)]
-            if "moving_mean" not in named or "moving_variance" not in named:
-                raise UnsupportedFormatError(
-                    f"Keras' saving walk does not store BN layer {bn.name}'s moving statistics"
-                )
-            keys[bn.name] = named
-        return keys
+    keys_of = _keys_of(saved)
 
     names, xs = input_arrays(None, arrays, data, input, names=input_names(model))
     return bind_runner(
         K, model, path, names, xs, keys_of=keys_of, read=read, graph=f"{spec} (--graph, {{keras}})", legacy=legacy
     )
+
+
+def config_runner(
+    path: str,
+    config: dict,
+    code: list[str],
+    shapes: dict,
+    arrays: dict,
+    *,
+    data: str,
+    input: str | None,
+    unsafe: bool,
+    read,
+    graph: str,
+):
+    """The model of a file whose weights Keras cannot load itself, with the values ckptdoctor read assigned.
+
+    An npz-weights ``.keras``: Keras 3.9 and later refuse its pickled members, and ckptdoctor reads
+    them with its restricted unpickler (``readers.npz_pickle``). The model is built from the file's
+    config as ``keras.saving.load_model`` builds it (``saving_lib._model_from_config``, safe mode
+    unless ``unsafe``, not compiled); each variable is assigned the value stored under the key
+    Keras' own saving walk gives it (``saved_variables``), after every key and shape is checked.
+
+    Args:
+        config: the file's model config; ``code``: its Lambda layers, refused unless ``unsafe``.
+        shapes: the file's tensors, key -> shape.
+        arrays, data, input: as for ``keras_runner.load_runner``; ``read``: key -> the stored value.
+        graph: what described the model, for the report (``{keras}`` is filled in).
+    """
+    import json
+
+    from ckptdoctor.runtime.keras_model import check_loadable, input_arrays, keras_module
+    from ckptdoctor.runtime.keras_runner import bind_runner
+
+    if code and not unsafe:
+        raise UnsupportedFormatError(
+            f"{path} has Lambda layers ({', '.join(code[:3])}) whose Python code would run on load: "
+            "pass --unsafe only if you trust the file"
+        )
+    names, xs = input_arrays(config, arrays, data, input)
+    check_loadable(config, path)
+    K, legacy = keras_module(None, "keras-v3")
+    saving_lib = _saving_lib(K)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = saving_lib._model_from_config(json.dumps(config), None, False, not unsafe)
+    except Exception as e:  # Keras raises many kinds for a config it cannot build
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise UnsupportedFormatError(
+            f"Keras cannot build the model of {path} from its config: {first} (custom layers must be importable "
+            "and registered; ckptdoctor never runs code from the file)"
+        ) from e
+    saved = {k: v for k, v in saved_variables(K, model).items() if k.split("/")[0] not in _NOT_MODEL}
+    _check_matches(path, path, saved, shapes, model=f"that {path}'s config builds")
+    for key, variable in saved.items():
+        variable.assign(read(key))
+    return bind_runner(K, model, path, names, xs, keys_of=_keys_of(saved), read=read, graph=graph, legacy=legacy)

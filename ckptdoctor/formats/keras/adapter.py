@@ -4,11 +4,13 @@
 Inspect never imports Keras to list or cross-reference (``describe``). Repair loads
 the model with Keras' safe mode (Lambda layers are refused before loading unless
 ``--unsafe``), or for a weights-only file builds the one ``--graph`` describes and loads
-the weights into it; checks that each BN layer's file key holds the loaded variable's
-bytes before anything runs, runs it (``runtime.keras_runner``), and writes a copy of the
-file (directory, shards) with only the statistics' datasets overwritten (``store``,
-``sharded_store``). BN layers at any depth of nested models are repaired; frozen ones
-are left as they are.
+the weights into it; for npz weights, which Keras refuses to unpickle, it builds the model
+from the file's config and assigns the values ckptdoctor read (``keras_weights.config_runner``).
+It checks that each BN layer's file key holds the loaded variable's bytes before anything
+runs, runs it (``runtime.keras_runner``), and writes a copy of the file (directory, shards)
+with only the statistics' datasets overwritten (``store``, ``sharded_store``; for npz
+weights only the statistics' bytes, ``npz_store``). BN layers at any depth of nested models
+are repaired; frozen ones are left as they are.
 """
 
 from __future__ import annotations
@@ -72,11 +74,11 @@ class KerasFile:
         path = self.path
         if options.training or options.feed:
             raise CkptDoctorError("--training and --feed are for TF1 checkpoints: a Keras model has neither; drop them")
-        if self.format in _NPZ_FORMATS:
+        if self.format == "keras-v3-dir-npz":
             raise UnsupportedFormatError(
-                f"{path} stores npz weights, which Keras cannot load (its npz store reads only pickled layers, and "
-                "refuses those since Keras 3.9), so a repaired copy could not be loaded either: save the model with "
-                "HDF5 weights (model.save('model.keras'), the default) and repair that"
+                f"{path} is a model directory whose npz weights Keras writes as model.weights.h5 and cannot load "
+                "back (it reads that name as HDF5), so a repaired copy could not be loaded either: save the model "
+                "with HDF5 weights (the default) or as a zipped .keras, and repair that"
             )
         if self.config:
             if self._graph:
@@ -145,6 +147,21 @@ class KerasFile:
                 f"{weight}) is stored as {list(got)} but the config builds {list(want)}; nothing was loaded"
             )
         keys = {layer.name: layer.weights for layer in layout.bn_layers}
+        if self.format in _NPZ_FORMATS:  # Keras refuses its own pickled npz members: ckptdoctor's values go in
+            from ckptdoctor.runtime.keras_weights import config_runner
+
+            return config_runner(
+                path,
+                config,
+                lambda_layers(config),
+                {e.name: tuple(e.shape) for e in self.reader.entries()},
+                arrays,
+                data=options.data,
+                input=options.input,
+                unsafe=options.unsafe,
+                read=self.reader.read,
+                graph=f"{path} (model config, {{keras}})",
+            )
 
         def keys_of(bns: list) -> dict:
             for bn in bns:
@@ -174,4 +191,8 @@ class KerasFile:
             return write_sharded(self.reader, self.path, output, replacements, in_place)
         if self.format == "keras-v3-dir":
             return write_keras_dir(self.reader, self.path, output, replacements, in_place)
+        if self.format == "keras-v3-npz":
+            from ckptdoctor.formats.keras.npz_store import write_keras_npz
+
+            return write_keras_npz(self.reader, self.path, output, replacements, in_place)
         return write_keras(self.reader, self.path, output, replacements, in_place)
