@@ -34,7 +34,11 @@ def looks_like_function(spec: str) -> bool:
 
 
 def _import(spec: str):
+    from ckptdoctor.tfcompat import import_tensorflow, tensorflow_available
+
     module_name, _, attr = spec.partition(":")
+    if tensorflow_available():
+        import_tensorflow()  # quietly, before the user's module imports it and TensorFlow's logs bury the report
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
