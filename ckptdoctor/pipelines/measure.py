@@ -60,7 +60,7 @@ class Progress:
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=label, unit="sample", file=sys.stderr, leave=False, dynamic_ncols=True)
+            self._bar = tqdm(total=total, desc=label, unit="sample", file=sys.stderr, leave=False)
 
     def step(self, n: int) -> None:
         if self._bar is not None:
