@@ -8,7 +8,8 @@ the work (the package's files are not touched), each where the caller looks it u
 
 * the batch loop, from the first batch requested to the last one finished: the
   forward passes plus merging, the reference outputs taken in the same runs
-  (``pipelines.data.batches`` as ``pipelines.sources.arrays`` calls it, the generator ``pipelines.measure.measure`` loops over);
+  (``pipelines.data.batches`` as ``pipelines.sources.arrays`` calls it, the generator
+  ``pipelines.measure.measure`` loops over);
 * the data check (``pipelines.data.check_data``, called by ``pipelines.sources.arrays``);
 * graph import and analysis (``load_graph`` and ``describe_graph`` as
   ``formats.tf1.runner`` calls them);
