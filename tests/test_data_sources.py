@@ -32,6 +32,14 @@ def as_dataset():
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
 
 
+def unbatched():
+    return tf.data.Dataset.from_tensor_slices(np.load(HERE + "/X.npy"))
+
+
+def in_sevens():
+    return as_dataset().unbatch().batch(7)
+
+
 def raising():
     raise ValueError("the bucket is not reachable")
 
@@ -52,6 +60,8 @@ REPAIRS = {
     "folder": ("images", ("--batch-size", 16)),
     "shards": ("shards/part-*.tfrecord", ("--batch-size", 16)),
     "function": ("userdata:as_dataset", ()),
+    "function-unbatched": ("userdata:unbatched", ("--batch-size", 16)),
+    "function-rebatched": ("userdata:in_sevens", ("--batch-size", 16)),
     "bytes-gzip": ("bytes/data.tfrecord.gz", ("--batch-size", 16, "--input", "image=pixels")),
     "all-in-one": ("images", ("--batch-size", 64)),
     "max-samples": ("images", ("--batch-size", 4, "--max-samples", 10)),
@@ -116,7 +126,9 @@ def _repaired(built, name: str) -> tuple[dict, np.ndarray, np.ndarray]:
     return (report, *_bn_statistics(out / f"out-{name}.keras"))
 
 
-@pytest.mark.parametrize("name", ["folder", "shards", "function", "bytes-gzip"])
+@pytest.mark.parametrize(
+    "name", ["folder", "shards", "function", "function-unbatched", "function-rebatched", "bytes-gzip"]
+)
 def test_each_source_gives_the_exact_moments_and_the_npy_repairs_statistics(built, name):
     out, _ = built
     expected = np.load(out / "expected.npz")

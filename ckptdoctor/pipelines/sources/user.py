@@ -5,7 +5,8 @@ called with no arguments and returns a ``tf.data.Dataset``, a numpy array, a dic
 arrays, or an iterable of batches: arrays, dicts of arrays, or ``(x, y[, w])`` tuples
 whose first element is the model input. A dataset's or an iterable's batches are used
 as they come (``--batch-size`` re-batches them only when given); an array or a dict
-of arrays is cut into ``--batch-size`` batches. A pass over a one-shot iterator (a
+of arrays is cut into ``--batch-size`` batches, and so are elements one dimension
+short of the inputs (an unbatched dataset: single samples). A pass over a one-shot iterator (a
 generator) calls the function again for the next pass.
 """
 
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ckptdoctor.errors import BadDataError
-from ckptdoctor.pipelines.sources.base import Streamed, StreamedSource
+from ckptdoctor.pipelines.sources.base import DEFAULT_BATCH_SIZE, Streamed, StreamedSource
 
 __all__ = ["UserFunction", "looks_like_function"]
 
@@ -91,6 +92,7 @@ class UserFunction(StreamedSource):
                 raise BadDataError(f"--data {spec} yields no batch: return data with at least one sample")
             first = first_element
             self._pending = itertools.chain([first], batches)
+        self._first, self._unbatched = first, False
         self._keys = {
             k: Streamed(k, a.ndim, optional=k is not None, sample=tuple(a.shape[1:]) if a.ndim else None)
             for k, a in first.items()
@@ -100,6 +102,21 @@ class UserFunction(StreamedSource):
 
     def arrays(self) -> dict:
         return self._keys
+
+    def feed(self, inputs: list, batch_size: int | None, max_samples: int | None):
+        """As ``StreamedSource.feed``; elements one dimension short of every input are single samples, batched."""
+        shapes = {i.array.key: i.shape for i in inputs}
+        self._unbatched = not self.rebatch_always and all(
+            shape is not None and key in self._first and self._first[key].ndim == len(shape) - 1
+            for key, shape in shapes.items()
+        )
+        if self._unbatched:
+            self.rebatch_always = True
+            self.notes.append(
+                f"{self.name} yields single samples (no batch dimension): grouped into batches of "
+                f"{batch_size or DEFAULT_BATCH_SIZE}"
+            )
+        return super().feed(inputs, batch_size, max_samples)
 
     def _call(self):
         try:
@@ -132,7 +149,8 @@ class UserFunction(StreamedSource):
             yield _model_input(self._obj, self.name)
             return
         if self._pending is not None:
-            pending, self._pending = self._pending, None
-            yield from pending
-            return
-        yield from self._iterate(self._obj if self._reusable else self._call())
+            batches, self._pending = self._pending, None
+        else:
+            batches = self._iterate(self._obj if self._reusable else self._call())
+        for batch in batches:
+            yield {k: v[None] for k, v in batch.items()} if self._unbatched else batch
