@@ -205,8 +205,9 @@ def test_help_says_a_function_runs_your_code():
     assert "folder of images" in text and "TFRecord" in text and "--compression" in text
 
 
-def test_a_tf1_graph_repairs_from_a_generator_as_from_its_npy(build, tmp_path):
-    """A TF1 graph fed by a generator of (x, y) batches: the npy repair's statistics, bit for bit."""
+def test_a_tf1_graph_repairs_from_a_generator_and_a_tfrecord_as_from_its_npy(build, tmp_path):
+    """A TF1 graph fed by a generator of (x, y) batches, or by a TFRecord file whose feature is named like the
+    placeholder: the npy repair's statistics, bit for bit."""
     seed = build("seed", "v1").copy_to(tmp_path / "in")
     (tmp_path / "seedbatches.py").write_text(
         "import numpy as np\n\n\ndef batches():\n"
@@ -214,10 +215,21 @@ def test_a_tf1_graph_repairs_from_a_generator_as_from_its_npy(build, tmp_path):
         "    for i in range(0, len(x), 64):\n"
         "        yield x[i : i + 64], np.zeros(len(x[i : i + 64]))\n"
     )
+    import tensorflow as tf
+
+    x = np.load(seed.X)
+    with tf.io.TFRecordWriter(str(tmp_path / "seed.tfrecord")) as w:
+        for i, row in enumerate(x):  # the feature named like the placeholder inp:0; the label matches none
+            feature = {
+                "inp": tf.train.Feature(float_list=tf.train.FloatList(value=row.ravel())),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 2])),
+            }
+            w.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
     outs = {}
     for name, data, method in (
         ("npy", str(seed.X), "train"),
         ("gen", "seedbatches:batches", "train"),
+        ("tfrecord", "seed.tfrecord", "train"),
         ("npy-seq", str(seed.X), "sequential"),
         ("gen-seq", "seedbatches:batches", "sequential"),  # a pass per layer: the function is called again
     ):
@@ -238,4 +250,5 @@ def test_a_tf1_graph_repairs_from_a_generator_as_from_its_npy(build, tmp_path):
     assert moving
     for key in moving:
         assert values["gen"][key].tobytes() == values["npy"][key].tobytes(), key
+        assert values["tfrecord"][key].tobytes() == values["npy"][key].tobytes(), key
         assert values["gen-seq"][key].tobytes() == values["npy-seq"][key].tobytes(), key
