@@ -8,8 +8,9 @@ the work (the package's files are not touched), each where the caller looks it u
 
 * the batch loop, from the first batch requested to the last one finished: the
   forward passes plus merging, the reference outputs taken in the same runs
-  (``pipelines.repair.batches``, the generator ``pipelines.measure.measure`` loops over);
-* the data check (``pipelines.repair.check_data``);
+  (``pipelines.data.batches`` as ``pipelines.sources.arrays`` calls it, the generator
+  ``pipelines.measure.measure`` loops over);
+* the data check (``pipelines.data.check_data``, called by ``pipelines.sources.arrays``);
 * graph import and analysis (``load_graph`` and ``describe_graph`` as
   ``formats.tf1.runner`` calls them);
 * restore (``formats.tf1.runner._restore``);
@@ -115,12 +116,17 @@ def main(argv=None) -> int:
     import ckptdoctor.pipelines.repair as repairing
     import ckptdoctor.writers.bundle as writer_mod
 
+    try:  # the array data's batches and checks, where the data sources look them up
+        import ckptdoctor.pipelines.sources.arrays as data_mod
+    except ImportError:  # before pipelines.sources, the repair pipeline looked them up
+        data_mod = repairing
+
     t1 = time.perf_counter()
     # Patched where they are looked up at call time: ``runner_mod`` imported ``load_graph`` and
     # ``describe_graph`` by name, so the graph module's own attributes are not what the runner calls.
     patched = {
-        "loop_s": _patch_first(repairing, ["batches", "_batches"], _timed_loop),
-        "check_data_s": _patch(repairing, "check_data", lambda f: _timed("check_data_s", f)),
+        "loop_s": _patch_first(data_mod, ["batches", "_batches"], _timed_loop),
+        "check_data_s": _patch(data_mod, "check_data", lambda f: _timed("check_data_s", f)),
         "gaps_s": _patch_first(measure_mod, ["_Reference.gaps", "_gaps"], lambda f: _timed("gaps_s", f)),
         "restore_s": _patch_first(runner_mod, ["_restore", "restore_variables"], lambda f: _timed("restore_s", f)),
         "load_stats_s": _patch_first(

@@ -94,9 +94,11 @@ class Commands:
         input: str | None = None,
         training: str | None = None,
         feed: tuple = (),
-        batch_size: int = 256,
+        batch_size: int | None = None,
         max_samples: int | None = None,
         unsafe: bool = False,
+        compression: str | None = None,
+        resize: bool = True,
     ):
         """List every tensor, cross-reference the graph, diagnose BN statistics.
 
@@ -116,12 +118,15 @@ class Commands:
             force: overwrite an existing --report file.
             data: also check the BN statistics against data (as for repair; a dry run writes nothing):
                 layers whose stored statistics are far from their input's moments are bn-stats-stale.
-            input: with --data: the placeholder or model input the data feed.
+                Any form repair takes; package.module:function runs your code.
+            input: with --data: the placeholder or model input the data feed (TFRecord: NAME=FEATURE too).
             training: with --data: the boolean training switch (TF1 graphs).
             feed: with --data: NAME=VALUE constants for other placeholders.
-            batch_size: with --data: samples per forward pass.
+            batch_size: with --data: samples per forward pass (default 256; a function's batches as they come).
             max_samples: with --data: use only the first N samples.
             unsafe: with --data: allow Keras Lambda layers (their code runs).
+            compression: with TFRecord --data: GZIP, ZLIB or NONE (default: by the files' extension).
+            resize: with an image --data: resize images to the model input (bilinear); False refuses other sizes.
 
         Exit code: 0 no error-level finding, 1 at least one, 2 the checkpoint could not be read.
 
@@ -140,9 +145,11 @@ class Commands:
                 input=None if input is None else str(input),
                 training=None if training is None else str(training),
                 feed=_feeds(feed),
-                batch_size=_int(batch_size, "batch-size"),
+                batch_size=_int(batch_size, "batch-size", allow_none=True),
                 max_samples=_int(max_samples, "max-samples", allow_none=True),
                 unsafe=bool(unsafe),
+                compression=None if compression is None else str(compression),
+                resize=bool(resize),
             )
         result = inspect(
             str(checkpoint),
@@ -201,7 +208,7 @@ class Commands:
         input: str | None = None,
         training: str | None = None,
         feed: tuple = (),
-        batch_size: int = 256,
+        batch_size: int | None = None,
         max_samples: int | None = None,
         method: str = "train",
         output: str | None = None,
@@ -212,6 +219,8 @@ class Commands:
         format: str = "table",
         progress: bool = True,
         unsafe: bool = False,
+        compression: str | None = None,
+        resize: bool = True,
     ):
         """Recompute BN moving mean and variance from data and write a verified new checkpoint.
 
@@ -219,16 +228,21 @@ class Commands:
             checkpoint: the checkpoint to repair (never modified, except with --in-place after verification),
                 a Keras model (model.keras, a Keras model directory, a full legacy .h5, a SavedModel directory
                 written by tf-keras), or Keras weights (.weights.h5, sharded .weights.json) with --graph.
-            data: X.npy, data.npz (keys = placeholder or Keras input names), FILE.h5:dataset, or FILE.h5
-                (its top-level datasets, named like .npz keys).
+            data: X.npy, data.npz (keys = placeholder or Keras input names), FILE.h5:dataset, FILE.h5
+                (its top-level datasets, named like .npz keys); a folder of images (PNG, JPEG, BMP, GIF, class
+                subfolders allowed; float32 0-255, as Keras loads them); TFRecord files of tf.train.Example (a
+                file, a glob, or a folder of *.tfrecord*; features named like the inputs); or
+                package.module:function, imported from the working directory and sys.path and called: this runs
+                your code; it returns a tf.data.Dataset, an array, a dict of arrays or an iterable of batches.
             graph: the MetaGraphDef; default <prefix>.meta. For a TF2 checkpoint (tf.train.Checkpoint,
                 CheckpointManager) or Keras weights (.weights.h5, .weights.json): the model, as a .keras, a
                 Keras model directory, a config .json, or package.module:function, a factory imported from the
                 working directory and sys.path and called (this runs your code).
-            input: the placeholder the data go to (default: the only float placeholder that fits).
+            input: the placeholder the data go to (default: the only float placeholder that fits); TFRecord
+                data: NAME=FEATURE (comma-separated) reads input NAME from feature FEATURE.
             training: the boolean training switch (default: found from the BN layers).
             feed: NAME=VALUE constants for other placeholders (repeatable), e.g. keep_prob=1.0.
-            batch_size: samples per forward pass.
+            batch_size: samples per forward pass (default 256; a function's batches are used as they come).
             max_samples: use only the first N samples.
             method: train (batch statistics in training mode) or sequential (layer by layer in inference mode).
             output: output prefix (default <prefix>-repaired).
@@ -238,8 +252,10 @@ class Commands:
             report: also write a report: FILE.html a self-contained page with charts of what changed per layer,
                 any other name HDF5 with the per-layer before/after arrays. A refused repair writes none.
             format: table or json.
-            progress: show a progress bar on stderr.
+            progress: show progress on stderr (samples/s, ETA) when it is a terminal and --format is table.
             unsafe: Keras models only: allow Lambda layers, whose Python code runs when the model loads.
+            compression: TFRecord data: GZIP, ZLIB or NONE (default: by the files' extension, .gz or .zlib).
+            resize: image data: resize images to the model input's size (bilinear); False refuses other sizes.
 
         Exit code: 0 repaired (or dry run), 1 refused (the repair would not bring the inference outputs closer
         to the reference; nothing written), 2 error.
@@ -259,7 +275,7 @@ class Commands:
             input=None if input is None else str(input),
             training=None if training is None else str(training),
             feed=_feeds(feed),
-            batch_size=_int(batch_size, "batch-size"),
+            batch_size=_int(batch_size, "batch-size", allow_none=True),
             max_samples=_int(max_samples, "max-samples", allow_none=True),
             method=str(method),
             output=None if output is None else str(output),
@@ -267,8 +283,10 @@ class Commands:
             dry_run=bool(dry_run),
             force=bool(force),
             report=None if report is None else str(report),
-            progress=bool(progress),
+            progress=bool(progress) and format != "json",
             unsafe=bool(unsafe),
+            compression=None if compression is None else str(compression),
+            resize=bool(resize),
         )
         text = to_json(result.to_dict()) if format == "json" else render_repair(result)
         return Outcome(
@@ -290,6 +308,7 @@ _METAVARS = {
     "training": "NAME",
     "batch_size": "N",
     "max_samples": "N",
+    "compression": "GZIP|ZLIB|NONE",
     "method": "train|sequential",
     "output": "PATH",
     "graph": "GRAPH",

@@ -36,6 +36,8 @@ __all__ = [
     "NOISE_FLOOR",
     "OutputCheck",
     "checked_batches",
+    "CHECKED_SAMPLES",
+    "CHECKED_MAX_BATCHES",
     "largest_gap",
     "output_scale",
     "judge",
@@ -72,10 +74,15 @@ class OutputCheck:
     improved: bool
 
 
+#: The output check compares whole leading batches until this many samples, and at most this many batches.
+CHECKED_SAMPLES = 512
+CHECKED_MAX_BATCHES = 4
+
+
 def checked_batches(n: int, batch_size: int) -> int:
     """How many leading batches the output check compares: whole batches until 512 samples, at most 4."""
     batches = -(-n // batch_size)
-    return max(1, min(batches, 4, -(-512 // batch_size)))
+    return max(1, min(batches, CHECKED_MAX_BATCHES, -(-CHECKED_SAMPLES // batch_size)))
 
 
 def _flat(values) -> list[np.ndarray]:

@@ -58,7 +58,7 @@ def inspect(
             computes what they should be, and layers whose stored statistics are far
             off get ``bn-stats-stale`` findings (see ``analysis.staleness``).
         dry_run: ``repair``'s options for that dry run (``input``, ``training``,
-            ``feed``, ``batch_size``, ``max_samples``, ``unsafe``).
+            ``feed``, ``batch_size``, ``max_samples``, ``unsafe``, ``compression``, ``resize``).
 
     Returns:
         An ``InspectReport``.
@@ -68,9 +68,12 @@ def inspect(
     """
     pattern = compile_match(match)
     if data is not None:
-        from ckptdoctor.pipelines.data import load_data
+        from ckptdoctor.pipelines.sources import open_source
+        from ckptdoctor.pipelines.sources.user import looks_like_function
 
-        load_data(data)  # bad data fail before any work (lazy: memory-mapped or sliced, nothing read whole)
+        if not looks_like_function(data):  # the user's function runs once, in the dry run
+            opened = {k: dry_run[k] for k in ("input", "compression", "resize") if k in dry_run}
+            open_source(data, **opened)  # bad data fail before any work (nothing read beyond a first record)
     model = open_model(checkpoint, graph=graph)
     try:
         report = _report(model, model.describe(), stats, pattern)

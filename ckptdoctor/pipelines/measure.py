@@ -26,11 +26,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
-from itertools import islice
 from typing import NamedTuple
 
 from ckptdoctor.analysis.estimator import PooledMoments
-from ckptdoctor.analysis.selfcheck import OutputCheck, checked_batches, judge, largest_gap, output_scale
+from ckptdoctor.analysis.selfcheck import (
+    CHECKED_MAX_BATCHES,
+    CHECKED_SAMPLES,
+    OutputCheck,
+    judge,
+    largest_gap,
+    output_scale,
+)
 from ckptdoctor.runtime.base import OutputUnavailable, Runner
 
 __all__ = ["Measured", "measure", "Progress"]
@@ -40,25 +46,29 @@ class Measured(NamedTuple):
     """What the statistics pass measured (all in memory; nothing written)."""
 
     pooled: dict  # layer name -> PooledMoments of its input
+    samples: int  # samples in one pass over the data
     gaps_before: dict  # layer name -> largest |inference output - reference output|, stored statistics
     gaps_after: dict  # the same with the new statistics
     check: OutputCheck | None  # the outputs' gap to the reference, before and after; None: not measured
 
 
 class Progress:
-    """A one-line progress bar on stderr, shown only on a terminal."""
+    """Samples done on stderr (samples/s, and the ETA when the total is known), via tqdm; only on a terminal."""
 
-    def __init__(self, total: int, enabled: bool, label: str):
-        self.total, self.enabled, self.label, self.done = total, enabled and sys.stderr.isatty() and total > 1, label, 0
+    def __init__(self, total: int | None, enabled: bool, label: str):
+        self._bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
 
-    def step(self, n: int = 1) -> None:
-        self.done += n
-        if self.enabled:
-            filled = int(30 * self.done / self.total)
-            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}")
-            if self.done >= self.total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
+            self._bar = tqdm(total=total, desc=label, unit="sample", file=sys.stderr, leave=False)
+
+    def step(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 class _Reference:
@@ -102,43 +112,61 @@ class _Reference:
         return layer_gaps, gap
 
 
-def measure(
-    runner: Runner, batches: Callable[[], Iterator[list]], n: int, batch_size: int, method: str, progress: bool
-) -> Measured:
-    """Pool each target layer's input moments over ``batches()`` (``n`` samples), and check the result.
+def _kept(index: int, seen: int) -> bool:
+    """Whether batch ``index`` (``seen`` samples before it) is one the output check compares: whole batches
+    until 512 samples, at most 4 (``selfcheck.checked_batches``, decided as the batches come)."""
+    return index == 0 or (index < CHECKED_MAX_BATCHES and seen < CHECKED_SAMPLES)
+
+
+def measure(runner: Runner, batches: Callable[[], Iterator[list]], total: int | None, method: str, progress: bool):
+    """Pool each target layer's input moments over ``batches()``, and check the result.
 
     ``batches`` is called once per pass over the data and yields one list of arrays
-    (one per input) per batch.
+    (one per input) per batch; ``total``: the samples in a pass, when known (progress only).
+    Nothing is held beyond the reference batches: memory does not grow with the data.
     """
     pooled = {t.name: PooledMoments(t.channels) for t in runner.targets}
-    steps = -(-n // batch_size)
-    kept = checked_batches(n, batch_size) if runner.output_names else 1
     ref = _Reference(outputs=bool(runner.output_names))
+    seen = 0
     if method == "train":
-        bar = Progress(steps, progress, "repair")
-        for i, batch in enumerate(batches()):
-            if i < kept:
-                moments = ref.take(runner, batch, first=i == 0, moments=True)
-            else:
-                moments = runner.run(batch, bn_training=True, moments=True, outputs=False).moments
-            for name, (count, mean, m2) in (moments or {}).items():
-                pooled[name].add(count, mean, m2)
-            bar.step()
+        bar = Progress(total, progress, "repair")
+        try:
+            for i, batch in enumerate(batches()):
+                if _kept(i, seen) if runner.output_names else i == 0:
+                    moments = ref.take(runner, batch, first=i == 0, moments=True)
+                else:
+                    moments = runner.run(batch, bn_training=True, moments=True, outputs=False).moments
+                for name, (count, mean, m2) in (moments or {}).items():
+                    pooled[name].add(count, mean, m2)
+                seen += len(batch[0])
+                bar.step(len(batch[0]))
+        finally:
+            bar.close()
     else:
-        for i, batch in enumerate(islice(batches(), kept)):
+        for i, batch in enumerate(batches()):
+            if not (_kept(i, seen) if runner.output_names else i == 0):
+                break
             ref.take(runner, batch, first=i == 0)
+            seen += len(batch[0])
     runner.reset()
     gaps_before, out_before = ref.gaps(runner)
     if method == "train":
         runner.load({name: (p.mean, p.variance) for name, p in pooled.items()})
     else:
         order = runner.order()
-        bar = Progress(steps * len(order), progress, "repair")
-        for name in order:
-            for batch in batches():
-                pooled[name].add(*runner.layer_moments(name, batch))
-                bar.step()
-            runner.load({name: (pooled[name].mean, pooled[name].variance)})
+        bar = Progress(None if total is None else total * len(order), progress, "repair")
+        try:
+            for name in order:
+                seen = 0
+                for batch in batches():
+                    pooled[name].add(*runner.layer_moments(name, batch))
+                    seen += len(batch[0])
+                    bar.step(len(batch[0]))
+                runner.load({name: (pooled[name].mean, pooled[name].variance)})
+        finally:
+            bar.close()
+        if not order:
+            seen = sum(len(batch[0]) for batch in batches())
     gaps_after, out_after = ref.gaps(runner)
     check = None
     if ref.check_outputs:
@@ -146,4 +174,4 @@ def measure(
         check = judge(
             runner.output_names, samples, output_scale(ref.outputs), out_before, out_after, gaps_before, gaps_after
         )
-    return Measured(pooled, gaps_before, gaps_after, check)
+    return Measured(pooled, seen, gaps_before, gaps_after, check)

@@ -19,20 +19,24 @@ from ckptdoctor.analysis.selfcheck import verdict
 from ckptdoctor.errors import BadDataError, CkptDoctorError, OutputExistsError
 from ckptdoctor.formats import open_model
 from ckptdoctor.formats.base import RepairOptions
-from ckptdoctor.pipelines.data import batches, check_data, load_data
 from ckptdoctor.pipelines.measure import Measured, measure
+from ckptdoctor.pipelines.sources import DEFAULT_BATCH_SIZE, open_source
 from ckptdoctor.reports.results import LayerRepair, RepairReport
 from ckptdoctor.runtime.base import Runner
 
 __all__ = ["LayerRepair", "RepairReport", "repair", "check_options"]
 
 
-def check_options(method: str, batch_size: int, in_place: bool, output: str | None) -> None:
+def check_options(
+    method: str, batch_size: int | None, in_place: bool, output: str | None, max_samples: int | None = None
+) -> None:
     """The option checks every repair makes before reading anything."""
     if method not in ("train", "sequential"):
         raise CkptDoctorError(f"--method must be train or sequential, received {method!r}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise CkptDoctorError(f"--batch-size must be at least 1, received {batch_size}")
+    if max_samples is not None and max_samples < 1:
+        raise BadDataError(f"--max-samples must be at least 1, received {max_samples}")
     if in_place and output:
         raise CkptDoctorError("pass either --output or --in-place, not both")
 
@@ -44,7 +48,7 @@ def repair(
     input: str | None = None,
     training: str | None = None,
     feed=(),
-    batch_size: int = 256,
+    batch_size: int | None = None,
     max_samples: int | None = None,
     method: str = "train",
     output: str | None = None,
@@ -54,6 +58,8 @@ def repair(
     report: str | None = None,
     progress: bool = False,
     unsafe: bool = False,
+    compression: str | None = None,
+    resize: bool = True,
 ) -> RepairReport:
     """Recompute every BN layer's moving mean and variance from data.
 
@@ -67,14 +73,16 @@ def repair(
     Args:
         checkpoint: the checkpoint, Keras file or SavedModel to repair; never modified
             (``in_place`` swaps it only after the new one is verified, keeping a backup).
-        data: ``X.npy``, ``data.npz`` (keys name inputs) or ``FILE.h5:dataset``.
+        data: ``X.npy``, ``data.npz`` (keys name inputs), ``FILE.h5:dataset``, a folder of images,
+            TFRecord files (a file, a glob, a folder) or ``package.module:function`` (``pipelines.sources``).
         graph: TF1 checkpoints: the MetaGraphDef; default ``<prefix>.meta``. Keras weights-only files
             (``.weights.h5``, ``.weights.json``): the model (``runtime.keras_build.build_model``).
         input: the input the data feed (a placeholder or any feedable tensor, or a
-            Keras input's name); default: the only one that fits.
+            Keras input's name); default: the only one that fits. TFRecord files:
+            ``NAME=FEATURE`` (comma-separated) maps features to inputs of other names.
         training: TF1: the boolean training switch; default: the one the BN layers depend on.
         feed: TF1: ``NAME=VALUE`` constants for other placeholders.
-        batch_size: samples per forward pass (consecutive, in file order; the last may be smaller).
+        batch_size: samples per forward pass (default 256; a function's batches as they come).
         max_samples: use only the first N samples.
         method: ``train`` or ``sequential``.
         output: the output; default ``<prefix>-repaired`` (``model-repaired.keras``, ``dir-repaired``).
@@ -85,37 +93,40 @@ def repair(
             HDF5 with per-layer before/after arrays (``reports.write_report``).
         progress: show a progress bar on stderr (when it is a terminal).
         unsafe: Keras models: allow Lambda layers (their code runs).
+        compression, resize: TFRecord files' GZIP/ZLIB/NONE (default: by extension); images of another size
+            than the model input resized bilinearly (False: refused).
 
     Returns:
         A ``RepairReport``; ``refused`` (nothing written) when the output check finds the
         new statistics no closer to the reference than the stored ones.
     """
+    check_options(method, batch_size, in_place, output, max_samples)
+    source = open_source(data, input=input, compression=compression, resize=resize)
     options = RepairOptions(
         data=data,
-        input=input,
+        input=source.runner_input,
         training=training,
         feed=tuple(feed),
-        batch_size=batch_size,
+        batch_size=batch_size or DEFAULT_BATCH_SIZE,
         max_samples=max_samples,
         method=method,
         unsafe=unsafe,
         progress=progress,
     )
-    check_options(method, batch_size, in_place, output)
     model = open_model(checkpoint, graph=graph, for_repair=True)
     try:
         model.check_repair(options)
         out = model.output_path(output, in_place, force, dry_run)
         if report and os.path.exists(report) and not force:
             raise OutputExistsError(f"{report} exists: pass --force to overwrite it, or choose another --report path")
-        runner = model.runner(load_data(data), options)
+        runner = model.runner(source.arrays(), options)
         try:
-            n = _sample_count(runner, data, max_samples)
-            measured = measure(runner, lambda: batches(runner.inputs, n, batch_size), n, batch_size, method, progress)
+            fed = source.feed(runner.inputs, batch_size, max_samples)
+            measured = measure(runner, fed.batches, fed.total, method, progress)
             order = _network_order(runner)
         finally:
             runner.close()
-        replacements, rows = _results(runner, measured, n)
+        replacements, rows = _results(runner, measured, n := measured.samples)
         refused, findings = verdict(measured.check, runner.held)
         written = None
         if not dry_run and not refused:
@@ -129,7 +140,7 @@ def repair(
         inputs=tuple(i.name for i in runner.inputs),
         training_flag=runner.training_flag,
         method=method,
-        batch_size=batch_size,
+        batch_size=batch_size or fed.largest or DEFAULT_BATCH_SIZE,
         samples=n,
         layers=tuple(rows),
         output=out if written is not None else None,
@@ -137,7 +148,7 @@ def repair(
         dry_run=dry_run,
         untouched=written.untouched if written else 0,
         updated=written.updated if written else 0,
-        notes=tuple((written.notes if written else ()) + tuple(runner.notes)),
+        notes=tuple((written.notes if written else ()) + tuple(source.notes) + tuple(runner.notes)),
         gap_note=runner.gap_note,
         held_in_inference=tuple(runner.held),
         output_check=measured.check,
@@ -157,19 +168,6 @@ def _network_order(runner: Runner) -> tuple[str, ...]:
     names = [t.name for t in runner.targets]
     ran = [name for name in dict.fromkeys(runner.order()) if name in set(names)]
     return tuple(ran + [name for name in names if name not in set(ran)])
-
-
-def _sample_count(runner: Runner, data: str, max_samples: int | None) -> int:
-    """How many samples are used; each input's data checked against the input (shape, dtype, finite)."""
-    n = min(int(i.array.shape[0]) for i in runner.inputs)
-    if max_samples is not None:
-        if max_samples < 1:
-            raise BadDataError(f"--max-samples must be at least 1, received {max_samples}")
-        n = min(n, int(max_samples))
-    for i in runner.inputs:
-        a = i.array
-        check_data(a[:n] if n < a.shape[0] else a, f"{data} ({i.name.split(':')[0]})", i.shape, i.dtype)
-    return n
 
 
 def _results(runner: Runner, measured: Measured, n: int) -> tuple[dict, list[LayerRepair]]:

@@ -248,7 +248,8 @@ def input_arrays(
     if missing:
         raise BadDataError(
             f"{data} has no array for the model input(s) {', '.join(missing)} "
-            f"(it holds {', '.join(sorted(arrays)) or 'nothing'}): name the arrays after the inputs"
+            f"(it holds {', '.join(sorted(arrays)) or 'nothing'}): name the arrays after the inputs "
+            "(TFRecord features: or map them with --input NAME=FEATURE)"
         )
     return names, [arrays[n] for n in names]
 

@@ -30,13 +30,19 @@ def tensor_named(graph, name: str, what: str):
 
 
 def _named_inputs(graph, data: dict) -> dict:
-    """``.npz`` or bare ``.h5`` data: each array feeds the placeholder it is named after."""
+    """``.npz`` or bare ``.h5`` data: each array feeds the placeholder it is named after.
+
+    Streamed keys marked ``optional`` (a TFRecord's label feature) that name no tensor are left out.
+    """
     unknown = []
-    for key in data:
+    for key in list(data):
         try:
             graph.get_tensor_by_name(key if ":" in key else key + ":0")
         except (KeyError, ValueError):
             unknown.append(key)
+    if len(unknown) < len(data) and all(getattr(data[k], "optional", False) for k in unknown):
+        data = {k: a for k, a in data.items() if k not in unknown}
+        unknown = []
     if unknown:
         floats = ", ".join(op.outputs[0].name for op in placeholders(graph) if op.outputs[0].dtype.is_floating)
         raise BadDataError(
@@ -70,7 +76,8 @@ def choose_inputs(graph, data: dict, input_name: str | None, exclude: set[str]) 
     def fits(t):
         shape = shape_list(t)
         return shape is None or (
-            len(shape) == array.ndim and all(s is None or s == d for s, d in zip(shape[1:], array.shape[1:]))
+            len(shape) == array.ndim
+            and all(s is None or d is None or s == d for s, d in zip(shape[1:], array.shape[1:]))
         )
 
     candidates = [op.outputs[0] for op in placeholders(graph)]
