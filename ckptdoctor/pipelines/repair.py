@@ -101,20 +101,21 @@ def repair(
         new statistics no closer to the reference than the stored ones.
     """
     check_options(method, batch_size, in_place, output, max_samples)
-    source = open_source(data, input=input, compression=compression, resize=resize)
-    options = RepairOptions(
-        data=data,
-        input=source.runner_input,
-        training=training,
-        feed=tuple(feed),
-        batch_size=batch_size or DEFAULT_BATCH_SIZE,
-        max_samples=max_samples,
-        method=method,
-        unsafe=unsafe,
-        progress=progress,
-    )
+    # The checkpoint first: what is wrong with it is said before what is wrong with the data.
     model = open_model(checkpoint, graph=graph, for_repair=True)
     try:
+        source = open_source(data, input=input, compression=compression, resize=resize)
+        options = RepairOptions(
+            data=data,
+            input=source.runner_input,
+            training=training,
+            feed=tuple(feed),
+            batch_size=batch_size or DEFAULT_BATCH_SIZE,
+            max_samples=max_samples,
+            method=method,
+            unsafe=unsafe,
+            progress=progress,
+        )
         model.check_repair(options)
         out = model.output_path(output, in_place, force, dry_run)
         if report and os.path.exists(report) and not force:
