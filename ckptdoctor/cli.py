@@ -19,15 +19,35 @@ __all__ = ["Commands", "main"]
 
 
 class Outcome:
-    """What a command prints (via ``__str__``), the process's exit code, and lines for stderr after the output."""
+    """What a command prints, the process's exit code, and lines for stderr after the output.
 
-    def __init__(self, text: str, exit_code: int, after: tuple[str, ...] = ()):
+    The text is one string or an iterable of pieces (a large JSON listing, written as it is
+    encoded); ``main`` writes it (``emit``), ``__str__`` joins it.
+    """
+
+    def __init__(self, text, exit_code: int, after: tuple[str, ...] = ()):
         self.text = text
         self.exit_code = exit_code
         self.after = after
 
     def __str__(self) -> str:
-        return self.text
+        return self.text if isinstance(self.text, str) else "".join(self.text).rstrip("\n")
+
+    def emit(self, out) -> None:
+        """Write the text and a newline to ``out`` (piece by piece when it comes in pieces)."""
+        if isinstance(self.text, str):
+            out.write(self.text + "\n")
+            return
+        for piece in self.text:
+            out.write(piece)
+
+
+def _serialize(result):
+    """fire's ``serialize``: an ``Outcome`` writes itself (and fire prints nothing more); the rest as fire does."""
+    if isinstance(result, Outcome):
+        result.emit(sys.stdout)
+        return None
+    return result
 
 
 def _fmt(format: str) -> str:
@@ -45,9 +65,9 @@ def _colour() -> bool:
 
 
 def _render_inspect(report, format, after: tuple[str, ...] = ()):
-    from ckptdoctor.reports.table import render_inspect, to_json
+    from ckptdoctor.reports.table import iter_json, render_inspect
 
-    text = to_json(report.to_dict()) if format == "json" else render_inspect(report, colour=_colour())
+    text = iter_json(report.json_items()) if format == "json" else render_inspect(report, colour=_colour())
     return Outcome(text, report.exit_code, after)
 
 
@@ -531,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
             print(answer)
             return 0
         argv = _check_options(argv)
-        result = fire.Fire(Commands, command=argv, name="ckptdoctor")
+        result = fire.Fire(Commands, command=argv, name="ckptdoctor", serialize=_serialize)
     except fire.core.FireExit as e:
         return int(e.code or 0)
     except CkptDoctorError as e:

@@ -241,3 +241,53 @@ def test_unknown_option_is_one_line_and_no_flag_means_false(tmp_path):
         assert all(t["mean"] is None for t in doc["tensors"]), flag
     doc = json.loads(run_cli("inspect", seed, "--format", "json").stdout)
     assert any(t["mean"] is not None for t in doc["tensors"])
+
+
+def _json_as_before(report) -> str:
+    """The JSON document as inspect wrote it before streaming: ``asdict`` of every row, the indenting encoder."""
+    import dataclasses
+
+    from ckptdoctor.reports.table import to_json
+
+    return to_json(
+        {
+            "checkpoint": report.checkpoint,
+            "format": report.format,
+            "graph": report.graph,
+            "tensors": [dict(dataclasses.asdict(t), shape=list(t.shape)) for t in report.tensors],
+            "bn_layers": [dataclasses.asdict(b) for b in report.bn_layers],
+            "findings": [dataclasses.asdict(f) for f in report.findings],
+            "summary": dict(report.summary),
+            "notes": list(report.notes),
+        }
+    )
+
+
+@pytest.mark.parametrize("options", [(), ("--stats=False",), ("--match", "nopath-at-all")])
+def test_streamed_json_equals_the_document_written_whole(tmp_path, options):
+    import subprocess
+    import sys
+
+    script = (
+        "import os; os.environ['TF_USE_LEGACY_KERAS']='1'\n"
+        "import numpy as np, tensorflow as tf, sys\n"
+        "m = tf.keras.Sequential([tf.keras.layers.Dense(3, input_shape=(2,)), tf.keras.layers.BatchNormalization()])\n"
+        "bad = tf.Variable(np.array([1.0, np.nan, np.inf, -np.inf], np.float32))\n"
+        "tf.train.Checkpoint(model=m, poids_\u00e9t\u00e9=bad, n=tf.Variable(np.int64(7))).write(sys.argv[1])\n"
+    )
+    prefix = str(tmp_path / "tf2")
+    subprocess.run([sys.executable, "-c", script, prefix], check=True, capture_output=True, timeout=300)
+    proc = run_cli("inspect", prefix, "--format", "json", *options)
+    streamed = json.loads(proc.stdout)
+    stats = "--stats=False" not in options
+    match = options[1] if options[:1] == ("--match",) else None
+    report = ckptdoctor.inspect(prefix, stats=stats, match=match)
+    assert streamed == json.loads(_json_as_before(report))
+    assert proc.stdout.count("\n") > len(streamed["tensors"])  # one row a line, not one long line
+    if stats and not match:
+        # The NaN/Inf tensor: its counts as numpy says, and still valid JSON (the statistics as strings or null).
+        row = next(t for t in streamed["tensors"] if t["name"].startswith("poids_\u00e9t\u00e9"))
+        assert (row["nan"], row["inf"]) == (1, 2)
+        assert "non-finite" in {f["code"] for f in streamed["findings"]}
+    if match:
+        assert streamed["tensors"] == [] and streamed["summary"]["tensors"] == report.total_tensors > 0

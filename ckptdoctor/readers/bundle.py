@@ -476,6 +476,7 @@ class BundleReader:
         self._buffers: dict[int, mmap.mmap | bytes] = {}
         self._overlaps: dict[int, str] | None = None  # id(entry) -> the entry whose bytes it reuses
         self._listing: list[TensorEntry] | None = None
+        self._nodes: list | None = None  # the decoded object graph, once decoded
         self._closed = False
         self.object_graph_error: str | None = None
 
@@ -596,11 +597,31 @@ class BundleReader:
             )
         return self.read(OBJECT_GRAPH_KEY).reshape(-1)[0]
 
+    def has_tensor(self, name: str) -> bool:
+        """Whether the bundle stores a tensor of that name (the index only: no listing built, nothing read)."""
+        return name in self._entries
+
+    def object_graph_nodes(self) -> list:
+        """The decoded ``TrackableObjectGraph`` (``protowire.decode_object_graph``), decoded once per reader.
+
+        The listing's object paths and the TF2 adapter both need it; on 100,000 tensors one decode
+        is a second of work.
+
+        Raises:
+            TensorNotFoundError: the checkpoint has no object graph.
+            UnsupportedFormatError: it is not one string.
+            TensorReadError: its bytes cannot be read.
+            WireFormatError: they are not a ``TrackableObjectGraph``.
+        """
+        if self._nodes is None:
+            self._nodes = decode_object_graph(self.read_object_graph())
+        return self._nodes
+
     def _object_paths(self) -> dict[str, str]:
         if OBJECT_GRAPH_KEY not in self._entries:
             return {}
         try:
-            nodes = decode_object_graph(self.read_object_graph())
+            nodes = self.object_graph_nodes()
         except (TensorReadError, UnsupportedFormatError, WireFormatError) as e:
             # Listing still works without paths; the caller can report why.
             self.object_graph_error = f"object graph {OBJECT_GRAPH_KEY} unusable: {e}"
