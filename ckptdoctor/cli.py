@@ -85,6 +85,16 @@ def _int(value, option: str, allow_none: bool = False):
         raise CkptDoctorError(f"--{option} must be a whole number, received {value!r}") from None
 
 
+def _jobs(jobs) -> int | None:
+    """``--jobs``: a positive number, or None (the cores the process may use)."""
+    from ckptdoctor.errors import CkptDoctorError
+
+    jobs = _int(jobs, "jobs", allow_none=True)
+    if jobs is not None and jobs < 1:
+        raise CkptDoctorError(f"--jobs must be 1 or more, received {jobs}")
+    return jobs
+
+
 def _refuse_existing(report, force) -> None:
     """An existing --report file without --force is refused before any work."""
     if report and os.path.exists(str(report)) and not force:
@@ -117,6 +127,7 @@ class Commands:
         batch_size: int = 256,
         max_samples: int | None = None,
         unsafe: bool = False,
+        jobs: int | None = None,
     ):
         """List every tensor, cross-reference the graph, diagnose BN statistics.
 
@@ -142,6 +153,8 @@ class Commands:
             batch_size: with --data: samples per forward pass.
             max_samples: with --data: use only the first N samples.
             unsafe: with --data: allow Keras Lambda layers (their code runs).
+            jobs: tensors whose statistics are computed at once (threads); default: the cores this process may
+                use. The statistics are the same whatever it is.
 
         Exit code: 0 no error-level finding, 1 at least one, 2 the checkpoint could not be read.
 
@@ -169,6 +182,7 @@ class Commands:
             graph=graph if graph in (None, False) else str(graph),
             stats=bool(stats),
             match=None if match is None else str(match),
+            jobs=_jobs(jobs),
             **extra,
         )
         if report:
@@ -310,6 +324,7 @@ _METAVARS = {
     "training": "NAME",
     "batch_size": "N",
     "max_samples": "N",
+    "jobs": "N",
     "method": "train|sequential",
     "output": "PATH",
     "graph": "GRAPH",

@@ -291,3 +291,43 @@ def test_streamed_json_equals_the_document_written_whole(tmp_path, options):
         assert "non-finite" in {f["code"] for f in streamed["findings"]}
     if match:
         assert streamed["tensors"] == [] and streamed["summary"]["tensors"] == report.total_tensors > 0
+
+
+def test_statistics_with_several_jobs_are_bit_identical_to_one_job(tmp_path):
+    import subprocess
+    import sys
+
+    # Tensors of many sizes (one over two 16 MiB chunks), dtypes, a NaN/Inf one, and a constant one.
+    script = (
+        "import numpy as np, tensorflow as tf, sys\n"
+        "rng = np.random.default_rng(3)\n"
+        "v = {f'w{i:02d}': tf.Variable(rng.standard_normal(int(rng.integers(1, 5000))).astype(np.float32) * 10**i)\n"
+        "     for i in range(-3, 30)}\n"
+        "v['big'] = tf.Variable(rng.standard_normal(9_000_000).astype(np.float32) + 1e4)\n"
+        "v['half'] = tf.Variable(rng.standard_normal((64, 33)).astype(np.float16))\n"
+        "v['ints'] = tf.Variable(rng.integers(-9, 9, 777))\n"
+        "v['bad'] = tf.Variable(np.array([1.0, np.nan, np.inf, 2.0], np.float64))\n"
+        "v['same'] = tf.Variable(np.full(100, 0.1, np.float32))\n"
+        "tf.train.Checkpoint(**v).write(sys.argv[1])\n"
+    )
+    prefix = str(tmp_path / "many")
+    subprocess.run([sys.executable, "-c", script, prefix], check=True, capture_output=True, timeout=300)
+    one = ckptdoctor.inspect(prefix, jobs=1)
+    for jobs in (2, 3, 8):
+        assert ckptdoctor.inspect(prefix, jobs=jobs).tensors == one.tensors  # floats compared exactly
+    # And the single-job statistics are numpy's over TensorFlow's own reading of the values.
+    for name, value in tf_reader_values(prefix).items():
+        value = np.asarray(value)
+        if value.dtype.kind not in "fiu":
+            continue
+        row = next(t for t in one.tensors if t.name == name)
+        x = value.astype(np.float64).reshape(-1)
+        finite = x[np.isfinite(x)]
+        assert (row.nan, row.inf) == (int(np.isnan(x).sum()), int(np.isinf(x).sum()))
+        assert row.min == finite.min() and row.max == finite.max()
+        assert row.mean == pytest.approx(finite.mean(), rel=1e-12, abs=1e-12 * np.abs(finite).max())
+        assert row.std == pytest.approx(finite.std(), rel=1e-9, abs=1e-12 * np.abs(finite).max())
+    # The CLI: --jobs 1 and --jobs 2 write the same bytes; a bad --jobs is one line.
+    outputs = {j: run_cli("inspect", prefix, "--format", "json", "--jobs", j).stdout for j in (1, 2)}
+    assert outputs[1] == outputs[2] and json.loads(outputs[1])["tensors"]
+    assert_one_line_error(run_cli("inspect", prefix, "--jobs", "0"), "--jobs must be 1 or more")

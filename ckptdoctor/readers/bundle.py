@@ -56,6 +56,7 @@ import mmap
 import os
 import re
 import struct
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
@@ -438,6 +439,9 @@ class BundleReader:
     """
 
     format = "tf-v2-bundle"
+    #: Tensors may be read from several threads at once (``pipelines.inspect.iter_stats``): the data
+    #: files are memory maps, opened under a lock, and each read keeps its own position and CRC.
+    parallel_reads = True
 
     def __init__(self, prefix: str | os.PathLike):
         """Open the checkpoint, check its index and that its data files exist.
@@ -474,6 +478,7 @@ class BundleReader:
                 self._entries[key.decode("utf-8", "surrogateescape")] = entry
         self._check_shards()
         self._buffers: dict[int, mmap.mmap | bytes] = {}
+        self._opening = threading.Lock()  # one memory map per data file, whichever thread opens it
         self._overlaps: dict[int, str] | None = None  # id(entry) -> the entry whose bytes it reuses
         self._listing: list[TensorEntry] | None = None
         self._nodes: list | None = None  # the decoded object graph, once decoded
@@ -683,6 +688,13 @@ class BundleReader:
     def _buffer(self, shard_id: int, name: str) -> tuple[mmap.mmap | bytes, str]:
         """The memory map of a data file (opened on first use)."""
         path = self._shard_path(shard_id)
+        buf = self._buffers.get(shard_id)
+        if buf is not None:
+            return buf, path
+        with self._opening:
+            return self._open_buffer(shard_id, name, path)
+
+    def _open_buffer(self, shard_id: int, name: str, path: str) -> tuple[mmap.mmap | bytes, str]:
         buf = self._buffers.get(shard_id)
         if buf is None:
             try:
