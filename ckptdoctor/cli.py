@@ -65,9 +65,9 @@ def _colour() -> bool:
 
 
 def _render_inspect(report, format, after: tuple[str, ...] = ()):
-    from ckptdoctor.reports.table import iter_json, render_inspect
+    from ckptdoctor.reports.table import iter_inspect, iter_json
 
-    text = iter_json(report.json_items()) if format == "json" else render_inspect(report, colour=_colour())
+    text = iter_json(report.json_items()) if format == "json" else iter_inspect(report, colour=_colour())
     return Outcome(text, report.exit_code, after)
 
 

@@ -331,3 +331,20 @@ def test_statistics_with_several_jobs_are_bit_identical_to_one_job(tmp_path):
     outputs = {j: run_cli("inspect", prefix, "--format", "json", "--jobs", j).stdout for j in (1, 2)}
     assert outputs[1] == outputs[2] and json.loads(outputs[1])["tensors"]
     assert_one_line_error(run_cli("inspect", prefix, "--jobs", "0"), "--jobs must be 1 or more")
+
+
+@pytest.mark.parametrize("name", ["seed", "seed-trainables"])
+def test_streamed_tensor_table_is_laid_out_as_tabulate_lays_it_out(name):
+    from tabulate import tabulate
+
+    from ckptdoctor.reports.table import _tensor_rows
+
+    ckpt = Path(__file__).resolve().parents[1] / "sample_ckpts" / name
+    out = run_cli("inspect", ckpt, "--match", ".", env={**__import__("os").environ, "COLUMNS": "300"}).stdout
+    report = ckptdoctor.inspect(str(ckpt), match=".")
+    headers = ["name", "dtype", "shape", "size", "bytes", "min", "max", "mean", "std", "nan", "inf", "in graph", "role"]
+    expected = tabulate(
+        list(_tensor_rows(report.tensors, False)), headers=headers, tablefmt="simple", disable_numparse=True
+    )
+    assert "\n" + expected + "\n\nBN LAYERS" in out
+    assert len(report.tensors) == report.total_tensors and all(t.name in out for t in report.tensors)
