@@ -293,8 +293,10 @@ def test_streamed_json_equals_the_document_written_whole(tmp_path, options):
         assert streamed["tensors"] == [] and streamed["summary"]["tensors"] == report.total_tensors > 0
 
 
-def test_statistics_with_several_jobs_are_bit_identical_to_one_job(tmp_path):
+def test_statistics_with_several_jobs_are_bit_identical_to_one_job(tmp_path, monkeypatch):
     import subprocess
+
+    import ckptdoctor.pipelines.inspect as pipeline
     import sys
 
     # Tensors of many sizes (one over two 16 MiB chunks), dtypes, a NaN/Inf one, and a constant one.
@@ -315,6 +317,8 @@ def test_statistics_with_several_jobs_are_bit_identical_to_one_job(tmp_path):
     one = ckptdoctor.inspect(prefix, jobs=1)
     for jobs in (2, 3, 8):
         assert ckptdoctor.inspect(prefix, jobs=jobs).tensors == one.tensors  # floats compared exactly
+    monkeypatch.setattr(pipeline, "_BATCH_TENSORS", 1)  # one tensor a task: every tensor on any thread
+    assert ckptdoctor.inspect(prefix, jobs=2).tensors == one.tensors
     # And the single-job statistics are numpy's over TensorFlow's own reading of the values.
     for name, value in tf_reader_values(prefix).items():
         value = np.asarray(value)

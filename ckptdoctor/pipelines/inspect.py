@@ -217,8 +217,9 @@ def iter_stats(reader, entries, jobs: int = 1) -> Iterator[tuple[TensorStats | N
     exactly as with one job: the results are bit-identical whatever ``jobs`` is (numpy's
     reductions and the CRC32C hashing release the GIL, so two tensors do use two cores). A
     reader that is not safe to read from two threads (``parallel_reads`` False: HDF5 through a
-    zip member stream, say) gets one job. At most ``4 * jobs`` results wait to be taken, so
-    memory does not grow with the number of tensors.
+    zip member stream, say) gets one job. A task is a run of consecutive tensors (``_batches``:
+    up to 8 MiB or 256 tensors); at most ``4 * jobs`` tasks' results wait to be taken, so memory
+    does not grow with the number of tensors.
     """
     if jobs <= 1 or not getattr(reader, "parallel_reads", False) or len(entries) < 2:
         for e in entries:
@@ -229,13 +230,30 @@ def iter_stats(reader, entries, jobs: int = 1) -> Iterator[tuple[TensorStats | N
 
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="ckptdoctor-stats") as pool:
         pending: deque = deque()
-        names = iter(e.name for e in entries)
-        for name in names:
-            pending.append(pool.submit(_stats_of, reader, name))
+        for batch in _batches(entries):
+            pending.append(pool.submit(lambda names: [_stats_of(reader, n) for n in names], batch))
             if len(pending) >= 4 * jobs:
-                yield pending.popleft().result()
+                yield from pending.popleft().result()
         while pending:
-            yield pending.popleft().result()
+            yield from pending.popleft().result()
+
+
+#: A thread's task: consecutive tensors up to this many bytes or this many tensors. One future per
+#: tensor of 1 KiB would cost more than its statistics.
+_BATCH_BYTES, _BATCH_TENSORS = 8 * 1024 * 1024, 256
+
+
+def _batches(entries) -> Iterator[list[str]]:
+    batch: list[str] = []
+    size = 0
+    for e in entries:
+        batch.append(e.name)
+        size += e.nbytes
+        if size >= _BATCH_BYTES or len(batch) >= _BATCH_TENSORS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def read_stat_values(reader, keys, unreadable: dict) -> dict:
