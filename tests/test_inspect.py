@@ -295,9 +295,9 @@ def test_streamed_json_equals_the_document_written_whole(tmp_path, options):
 
 def test_statistics_with_several_jobs_are_bit_identical_to_one_job(tmp_path, monkeypatch):
     import subprocess
+    import sys
 
     import ckptdoctor.pipelines.inspect as pipeline
-    import sys
 
     # Tensors of many sizes (one over two 16 MiB chunks), dtypes, a NaN/Inf one, and a constant one.
     script = (
