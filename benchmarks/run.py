@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/run.py            # full run (~30 min), writes BENCHMARKS.md
     .venv/bin/python benchmarks/run.py --only keras   # section C only; A and B of BENCHMARKS.md stay as they are
+    .venv/bin/python benchmarks/run.py --only scale   # section D only (100,000 tensors, both cores), ~10 min
     .venv/bin/python benchmarks/run.py --quick    # small sizes, a smoke check (~1 min)
 
 Every timed command is a fresh process started through ``benchmarks/measure.py``
@@ -334,6 +335,11 @@ def snapshot_package(work: Path) -> Path:
     """
     dest = work / "pkg"
     shutil.copytree(ROOT / "ckptdoctor", dest / "ckptdoctor", ignore=shutil.ignore_patterns("__pycache__"))
+    # Bytecode as an installed package has it (pip compiles it; TensorFlow's is in site-packages): with
+    # PYTHONDONTWRITEBYTECODE set, as on our shared machine, every child would compile ckptdoctor's
+    # ~100 modules again (0.1 s of a 0.4 s listing). The warm-up runs write it under work/pyc.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(work / "pyc")
     os.environ["PYTHONPATH"] = str(dest) + (
         os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""
     )
@@ -908,11 +914,186 @@ def render_keras(cfg: Config, c: dict, header: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def splice_section(existing: str, title: str, section: str) -> str:
+    """``existing`` with its section ``## TITLE`` (up to the next ``## `` heading) replaced by ``section``.
+
+    A section not there yet goes after the others (sections are in letter order: C before D).
+    """
+    marker = f"\n## {title}\n"
+    if marker not in existing:
+        return existing.rstrip("\n") + "\n\n" + section
+    head, rest = existing.split(marker, 1)
+    tail = rest.split("\n## ", 1)[1] if "\n## " in rest else None
+    return head.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n" + ("\n## " + tail if tail else "")
+
+
 def splice_section_c(existing: str, section: str) -> str:
-    """``existing`` with its section C (to the end of the file) replaced by ``section``; A and B untouched."""
-    marker = "\n## C. Keras repair\n"
-    head = existing.split(marker, 1)[0] if marker in existing else existing
-    return head.rstrip("\n") + "\n\n" + section
+    """``existing`` with its section C replaced by ``section``; the other sections untouched."""
+    return splice_section(existing, "C. Keras repair", section)
+
+
+# --------------------------------------------------------------------------- D: real-model scale
+
+SCALE_TITLE = "D. Scale: 100,000 tensors, statistics on both cores"
+
+
+def scale_specs(cfg: Config, work: Path) -> dict:
+    quick = cfg.name == "quick"
+    return {
+        "many": {
+            "prefix": str(work / "scale" / "many" / "ckpt"),
+            "small": 10_000 if quick else 100_000,
+            "small_shape": TINY_SHAPE,
+            "big_rows": 0,
+        },
+        "big": {
+            "prefix": str(work / "scale" / "big" / "ckpt"),
+            "small": cfg.main_small,
+            "small_shape": SMALL_SHAPE,
+            "big_rows": cfg.main_big_rows,
+        },
+    }
+
+
+def bench_scale(cfg: Config, runner: Runner, work: Path) -> dict:
+    """D: the listing and statistics of 100,000 tensors vs TensorFlow; the 2 GiB checkpoint's statistics
+    (``--jobs`` 1 and the default) vs the bare numpy pass (``benchmarks/numpy_pass.py``); its listing vs TF."""
+    specs = scale_specs(cfg, work)
+    spec_path = work / "scale-spec.json"
+    spec_path.write_text(json.dumps(list(specs.values())))
+    log("D building the checkpoints (TensorFlow)")
+    proc = subprocess.run(
+        [PY, str(HERE / "build_ckpts.py"), str(spec_path)], capture_output=True, text=True, timeout=7200, cwd=work
+    )
+    if proc.returncode != 0:
+        raise BenchError("building D's checkpoints failed:\n" + "\n".join(proc.stderr.strip().splitlines()[-20:]))
+    built = {b["prefix"]: b for b in json.loads(proc.stdout.strip().splitlines()[-1])}
+    many, big = specs["many"]["prefix"], specs["big"]["prefix"]
+    reps = max(1, cfg.reps_growth)
+    res: dict = {"many": built[many], "big": built[big], "jobs": len(os.sched_getaffinity(0))}
+    log("D1 listing 100,000 tensors")
+    res["many_list"] = runner.compare(list_cmds(many), reps, cfg.warmup, INSPECT_CODES, "D1 list")
+    log("D2 statistics of 100,000 tensors")
+    res["many_stats"] = runner.compare(stats_cmds(many), reps, cfg.warmup, INSPECT_CODES, "D2 stats")
+    log("D3 statistics of the big checkpoint vs the numpy pass")
+    stats = stats_cmds(big)["ckptdoctor"]
+    res["big_stats"] = runner.compare(
+        {
+            "ckptdoctor": stats,
+            "ckptdoctor --jobs 1": stats + ["--jobs", "1"],
+            "numpy pass": [PY, str(HERE / "numpy_pass.py"), big],
+        },
+        reps,
+        cfg.warmup,
+        INSPECT_CODES,
+        "D3 stats",
+    )
+    log("D4 listing the big checkpoint")
+    res["big_list"] = runner.compare(list_cmds(big), cfg.reps_list, cfg.warmup, INSPECT_CODES, "D4 list")
+    return res
+
+
+def render_scale(cfg: Config, d: dict, header: str) -> str:
+    out: list = []
+    w = out.append
+    many, big = d["many"], d["big"]
+    w(f"## {SCALE_TITLE}\n")
+    w(header + "\n")
+    w(
+        f"Checkpoints: `benchmarks/build_ckpts.py`: {many['tensors']:,} float32 tensors of 1 KiB "
+        f"({human_gib(many['bytes'])}), and {big['tensors']} tensors, {human_gib(big['bytes'])} (as in A). "
+        f"`ckptdoctor` runs with its default `--jobs` ({d['jobs']} here: the cores the process may use). The numpy "
+        "pass (`benchmarks/numpy_pass.py`) is one thread of min, max, sum, dot and isnan over a memory map of "
+        "each float32 tensor, no CRC check: the floor for a full statistics pass.\n"
+    )
+    ml, ms, bs, bl = d["many_list"], d["many_stats"], d["big_stats"], d["big_list"]
+    rows = [
+        [
+            f"D1 listing {many['tensors']:,} tensors (`--stats=False --format json`)",
+            fmt_s(ml["ckptdoctor"]) + " s",
+            fmt_mib(ml["ckptdoctor"]) + " MiB",
+            "`tf.train.list_variables` " + fmt_s(ml["tensorflow"]) + " s, " + fmt_mib(ml["tensorflow"]) + " MiB",
+            fmt_ratio(ml["tensorflow"], ml["ckptdoctor"]),
+        ],
+        [
+            f"D2 statistics of {many['tensors']:,} tensors",
+            fmt_s(ms["ckptdoctor"]) + " s",
+            fmt_mib(ms["ckptdoctor"]) + " MiB",
+            "`tf_stats.py` " + fmt_s(ms["tensorflow"]) + " s, " + fmt_mib(ms["tensorflow"]) + " MiB",
+            fmt_ratio(ms["tensorflow"], ms["ckptdoctor"]),
+        ],
+        [
+            f"D3 statistics of {human_gib(big['bytes'])} (CRCs checked)",
+            fmt_s(bs["ckptdoctor"]) + " s",
+            fmt_mib(bs["ckptdoctor"]) + " MiB",
+            "numpy pass " + fmt_s(bs["numpy pass"]) + " s, " + fmt_mib(bs["numpy pass"]) + " MiB",
+            fmt_ratio(bs["numpy pass"], bs["ckptdoctor"]),
+        ],
+        [
+            "D3 the same with `--jobs 1`",
+            fmt_s(bs["ckptdoctor --jobs 1"]) + " s",
+            fmt_mib(bs["ckptdoctor --jobs 1"]) + " MiB",
+            "numpy pass",
+            fmt_ratio(bs["numpy pass"], bs["ckptdoctor --jobs 1"]),
+        ],
+        [
+            f"D4 listing {human_gib(big['bytes'])}, {big['tensors']} tensors",
+            fmt_s(bl["ckptdoctor"]) + " s",
+            fmt_mib(bl["ckptdoctor"]) + " MiB",
+            "`tf.train.list_variables` " + fmt_s(bl["tensorflow"]) + " s",
+            fmt_ratio(bl["tensorflow"], bl["ckptdoctor"]),
+        ],
+    ]
+    w(table(["work", "ckptdoctor", "peak RSS", "the alternative", "alternative / ckptdoctor"], rows))
+    w("")
+    r1, r3, r4 = (
+        ratio(ml["tensorflow"], ml["ckptdoctor"]),
+        ratio(bs["numpy pass"], bs["ckptdoctor"]),
+        ratio(bl["tensorflow"], bl["ckptdoctor"]),
+    )
+    rss = ml["ckptdoctor"].median("maxrss") / MIB
+    goals = [
+        [f"D1 listing {many['tensors']:,} tensors ≥5x TensorFlow", f"{r1:.2f}x", verdict(r1 >= 5)],
+        ["D1 its peak RSS ≤150 MiB", f"{rss:.0f} MiB", verdict(rss <= 150)],
+        ["D3 full statistics no slower than the numpy pass", f"{r3:.2f}x", verdict(r3 >= 1)],
+        ["D4 listing ≥15x `tf.train.list_variables`", f"{r4:.2f}x", verdict(r4 >= 15)],
+    ]
+    w(table(["goal (issue #13)", "measured", ""], goals))
+    w("")
+    return "\n".join(out) + "\n"
+
+
+def main_scale_only(cfg: Config, work: Path, output: Path, command: str, keep: bool) -> int:
+    """``--only scale``: run section D and replace only that section of ``output``."""
+    started = time.perf_counter()
+    facts = machine_facts()
+    snapshot = snapshot_package(work)
+    snap_fp = package_fingerprint(snapshot)
+    load_before = loadavg()
+    runner = Runner(work)
+    try:
+        d = bench_scale(cfg, runner, work)
+    finally:
+        if not keep:
+            for sub in ("scale", "pkg"):
+                shutil.rmtree(work / sub, ignore_errors=True)
+    elapsed = time.perf_counter() - started
+    header = (
+        f"Produced by `{command}` on {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} ({cfg.name} sizes, "
+        f"{elapsed / 60:.1f} min, {runner.count} measured processes). This run: commit {facts['commit']}, "
+        f"package fingerprint {snap_fp}, TensorFlow {facts['tensorflow']}, Python {facts['python']}, numpy "
+        f"{facts['numpy']}, {facts['nproc']} CPUs ({facts['cpu']}), load average {load_before} at the start, "
+        f"{loadavg()} at the end (other work shares the machine: the ratios, measured interleaved, are the "
+        "figures to read). Medians with min–max; ratios of medians with the paired range."
+    )
+    existing = output.read_text() if output.exists() else "# ckptdoctor benchmarks\n"
+    section = render_scale(cfg, d, header)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(splice_section(existing, SCALE_TITLE, section))
+    if cfg.name == "quick":
+        print(section)
+    log(f"wrote section D of {output} ({elapsed / 60:.1f} min, {runner.count} measured processes)")
+    return 0
 
 
 # --------------------------------------------------------------------------- report
@@ -1318,9 +1499,9 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the built checkpoints and data")
     parser.add_argument(
         "--only",
-        choices=["keras"],
-        help="run one part only: 'keras' runs section C and rewrites "
-        "only that section of the output (A and B stay as they are)",
+        choices=["keras", "scale"],
+        help="run one part only: 'keras' runs section C, 'scale' section D, and rewrites "
+        "only that section of the output (the others stay as they are)",
     )
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
@@ -1349,6 +1530,8 @@ def main(argv=None) -> int:
     )
     if args.only == "keras":
         return main_keras_only(cfg, work, output, command, args.keep)
+    if args.only == "scale":
+        return main_scale_only(cfg, work, output, command, args.keep)
     started = time.perf_counter()
     facts = machine_facts()
     snapshot = snapshot_package(work)
@@ -1398,9 +1581,10 @@ def main(argv=None) -> int:
         if not args.keep:
             shutil.rmtree(work / "net", ignore_errors=True)
         c = run_keras_part(cfg, runner, work)
+        d = bench_scale(cfg, runner, work)
     finally:
         if not args.keep:
-            for sub in ("ckpt", "net", "keras", "out", "pkg"):
+            for sub in ("ckpt", "net", "keras", "out", "pkg", "scale"):
                 shutil.rmtree(work / sub, ignore_errors=True)
     elapsed = time.perf_counter() - started
     if package_fingerprint() != snap_fp:
@@ -1414,6 +1598,11 @@ def main(argv=None) -> int:
             c,
             f"Produced by the same run as sections A and B (`{command}`, machine and package as stated at the top).",
         ),
+    )
+    text = splice_section(
+        text,
+        SCALE_TITLE,
+        render_scale(cfg, d, f"Produced by the same run as sections A to C (`{command}`)."),
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)

@@ -19,15 +19,35 @@ __all__ = ["Commands", "main"]
 
 
 class Outcome:
-    """What a command prints (via ``__str__``), the process's exit code, and lines for stderr after the output."""
+    """What a command prints, the process's exit code, and lines for stderr after the output.
 
-    def __init__(self, text: str, exit_code: int, after: tuple[str, ...] = ()):
+    The text is one string or an iterable of pieces (a large JSON listing, written as it is
+    encoded); ``main`` writes it (``emit``), ``__str__`` joins it.
+    """
+
+    def __init__(self, text, exit_code: int, after: tuple[str, ...] = ()):
         self.text = text
         self.exit_code = exit_code
         self.after = after
 
     def __str__(self) -> str:
-        return self.text
+        return self.text if isinstance(self.text, str) else "".join(self.text).rstrip("\n")
+
+    def emit(self, out) -> None:
+        """Write the text and a newline to ``out`` (piece by piece when it comes in pieces)."""
+        if isinstance(self.text, str):
+            out.write(self.text + "\n")
+            return
+        for piece in self.text:
+            out.write(piece)
+
+
+def _serialize(result):
+    """fire's ``serialize``: an ``Outcome`` writes itself (and fire prints nothing more); the rest as fire does."""
+    if isinstance(result, Outcome):
+        result.emit(sys.stdout)
+        return None
+    return result
 
 
 def _fmt(format: str) -> str:
@@ -45,9 +65,9 @@ def _colour() -> bool:
 
 
 def _render_inspect(report, format, after: tuple[str, ...] = ()):
-    from ckptdoctor.reports.table import render_inspect, to_json
+    from ckptdoctor.reports.table import iter_inspect, iter_json
 
-    text = to_json(report.to_dict()) if format == "json" else render_inspect(report, colour=_colour())
+    text = iter_json(report.json_items()) if format == "json" else iter_inspect(report, colour=_colour())
     return Outcome(text, report.exit_code, after)
 
 
@@ -63,6 +83,16 @@ def _int(value, option: str, allow_none: bool = False):
         from ckptdoctor.errors import CkptDoctorError
 
         raise CkptDoctorError(f"--{option} must be a whole number, received {value!r}") from None
+
+
+def _jobs(jobs) -> int | None:
+    """``--jobs``: a positive number, or None (the cores the process may use)."""
+    from ckptdoctor.errors import CkptDoctorError
+
+    jobs = _int(jobs, "jobs", allow_none=True)
+    if jobs is not None and jobs < 1:
+        raise CkptDoctorError(f"--jobs must be 1 or more, received {jobs}")
+    return jobs
 
 
 def _refuse_existing(report, force) -> None:
@@ -97,8 +127,12 @@ class Commands:
         batch_size: int | None = None,
         max_samples: int | None = None,
         unsafe: bool = False,
+<<<<<<< HEAD
         compression: str | None = None,
         resize: bool = True,
+=======
+        jobs: int | None = None,
+>>>>>>> issue-13
     ):
         """List every tensor, cross-reference the graph, diagnose BN statistics.
 
@@ -125,8 +159,13 @@ class Commands:
             batch_size: with --data: samples per forward pass (default 256; a function's batches as they come).
             max_samples: with --data: use only the first N samples.
             unsafe: with --data: allow Keras Lambda layers (their code runs).
+<<<<<<< HEAD
             compression: with TFRecord --data: GZIP, ZLIB or NONE (default: by the files' extension).
             resize: with an image --data: resize images to the model input (bilinear); False refuses other sizes.
+=======
+            jobs: tensors whose statistics are computed at once (threads); default: the cores this process may
+                use. The statistics are the same whatever it is.
+>>>>>>> issue-13
 
         Exit code: 0 no error-level finding, 1 at least one, 2 the checkpoint could not be read.
 
@@ -156,6 +195,7 @@ class Commands:
             graph=graph if graph in (None, False) else str(graph),
             stats=bool(stats),
             match=None if match is None else str(match),
+            jobs=_jobs(jobs),
             **extra,
         )
         if report:
@@ -308,7 +348,11 @@ _METAVARS = {
     "training": "NAME",
     "batch_size": "N",
     "max_samples": "N",
+<<<<<<< HEAD
     "compression": "GZIP|ZLIB|NONE",
+=======
+    "jobs": "N",
+>>>>>>> issue-13
     "method": "train|sequential",
     "output": "PATH",
     "graph": "GRAPH",
@@ -550,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
             print(answer)
             return 0
         argv = _check_options(argv)
-        result = fire.Fire(Commands, command=argv, name="ckptdoctor")
+        result = fire.Fire(Commands, command=argv, name="ckptdoctor", serialize=_serialize)
     except fire.core.FireExit as e:
         return int(e.code or 0)
     except CkptDoctorError as e:

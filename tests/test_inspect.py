@@ -241,3 +241,114 @@ def test_unknown_option_is_one_line_and_no_flag_means_false(tmp_path):
         assert all(t["mean"] is None for t in doc["tensors"]), flag
     doc = json.loads(run_cli("inspect", seed, "--format", "json").stdout)
     assert any(t["mean"] is not None for t in doc["tensors"])
+
+
+def _json_as_before(report) -> str:
+    """The JSON document as inspect wrote it before streaming: ``asdict`` of every row, the indenting encoder."""
+    import dataclasses
+
+    from ckptdoctor.reports.table import to_json
+
+    return to_json(
+        {
+            "checkpoint": report.checkpoint,
+            "format": report.format,
+            "graph": report.graph,
+            "tensors": [dict(dataclasses.asdict(t), shape=list(t.shape)) for t in report.tensors],
+            "bn_layers": [dataclasses.asdict(b) for b in report.bn_layers],
+            "findings": [dataclasses.asdict(f) for f in report.findings],
+            "summary": dict(report.summary),
+            "notes": list(report.notes),
+        }
+    )
+
+
+@pytest.mark.parametrize("options", [(), ("--stats=False",), ("--match", "nopath-at-all")])
+def test_streamed_json_equals_the_document_written_whole(tmp_path, options):
+    import subprocess
+    import sys
+
+    script = (
+        "import os; os.environ['TF_USE_LEGACY_KERAS']='1'\n"
+        "import numpy as np, tensorflow as tf, sys\n"
+        "m = tf.keras.Sequential([tf.keras.layers.Dense(3, input_shape=(2,)), tf.keras.layers.BatchNormalization()])\n"
+        "bad = tf.Variable(np.array([1.0, np.nan, np.inf, -np.inf], np.float32))\n"
+        "tf.train.Checkpoint(model=m, poids_\u00e9t\u00e9=bad, n=tf.Variable(np.int64(7))).write(sys.argv[1])\n"
+    )
+    prefix = str(tmp_path / "tf2")
+    subprocess.run([sys.executable, "-c", script, prefix], check=True, capture_output=True, timeout=300)
+    proc = run_cli("inspect", prefix, "--format", "json", *options)
+    streamed = json.loads(proc.stdout)
+    stats = "--stats=False" not in options
+    match = options[1] if options[:1] == ("--match",) else None
+    report = ckptdoctor.inspect(prefix, stats=stats, match=match)
+    assert streamed == json.loads(_json_as_before(report))
+    assert proc.stdout.count("\n") > len(streamed["tensors"])  # one row a line, not one long line
+    if stats and not match:
+        # The NaN/Inf tensor: its counts as numpy says, and still valid JSON (the statistics as strings or null).
+        row = next(t for t in streamed["tensors"] if t["name"].startswith("poids_\u00e9t\u00e9"))
+        assert (row["nan"], row["inf"]) == (1, 2)
+        assert "non-finite" in {f["code"] for f in streamed["findings"]}
+    if match:
+        assert streamed["tensors"] == [] and streamed["summary"]["tensors"] == report.total_tensors > 0
+
+
+def test_statistics_with_several_jobs_are_bit_identical_to_one_job(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import ckptdoctor.pipelines.inspect as pipeline
+
+    # Tensors of many sizes (one over two 16 MiB chunks), dtypes, a NaN/Inf one, and a constant one.
+    script = (
+        "import numpy as np, tensorflow as tf, sys\n"
+        "rng = np.random.default_rng(3)\n"
+        "v = {f'w{i:02d}': tf.Variable(rng.standard_normal(int(rng.integers(1, 5000))).astype(np.float32) * 10**i)\n"
+        "     for i in range(-3, 30)}\n"
+        "v['big'] = tf.Variable(rng.standard_normal(9_000_000).astype(np.float32) + 1e4)\n"
+        "v['half'] = tf.Variable(rng.standard_normal((64, 33)).astype(np.float16))\n"
+        "v['ints'] = tf.Variable(rng.integers(-9, 9, 777))\n"
+        "v['bad'] = tf.Variable(np.array([1.0, np.nan, np.inf, 2.0], np.float64))\n"
+        "v['same'] = tf.Variable(np.full(100, 0.1, np.float32))\n"
+        "tf.train.Checkpoint(**v).write(sys.argv[1])\n"
+    )
+    prefix = str(tmp_path / "many")
+    subprocess.run([sys.executable, "-c", script, prefix], check=True, capture_output=True, timeout=300)
+    one = ckptdoctor.inspect(prefix, jobs=1)
+    for jobs in (2, 3, 8):
+        assert ckptdoctor.inspect(prefix, jobs=jobs).tensors == one.tensors  # floats compared exactly
+    monkeypatch.setattr(pipeline, "_BATCH_TENSORS", 1)  # one tensor a task: every tensor on any thread
+    assert ckptdoctor.inspect(prefix, jobs=2).tensors == one.tensors
+    # And the single-job statistics are numpy's over TensorFlow's own reading of the values.
+    for name, value in tf_reader_values(prefix).items():
+        value = np.asarray(value)
+        if value.dtype.kind not in "fiu":
+            continue
+        row = next(t for t in one.tensors if t.name == name)
+        x = value.astype(np.float64).reshape(-1)
+        finite = x[np.isfinite(x)]
+        assert (row.nan, row.inf) == (int(np.isnan(x).sum()), int(np.isinf(x).sum()))
+        assert row.min == finite.min() and row.max == finite.max()
+        assert row.mean == pytest.approx(finite.mean(), rel=1e-12, abs=1e-12 * np.abs(finite).max())
+        assert row.std == pytest.approx(finite.std(), rel=1e-9, abs=1e-12 * np.abs(finite).max())
+    # The CLI: --jobs 1 and --jobs 2 write the same bytes; a bad --jobs is one line.
+    outputs = {j: run_cli("inspect", prefix, "--format", "json", "--jobs", j).stdout for j in (1, 2)}
+    assert outputs[1] == outputs[2] and json.loads(outputs[1])["tensors"]
+    assert_one_line_error(run_cli("inspect", prefix, "--jobs", "0"), "--jobs must be 1 or more")
+
+
+@pytest.mark.parametrize("name", ["seed", "seed-trainables"])
+def test_streamed_tensor_table_is_laid_out_as_tabulate_lays_it_out(name):
+    from tabulate import tabulate
+
+    from ckptdoctor.reports.table import _tensor_rows
+
+    ckpt = Path(__file__).resolve().parents[1] / "sample_ckpts" / name
+    out = run_cli("inspect", ckpt, "--match", ".", env={**__import__("os").environ, "COLUMNS": "300"}).stdout
+    report = ckptdoctor.inspect(str(ckpt), match=".")
+    headers = ["name", "dtype", "shape", "size", "bytes", "min", "max", "mean", "std", "nan", "inf", "in graph", "role"]
+    expected = tabulate(
+        list(_tensor_rows(report.tensors, False)), headers=headers, tablefmt="simple", disable_numparse=True
+    )
+    assert "\n" + expected + "\n\nBN LAYERS" in out
+    assert len(report.tensors) == report.total_tensors and all(t.name in out for t in report.tensors)

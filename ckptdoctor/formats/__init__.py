@@ -57,6 +57,7 @@ def _tf2_checkpoint(path: str, graph):
     described = is_model_description(graph)
     if not described and graph not in (None, True, False):
         return None  # a MetaGraphDef
+    reader = None
     try:
         resolved = resolve_checkpoint(path)
         if resolved.kind != "v2" or (
@@ -64,9 +65,10 @@ def _tf2_checkpoint(path: str, graph):
         ):
             return None
         if not described:
-            with BundleReader(resolved.prefix) as reader:
-                if not has_object_graph(reader):
-                    return None
+            reader = BundleReader(resolved.prefix)
+            if not has_object_graph(reader):
+                reader.close()
+                return None
     except CkptDoctorError:
         return None  # the TF1 adapter says what is wrong
-    return TF2Checkpoint(resolved, graph)
+    return TF2Checkpoint(resolved, graph, reader=reader)  # the index is read once

@@ -10,13 +10,15 @@ statistics (streamed one tensor at a time), and the findings sorted.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+from collections.abc import Iterator
 
 import numpy as np
 
 from ckptdoctor.analysis.diagnose import Finding, diagnose_bn, frozen_untrained
 from ckptdoctor.analysis.staleness import stale_findings
-from ckptdoctor.analysis.stats import STATS_DTYPES, compute_stats
+from ckptdoctor.analysis.stats import STATS_DTYPES, TensorStats, compute_stats
 from ckptdoctor.errors import (
     CkptDoctorError,
     GraphError,
@@ -28,7 +30,7 @@ from ckptdoctor.formats import open_model
 from ckptdoctor.formats.base import Description, Model
 from ckptdoctor.reports.results import InspectReport, StoredStatistics, TensorReport, sort_findings, summary
 
-__all__ = ["inspect", "InspectReport", "TensorReport"]
+__all__ = ["inspect", "InspectReport", "TensorReport", "iter_stats", "default_jobs"]
 
 _STATISTICS = ("moving_mean", "moving_variance")
 
@@ -39,6 +41,7 @@ def inspect(
     stats: bool = True,
     match: str | None = None,
     data: str | None = None,
+    jobs: int | None = None,
     **dry_run,
 ) -> InspectReport:
     """Inspect a checkpoint, SavedModel or Keras file.
@@ -57,6 +60,8 @@ def inspect(
         data: also check the stored BN statistics against data: a dry-run repair
             computes what they should be, and layers whose stored statistics are far
             off get ``bn-stats-stale`` findings (see ``analysis.staleness``).
+        jobs: tensors whose statistics are computed at once (threads); None: the cores this
+            process may use (``default_jobs``). The statistics are the same whatever it is.
         dry_run: ``repair``'s options for that dry run (``input``, ``training``,
             ``feed``, ``batch_size``, ``max_samples``, ``unsafe``, ``compression``, ``resize``).
 
@@ -76,7 +81,7 @@ def inspect(
             open_source(data, **opened)  # bad data fail before any work (nothing read beyond a first record)
     model = open_model(checkpoint, graph=graph)
     try:
-        report = _report(model, model.describe(), stats, pattern)
+        report = _report(model, model.describe(), stats, pattern, default_jobs() if jobs is None else jobs)
     finally:
         model.close()
     report = dataclasses.replace(report, match=match or None)
@@ -124,7 +129,7 @@ def compile_match(match: str | None):
         raise CkptDoctorError(f"--match {match!r} is not a regular expression: {e}") from e
 
 
-def _report(model: Model, description: Description, stats: bool, pattern) -> InspectReport:
+def _report(model: Model, description: Description, stats: bool, pattern, jobs: int = 1) -> InspectReport:
     reader = model.reader
     entries = reader.entries()
     present = {e.name for e in entries}
@@ -147,7 +152,14 @@ def _report(model: Model, description: Description, stats: bool, pattern) -> Ins
     }
 
     tensors, listed = list_tensors(
-        reader, entries, stats, pattern, description, lambda key: bn_role.get(key) or description.role(key), unreadable
+        reader,
+        entries,
+        stats,
+        pattern,
+        description,
+        lambda key: bn_role.get(key) or description.role(key),
+        unreadable,
+        jobs,
     )
     findings += listed + [Finding(err.code, "error", None, key, str(err)) for key, err in sorted(unreadable.items())]
     notes = list(description.notes)
@@ -186,6 +198,67 @@ def _per_channel(value) -> tuple[float, ...] | None:
         return None
 
 
+def default_jobs() -> int:
+    """The cores this process may run on (``sched_getaffinity``: a container's or ``taskset``'s limit)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _stats_of(reader, name: str) -> tuple[TensorStats | None, TensorReadError | None]:
+    try:
+        return compute_stats(reader.iter_chunks(name)), None
+    except TensorReadError as err:
+        return None, err
+
+
+def iter_stats(reader, entries, jobs: int = 1) -> Iterator[tuple[TensorStats | None, TensorReadError | None]]:
+    """``(statistics, read error)`` of each entry, in order, ``jobs`` tensors computed at once.
+
+    Each tensor's statistics are computed by one thread, chunk after chunk in the file's order,
+    exactly as with one job: the results are bit-identical whatever ``jobs`` is (numpy's
+    reductions and the CRC32C hashing release the GIL, so two tensors do use two cores). A
+    reader that is not safe to read from two threads (``parallel_reads`` False: HDF5 through a
+    zip member stream, say) gets one job. A task is a run of consecutive tensors (``_batches``:
+    up to 8 MiB or 256 tensors); at most ``4 * jobs`` tasks' results wait to be taken, so memory
+    does not grow with the number of tensors.
+    """
+    if jobs <= 1 or not getattr(reader, "parallel_reads", False) or len(entries) < 2:
+        for e in entries:
+            yield _stats_of(reader, e.name)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="ckptdoctor-stats") as pool:
+        pending: deque = deque()
+        for batch in _batches(entries):
+            pending.append(pool.submit(lambda names: [_stats_of(reader, n) for n in names], batch))
+            if len(pending) >= 4 * jobs:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
+#: A thread's task: consecutive tensors up to this many bytes or this many tensors. One future per
+#: tensor of 1 KiB would cost more than its statistics.
+_BATCH_BYTES, _BATCH_TENSORS = 8 * 1024 * 1024, 256
+
+
+def _batches(entries) -> Iterator[list[str]]:
+    batch: list[str] = []
+    size = 0
+    for e in entries:
+        batch.append(e.name)
+        size += e.nbytes
+        if size >= _BATCH_BYTES or len(batch) >= _BATCH_TENSORS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
 def read_stat_values(reader, keys, unreadable: dict) -> dict:
     """The stored values of ``keys`` (BN moving statistics); the ones that cannot be read go to ``unreadable``."""
     values = {}
@@ -198,20 +271,24 @@ def read_stat_values(reader, keys, unreadable: dict) -> dict:
 
 
 def list_tensors(
-    reader, entries, stats: bool, pattern, description: Description, role_of, unreadable: dict
+    reader, entries, stats: bool, pattern, description: Description, role_of, unreadable: dict, jobs: int = 1
 ) -> tuple[list[TensorReport], list[Finding]]:
     """One ``TensorReport`` per entry (matching ``pattern``) and the ``non-finite`` findings.
 
-    Statistics are streamed one tensor at a time; a tensor whose bytes cannot be read
-    is added to ``unreadable`` (and reported as a finding of its own).
+    Statistics are streamed one tensor at a time (``jobs`` tensors at once, see ``iter_stats``);
+    a tensor whose bytes cannot be read is added to ``unreadable`` (and reported as a finding
+    of its own).
     """
     tensors, findings = [], []
+    wanted = [e for e in entries if stats and e.name not in unreadable and e.dtype in STATS_DTYPES]
+    computed = iter_stats(reader, wanted, jobs)
+    taken = 0  # wanted[:taken] have their statistics
     for e in entries:
         s = None
-        if e.name not in unreadable and stats and e.dtype in STATS_DTYPES:
-            try:
-                s = compute_stats(reader.iter_chunks(e.name))
-            except TensorReadError as err:
+        if taken < len(wanted) and wanted[taken] is e:
+            s, err = next(computed)
+            taken += 1
+            if err is not None:
                 unreadable[e.name] = err
         role = role_of(e.name)
         if s is not None and (s.nan or s.inf) and role not in ("bn_moving_mean", "bn_moving_variance"):

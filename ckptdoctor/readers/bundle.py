@@ -56,6 +56,7 @@ import mmap
 import os
 import re
 import struct
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
@@ -438,6 +439,9 @@ class BundleReader:
     """
 
     format = "tf-v2-bundle"
+    #: Tensors may be read from several threads at once (``pipelines.inspect.iter_stats``): the data
+    #: files are memory maps, opened under a lock, and each read keeps its own position and CRC.
+    parallel_reads = True
 
     def __init__(self, prefix: str | os.PathLike):
         """Open the checkpoint, check its index and that its data files exist.
@@ -474,8 +478,10 @@ class BundleReader:
                 self._entries[key.decode("utf-8", "surrogateescape")] = entry
         self._check_shards()
         self._buffers: dict[int, mmap.mmap | bytes] = {}
+        self._opening = threading.Lock()  # one memory map per data file, whichever thread opens it
         self._overlaps: dict[int, str] | None = None  # id(entry) -> the entry whose bytes it reuses
         self._listing: list[TensorEntry] | None = None
+        self._nodes: list | None = None  # the decoded object graph, once decoded
         self._closed = False
         self.object_graph_error: str | None = None
 
@@ -596,11 +602,31 @@ class BundleReader:
             )
         return self.read(OBJECT_GRAPH_KEY).reshape(-1)[0]
 
+    def has_tensor(self, name: str) -> bool:
+        """Whether the bundle stores a tensor of that name (the index only: no listing built, nothing read)."""
+        return name in self._entries
+
+    def object_graph_nodes(self) -> list:
+        """The decoded ``TrackableObjectGraph`` (``protowire.decode_object_graph``), decoded once per reader.
+
+        The listing's object paths and the TF2 adapter both need it; on 100,000 tensors one decode
+        is a second of work.
+
+        Raises:
+            TensorNotFoundError: the checkpoint has no object graph.
+            UnsupportedFormatError: it is not one string.
+            TensorReadError: its bytes cannot be read.
+            WireFormatError: they are not a ``TrackableObjectGraph``.
+        """
+        if self._nodes is None:
+            self._nodes = decode_object_graph(self.read_object_graph())
+        return self._nodes
+
     def _object_paths(self) -> dict[str, str]:
         if OBJECT_GRAPH_KEY not in self._entries:
             return {}
         try:
-            nodes = decode_object_graph(self.read_object_graph())
+            nodes = self.object_graph_nodes()
         except (TensorReadError, UnsupportedFormatError, WireFormatError) as e:
             # Listing still works without paths; the caller can report why.
             self.object_graph_error = f"object graph {OBJECT_GRAPH_KEY} unusable: {e}"
@@ -662,6 +688,13 @@ class BundleReader:
     def _buffer(self, shard_id: int, name: str) -> tuple[mmap.mmap | bytes, str]:
         """The memory map of a data file (opened on first use)."""
         path = self._shard_path(shard_id)
+        buf = self._buffers.get(shard_id)
+        if buf is not None:
+            return buf, path
+        with self._opening:
+            return self._open_buffer(shard_id, name, path)
+
+    def _open_buffer(self, shard_id: int, name: str, path: str) -> tuple[mmap.mmap | bytes, str]:
         buf = self._buffers.get(shard_id)
         if buf is None:
             try:

@@ -6,8 +6,19 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Iterator
 
-__all__ = ["render_inspect", "render_diff", "render_repair", "to_json", "human_bytes", "terminal_width", "TENSOR_ROWS"]
+__all__ = [
+    "render_inspect",
+    "render_diff",
+    "render_repair",
+    "to_json",
+    "iter_json",
+    "iter_inspect",
+    "human_bytes",
+    "terminal_width",
+    "TENSOR_ROWS",
+]
 
 _MAX_NAME = 72
 
@@ -62,6 +73,56 @@ def to_json(data: dict) -> str:
         return x
 
     return json.dumps(clean(data), indent=2, ensure_ascii=False)
+
+
+def _finite(x):
+    """``x`` with NaN and Inf turned into strings, as ``to_json`` does (the slow path: rows that hold one)."""
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return str(x)
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+_ROW = json.JSONEncoder(ensure_ascii=False, allow_nan=False)  # no indent: the C encoder
+
+
+def _encode(value) -> str:
+    try:
+        return _ROW.encode(value)
+    except ValueError:  # a NaN or Inf: strings, as in to_json
+        return _ROW.encode(_finite(value))
+
+
+def iter_json(items) -> Iterator[str]:
+    """One JSON document from ``(key, value)`` pairs, in pieces, each list element on a line of its own.
+
+    The document is the same as ``to_json`` of the dict (``json.loads`` of both are equal;
+    NaN and Inf become strings), but each element of a list value is encoded by the C encoder
+    and yielded as it comes: a listing of 100,000 tensors is never one string, nor a list of
+    dicts, and goes out 10x faster than through the pure-Python indenting encoder.
+
+    Args:
+        items: ``(key, value)`` pairs; a value that is a list, tuple or iterator (not a dict
+            or string) is written one element per line.
+    """
+    yield "{"
+    sep = "\n"
+    for key, value in items:
+        head = f"{sep}  {_encode(key)}: "
+        sep = ",\n"
+        if isinstance(value, (str, dict, int, float, bool)) or value is None:
+            yield head + _encode(value)
+            continue
+        yield head + "["
+        comma = "\n    "
+        for element in value:
+            yield comma + _encode(element)
+            comma = ",\n    "
+        yield "]" if comma == "\n    " else "\n  ]"
+    yield "\n}\n"
 
 
 def terminal_width() -> int:
@@ -149,17 +210,51 @@ def _tensor_summary(report) -> list[str]:
     ]
 
 
-def _tensor_table(report) -> list[str]:
+def _tensor_lines(report) -> Iterator[str]:
+    """The tensor table's lines (each with its newline), a row at a time.
+
+    Laid out as ``tabulate``'s "simple" format with ``disable_numparse`` lays it out (each
+    column as wide as its widest cell, at least its header plus 2; cells left-aligned and two
+    spaces apart; no trailing blanks), in two passes over the rows (one for the widths), so
+    that 100,000 rows are never held as a table of strings. A cell tabulate would lay out
+    differently (a line break, an escape code, a wide character) sends the table to tabulate.
+    """
     shown = len(report.tensors)
     if shown > TENSOR_ROWS and not report.match:
-        return _tensor_summary(report)
+        yield "\n".join(_tensor_summary(report)) + "\n"
+        return
     title = "TENSORS" if shown == report.total_tensors else f"TENSORS ({shown} of {report.total_tensors} match)"
-    rows: list[tuple] = [
-        (
+    yield title + "\n"
+    headers = ["name", "dtype", "shape", "size", "bytes", "min", "max", "mean", "std", "nan", "inf", "in graph", "role"]
+    paths = any(t.object_path for t in report.tensors)  # TF2 checkpoints: the readable object path too
+    if paths:
+        headers.append("object path")
+    if not shown:
+        yield "(none)\n"
+        return
+    widths = [len(h) + 2 for h in headers]
+    plain = True
+    for row in _tensor_rows(report.tensors, paths):
+        for i, cell in enumerate(row):
+            if len(cell) > widths[i]:
+                widths[i] = len(cell)
+            plain = plain and cell.isprintable() and cell.isascii()
+    if not plain:
+        yield _tab(list(_tensor_rows(report.tensors, paths)), headers) + "\n"
+        return
+    yield "  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip() + "\n"
+    yield "  ".join("-" * w for w in widths) + "\n"
+    for row in _tensor_rows(report.tensors, paths):
+        yield "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n"
+
+
+def _tensor_rows(tensors, paths: bool) -> Iterator[tuple[str, ...]]:
+    for t in tensors:
+        row = (
             _name(t.name),
             t.dtype,
             "[" + ",".join(map(str, t.shape)) + "]",
-            t.size,
+            str(t.size),
             human_bytes(t.nbytes),
             _num(t.min),
             _num(t.max),
@@ -170,13 +265,7 @@ def _tensor_table(report) -> list[str]:
             "" if t.in_graph is None else ("yes" if t.in_graph else "NO"),
             t.role,
         )
-        for t in report.tensors
-    ]
-    headers = ["name", "dtype", "shape", "size", "bytes", "min", "max", "mean", "std", "nan", "inf", "in graph", "role"]
-    if any(t.object_path for t in report.tensors):  # TF2 checkpoints: the readable object path too
-        rows = [(*row, _name(t.object_path or "")) for row, t in zip(rows, report.tensors)]
-        headers.append("object path")
-    return [title, _tab(rows, headers) if rows else "(none)"]
+        yield (*row, _name(t.object_path or "")) if paths else row
 
 
 def render_inspect(report, width: int | None = None, colour: bool = False) -> str:
@@ -186,7 +275,20 @@ def render_inspect(report, width: int | None = None, colour: bool = False) -> st
         width: wrap prose (notes, findings) at this many columns; default: the terminal's width.
         colour: colour severities and BN statuses (ANSI codes: only for a terminal).
     """
+    return "".join(iter_inspect(report, width, colour)).rstrip("\n")
+
+
+def iter_inspect(report, width: int | None = None, colour: bool = False) -> Iterator[str]:
+    """``render_inspect``'s text in pieces, each ending in a newline: the tensor table a row at a time."""
     width = width or terminal_width()
+    head, tail = _inspect_parts(report, width, colour)
+    yield "\n".join(head) + "\n"
+    yield from _tensor_lines(report)
+    yield "\n".join(tail) + "\n"
+
+
+def _inspect_parts(report, width: int, colour: bool) -> tuple[list[str], list[str]]:
+    """The lines before the tensor table and those after it."""
     s = report.summary
     lines = _wrap(
         f"checkpoint: {report.checkpoint}  ({report.resolved_from})"
@@ -202,9 +304,7 @@ def render_inspect(report, width: int | None = None, colour: bool = False) -> st
     ]
     for n in report.notes:
         lines += _wrap(f"note:       {n}", width, rest=" " * 12)
-    lines.append("")
-    lines += _tensor_table(report)
-    lines.append("")
+    head, lines = lines + [""], [""]
     lines.append(f"BN LAYERS ({len(report.bn_layers)})")
     if report.bn_layers:
         lines.append(
@@ -228,7 +328,7 @@ def render_inspect(report, width: int | None = None, colour: bool = False) -> st
     counts = ", ".join(_count(s.get(k + "s", 0), k) for k in ("error", "warning", "info"))
     lines.append(f"FINDINGS: {counts}")
     lines.append(_findings_text(report.findings, width, colour))
-    return "\n".join(lines)
+    return head, lines
 
 
 def render_diff(report) -> str:

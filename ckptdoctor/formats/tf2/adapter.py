@@ -44,11 +44,12 @@ class TF2Checkpoint:
     config = None
     format = "tf2-object-checkpoint"
 
-    def __init__(self, resolved: ResolvedCheckpoint, graph=None):
+    def __init__(self, resolved: ResolvedCheckpoint, graph=None, reader: BundleReader | None = None):
         self.path = resolved.prefix
         self.resolved_from = resolved.how
         self._graph = graph if graph not in (None, True, False, "") else None
-        self.reader = BundleReader(resolved.prefix)
+        # The dispatch's reader when it opened one already: the index of 100,000 tensors is read once.
+        self.reader = reader if reader is not None else BundleReader(resolved.prefix)
         self._objects: ObjectGraph | None = None
 
     def close(self) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from ckptdoctor.constants import OBJECT_GRAPH_KEY
 from ckptdoctor.errors import CorruptCheckpointError, TensorReadError, UnsupportedFormatError
-from ckptdoctor.readers.protowire import WireFormatError, decode_object_graph
+from ckptdoctor.readers.protowire import WireFormatError
 
 __all__ = ["ObjectGraph", "read_object_graph", "has_object_graph"]
 
@@ -33,8 +33,8 @@ _BN_WEIGHTS = ("moving_mean", "moving_variance", "gamma", "beta")
 
 
 def has_object_graph(reader) -> bool:
-    """Whether the bundle is a TF2 object-based checkpoint."""
-    return any(e.name == OBJECT_GRAPH_KEY for e in reader.entries())
+    """Whether the bundle is a TF2 object-based checkpoint (asked of the index alone: no listing is built)."""
+    return reader.has_tensor(OBJECT_GRAPH_KEY)
 
 
 @dataclass
@@ -111,7 +111,7 @@ def read_object_graph(reader) -> ObjectGraph:
         CorruptCheckpointError: it cannot be read or decoded.
     """
     try:
-        nodes = decode_object_graph(reader.read_object_graph())  # a string scalar, checked before it is read
+        nodes = reader.object_graph_nodes()
     except (TensorReadError, UnsupportedFormatError, WireFormatError, IndexError, AttributeError, TypeError) as e:
         raise CorruptCheckpointError(f"the checkpoint's object graph {OBJECT_GRAPH_KEY} is unusable ({e})") from e
     if not nodes:
