@@ -127,12 +127,9 @@ class Commands:
         batch_size: int | None = None,
         max_samples: int | None = None,
         unsafe: bool = False,
-<<<<<<< HEAD
         compression: str | None = None,
         resize: bool = True,
-=======
         jobs: int | None = None,
->>>>>>> issue-13
     ):
         """List every tensor, cross-reference the graph, diagnose BN statistics.
 
@@ -159,13 +156,10 @@ class Commands:
             batch_size: with --data: samples per forward pass (default 256; a function's batches as they come).
             max_samples: with --data: use only the first N samples.
             unsafe: with --data: allow Keras Lambda layers (their code runs).
-<<<<<<< HEAD
             compression: with TFRecord --data: GZIP, ZLIB or NONE (default: by the files' extension).
             resize: with an image --data: resize images to the model input (bilinear); False refuses other sizes.
-=======
             jobs: tensors whose statistics are computed at once (threads); default: the cores this process may
                 use. The statistics are the same whatever it is.
->>>>>>> issue-13
 
         Exit code: 0 no error-level finding, 1 at least one, 2 the checkpoint could not be read.
 
@@ -348,11 +342,8 @@ _METAVARS = {
     "training": "NAME",
     "batch_size": "N",
     "max_samples": "N",
-<<<<<<< HEAD
     "compression": "GZIP|ZLIB|NONE",
-=======
     "jobs": "N",
->>>>>>> issue-13
     "method": "train|sequential",
     "output": "PATH",
     "graph": "GRAPH",
