@@ -101,8 +101,7 @@ def repair(
         new statistics no closer to the reference than the stored ones.
     """
     check_options(method, batch_size, in_place, output, max_samples)
-    # The checkpoint first: what is wrong with it is said before what is wrong with the data.
-    model = open_model(checkpoint, graph=graph, for_repair=True)
+    model = open_model(checkpoint, graph=graph, for_repair=True)  # before the data: its problems are said first
     try:
         source = open_source(data, input=input, compression=compression, resize=resize)
         options = RepairOptions(
