@@ -59,7 +59,7 @@ demo: $(VENV)/.installed
 # Two workers for the two cores; --dist loadfile keeps each test file on one worker, so a
 # file's module fixtures (Keras models built in subprocesses) are built once.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 # Lint and format (ruff), types (mypy), the architecture's import contracts (import-linter, see
 # pyproject.toml), and no function over 120 lines. All configured in pyproject.toml.
