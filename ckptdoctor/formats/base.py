@@ -23,7 +23,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from ckptdoctor.analysis.diagnose import Advice, Finding
+from ckptdoctor.analysis.diagnose import Advice, Finding, bn_layers_from_names, role_from_name
 from ckptdoctor.readers.base import CheckpointReader, TensorEntry
 from ckptdoctor.runtime.base import Runner
 
@@ -62,6 +62,18 @@ class Description:
     object_path: Callable[[TensorEntry], str | None] = lambda entry: entry.object_path
     match_object_paths: bool = False
     bn_from_names: bool = False
+
+    @classmethod
+    def from_names(cls, keys: list[str], notes: list[str], advice: Advice | None = None) -> Description:
+        """Nothing describes the model: BN layers and roles are guessed from the tensor names."""
+        return cls(
+            graph=None,
+            bn_layers=bn_layers_from_names(keys),
+            role=role_from_name,
+            notes=notes,
+            bn_from_names=True,
+            advice=advice or Advice(),
+        )
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from ckptdoctor.errors import CkptDoctorError, OutputExistsError
 from ckptdoctor.writers.atomic import TMP_MARK
 
 __all__ = [
+    "bundle_output_path",
     "checkpoint_files",
     "ensure_writable",
     "write_checkpoint",
@@ -42,6 +43,15 @@ def checkpoint_files(prefix: str) -> list[str]:
     """The files of the checkpoint at ``prefix`` (index, data shards, meta) that exist."""
     files = [prefix + ".index", prefix + ".meta"] + sorted(glob.glob(glob.escape(prefix) + ".data-*-of-*"))
     return [f for f in files if os.path.isfile(f)]
+
+
+def bundle_output_path(prefix: str, output: str | None, in_place: bool, force: bool, dry_run: bool) -> str:
+    """Where a repaired bundle goes: ``prefix`` itself in place, else ``output`` or ``<prefix>-repaired``,
+    checked writable (``ensure_writable``) unless nothing will be written there."""
+    out = prefix if in_place else (output or prefix + "-repaired")
+    if not dry_run and not in_place:
+        ensure_writable(out, force)
+    return out
 
 
 def ensure_writable(prefix: str, force: bool) -> None:

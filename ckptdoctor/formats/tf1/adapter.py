@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from ckptdoctor.analysis.diagnose import bn_layers_from_names, diagnose_graph, role_from_name
+from ckptdoctor.analysis.diagnose import diagnose_graph
 from ckptdoctor.errors import CkptDoctorError, GraphError, MissingDependencyError
 from ckptdoctor.formats.base import Description, RepairOptions, Written
 from ckptdoctor.readers.resolve import resolve_checkpoint
@@ -103,9 +103,7 @@ class TF1Checkpoint:
                     "no graph (.meta) beside the checkpoint: BN layers found by name; pass --graph to check one"
                 )
             keys = [e.name for e in self.reader.entries()]
-            return Description(
-                graph=None, bn_layers=bn_layers_from_names(keys), role=role_from_name, notes=notes, bn_from_names=True
-            )
+            return Description.from_names(keys, notes)
         by_key = {e.name: e for e in self.reader.entries()}
         layers = [
             {
@@ -147,12 +145,9 @@ class TF1Checkpoint:
         self._meta()
 
     def output_path(self, output: str | None, in_place: bool, force: bool, dry_run: bool) -> str:
-        from ckptdoctor.writers.bundle import ensure_writable
+        from ckptdoctor.writers.bundle import bundle_output_path
 
-        out = self.path if in_place else (output or self.path + "-repaired")
-        if not dry_run and not in_place:
-            ensure_writable(out, force)
-        return out
+        return bundle_output_path(self.path, output, in_place, force, dry_run)
 
     def runner(self, arrays: dict, options: RepairOptions):
         from ckptdoctor.formats.tf1.runner import GraphRunner

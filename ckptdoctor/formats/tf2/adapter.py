@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from ckptdoctor.analysis.diagnose import Advice, Finding, bn_layers_from_names, role_from_name
+from ckptdoctor.analysis.diagnose import Advice, Finding, role_from_name
 from ckptdoctor.errors import CorruptCheckpointError, GraphError, UnsupportedFormatError
 from ckptdoctor.formats.base import Description, RepairOptions, Written
 from ckptdoctor.formats.tf2.objects import ObjectGraph, read_object_graph
@@ -102,14 +102,7 @@ class TF2Checkpoint:
         """Without a model, a checkpoint whose object graph cannot be used is still listed: BN layers by name."""
         keys = [e.name for e in self.reader.entries()]
         notes = [f"{problem}: every tensor is listed, BN layers found by name; the checkpoint may be damaged"]
-        return Description(
-            graph=None,
-            bn_layers=bn_layers_from_names(keys),
-            role=role_from_name,
-            notes=notes,
-            bn_from_names=True,
-            advice=TF2_ADVICE,
-        )
+        return Description.from_names(keys, notes, TF2_ADVICE)
 
     def _object_path(self, names: dict[str, str]):
         graph = self.objects()
@@ -220,12 +213,9 @@ class TF2Checkpoint:
             )
 
     def output_path(self, output: str | None, in_place: bool, force: bool, dry_run: bool) -> str:
-        from ckptdoctor.writers.bundle import ensure_writable
+        from ckptdoctor.writers.bundle import bundle_output_path
 
-        out = self.path if in_place else (output or self.path + "-repaired")
-        if not dry_run and not in_place:
-            ensure_writable(out, force)
-        return out
+        return bundle_output_path(self.path, output, in_place, force, dry_run)
 
     def runner(self, arrays: dict, options: RepairOptions):
         from ckptdoctor.formats.tf2.restore import keras_runner
