@@ -358,6 +358,23 @@ def _judged(layer) -> tuple[str, str]:
     return ("stale", severity) if severity else ("ok", "ok")
 
 
+def _marked_row(values, note: str, title: str, extremes: list) -> Row:
+    """One layer's per-channel values with their finite extremes marked (``extremes``: ``(np.min or np.max,
+    label template)``); a row saying ``note`` when there are none."""
+    if values is None:
+        return Row(note=note)
+    finite = values[np.isfinite(values)]
+    marks = (
+        []
+        if finite.size == 0
+        else [
+            Mark(float(pick(finite)), COLOURS["mark"], "diamond", label.format(fmt(float(pick(finite)))))
+            for pick, label in extremes
+        ]
+    )
+    return Row(values=values, marks=marks, title=f"{title} {_summary_numbers(values)}")
+
+
 def _change_chart(report: RepairReport, title: str) -> str:
     """Per layer in network order: the mean shift (sd) and variance ratio per channel, the gap before and after."""
     by_name = {layer.layer: layer for layer in report.layers}
@@ -375,35 +392,17 @@ def _change_chart(report: RepairReport, title: str) -> str:
     for layer in layers:
         n = layer.layer
         s, r = shifts[n], ratios[n]
-        if s is None:
-            shift_rows.append(Row(note="no stored mean"))
-        else:
-            finite = s[np.isfinite(s)]
-            marks = (
-                []
-                if finite.size == 0
-                else [
-                    Mark(
-                        float(finite.max()), COLOURS["mark"], "diamond", f"largest shift {fmt(float(finite.max()))} sd"
-                    )
-                ]
+        shift_rows.append(
+            _marked_row(s, "no stored mean", f"{n}: mean shift per channel (sd)", [(np.max, "largest shift {} sd")])
+        )
+        ratio_rows.append(
+            _marked_row(
+                r,
+                "no stored variance",
+                f"{n}: variance ratio new/stored",
+                [(np.min, "smallest ratio {}"), (np.max, "largest ratio {}")],
             )
-            shift_rows.append(
-                Row(values=s, marks=marks, title=f"{n}: mean shift per channel (sd) {_summary_numbers(s)}")
-            )
-        if r is None:
-            ratio_rows.append(Row(note="no stored variance"))
-        else:
-            finite = r[np.isfinite(r)]
-            marks = (
-                []
-                if finite.size == 0
-                else [
-                    Mark(float(finite.min()), COLOURS["mark"], "diamond", f"smallest ratio {fmt(float(finite.min()))}"),
-                    Mark(float(finite.max()), COLOURS["mark"], "diamond", f"largest ratio {fmt(float(finite.max()))}"),
-                ]
-            )
-            ratio_rows.append(Row(values=r, marks=marks, title=f"{n}: variance ratio new/stored {_summary_numbers(r)}"))
+        )
         gap_rows.append(_gap_row(layer))
     panels = [
         Panel(
