@@ -37,6 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -1063,21 +1064,38 @@ def render_scale(cfg: Config, d: dict, header: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def main_scale_only(cfg: Config, work: Path, output: Path, command: str, keep: bool) -> int:
-    """``--only scale``: run section D and replace only that section of ``output``."""
+class SectionRun(NamedTuple):
+    """What an ``--only`` run's header reports besides its section's figures."""
+
+    facts: dict
+    fingerprint: str  # of the package copy the children import
+    load_before: str
+    runner: Runner
+    elapsed: float
+
+
+def run_section(work: Path, keep: bool, subs: tuple, bench) -> tuple:
+    """One section alone (``--only``): the machine's facts, a package copy, ``bench(runner)``; its work folders
+    ``subs`` removed unless ``keep``. Returns ``bench``'s result and a ``SectionRun``."""
     started = time.perf_counter()
     facts = machine_facts()
-    snapshot = snapshot_package(work)
-    snap_fp = package_fingerprint(snapshot)
+    snap_fp = package_fingerprint(snapshot_package(work))
     load_before = loadavg()
     runner = Runner(work)
     try:
-        d = bench_scale(cfg, runner, work)
+        result = bench(runner)
     finally:
         if not keep:
-            for sub in ("scale", "pkg"):
+            for sub in subs:
                 shutil.rmtree(work / sub, ignore_errors=True)
-    elapsed = time.perf_counter() - started
+    return result, SectionRun(facts, snap_fp, load_before, runner, time.perf_counter() - started)
+
+
+def main_scale_only(cfg: Config, work: Path, output: Path, command: str, keep: bool) -> int:
+    """``--only scale``: run section D and replace only that section of ``output``."""
+    d, (facts, snap_fp, load_before, runner, elapsed) = run_section(
+        work, keep, ("scale", "pkg"), lambda runner: bench_scale(cfg, runner, work)
+    )
     header = (
         f"Produced by `{command}` on {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} ({cfg.name} sizes, "
         f"{elapsed / 60:.1f} min, {runner.count} measured processes). This run: commit {facts['commit']}, "
@@ -1626,19 +1644,9 @@ def run_keras_part(cfg: Config, runner: Runner, work: Path) -> dict:
 
 def main_keras_only(cfg: Config, work: Path, output: Path, command: str, keep: bool) -> int:
     """``--only keras``: run section C and replace only that section of ``output`` (A and B byte for byte)."""
-    started = time.perf_counter()
-    facts = machine_facts()
-    snapshot = snapshot_package(work)
-    snap_fp = package_fingerprint(snapshot)
-    load_before = loadavg()
-    runner = Runner(work)
-    try:
-        c = run_keras_part(cfg, runner, work)
-    finally:
-        if not keep:
-            for sub in ("keras", "out", "pkg"):
-                shutil.rmtree(work / sub, ignore_errors=True)
-    elapsed = time.perf_counter() - started
+    c, (facts, snap_fp, load_before, runner, elapsed) = run_section(
+        work, keep, ("keras", "out", "pkg"), lambda runner: run_keras_part(cfg, runner, work)
+    )
     changed = (
         "; the working tree changed during the run, the figures are for the copy"
         if package_fingerprint() != snap_fp
