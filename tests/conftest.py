@@ -52,13 +52,21 @@ def run_cli_measured(*args, timeout: float = 300, tensorflow: bool = False) -> t
     Unless ``tensorflow``, TensorFlow and Keras are unimportable in the CLI's process (as on a machine
     without them, ``run_cli_without_tf``): the peak is then what reading the files cost.
     """
+    cli = cli_command() if tensorflow else [sys.executable, "-c", _NO_TF_OR_KERAS]
+    return run_measured([*cli, *map(str, args)], timeout=timeout)
+
+
+def run_measured(cmd: list, timeout: float = 300, **kwargs) -> tuple[subprocess.CompletedProcess, int]:
+    """``cmd`` in a fresh process (started by a small one: see ``_MEASURE``), and its peak RSS in bytes.
+
+    ``kwargs`` go to ``subprocess.run`` (``cwd``, ``env``); output is captured as text.
+    """
     import tempfile
 
-    cli = cli_command() if tensorflow else [sys.executable, "-c", _NO_TF_OR_KERAS]
     with tempfile.TemporaryDirectory() as d:
         rss_file = os.path.join(d, "rss")
-        cmd = [sys.executable, "-c", _MEASURE, rss_file, *cli, *map(str, args)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        wrapped = [sys.executable, "-c", _MEASURE, rss_file, *map(str, cmd)]
+        proc = subprocess.run(wrapped, capture_output=True, text=True, timeout=timeout, **kwargs)
         with open(rss_file) as f:
             rss = int(f.read()) * 1024
     return proc, rss

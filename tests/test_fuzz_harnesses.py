@@ -20,6 +20,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from conftest import run_measured  # noqa: E402
+
 from fuzz.common import CORPUS, HARNESSES, REGRESSIONS  # noqa: E402
 
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
@@ -54,9 +56,8 @@ def test_short_fuzzing_run(harness, tmp_path):
         str(tmp_path),
         str(CORPUS / harness),
     ]
-    # Through a small process in between: a child of this (large, TensorFlow-loaded) test process starts with
-    # its parent's peak RSS on Linux, and libFuzzer's -rss_limit_mb=512 would stop the harness at once.
-    fresh = [sys.executable, "-c", "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"]
-    proc = subprocess.run(fresh + cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    # Through a small process in between (run_measured): a child of this (large, TensorFlow-loaded) test process
+    # starts with its parent's peak RSS on Linux, and libFuzzer's -rss_limit_mb=512 would stop the harness at once.
+    proc, _ = run_measured(cmd, timeout=600, cwd=ROOT, env=ENV)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "Done 300 runs" in proc.stderr
