@@ -44,6 +44,9 @@ COMMANDS = {
     "config declaring a 16,000 x 16,000 Dense layer (Keras 3)": ("big-layer.keras", ["inspect", "{f}"]),
     "the same in a tf-keras .h5": ("big-layer-tfkeras.h5", ["inspect", "{f}"]),
     "config of 50,000 kinds of layers (Keras 3)": ("many-layers.keras", ["inspect", "{f}"]),
+    "the 16,000 x 16,000 layer with --graph=False (no Keras check)":
+        ("big-layer.keras", ["inspect", "{f}", "--graph=False"]),
+    "the 50,000 kinds with --graph=False (no Keras check)": ("many-layers.keras", ["inspect", "{f}", "--graph=False"]),
 }  # fmt: skip
 
 
