@@ -261,6 +261,25 @@ def test_keras_metadata_with_deep_json_and_a_long_node_path(tmp_path):
     assert doc["format"] == "tf-saved-model"
 
 
+def test_an_object_graph_without_nodes_has_no_root_to_walk_from(tmp_path):
+    # fuzz/regressions/saved_model/object-graph-without-nodes: saved_model.pb's object graph is there but holds no
+    # node, and keras_metadata.pb names a BN layer by a path from the root (node 0): an IndexError, a traceback.
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    directory = shutil.copytree(FIXTURE_SAVEDMODEL, tmp_path / "sm")
+    saved = saved_model_pb2.SavedModel.FromString((directory / "saved_model.pb").read_bytes())
+    graph = saved.meta_graphs[0].object_graph_def
+    first = graph.nodes[0].children[0].local_name
+    del graph.nodes[:]
+    (directory / "saved_model.pb").write_bytes(saved.SerializeToString())
+    meta = json.dumps({"class_name": "BatchNormalization", "name": "bn"}).encode()
+    (directory / "keras_metadata.pb").write_bytes(hb.saved_metadata([(f"root.{first}", meta)]))
+    doc = inspected(directory)
+    assert doc["format"] == "tf-saved-model"
+    # The bundle's own BN layer is still found, by its keys; nothing is made up for the one the graph does not hold.
+    assert [layer["layer"] for layer in doc["bn_layers"]] == ["layer_with_weights-1"]
+
+
 # ----------------------------------------------------------------------------- checkpoints (bundles)
 
 

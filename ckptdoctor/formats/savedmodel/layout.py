@@ -208,9 +208,12 @@ def _keras_bn_layers(directory: str, nodes: list[SavedNode], key_of_node: dict[i
 
 def _walk(nodes: list[SavedNode], names: list[str], by_name: dict[int, dict[str, int]]) -> int | None:
     """The node reached from the root by ``names``' children (``by_name`` caches each node's children by name:
-    a long path through a graph with cycles costs one lookup per name)."""
+    a long path through a graph with cycles costs one lookup per name). None when a name is missing or leads
+    out of the graph."""
     node = 0
     for name in names:
+        if not 0 <= node < len(nodes):
+            return None  # a damaged graph: no nodes at all, or a child id past the last one
         children = by_name.get(node)
         if children is None:
             children = by_name[node] = {}
@@ -219,7 +222,7 @@ def _walk(nodes: list[SavedNode], names: list[str], by_name: dict[int, dict[str,
         if name not in children:
             return None
         node = children[name]
-    return node
+    return node if 0 <= node < len(nodes) else None
 
 
 def _named_bn_layers(variables: dict) -> list[dict]:
