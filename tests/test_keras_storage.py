@@ -15,6 +15,7 @@ import pickletools
 import shutil
 import subprocess
 import sys
+import types
 import zipfile
 from pathlib import Path
 
@@ -230,12 +231,14 @@ def pickle_ops(member: bytes) -> list:
     return [(op.name, arg) for op, arg, _ in pickletools.genops(stream)]
 
 
-def evil_keras(root: Path, path: Path, payload) -> Path:
-    """model.keras's config with an npz whose one member pickles ``{"0": payload}`` (as Keras' members do)."""
+def evil_keras(root: Path, path: Path, payload, rename: tuple[bytes, bytes] = (b"", b"")) -> Path:
+    """model.keras's config with an npz whose one member pickles ``{"0": payload}`` (as Keras' members do);
+    ``rename``: (old, new) module names of the same length, replaced in the pickle's bytes."""
     member, npz = io.BytesIO(), io.BytesIO()
     np.save(member, np.array({"0": payload}, dtype=object), allow_pickle=True)
+    assert len(rename[0]) == len(rename[1])
     with zipfile.ZipFile(npz, "w") as z:
-        z.writestr("layers/dense.npy", member.getvalue())
+        z.writestr("layers/dense.npy", member.getvalue().replace(*rename) if rename[0] else member.getvalue())
     with zipfile.ZipFile(root / "model.keras") as z, zipfile.ZipFile(path, "w") as out:
         out.writestr("config.json", z.read("config.json"))
         out.writestr("model.weights.npz", npz.getvalue())
@@ -373,6 +376,20 @@ def test_npz_pickle_declaring_huge_arrays_is_bounded(root, tmp_path):
                 one.writestr(member, z.read(member))
             out.writestr("model.weights.npz", inner.getvalue())
         one_line_error_without_tf(run_cli_without_tf("inspect", path), member, fragment)
+
+
+def test_npz_keras_variable_without_its_state_is_refused(root, tmp_path, monkeypatch):
+    # fuzz/regressions/npz_pickle/variable-without-state: a Keras variable made by NEWOBJ with no BUILD after it
+    # (an AttributeError, a traceback). Pickled from a stand-in class whose module name is then renamed.
+    stand_in = types.ModuleType("kerasXsrcXbackend")
+    stand_in.Variable = type("Variable", (), {"__module__": "kerasXsrcXbackend"})
+    monkeypatch.setitem(sys.modules, "kerasXsrcXbackend", stand_in)
+    path = evil_keras(
+        root, tmp_path / "stateless.keras", stand_in.Variable(), (b"kerasXsrcXbackend", b"keras.src.backend")
+    )
+    one_line_error_without_tf(
+        run_cli_without_tf("inspect", path), "layers/dense.npy", "a Keras variable with no pickled state"
+    )
 
 
 def test_plain_array_npz_reads_like_hdf5(root, tmp_path):

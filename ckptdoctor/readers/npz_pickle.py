@@ -151,7 +151,10 @@ def _scalar(dtype=None, data=None) -> _ArrayRecord:
 
 
 class _VariableRecord:
-    """A Keras ``Variable``: made by ``NEWOBJ`` (``__new__`` only), its ``__dict__`` kept as given."""
+    """A Keras ``Variable``: made by ``NEWOBJ`` (``__new__`` only), its ``__dict__`` kept as given (None until a
+    ``BUILD`` gives it: a pickle may leave it out)."""
+
+    state: dict | None = None
 
     def __setstate__(self, state) -> None:
         if not isinstance(state, dict):
@@ -291,6 +294,8 @@ _ERRORS = (
 
 def _leaf(value, offsets: dict, start: int, where: str) -> Leaf:
     if isinstance(value, _VariableRecord):
+        if value.state is None:
+            raise PickleDamaged(f"{where} is a Keras variable with no pickled state")
         inner = value.state.get("_value")
         if not isinstance(inner, _ResourceValue) or not isinstance(inner.value, _ArrayRecord):
             raise PickleDamaged(f"{where} is a Keras variable without an array value")
