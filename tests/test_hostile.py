@@ -20,7 +20,7 @@ import google_crc32c
 import hostile_builders as hb
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, run_cli_measured
+from conftest import assert_one_line_error, run_cli, run_cli_measured
 from test_bundle_reader import HEADER, block, entry_proto, varint, write_bundle, write_file
 
 from ckptdoctor.readers import sstable
@@ -229,6 +229,23 @@ def test_npz_member_holding_less_than_its_header_declares(tmp_path):
     np.lib.format.write_array_header_1_0(head, {"descr": "<f4", "fortran_order": False, "shape": (1 << 30, 2)})
     path = hb.write_zip(tmp_path / "short.npz", [("inp.npy", head.getvalue() + bytes(64))])
     refused(["repair", SEED / "model.ckpt", "--data", path, "--dry-run"], "declares shape [1073741824, 2]")
+
+
+def test_damaged_chunk_of_integer_data_is_a_one_line_error(tmp_path):
+    # fuzz/regressions/data/h5-integer-chunk-unreadable: the NaN check reads float data only, so a damaged
+    # gzip chunk of integer data is first met when the batches are read: still one line, exit 2.
+    import h5py
+
+    path = tmp_path / "ints.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=np.arange(128, dtype=np.int32).reshape(64, 2), chunks=(8, 2), compression="gzip")
+    with h5py.File(path, "r") as f:
+        info = f["x"].id.get_chunk_info(0)
+    with open(path, "r+b") as f:
+        f.seek(info.byte_offset)
+        f.write(b"\xff" * info.size)
+    proc = run_cli("repair", SEED / "model.ckpt", "--data", f"{path}:x", "--dry-run")  # with TensorFlow: it runs
+    assert_one_line_error(proc, "rows 0 to 64 cannot be read", "the data file is damaged")
 
 
 def test_npy_header_that_does_not_parse(tmp_path):
