@@ -13,13 +13,14 @@ momentum 0.99 and a high learning rate, so their moving statistics are stale. Ki
 - ``nested`` (Keras 3): a Sequential backbone (d1 -> Dropout(0.5) drop1 -> bn1) -> relu -> head
 - ``sync`` (Keras 3): bn1 with ``synchronized=True``; ``renorm``: bn1 with ``renorm=True``
 - ``centerscale``: bn1 with ``center=False``, bn2 with ``scale=False``
-- ``axis1``: channels-first Conv1D -> bn_conv (axis=1) -> Dense on (N, C, L) -> bn_dense (axis=1) -> Flatten ->
-  Dense -> bn_last (axis=-1)
+- ``axis1``: channels-first (a Conv1D between two Permutes) -> bn_conv (axis=1) -> Dense on (N, C, L) -> bn_dense
+  (axis=1) -> Flatten -> Dense -> bn_last (axis=-1)
 - ``mixed``: the ``mixed_float16`` policy (the head in float32)
 - ``vbs`` (tf-keras): bn1 with ``virtual_batch_size=16`` (also a SavedModel), which tf-keras cannot load back
 - ``refuse`` (Keras 3): d1 -> bn1 -> head, untrained, whose stored statistics are the exact statistics of the first
   512 of 2048 samples (the first 512 are shifted): repair with --batch-size 512 checks only those, where the
   stored statistics are already exact, so the new (population) ones can only be worse
+- ``nchw`` (Keras 3): a channels-first Conv1D -> bn (axis=1) -> head, untrained (statistics at init)
 - ``effnet`` (Keras 3): ``keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 3), classes=10)``,
   two training steps on 64 samples
 
@@ -39,7 +40,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-KERAS3_KINDS = ("dropout", "nested", "sync", "renorm", "centerscale", "axis1", "mixed", "refuse", "effnet")
+KERAS3_KINDS = ("dropout", "nested", "sync", "renorm", "centerscale", "axis1", "mixed", "refuse", "effnet", "nchw")
 TFKERAS_KINDS = ("dropout", "renorm", "centerscale", "axis1", "mixed", "vbs")
 
 
@@ -113,7 +114,9 @@ def _model(K, which, kind, rng):
         x = (rng.normal(size=(256, 3, 12)) * 2 + rng.normal(size=(1, 3, 1)) * 3).astype("float32")
         y = x[:, :, :4].mean(axis=(1, 2)).reshape(-1, 1).astype("float32")
         inp = K.Input((3, 12), name="signal")
-        h = L.Conv1D(8, 3, data_format="channels_first", name="conv")(inp)  # (N, 8, 10)
+        # Channels first around a channels-last conv: TensorFlow's own CPU kernels have no channels-first
+        # convolution (oneDNN's have, and TensorFlow turns oneDNN on for some Intel CPUs only).
+        h = L.Permute((2, 1))(L.Conv1D(8, 3, name="conv")(L.Permute((2, 1))(inp)))  # (N, 8, 10)
         h = L.Activation("relu")(L.BatchNormalization(axis=1, name="bn_conv", momentum=0.99)(h))
         h = L.BatchNormalization(axis=1, name="bn_dense", momentum=0.99)(L.Dense(6, name="d_last")(h))  # (N, 8, 6)
         h = L.Dense(4, name="d_flat")(L.Flatten()(L.Activation("relu")(h)))
@@ -150,6 +153,16 @@ def _effnet(K, out):
     np.save(os.path.join(out, "X.npy"), x)
 
 
+def _nchw(K, out):
+    """A channels-first Conv1D before a BN layer (axis=1), untrained: TensorFlow's own CPU kernels cannot run it."""
+    L = K.layers
+    inp = K.Input((3, 12), name="signal")
+    h = L.BatchNormalization(axis=1, name="bn")(L.Conv1D(8, 3, data_format="channels_first", name="conv")(inp))
+    K.Model(inp, L.Dense(1, name="head")(L.Flatten()(h))).save(os.path.join(out, "model.keras"))
+    rng = np.random.default_rng(5)
+    np.save(os.path.join(out, "X.npy"), (rng.normal(size=(64, 3, 12)) * 2 + 1).astype("float32"))
+
+
 def _layers(model):
     """Every leaf layer with its path from the top model."""
     out = []
@@ -177,6 +190,9 @@ def build(which, kinds, root):
             continue
         if kind == "effnet":
             _effnet(K, out)
+            continue
+        if kind == "nchw":
+            _nchw(K, out)
             continue
         if kind == "mixed":
             K.mixed_precision.set_global_policy("mixed_float16")

@@ -10,6 +10,7 @@ called with training=True on all samples in one batch.
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from conftest import assert_one_line_error, cli_command, h5_datasets, run_cli, r
 
 BUILDERS = Path(__file__).with_name("keras_bn_builders.py")
 KINDS = {
-    "keras3": "dropout,nested,sync,renorm,centerscale,axis1,mixed,refuse",
+    "keras3": "dropout,nested,sync,renorm,centerscale,axis1,mixed,refuse,nchw",
     "tfkeras": "dropout,renorm,centerscale,axis1,mixed,vbs",
 }
 EXT = {"keras3": ".keras", "tfkeras": ".h5"}
@@ -261,6 +262,21 @@ def test_channels_first_axis_1_and_axis_minus_1(repaired, which):
     assert set(samples.values()) == {N_ALL}
 
 
+def test_channels_first_convolution_needs_onednn_on_a_cpu(repaired, tmp_path):
+    # TensorFlow's own CPU kernels have no channels-first convolution: oneDNN's have, and TensorFlow turns oneDNN on
+    # by default only on some Intel CPUs. Off, the repair cannot run the model: one line saying how to turn it on.
+    folder = repaired["keras3-dropout"].source.parent.parent / "nchw"
+    args = ["repair", folder / "model.keras", "--data", folder / "X.npy", "--format", "json", "--output"]
+    off = run_cli(*args, tmp_path / "off.keras", env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"})
+    assert_one_line_error(off, "TensorFlow cannot run the model on this CPU", "NHWC", "TF_ENABLE_ONEDNN_OPTS=1")
+    assert not list(tmp_path.iterdir())
+    on = run_cli(*args, tmp_path / "on.keras", env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1"})
+    assert on.returncode == 0, on.stderr
+    report = json.loads(on.stdout)
+    assert [layer["layer"] for layer in report["layers"]] == ["bn"] and report["output_check"]["improved"]
+    assert report["layers"][0]["channels"] == 8
+
+
 @pytest.mark.parametrize("which", ["keras3", "tfkeras"])
 def test_mixed_float16_policy(repaired, which):
     r = repaired[f"{which}-mixed"]
@@ -290,13 +306,13 @@ def test_virtual_batch_size_is_a_one_line_error(repaired, source):
 @pytest.fixture(scope="module")
 def effnet(tmp_path_factory):
     """keras.applications.EfficientNetB0 (Keras 3, 32x32, 10 classes) after two training steps on 64 samples,
-    repaired with all 64 in one batch; each step must fit in about a minute."""
+    repaired with all 64 in one batch (each step takes about a minute; the timeouts only guard against a hang)."""
     root = tmp_path_factory.mktemp("effnet")
     build = subprocess.run(
         [sys.executable, str(BUILDERS), "build", "keras3", "effnet", str(root)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert build.returncode == 0, build.stderr[-3000:]
     src, out, data = root / "effnet" / "model.keras", root / "repaired.keras", root / "effnet" / "X.npy"
@@ -305,12 +321,12 @@ def effnet(tmp_path_factory):
         + ["repair", str(src), "--data", str(data), "--batch-size", "64", "--output", str(out), "--format", "json"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     r = Repaired("keras3", src, out, proc)
     if proc.returncode == 0:
         check = subprocess.run(
-            check_commands("keras3", [(data, src, out)]), capture_output=True, text=True, timeout=120
+            check_commands("keras3", [(data, src, out)]), capture_output=True, text=True, timeout=600
         )
         (r.check,) = check_results(check)
     return r

@@ -37,7 +37,7 @@ from ckptdoctor.analysis.selfcheck import (
     largest_gap,
     output_scale,
 )
-from ckptdoctor.runtime.base import OutputUnavailable, Runner
+from ckptdoctor.runtime.base import OutputUnavailable, Runner, no_cpu_kernel
 
 __all__ = ["Measured", "measure", "Progress"]
 
@@ -124,7 +124,20 @@ def measure(runner: Runner, batches: Callable[[], Iterator[list]], total: int | 
     ``batches`` is called once per pass over the data and yields one list of arrays
     (one per input) per batch; ``total``: the samples in a pass, when known (progress only).
     Nothing is held beyond the reference batches: memory does not grow with the data.
+
+    Raises:
+        UnsupportedFormatError: TensorFlow has no CPU kernel for one of the model's layers (``no_cpu_kernel``).
     """
+    try:
+        return _measure(runner, batches, total, method, progress)
+    except Exception as e:
+        error = no_cpu_kernel(e)
+        if error is None:
+            raise
+        raise error from e
+
+
+def _measure(runner: Runner, batches: Callable[[], Iterator[list]], total: int | None, method: str, progress: bool):
     pooled = {t.name: PooledMoments(t.channels) for t in runner.targets}
     ref = _Reference(outputs=bool(runner.output_names))
     seen = 0

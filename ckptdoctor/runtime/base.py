@@ -6,9 +6,30 @@ loop over it is written once, in ``pipelines.measure``.
 
 from __future__ import annotations
 
+import re
 from typing import Any, NamedTuple, Protocol
 
-__all__ = ["Input", "Target", "Pass", "Runner", "OutputUnavailable"]
+from ckptdoctor.errors import UnsupportedFormatError
+
+__all__ = ["Input", "Target", "Pass", "Runner", "OutputUnavailable", "no_cpu_kernel"]
+
+
+def no_cpu_kernel(error: BaseException) -> UnsupportedFormatError | None:
+    """The one-line error for TensorFlow failing to run the model for want of a CPU kernel, or None.
+
+    TensorFlow's own CPU kernels have no channels-first (NCHW) convolution or pooling; oneDNN's have,
+    and TensorFlow turns oneDNN on by default only on some Intel CPUs. On another CPU such a model
+    cannot run at all until it is turned on.
+    """
+    text = str(error)
+    if "NHWC" not in text or "CPU" not in text and "only supports" not in text:
+        return None
+    said = re.search(r"[A-Z][\w ]*\bop\b[^.\n\x1b]*NHWC[^.\n\x1b]*", text)  # "The Conv2D op currently only ..."
+    first = said.group(0).strip()[:160] if said else "no kernel for a channels-first layout"
+    return UnsupportedFormatError(
+        f"TensorFlow cannot run the model on this CPU ({first}): a channels-first (NCHW) layer needs oneDNN's "
+        "kernels; rerun with TF_ENABLE_ONEDNN_OPTS=1 set, or on a GPU"
+    )
 
 
 class Input(NamedTuple):
