@@ -23,7 +23,11 @@ import pytest
 from conftest import assert_one_line_error, h5_datasets, run_cli, tf_reader_values
 
 BUILDERS = Path(__file__).with_name("zoo_builders.py")
-SUBSET = {"keras3-EfficientNetB0", "tfkeras-MobileNetV2", "slim-inception_v2"}
+SUBSET = {
+    "keras3-MobileNetV3Small",
+    "tfkeras-MobileNetV2",
+    "slim-inception_v2",
+}  # EfficientNetB0 (Keras 3): test_keras_bn_only
 CASES = [
     ("keras3", "ResNet50"),
     ("keras3", "MobileNetV2"),
