@@ -105,6 +105,14 @@ def logical_name(key: str) -> str:
     return key[: -len(C.TF2_VALUE_SUFFIX)] if key.endswith(C.TF2_VALUE_SUFFIX) else key
 
 
+_BN_ROLES = {
+    C.BN_MOVING_MEAN: "bn_moving_mean",
+    C.BN_MOVING_VARIANCE: "bn_moving_variance",
+    C.BN_GAMMA: "bn_gamma",
+    C.BN_BETA: "bn_beta",
+}
+
+
 def role_from_name(key: str, trainable_hint: bool | None = None) -> str:
     """A tensor's role guessed from its name (used only without a graph)."""
     name = logical_name(key)
@@ -112,13 +120,7 @@ def role_from_name(key: str, trainable_hint: bool | None = None) -> str:
         return "optimizer_slot"
     if C.STEP_PATTERN.search(name):
         return "step"
-    leaf = name.rsplit("/", 1)[-1]
-    role = {
-        C.BN_MOVING_MEAN: "bn_moving_mean",
-        C.BN_MOVING_VARIANCE: "bn_moving_variance",
-        C.BN_GAMMA: "bn_gamma",
-        C.BN_BETA: "bn_beta",
-    }.get(leaf)
+    role = _BN_ROLES.get(name.rpartition("/")[2])
     if role:
         return role
     if key == C.OBJECT_GRAPH_KEY:

@@ -58,15 +58,21 @@ class ObjectGraph:
     def bn_layers(self) -> list[dict]:
         """One ``diagnose_bn`` spec per BN layer of the model's objects, named by its path."""
         layers = []
-        for node in sorted(self.model_nodes, key=lambda n: self.path_of.get(n, "")):
-            kids = {name: self.child(node, name) for name in _BN_WEIGHTS}
+        for node in self.model_nodes:
+            children = self.nodes[node].children
+            if len(children) < 2:  # a variable, or an object with one child: never a BN layer
+                continue
+            kids: dict = dict.fromkeys(_BN_WEIGHTS)
+            for child, local in reversed(children):  # the first child of a name wins, as in child()
+                if local in kids:
+                    kids[local] = child
             if kids["moving_mean"] is None or kids["moving_variance"] is None:
                 continue
             keys = {name: self.key_of.get(c) if c is not None else None for name, c in kids.items()}
             if keys["moving_mean"] is None or keys["moving_variance"] is None:
                 continue
             layers.append({"layer": self.path_of[node], **keys, "channels": None, "trainable": None})
-        return layers
+        return sorted(layers, key=lambda layer: layer["layer"])
 
     def role(self, key: str) -> str | None:
         """``optimizer_slot``/``step`` for optimizer state and root counters; None: a model tensor or unknown."""
