@@ -991,7 +991,60 @@ def bench_scale(cfg: Config, runner: Runner, work: Path) -> dict:
     )
     log("D4 listing the big checkpoint")
     res["big_list"] = runner.compare(list_cmds(big), cfg.reps_list, cfg.warmup, INSPECT_CODES, "D4 list")
+    res["apps"] = bench_apps(cfg, runner, work, reps)
     return res
+
+
+def bench_apps(cfg: Config, runner: Runner, work: Path, reps: int) -> list:
+    """D5-D7: keras.applications nets as .keras files (``build_apps.py``): listing and statistics vs Keras'
+    own ``KerasFileEditor``, repair vs load + one training-mode forward pass + save (``keras_forward.py``)."""
+    quick = cfg.name == "quick"
+    archs = ["EfficientNetB0"] if quick else ["ResNet50", "EfficientNetB0"]
+    folder = work / "scale" / "apps"
+    log(f"D building {', '.join(archs)} (Keras 3)")
+    cmd = [PY, str(HERE / "build_apps.py"), str(folder), "--size", "32" if quick else "64"]
+    cmd += ["--samples", "16" if quick else "96"] + [a for arch in archs for a in ("--arch", arch)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=7200, cwd=work)
+    if proc.returncode != 0:
+        raise BenchError("building D's Keras nets failed:\n" + "\n".join(proc.stderr.strip().splitlines()[-20:]))
+    out = []
+    for net in json.loads(proc.stdout.strip().splitlines()[-1]):
+        model, data, n = net["path"], net["data"], str(net["samples"])
+        editor = [PY, str(HERE / "keras_editor.py"), model]
+        listing = [CKPTDOCTOR, "inspect", model, "--stats=False", "--format", "json"]
+        res: dict = {"net": net}
+        log(f"D5 listing {net['arch']}")
+        res["list"] = runner.compare(
+            {"ckptdoctor": listing, "ckptdoctor --graph=False": listing + ["--graph=False"], "KerasFileEditor": editor},
+            reps,
+            cfg.warmup,
+            INSPECT_CODES,
+            f"D5 {net['arch']}",
+        )
+        log(f"D6 statistics {net['arch']}")
+        res["stats"] = runner.compare(
+            {"ckptdoctor": [CKPTDOCTOR, "inspect", model, "--format", "json"], "KerasFileEditor": editor},
+            reps,
+            cfg.warmup,
+            INSPECT_CODES,
+            f"D6 {net['arch']}",
+        )
+        log(f"D7 repair {net['arch']}")
+        repaired, saved = str(folder / f"{net['arch']}-repaired.keras"), str(folder / f"{net['arch']}-saved.keras")
+        res["repair"] = runner.compare(
+            {
+                "ckptdoctor repair": [CKPTDOCTOR, "repair", model, "--data", data, "--batch-size", n]
+                + ["--output", repaired, "--force"],
+                "load + forward + save": [PY, str(HERE / "keras_forward.py"), model, data, "--batch-size", n]
+                + ["--save", saved],
+            },
+            reps,
+            cfg.warmup,
+            (0,),
+            f"D7 {net['arch']}",
+        )
+        out.append(res)
+    return out
 
 
 def render_scale(cfg: Config, d: dict, header: str) -> str:
@@ -1059,9 +1112,76 @@ def render_scale(cfg: Config, d: dict, header: str) -> str:
         ["D3 full statistics no slower than the numpy pass", f"{r3:.2f}x", verdict(r3 >= 1)],
         ["D4 listing ≥15x `tf.train.list_variables`", f"{r4:.2f}x", verdict(r4 >= 15)],
     ]
-    w(table(["goal (issue #13)", "measured", ""], goals))
+    apps, app_goals = render_apps(d.get("apps", []))
+    out += apps
+    w(table(["goal (issue #13)", "measured", ""], goals + app_goals))
     w("")
     return "\n".join(out) + "\n"
+
+
+def render_apps(apps: list) -> tuple[list, list]:
+    """D5-D7's description and table, and its goal rows."""
+    if not apps:
+        return [], []
+    nets = ", ".join(
+        f"{a['net']['arch']} ({a['net']['params'] / 1e6:.1f} M parameters, {a['net']['bn_layers']} BN layers, "
+        f"{a['net']['bytes'] / 1e6:.0f} MB)"
+        for a in apps
+    )
+    first = apps[0]["net"]
+    text = [
+        f"Published nets: `benchmarks/build_apps.py` builds `keras.applications` {nets}: `weights=None`, "
+        f"{first['size']}x{first['size']}x3 inputs, 10 classes, two Adam steps, saved as `.keras` with the "
+        f"optimizer. Listing is `inspect --stats=False --format json`: by default it checks the config against "
+        "the weights Keras itself would store, which imports Keras (and TensorFlow); `--graph=False` lists "
+        "without that check. `KerasFileEditor` is `benchmarks/keras_editor.py` "
+        "(`keras.saving.KerasFileEditor(f).summary()`). The repair runs all "
+        f"{first['samples']} samples in one batch; its alternative (`benchmarks/keras_forward.py --save`) loads the "
+        "model, runs one training-mode forward pass and saves it, with no output check and no verification.\n",
+    ]
+    rows, goals = [], []
+    for a in apps:
+        arch, li, st, rp = a["net"]["arch"], a["list"], a["stats"], a["repair"]
+        for label in ("ckptdoctor", "ckptdoctor --graph=False"):
+            rows.append(
+                [
+                    f"D5 listing {arch}" + (" `--graph=False`" if "graph" in label else ""),
+                    fmt_s(li[label]) + " s",
+                    fmt_mib(li[label]) + " MiB",
+                    "`KerasFileEditor` " + fmt_s(li["KerasFileEditor"]) + " s",
+                    fmt_ratio(li["KerasFileEditor"], li[label]),
+                ]
+            )
+        rows.append(
+            [
+                f"D6 statistics {arch}",
+                fmt_s(st["ckptdoctor"]) + " s",
+                fmt_mib(st["ckptdoctor"]) + " MiB",
+                "`KerasFileEditor` " + fmt_s(st["KerasFileEditor"]) + " s",
+                fmt_ratio(st["KerasFileEditor"], st["ckptdoctor"]),
+            ]
+        )
+        rows.append(
+            [
+                f"D7 repair {arch}",
+                fmt_s(rp["ckptdoctor repair"]) + " s",
+                fmt_mib(rp["ckptdoctor repair"]) + " MiB",
+                "load + forward + save " + fmt_s(rp["load + forward + save"]) + " s",
+                fmt_ratio(rp["load + forward + save"], rp["ckptdoctor repair"]),
+            ]
+        )
+        if arch == "ResNet50":
+            r5 = ratio(li["KerasFileEditor"], li["ckptdoctor"])
+            r5g = ratio(li["KerasFileEditor"], li["ckptdoctor --graph=False"])
+            r7 = ratio(rp["ckptdoctor repair"], rp["load + forward + save"])
+            goals += [
+                ["D5 ResNet50 `.keras` listing ≥10x `KerasFileEditor.summary()`", f"{r5:.2f}x", verdict(r5 >= 10)],
+                ["D5 the same with `--graph=False`", f"{r5g:.2f}x", verdict(r5g >= 10)],
+                ["D7 its repair ≤1.3x load + forward + save", f"{r7:.2f}x", verdict(r7 <= 1.3)],
+            ]
+    text.append(table(["work", "ckptdoctor", "peak RSS", "the alternative", "alternative / ckptdoctor"], rows))
+    text.append("")
+    return text, goals
 
 
 class SectionRun(NamedTuple):
