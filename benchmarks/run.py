@@ -1047,6 +1047,11 @@ def bench_apps(cfg: Config, runner: Runner, work: Path, reps: int) -> list:
     return out
 
 
+def compared_row(work: str, ours: Series, alternative: str, theirs: Series) -> list:
+    """One row of a comparison table: the work, our time and peak RSS, the alternative (as shown) and the ratio."""
+    return [work, fmt_s(ours) + " s", fmt_mib(ours) + " MiB", alternative, fmt_ratio(theirs, ours)]
+
+
 def render_scale(cfg: Config, d: dict, header: str) -> str:
     out: list = []
     w = out.append
@@ -1061,42 +1066,33 @@ def render_scale(cfg: Config, d: dict, header: str) -> str:
         "each float32 tensor, no CRC check: the floor for a full statistics pass.\n"
     )
     ml, ms, bs, bl = d["many_list"], d["many_stats"], d["big_stats"], d["big_list"]
+    n = f"{many['tensors']:,}"
     rows = [
-        [
-            f"D1 listing {many['tensors']:,} tensors (`--stats=False --format json`)",
-            fmt_s(ml["ckptdoctor"]) + " s",
-            fmt_mib(ml["ckptdoctor"]) + " MiB",
+        compared_row(
+            f"D1 listing {n} tensors (`--stats=False --format json`)",
+            ml["ckptdoctor"],
             "`tf.train.list_variables` " + fmt_s(ml["tensorflow"]) + " s, " + fmt_mib(ml["tensorflow"]) + " MiB",
-            fmt_ratio(ml["tensorflow"], ml["ckptdoctor"]),
-        ],
-        [
-            f"D2 statistics of {many['tensors']:,} tensors",
-            fmt_s(ms["ckptdoctor"]) + " s",
-            fmt_mib(ms["ckptdoctor"]) + " MiB",
+            ml["tensorflow"],
+        ),
+        compared_row(
+            f"D2 statistics of {n} tensors",
+            ms["ckptdoctor"],
             "`tf_stats.py` " + fmt_s(ms["tensorflow"]) + " s, " + fmt_mib(ms["tensorflow"]) + " MiB",
-            fmt_ratio(ms["tensorflow"], ms["ckptdoctor"]),
-        ],
-        [
+            ms["tensorflow"],
+        ),
+        compared_row(
             f"D3 statistics of {human_gib(big['bytes'])} (CRCs checked)",
-            fmt_s(bs["ckptdoctor"]) + " s",
-            fmt_mib(bs["ckptdoctor"]) + " MiB",
+            bs["ckptdoctor"],
             "numpy pass " + fmt_s(bs["numpy pass"]) + " s, " + fmt_mib(bs["numpy pass"]) + " MiB",
-            fmt_ratio(bs["numpy pass"], bs["ckptdoctor"]),
-        ],
-        [
-            "D3 the same with `--jobs 1`",
-            fmt_s(bs["ckptdoctor --jobs 1"]) + " s",
-            fmt_mib(bs["ckptdoctor --jobs 1"]) + " MiB",
-            "numpy pass",
-            fmt_ratio(bs["numpy pass"], bs["ckptdoctor --jobs 1"]),
-        ],
-        [
+            bs["numpy pass"],
+        ),
+        compared_row("D3 the same with `--jobs 1`", bs["ckptdoctor --jobs 1"], "numpy pass", bs["numpy pass"]),
+        compared_row(
             f"D4 listing {human_gib(big['bytes'])}, {big['tensors']} tensors",
-            fmt_s(bl["ckptdoctor"]) + " s",
-            fmt_mib(bl["ckptdoctor"]) + " MiB",
+            bl["ckptdoctor"],
             "`tf.train.list_variables` " + fmt_s(bl["tensorflow"]) + " s",
-            fmt_ratio(bl["tensorflow"], bl["ckptdoctor"]),
-        ],
+            bl["tensorflow"],
+        ),
     ]
     w(table(["work", "ckptdoctor", "peak RSS", "the alternative", "alternative / ckptdoctor"], rows))
     w("")
@@ -1142,34 +1138,25 @@ def render_apps(apps: list) -> tuple[list, list]:
     rows, goals = [], []
     for a in apps:
         arch, li, st, rp = a["net"]["arch"], a["list"], a["stats"], a["repair"]
-        for label in ("ckptdoctor", "ckptdoctor --graph=False"):
-            rows.append(
-                [
-                    f"D5 listing {arch}" + (" `--graph=False`" if "graph" in label else ""),
-                    fmt_s(li[label]) + " s",
-                    fmt_mib(li[label]) + " MiB",
-                    "`KerasFileEditor` " + fmt_s(li["KerasFileEditor"]) + " s",
-                    fmt_ratio(li["KerasFileEditor"], li[label]),
-                ]
-            )
-        rows.append(
-            [
+        editor = "`KerasFileEditor` " + fmt_s(li["KerasFileEditor"]) + " s"
+        rows += [
+            compared_row(f"D5 listing {arch}", li["ckptdoctor"], editor, li["KerasFileEditor"]),
+            compared_row(
+                f"D5 listing {arch} `--graph=False`", li["ckptdoctor --graph=False"], editor, li["KerasFileEditor"]
+            ),
+            compared_row(
                 f"D6 statistics {arch}",
-                fmt_s(st["ckptdoctor"]) + " s",
-                fmt_mib(st["ckptdoctor"]) + " MiB",
+                st["ckptdoctor"],
                 "`KerasFileEditor` " + fmt_s(st["KerasFileEditor"]) + " s",
-                fmt_ratio(st["KerasFileEditor"], st["ckptdoctor"]),
-            ]
-        )
-        rows.append(
-            [
+                st["KerasFileEditor"],
+            ),
+            compared_row(
                 f"D7 repair {arch}",
-                fmt_s(rp["ckptdoctor repair"]) + " s",
-                fmt_mib(rp["ckptdoctor repair"]) + " MiB",
+                rp["ckptdoctor repair"],
                 "load + forward + save " + fmt_s(rp["load + forward + save"]) + " s",
-                fmt_ratio(rp["load + forward + save"], rp["ckptdoctor repair"]),
-            ]
-        )
+                rp["load + forward + save"],
+            ),
+        ]
         if arch == "ResNet50":
             r5 = ratio(li["KerasFileEditor"], li["ckptdoctor"])
             r5g = ratio(li["KerasFileEditor"], li["ckptdoctor --graph=False"])

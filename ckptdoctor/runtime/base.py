@@ -22,7 +22,7 @@ def no_cpu_kernel(error: BaseException) -> UnsupportedFormatError | None:
     cannot run at all until it is turned on.
     """
     text = str(error)
-    if "NHWC" not in text or "CPU" not in text and "only supports" not in text:
+    if "NHWC" not in text or ("CPU" not in text and "only supports" not in text):
         return None
     said = re.search(r"[A-Z][\w ]*\bop\b[^.\n\x1b]*NHWC[^.\n\x1b]*", text)  # "The Conv2D op currently only ..."
     first = said.group(0).strip()[:160] if said else "no kernel for a channels-first layout"
