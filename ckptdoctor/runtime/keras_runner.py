@@ -44,10 +44,12 @@ def _layer_axis(layer) -> int:
 
 def _moments(value, axis: int, channels: int):
     """One batch's count, per-channel mean and centred sum of squares, in float64."""
-    x = np.asarray(value, np.float64)
+    x = np.array(value, np.float64)  # a copy of our own: centred and squared in place (the same values, fewer passes)
     x = np.moveaxis(x, axis % x.ndim, -1).reshape(-1, channels)
     mean = x.mean(axis=0)
-    return x.shape[0], mean, np.square(x - mean).sum(axis=0)
+    x -= mean
+    np.square(x, out=x)
+    return x.shape[0], mean, x.sum(axis=0)
 
 
 class _Stop(BaseException):
