@@ -22,6 +22,12 @@ SAMPLES = ROOT / "sample_ckpts"
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The Keras expectation cache (formats/keras/expect_cache.py) of this test process and its children: the
+# suite never reads or fills the user's ~/.cache. Tests of the cache itself set their own.
+if "CKPTDOCTOR_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["CKPTDOCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="ckptdoctor-test-cache-")
 
 
 def cli_command() -> list[str]:

@@ -18,6 +18,7 @@ import json
 import math
 import os
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 
@@ -181,11 +182,12 @@ def _check_written(tmp: str, report: InspectReport) -> None:
             raise wrong
         if back.match != report.match:
             raise wrong
-        for name, rows, of, cells in (
+        tables: tuple[tuple[str, Any, Any, Any], ...] = (
             ("tensors", report.tensors, _tensor_of, _tensor_cells),
             ("bn_layers", report.bn_layers, _bn_of, _bn_cells),
             ("findings", report.findings, _finding_of, _finding_cells),
-        ):
+        )
+        for name, rows, of, cells in tables:
             count = 0
             for got, want in zip(_iter_rows(tmp, f, raw, name, of), rows):
                 if cells(got) != cells(want):

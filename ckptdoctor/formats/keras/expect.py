@@ -9,7 +9,9 @@ installed: each layer is rebuilt from its config and asked what it saves.
   its ``build_config`` input shape, and walked by Keras' own saving walk into a recorder (nothing
   is written). Keys are relative to the layer's group: ``vars/0``, ``cell/vars/1``. For a Keras 3
   legacy ``.h5`` the keys are the variables' paths without the layer's own name. Results are
-  cached per config (names aside), so a model of repeated blocks rebuilds each kind once.
+  cached per config (names aside), so a model of repeated blocks rebuilds each kind once. The
+  results are also kept on disk per installed Keras version (``expect_cache``): when they cover
+  every layer of a file, Keras is not imported at all.
 * tf-keras (``keras_version`` 2.x, legacy ``.h5``): its configs carry no input shapes, so the
   whole model is rebuilt from its config, as ``load_model`` does; each layer's variable names,
   trainable first (the order tf-keras writes), without their first scope (the layer's own name,
@@ -27,6 +29,8 @@ import json
 import re
 import warnings
 from dataclasses import dataclass, field
+
+from ckptdoctor.formats.keras import expect_cache
 
 __all__ = ["ExpectedWeight", "Expectation", "expect_weights", "legacy_key"]
 
@@ -65,6 +69,7 @@ class Expectation:
     keras: str | None = None  # "Keras 3.15.1", "tf-keras 2.21.0"; None: no Keras to ask
     unchecked: list = field(default_factory=list)  # (layer path, why)
     reason: str = ""  # why nothing was checked
+    cached_in: str = ""  # the cache file the answers came from, without asking Keras ("": Keras was asked)
 
 
 def legacy_key(name: str) -> str:
@@ -171,6 +176,8 @@ def expect_weights(layers: list, config: dict | None, keras_version: str | None,
     if flavor == "tfkeras" and layout != "legacy":
         out.reason = "tf-keras weights in the Keras 3 layout are not checked against Keras"
         return out
+    if flavor == "keras3" and _from_cache(layers, layout, out):
+        return out
     K, label = _import(flavor)
     if K is None:
         out.reason = label
@@ -179,10 +186,70 @@ def expect_weights(layers: list, config: dict | None, keras_version: str | None,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deserialization warnings would bury the report on stderr
         if flavor == "keras3":
-            _rebuild_keras3(K, layers, layout, out)
+            learnt = _rebuild_keras3(K, layers, layout, out)
+            version = expect_cache.installed_keras()
+            if learnt and version and label == f"Keras {version}":
+                expect_cache.save(version, {key: _triples(_CACHE[key]) for key in learnt})
         else:
             _rebuild_tfkeras(K, layers, config, out)
     return out
+
+
+def _checkable(layers: list, out: Expectation) -> list:
+    """``(layer, cache key)`` of each layer to rebuild; a layer whose config would run code outside Keras goes
+    to ``out.unchecked`` instead."""
+    todo = []
+    for layer in layers:
+        item = layer.item
+        if layer.class_name in _MODELS or not isinstance(item, dict):
+            continue
+        unsafe = _unsafe_part(item)
+        if unsafe:
+            out.unchecked.append((layer.path, f"{unsafe} is not rebuilt (code outside Keras)"))
+            continue
+        todo.append((layer, _cache_key("keras3", item)))
+    return todo
+
+
+def _from_cache(layers: list, layout: str, out: Expectation) -> bool:
+    """Fill ``out`` from the kept answers of the installed Keras when they cover every layer (True); False:
+    Keras has to be asked (``out`` untouched)."""
+    version = expect_cache.installed_keras()
+    if not version or not version.startswith("3"):
+        return False
+    probe = Expectation()
+    todo = _checkable(layers, probe)
+    if any(key not in _CACHE for _layer, key in todo):
+        for key, answer in expect_cache.load(version).items():
+            _CACHE.setdefault(key, _weights(answer))
+        if any(key not in _CACHE for _layer, key in todo):
+            return False
+    out.keras, out.unchecked = f"Keras {version}", probe.unchecked
+    out.cached_in = expect_cache.cache_path(version) or "memory"
+    for layer, key in todo:
+        _fill(out, layer, _CACHE[key], layout)
+    return True
+
+
+def _fill(out: Expectation, layer, found, layout: str) -> None:
+    if found is None:
+        out.unchecked.append((layer.path, "Keras did not build it from its config (no build_config)"))
+    else:
+        out.layers[layer.path] = found[0] if layout == "v3" else found[1]
+
+
+def _triples(found):
+    """``(v3, legacy)`` of ``ExpectedWeight`` as the cache file keeps them."""
+    if found is None:
+        return None
+    return tuple(tuple((w.key, w.name, w.shape) for w in part) for part in found)
+
+
+def _weights(answer):
+    """The cache file's ``(v3, legacy)`` of ``(key, name, shape)`` as ``ExpectedWeight``."""
+    if answer is None:
+        return None
+    return tuple(tuple(ExpectedWeight(k, n, s) for k, n, s in part) for part in answer)
 
 
 @contextlib.contextmanager
@@ -202,7 +269,8 @@ def _unallocated_variables():
         global_state.set_global_attribute("uninitialized_variables", pending)
 
 
-def _rebuild_keras3(K, layers: list, layout: str, out: Expectation) -> None:
+def _rebuild_keras3(K, layers: list, layout: str, out: Expectation) -> list[str]:
+    """Rebuild each layer kind not known yet; returns the cache keys learnt (to keep on disk)."""
     from keras.src.saving import saving_lib
 
     class Recorder(saving_lib.H5IOStore):
@@ -218,15 +286,9 @@ def _rebuild_keras3(K, layers: list, layout: str, out: Expectation) -> None:
             return self.made.setdefault(path, {})
 
     rebuilt = 0
-    for layer in layers:
+    learnt: list[str] = []
+    for layer, key in _checkable(layers, out):
         item = layer.item
-        if layer.class_name in _MODELS or not isinstance(item, dict):
-            continue
-        unsafe = _unsafe_part(item)
-        if unsafe:
-            out.unchecked.append((layer.path, f"{unsafe} is not rebuilt (code outside Keras)"))
-            continue
-        key = _cache_key("keras3", item)
         if key not in _CACHE and rebuilt >= MAX_REBUILDS:
             out.unchecked.append(
                 (layer.path, f"not rebuilt: the config asks for more than {MAX_REBUILDS} kinds of layers")
@@ -236,38 +298,43 @@ def _rebuild_keras3(K, layers: list, layout: str, out: Expectation) -> None:
             rebuilt += 1
             _CACHE[key] = None
             try:
-                with _unallocated_variables():
-                    built = K.saving.deserialize_keras_object(
-                        {k: v for k, v in item.items() if k != "inbound_nodes"}, safe_mode=True
-                    )
-                    store = Recorder()
-                    if getattr(built, "built", False):
-                        saving_lib._save_state(built, store, None, "", set())
-                if getattr(built, "built", False):
-                    v3 = tuple(
-                        ExpectedWeight(
-                            f"{path}/vars/{i}" if path else f"vars/{i}",
-                            f"{path}/{_var_name(v, i)}" if path else _var_name(v, i),
-                            _shape(v),
-                        )
-                        for path, made in sorted(store.made.items())
-                        for i, v in sorted(made.items(), key=_index)
-                    )
-                    legacy = tuple(
-                        ExpectedWeight(legacy_key(str(v.path)), legacy_key(str(v.path)), _shape(v))
-                        for v in list(built.trainable_weights) + list(built.non_trainable_weights)
-                    )
-                    _CACHE[key] = (v3, legacy)
+                _CACHE[key] = _rebuild_one(K, saving_lib, Recorder, item)
             # Rebuilding is a best effort on behalf of the user's config: whatever Keras raises
             # (ValueError, TypeError, NotImplementedError...) means only "this layer is not checked".
             except Exception as e:  # noqa: BLE001
+                # None stays for this process, as before; it is not kept on disk (not in ``learnt``).
                 out.unchecked.append((layer.path, f"Keras could not rebuild it ({type(e).__name__}: {e})"[:300]))
                 continue
-        found = _CACHE[key]
-        if found is None:
-            out.unchecked.append((layer.path, "Keras did not build it from its config (no build_config)"))
-            continue
-        out.layers[layer.path] = found[0] if layout == "v3" else found[1]
+            learnt.append(key)
+        _fill(out, layer, _CACHE[key], layout)
+    return learnt
+
+
+def _rebuild_one(K, saving_lib, Recorder, item: dict):
+    """``(v3, legacy)`` weights of one layer rebuilt from its config item; None: Keras built nothing."""
+    with _unallocated_variables():
+        built = K.saving.deserialize_keras_object(
+            {k: v for k, v in item.items() if k != "inbound_nodes"}, safe_mode=True
+        )
+        store = Recorder()
+        if getattr(built, "built", False):
+            saving_lib._save_state(built, store, None, "", set())
+    if not getattr(built, "built", False):
+        return None
+    v3 = tuple(
+        ExpectedWeight(
+            f"{path}/vars/{i}" if path else f"vars/{i}",
+            f"{path}/{_var_name(v, i)}" if path else _var_name(v, i),
+            _shape(v),
+        )
+        for path, made in sorted(store.made.items())
+        for i, v in sorted(made.items(), key=_index)
+    )
+    legacy = tuple(
+        ExpectedWeight(legacy_key(str(v.path)), legacy_key(str(v.path)), _shape(v))
+        for v in list(built.trainable_weights) + list(built.non_trainable_weights)
+    )
+    return v3, legacy
 
 
 def _index(item) -> tuple:

@@ -1,0 +1,176 @@
+"""The Keras expectation cache: what Keras said each kind of layer stores, kept on disk per Keras version.
+
+A real Keras 3 model (conv, BN, dense) is saved as ``.keras`` with one BN statistic removed; the first
+inspect asks Keras, the next ones, in fresh processes, read the kept answers and import neither Keras
+nor TensorFlow, and report the same. Damaged, foreign or disabled caches change nothing; a poisoned
+one for the installed Keras does change what is expected (so the answers really come from the file).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import h5py
+import pytest
+from conftest import run_cli
+
+_BUILD = """
+import sys, keras
+keras.utils.set_random_seed(0)
+x = keras.Input((8, 8, 3))
+y = keras.layers.Conv2D(4, 3, name="conv")(x)
+y = keras.layers.BatchNormalization(name="bn")(y)
+y = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(y))
+keras.Model(x, keras.layers.Dense(2, name="dense")(y)).save(sys.argv[1])
+"""
+
+_INSPECT = """
+import json, sys, ckptdoctor
+r = ckptdoctor.inspect(sys.argv[1], stats=False)
+print(json.dumps({"report": r.to_dict(), "tf": "tensorflow" in sys.modules, "keras": "keras" in sys.modules}))
+"""
+
+
+def _keras3_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    return {**env, **extra}
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory):
+    """A .keras whose BN layer lost its moving variance (``vars/3``)."""
+    folder = tmp_path_factory.mktemp("expect-cache")
+    healthy = folder / "healthy.keras"
+    subprocess.run([sys.executable, "-c", _BUILD, healthy], check=True, env=_keras3_env(), timeout=600)
+    path = folder / "broken.keras"
+    weights = folder / "model.weights.h5"
+    with zipfile.ZipFile(healthy) as zin, zipfile.ZipFile(path, "w") as zout:
+        for info in zin.infolist():
+            if info.filename != "model.weights.h5":
+                zout.writestr(info, zin.read(info))
+                continue
+            weights.write_bytes(zin.read(info))
+            with h5py.File(weights, "r+") as f:
+                del f["layers/batch_normalization/vars/3" if "layers/batch_normalization" in f else "layers/bn/vars/3"]
+            zout.write(weights, "model.weights.h5")
+    return path
+
+
+def _inspect(path, cache) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", _INSPECT, path],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_keras3_env(CKPTDOCTOR_CACHE_DIR=str(cache)),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _checked(report: dict) -> tuple:
+    """What the cross-reference decided: findings, tensors and BN layers (the notes say how it was decided)."""
+    return report["findings"], report["tensors"], report["bn_layers"]
+
+
+def _cache_file(cache) -> str:
+    files = [f for f in os.listdir(cache) if f.startswith("keras-expect-")]
+    assert len(files) == 1, files
+    return os.path.join(cache, files[0])
+
+
+def _kept(cache) -> dict:
+    with open(_cache_file(cache)) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def reference(broken, tmp_path_factory):
+    """The report of a run that asked Keras (its cache then filled), and that cache's folder."""
+    cache = tmp_path_factory.mktemp("cache")
+    first = _inspect(broken, cache)
+    assert first["keras"] and first["tf"]
+    return first["report"], cache
+
+
+def test_first_inspect_asks_keras_and_the_next_reads_the_kept_answers(broken, reference):
+    report, cache = reference
+    codes = [f["code"] for f in report["findings"]]
+    assert "missing-in-checkpoint" in codes or "bn-stats-missing" in codes, codes
+    assert any("checked against Keras 3." in n for n in report["notes"])
+    kept = _kept(cache)
+    assert kept["keras"] and len(kept["entries"]) >= 3  # conv, bn, dense (at least)
+    again = _inspect(broken, cache)
+    assert not again["tf"] and not again["keras"]
+    assert _checked(again["report"]) == _checked(report)
+    assert any("kept in" in n and "keras-expect-" in n for n in again["report"]["notes"])
+    # The CLI too, in its own process.
+    proc = run_cli("inspect", broken, "--stats=False", "--format", "json", env=_keras3_env(CKPTDOCTOR_CACHE_DIR=cache))
+    assert _checked(json.loads(proc.stdout)) == _checked(report) and proc.returncode == 1
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\x00\xffnot json at all", b'{"form": "ckptdoctor-keras-expect-1", "keras": "3", "entries": [1, 2]}', b"[]"],
+)
+def test_a_damaged_cache_is_read_as_empty(broken, reference, tmp_path, content):
+    report, cache = reference
+    shutil.copyfile(_cache_file(cache), tmp_path / os.path.basename(_cache_file(cache)))
+    (tmp_path / os.path.basename(_cache_file(cache))).write_bytes(content)
+    got = _inspect(broken, tmp_path)
+    assert got["keras"]  # Keras was asked again
+    assert _checked(got["report"]) == _checked(report)
+    assert len(_kept(tmp_path)["entries"]) >= 3  # and its answers kept
+
+
+def test_an_empty_cache_dir_setting_turns_the_cache_off(broken, reference, tmp_path):
+    report, _ = reference
+    xdg = tmp_path / "xdg"
+    proc = subprocess.run(
+        [sys.executable, "-c", _INSPECT, broken],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_keras3_env(CKPTDOCTOR_CACHE_DIR="", XDG_CACHE_HOME=str(xdg), HOME=str(tmp_path)),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert _checked(json.loads(proc.stdout.strip().splitlines()[-1])["report"]) == _checked(report)
+    assert not xdg.exists() and not (tmp_path / ".cache").exists()
+
+
+def _poisoned(cache, version: str) -> dict:
+    """The kept answers with the dense layer's kernel declared 99 x 99."""
+    kept = _kept(cache)
+    hits = 0
+    for key, value in kept["entries"].items():
+        if value and '"Dense"' in key:
+            for part in value:
+                for weight in part:
+                    if weight[1].endswith("kernel"):
+                        weight[2] = [99, 99]
+                        hits += 1
+    assert hits == 2  # the v3 and the legacy form
+    kept["keras"] = version
+    return kept
+
+
+def test_answers_are_those_of_the_file_for_the_installed_keras_only(broken, reference, tmp_path):
+    report, cache = reference
+    name = os.path.basename(_cache_file(cache))
+    version = _kept(cache)["keras"]
+    own, other = tmp_path / "own", tmp_path / "other"
+    own.mkdir()
+    other.mkdir()
+    (own / name).write_text(json.dumps(_poisoned(cache, version)))
+    got = _inspect(broken, own)
+    assert not got["keras"]
+    mismatched = [f for f in got["report"]["findings"] if f["code"] == "shape-mismatch"]
+    assert mismatched and "99" in mismatched[0]["message"]
+    # The same answers under another Keras' name are never read: Keras is asked, the report is the reference.
+    (other / "keras-expect-0.0.1.json").write_text(json.dumps(_poisoned(cache, "0.0.1")))
+    got = _inspect(broken, other)
+    assert got["keras"] and _checked(got["report"]) == _checked(report)
