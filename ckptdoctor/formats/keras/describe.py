@@ -40,8 +40,9 @@ def _expectation_notes(layout, config) -> list[str]:
             f"layer weights not checked against {exp.keras or 'Keras'} ({exp.reason}): only what the file "
             "itself names (and BN layers' weights) was checked"
         ]
-    how = f" (its answers, kept in {exp.cached_in})" if exp.cached_in else ""
-    notes = [f"layer weights checked against {exp.keras}{how}, which rebuilt {len(exp.layers)} layers from the config"]
+    # The same words whether Keras was asked now or its answers came from the cache (``exp.cached_in``):
+    # one file inspected twice reads the same.
+    notes = [f"layer weights checked against {exp.keras}, which rebuilt {len(exp.layers)} layers from the config"]
     if exp.unchecked:
         shown = "; ".join(f"{path}: {why}" for path, why in exp.unchecked[:3])
         more = f" and {len(exp.unchecked) - 3} more" if len(exp.unchecked) > 3 else ""
