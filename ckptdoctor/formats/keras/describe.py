@@ -40,8 +40,8 @@ def _expectation_notes(layout, config) -> list[str]:
             f"layer weights not checked against {exp.keras or 'Keras'} ({exp.reason}): only what the file "
             "itself names (and BN layers' weights) was checked"
         ]
-    # The same words whether Keras was asked now or its answers came from the cache (``exp.cached_in``):
-    # one file inspected twice reads the same.
+    # The same words whether Keras was asked now or its answers came from the cache: one file inspected
+    # twice reads the same.
     notes = [f"layer weights checked against {exp.keras}, which rebuilt {len(exp.layers)} layers from the config"]
     if exp.unchecked:
         shown = "; ".join(f"{path}: {why}" for path, why in exp.unchecked[:3])

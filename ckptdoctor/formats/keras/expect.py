@@ -69,7 +69,6 @@ class Expectation:
     keras: str | None = None  # "Keras 3.15.1", "tf-keras 2.21.0"; None: no Keras to ask
     unchecked: list = field(default_factory=list)  # (layer path, why)
     reason: str = ""  # why nothing was checked
-    cached_in: str = ""  # the cache file the answers came from, without asking Keras ("": Keras was asked)
 
 
 def legacy_key(name: str) -> str:
@@ -176,7 +175,9 @@ def expect_weights(layers: list, config: dict | None, keras_version: str | None,
     if flavor == "tfkeras" and layout != "legacy":
         out.reason = "tf-keras weights in the Keras 3 layout are not checked against Keras"
         return out
-    if flavor == "keras3" and _from_cache(layers, layout, out):
+    todo = _checkable(layers) if flavor == "keras3" else []
+    version = expect_cache.installed_keras() if flavor == "keras3" else None
+    if version and version.startswith("3") and _from_cache(todo, version, layout, out):
         return out
     K, label = _import(flavor)
     if K is None:
@@ -186,8 +187,7 @@ def expect_weights(layers: list, config: dict | None, keras_version: str | None,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deserialization warnings would bury the report on stderr
         if flavor == "keras3":
-            learnt = _rebuild_keras3(K, layers, layout, out)
-            version = expect_cache.installed_keras()
+            learnt = _rebuild_keras3(K, todo, layout, out)
             if learnt and version and label == f"Keras {version}":
                 expect_cache.save(version, {key: _triples(_CACHE[key]) for key in learnt})
         else:
@@ -195,39 +195,36 @@ def expect_weights(layers: list, config: dict | None, keras_version: str | None,
     return out
 
 
-def _checkable(layers: list, out: Expectation) -> list:
-    """``(layer, cache key)`` of each layer to rebuild; a layer whose config would run code outside Keras goes
-    to ``out.unchecked`` instead."""
-    todo = []
+def _checkable(layers: list) -> list:
+    """``(layer, cache key, "")`` of each layer to rebuild, in order; ``(layer, None, why)`` for one whose config
+    would run code outside Keras (never rebuilt). Computed once per file, for the cache and the rebuild alike."""
+    todo: list[tuple[object, str | None, str]] = []
     for layer in layers:
         item = layer.item
         if layer.class_name in _MODELS or not isinstance(item, dict):
             continue
         unsafe = _unsafe_part(item)
         if unsafe:
-            out.unchecked.append((layer.path, f"{unsafe} is not rebuilt (code outside Keras)"))
-            continue
-        todo.append((layer, _cache_key("keras3", item)))
+            todo.append((layer, None, f"{unsafe} is not rebuilt (code outside Keras)"))
+        else:
+            todo.append((layer, _cache_key("keras3", item), ""))
     return todo
 
 
-def _from_cache(layers: list, layout: str, out: Expectation) -> bool:
-    """Fill ``out`` from the kept answers of the installed Keras when they cover every layer (True); False:
-    Keras has to be asked (``out`` untouched)."""
-    version = expect_cache.installed_keras()
-    if not version or not version.startswith("3"):
-        return False
-    probe = Expectation()
-    todo = _checkable(layers, probe)
-    if any(key not in _CACHE for _layer, key in todo):
+def _from_cache(todo: list, version: str, layout: str, out: Expectation) -> bool:
+    """Fill ``out`` from the kept answers of Keras ``version`` (the installed one) when they cover every layer
+    of ``todo`` (True); False: Keras has to be asked (``out`` untouched)."""
+    if any(key is not None and key not in _CACHE for _layer, key, _why in todo):
         for key, answer in expect_cache.load(version).items():
             _CACHE.setdefault(key, _weights(answer))
-        if any(key not in _CACHE for _layer, key in todo):
+        if any(key is not None and key not in _CACHE for _layer, key, _why in todo):
             return False
-    out.keras, out.unchecked = f"Keras {version}", probe.unchecked
-    out.cached_in = expect_cache.cache_path(version) or "memory"
-    for layer, key in todo:
-        _fill(out, layer, _CACHE[key], layout)
+    out.keras = f"Keras {version}"
+    for layer, key, why in todo:
+        if key is None:
+            out.unchecked.append((layer.path, why))
+        else:
+            _fill(out, layer, _CACHE[key], layout)
     return True
 
 
@@ -269,8 +266,9 @@ def _unallocated_variables():
         global_state.set_global_attribute("uninitialized_variables", pending)
 
 
-def _rebuild_keras3(K, layers: list, layout: str, out: Expectation) -> list[str]:
-    """Rebuild each layer kind not known yet; returns the cache keys learnt (to keep on disk)."""
+def _rebuild_keras3(K, todo: list, layout: str, out: Expectation) -> list[str]:
+    """Rebuild each layer kind of ``todo`` (``_checkable``) not known yet; returns the cache keys learnt (to keep
+    on disk)."""
     from keras.src.saving import saving_lib
 
     class Recorder(saving_lib.H5IOStore):
@@ -287,7 +285,10 @@ def _rebuild_keras3(K, layers: list, layout: str, out: Expectation) -> list[str]
 
     rebuilt = 0
     learnt: list[str] = []
-    for layer, key in _checkable(layers, out):
+    for layer, key, why in todo:
+        if key is None:
+            out.unchecked.append((layer.path, why))
+            continue
         item = layer.item
         if key not in _CACHE and rebuilt >= MAX_REBUILDS:
             out.unchecked.append(
