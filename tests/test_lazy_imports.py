@@ -14,7 +14,8 @@ _LIST = (
     "with contextlib.redirect_stdout(out):\n"
     "    code = main(['inspect', sys.argv[1], '--graph', 'False', '--format', 'json'])\n"
     "print(json.dumps({'code': code, 'ml_dtypes': 'ml_dtypes' in sys.modules,\n"
-    "                  'tensorflow': 'tensorflow' in sys.modules, 'report': json.loads(out.getvalue())}))\n"
+    "                  'tensorflow': 'tensorflow' in sys.modules, 'asyncio': 'asyncio' in sys.modules,\n"
+    "                  'report': json.loads(out.getvalue())}))\n"
 )
 
 
@@ -28,6 +29,24 @@ def test_float32_checkpoint_lists_without_ml_dtypes():
     result = _inspect(SAMPLE)
     assert result["code"] == 0 and result["report"]["tensors"]
     assert not result["ml_dtypes"] and not result["tensorflow"]
+    assert not result["asyncio"]  # fire's import of it (80 ms) is stood in for (cli._import_fire)
+
+
+def test_a_later_import_of_asyncio_gets_the_real_module():
+    code = (
+        "import sys\n"
+        "from ckptdoctor.cli import _import_fire\n"
+        "fire = _import_fire()\n"
+        "assert 'asyncio' not in sys.modules\n"
+        "import asyncio as real\n"
+        "assert type(real).__name__ == 'module' and real.run is not None\n"
+        "async def co(): return 7\n"
+        "assert fire.inspectutils.IsCoroutineFunction(co) and not fire.inspectutils.IsCoroutineFunction(len)\n"
+        "assert fire.core.asyncio.get_event_loop_policy() is real.get_event_loop_policy()\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
 def test_bfloat16_tensor_loads_ml_dtypes_and_reads_right(tmp_path):
