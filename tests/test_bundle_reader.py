@@ -437,6 +437,22 @@ def test_truncated_data_file(dtype_ckpt, tmp_path):
                 reader.read(name)
 
 
+def test_data_file_cut_short_while_a_tensor_streams(dtype_ckpt, tmp_path):
+    # A tensor of several chunks is read with pread: a file cut short after the reader checked its size
+    # ends the stream with a one-line error, not short chunks or a crash.
+    prefix = copy_checkpoint(dtype_ckpt, tmp_path)
+    big = entry_of(prefix, "big")
+    with BundleReader(prefix) as reader:
+        chunks = reader.iter_chunks("big", chunk_bytes=4096)
+        first = next(chunks)
+        assert first.tobytes() == reader.read("big").reshape(-1)[:1024].tobytes()
+        os.truncate(prefix + ".data-00000-of-00001", big.offset + 10000)
+        with pytest.raises(TensorReadError, match="cut short") as info:
+            list(chunks)
+    assert info.value.code == "tensor-unreadable" and info.value.tensor == "big"
+    assert str(big.offset + big.size) in str(info.value)
+
+
 def write_file(path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
