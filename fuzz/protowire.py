@@ -26,7 +26,7 @@ def test_one_input(data: bytes) -> None:
         nodes = decode_object_graph(data)
     except CkptDoctorError:
         return
-    keys = [key for node in nodes for _name, _full, key in node.attributes]
+    keys = [key for node in nodes for _name, key in node.attributes]
     object_paths_from_graph(nodes, keys + [k + "-keys" for k in keys[:64]] + ["a/.ATTRIBUTES/b"])
 
 

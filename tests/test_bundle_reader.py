@@ -294,6 +294,26 @@ def test_tf2_object_paths(tf, tf2_ckpt):
     assert graph.dtype == object and graph.shape == ()
 
 
+def test_object_graph_decoded_as_tensorflow_parses_it(tf, tf2_ckpt, tmp_path):
+    # Every node's children, attributes and slot variables as TF's own proto parser reads them: slots, a table's
+    # several tensors, odd names, and a name over 127 bytes (two-byte lengths: the decoder's general path).
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    long_name = tf.train.Checkpoint(**{"n" * 150: tf.Variable(1.0)}).write(str(tmp_path / "long"))
+    for prefix in (tf2_ckpt, long_name):
+        with BundleReader(prefix) as reader:
+            blob = reader.read_object_graph()
+        ours = protowire.decode_object_graph(blob)
+        theirs = trackable_object_graph_pb2.TrackableObjectGraph.FromString(blob).nodes
+        assert len(ours) == len(theirs) >= 2
+        for mine, node in zip(ours, theirs):
+            assert mine.children == tuple((c.node_id, c.local_name) for c in node.children)
+            assert mine.attributes == tuple((a.name, a.checkpoint_key) for a in node.attributes)
+            slots = tuple((s.original_variable_node_id, s.slot_name, s.slot_variable_node_id) for s in node.slot_variables)
+            assert mine.slot_variables == slots
+    assert any(len(key) > 127 for node in ours for _name, key in node.attributes)
+
+
 def parse_key_without_graph(key: str) -> str:
     obj, attr = key.split("/.ATTRIBUTES/")
 

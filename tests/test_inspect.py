@@ -379,3 +379,84 @@ def test_hdf5_report_written_and_read_back_in_blocks(build, tmp_path, monkeypatc
         f["bn_layers"] = 7
     with pytest.raises(ckptdoctor.CkptDoctorError, match="is not a table"):
         hdf5.read_report(out)
+
+
+def test_role_from_name_equals_the_patterns_searched_on_every_key():
+    # is_optimizer_slot and the step test search their pattern only for keys holding one of its words: the
+    # roles must be those of the patterns searched on every key, over keys built to be near misses too.
+    import itertools
+    import random
+
+    from ckptdoctor import constants as C
+    from ckptdoctor.analysis.diagnose import _BN_ROLES, is_optimizer_slot, logical_name, role_from_name
+
+    def oracle(key):
+        name = logical_name(key)
+        if C.OPTIMIZER_SLOT_PATTERN.search(key):
+            return "optimizer_slot"
+        if C.STEP_PATTERN.search(name):
+            return "step"
+        role = _BN_ROLES.get(name.rpartition("/")[2])
+        return role or ("other" if key == C.OBJECT_GRAPH_KEY else "weight")
+
+    words = ["Adam", "Adam_1", "Adam_x", "adam", "Momentum", "RMSProp_2", "Adagrad", "Adadelta_10", "Ftrl", "Ftr",
+             "ExponentialMovingAverage", "beta1_power", "beta2_power", "beta3_power", ".OPTIMIZER_SLOT", "optimizer",
+             "optimizers", "global_step", "step", "steps", "iter", "iterations", "save_counter", "kernel",
+             "moving_mean", "gamma", "x\n", "Adam\n", "_CHECKPOINTABLE_OBJECT_GRAPH", ".ATTRIBUTES", "VARIABLE_VALUE"]
+    rng = random.Random(0)
+    keys = ["/".join(p) for n in (1, 2, 3) for p in itertools.product(words[:12] + words[16:24], repeat=n)][:6000]
+    keys += ["/".join(rng.choice(words) for _ in range(rng.randint(1, 6))) for _ in range(6000)]
+    keys += [k + C.TF2_VALUE_SUFFIX for k in keys[::3]] + [C.OBJECT_GRAPH_KEY, "optimizer/x", "a/optimizer/x"]
+    for key in keys:
+        assert is_optimizer_slot(key) == bool(C.OPTIMIZER_SLOT_PATTERN.search(key)), key
+        assert role_from_name(key) == oracle(key), key
+    assert {oracle(k) for k in keys} >= {"optimizer_slot", "step", "bn_moving_mean", "bn_gamma", "weight", "other"}
+
+
+def test_tensor_rows_written_as_the_encoder_writes_them(monkeypatch):
+    # tensor_json writes a row without its dict: each must be the C encoder's text of tensor_row, byte for
+    # byte, for every kind of value (NaN/Inf as strings, None, bools, non-ASCII and surrogate-escaped names,
+    # float and int subclasses); and the rows batched into pieces must read as one row a line.
+    import numpy as np
+
+    import ckptdoctor.reports.table as table
+    from ckptdoctor.reports.results import InspectReport, TensorReport, tensor_row
+
+    class Name(str):
+        pass
+
+    def clean(x):
+        return str(x) if isinstance(x, float) and not np.isfinite(x) else x
+
+    base = dict(name="w/.ATTRIBUTES/VARIABLE_VALUE", dtype="float32", shape=(16, 16), size=256, nbytes=1024)
+    variants = [
+        {},
+        dict(min=-1.5, max=2.0, mean=1e-300, std=0.1, nan=0, inf=3, in_graph=True, role="weight", object_path="w"),
+        dict(min=float("nan"), max=float("inf"), mean=-float("inf"), std=None, nan=2, inf=0, in_graph=False),
+        dict(name="poids_\u00e9t\u00e9 \"quoted\" \\ \n\t\x01 \udcff", object_path="a/\u00e9"),
+        dict(name=Name("sub"), min=np.float64(0.25), max=0.5, nan=1, shape=()),
+        dict(shape=(3,), size=True),
+    ]
+    tensors = [TensorReport(**{**base, **v}) for v in variants]
+    for t in tensors:
+        row = tensor_row(t)
+        expected = json.dumps({k: clean(v) for k, v in row.items()}, ensure_ascii=False, default=int)
+        if all(type(v) in (str, int, float, bool, tuple, type(None)) for v in vars_of(t)):
+            assert table.tensor_json(t) == expected
+        assert json.loads(table.tensor_json(t)) == json.loads(expected)
+    monkeypatch.setattr(table, "_JSON_BATCH", 3)
+    plain = [t for t in tensors if all(type(v) in (str, int, float, bool, tuple, type(None)) for v in vars_of(t))]
+    for n in range(8):
+        rows = (plain * 3)[:n]
+        report = InspectReport("c", "f", None, tuple(rows), (), (), summary={"tensors": n})
+        text = "".join(table.iter_json(report.json_items()))
+        lines = [table.tensor_json(t) for t in rows]
+        body = "[]" if not rows else "[\n    " + ",\n    ".join(lines) + "\n  ]"
+        assert f'"tensors": {body},\n' in text, n
+        assert json.loads(text)["tensors"] == json.loads(json.dumps([{k: clean(v) for k, v in tensor_row(t).items()} for t in rows]))
+
+
+def vars_of(t):
+    from dataclasses import astuple
+
+    return astuple(t)

@@ -113,12 +113,44 @@ _BN_ROLES = {
 }
 
 
+#: Every match of ``OPTIMIZER_SLOT_PATTERN`` holds one of these; a key holding none cannot match, and
+#: testing them first spares the pattern's search (6 us a key: a second on 100,000 tensors).
+_OPTIMIZER_SLOT_HINTS = (
+    "Ada",
+    "Momentum",
+    "RMSProp",
+    "Ftrl",
+    "ExponentialMovingAverage",
+    "beta1_power",
+    "beta2_power",
+    ".OPTIMIZER_SLOT/",
+    "optimizer/",
+)
+#: The same for ``STEP_PATTERN``.
+_STEP_HINTS = ("step", "save_counter", "iter")
+
+
+def is_optimizer_slot(key: str) -> bool:
+    """Whether ``key`` names optimizer state (``OPTIMIZER_SLOT_PATTERN``), the pattern searched only when it can match."""
+    for hint in _OPTIMIZER_SLOT_HINTS:
+        if hint in key:
+            return C.OPTIMIZER_SLOT_PATTERN.search(key) is not None
+    return False
+
+
+def _is_step(name: str) -> bool:
+    for hint in _STEP_HINTS:
+        if hint in name:
+            return C.STEP_PATTERN.search(name) is not None
+    return False
+
+
 def role_from_name(key: str, trainable_hint: bool | None = None) -> str:
     """A tensor's role guessed from its name (used only without a graph)."""
     name = logical_name(key)
-    if C.OPTIMIZER_SLOT_PATTERN.search(key):
+    if is_optimizer_slot(key):
         return "optimizer_slot"
-    if C.STEP_PATTERN.search(name):
+    if _is_step(name):
         return "step"
     role = _BN_ROLES.get(name.rpartition("/")[2])
     if role:
@@ -138,7 +170,7 @@ def bn_layers_from_names(keys: list[str]) -> list[dict]:
         C.BN_BETA: "beta",
     }
     for key in keys:
-        if C.OPTIMIZER_SLOT_PATTERN.search(key):
+        if is_optimizer_slot(key):
             continue
         name = logical_name(key)
         if "/" not in name:

@@ -317,7 +317,7 @@ def object_paths_from_graph(nodes: Sequence[ObjectNode], keys: Sequence[str]) ->
         path = paths[node_id]
         if path is None:
             continue
-        for attr_name, _full_name, key in node.attributes:
+        for attr_name, key in node.attributes:
             if attr_name == VARIABLE_VALUE_ATTRIBUTE and path:
                 by_key[key] = path
             else:

@@ -18,6 +18,9 @@ __all__ = [
     "summary",
     "sort_findings",
     "tensor_row",
+    "tensor_values",
+    "TensorRows",
+    "TENSOR_FIELDS",
 ]
 
 
@@ -45,16 +48,35 @@ class TensorReport:
     object_path: str | None = None
 
 
-_TENSOR_FIELDS = tuple(f.name for f in fields(TensorReport))
-_tensor_values = attrgetter(*_TENSOR_FIELDS)
+#: TensorReport's fields, in order: the keys of a tensor's JSON row.
+TENSOR_FIELDS = tuple(f.name for f in fields(TensorReport))
+_tensor_values = attrgetter(*TENSOR_FIELDS)
 _SCALARS = frozenset({"checkpoint", "format", "graph", "summary"})
 
 
 def tensor_row(t: TensorReport) -> dict:
     """One tensor's row of the JSON document (``dataclasses.asdict`` without its deep copies, shape a list)."""
-    row = dict(zip(_TENSOR_FIELDS, _tensor_values(t)))
+    row = dict(zip(TENSOR_FIELDS, _tensor_values(t)))
     row["shape"] = list(t.shape)
     return row
+
+
+def tensor_values(t: TensorReport) -> tuple:
+    """The fields' values in ``fields(TensorReport)`` order (for renderers that write a row without a dict)."""
+    return _tensor_values(t)
+
+
+@dataclass(frozen=True)
+class TensorRows:
+    """The ``tensors`` of the JSON document: iterated, one ``tensor_row`` dict per tensor.
+
+    ``reports.table.iter_json`` writes ``tensors`` itself, without the dicts.
+    """
+
+    tensors: tuple[TensorReport, ...]
+
+    def __iter__(self):
+        return map(tensor_row, self.tensors)
 
 
 @dataclass(frozen=True)
@@ -130,7 +152,7 @@ class InspectReport:
         yield "checkpoint", self.checkpoint
         yield "format", self.format
         yield "graph", self.graph
-        yield "tensors", map(tensor_row, self.tensors)
+        yield "tensors", TensorRows(self.tensors)
         yield "bn_layers", (asdict(b) for b in self.bn_layers)
         yield "findings", (asdict(f) for f in self.findings)
         yield "summary", dict(self.summary)

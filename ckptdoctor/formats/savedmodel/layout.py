@@ -344,7 +344,7 @@ def describe_saved_model(directory: str, reader) -> SavedModelLayout:
         for i, path in enumerate(bpaths):
             if path is None:
                 continue
-            for attr_name, _full, ckey in bundle_nodes[i].attributes:
+            for attr_name, ckey in bundle_nodes[i].attributes:
                 if attr_name == VARIABLE_VALUE:
                     bundle_key_at[path] = ckey
                 else:

@@ -93,7 +93,7 @@ def bundle_keys(bns: list, reader) -> dict[str, dict]:
                 route.append(f"layer-{[id(layer) for layer in parent.layers].index(id(child))}")
                 node = _child(nodes, node, route[-1], bn.name)
             node = _child(nodes, node, attr, bn.name)
-            values = [a[2] for a in nodes[node].attributes if a[0] == "VARIABLE_VALUE"]
+            values = [a[1] for a in nodes[node].attributes if a[0] == "VARIABLE_VALUE"]
             if not values:
                 raise UnsupportedFormatError(
                     f"the SavedModel's object graph stores no value for BN layer {bn.name}'s "

@@ -128,7 +128,7 @@ def read_object_graph(reader) -> ObjectGraph:
     }
     graph = ObjectGraph(nodes, roots, optimizers)
     for i, node in enumerate(nodes):
-        for attr, _full, key in node.attributes:
+        for attr, key in node.attributes:
             if attr == _VALUE:
                 graph.key_of[i] = key
                 graph.node_of.setdefault(key, i)
