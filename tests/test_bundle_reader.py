@@ -309,8 +309,10 @@ def test_object_graph_decoded_as_tensorflow_parses_it(tf, tf2_ckpt, tmp_path):
         for mine, node in zip(ours, theirs):
             assert mine.children == tuple((c.node_id, c.local_name) for c in node.children)
             assert mine.attributes == tuple((a.name, a.checkpoint_key) for a in node.attributes)
-            slots = tuple((s.original_variable_node_id, s.slot_name, s.slot_variable_node_id) for s in node.slot_variables)
-            assert mine.slot_variables == slots
+            slots = node.slot_variables
+            assert mine.slot_variables == tuple(
+                (s.original_variable_node_id, s.slot_name, s.slot_variable_node_id) for s in slots
+            )
     assert any(len(key) > 127 for node in ours for _name, key in node.attributes)
 
 

@@ -399,10 +399,39 @@ def test_role_from_name_equals_the_patterns_searched_on_every_key():
         role = _BN_ROLES.get(name.rpartition("/")[2])
         return role or ("other" if key == C.OBJECT_GRAPH_KEY else "weight")
 
-    words = ["Adam", "Adam_1", "Adam_x", "adam", "Momentum", "RMSProp_2", "Adagrad", "Adadelta_10", "Ftrl", "Ftr",
-             "ExponentialMovingAverage", "beta1_power", "beta2_power", "beta3_power", ".OPTIMIZER_SLOT", "optimizer",
-             "optimizers", "global_step", "step", "steps", "iter", "iterations", "save_counter", "kernel",
-             "moving_mean", "gamma", "x\n", "Adam\n", "_CHECKPOINTABLE_OBJECT_GRAPH", ".ATTRIBUTES", "VARIABLE_VALUE"]
+    words = [
+        "Adam",
+        "Adam_1",
+        "Adam_x",
+        "adam",
+        "Momentum",
+        "RMSProp_2",
+        "Adagrad",
+        "Adadelta_10",
+        "Ftrl",
+        "Ftr",
+        "ExponentialMovingAverage",
+        "beta1_power",
+        "beta2_power",
+        "beta3_power",
+        ".OPTIMIZER_SLOT",
+        "optimizer",
+        "optimizers",
+        "global_step",
+        "step",
+        "steps",
+        "iter",
+        "iterations",
+        "save_counter",
+        "kernel",
+        "moving_mean",
+        "gamma",
+        "x\n",
+        "Adam\n",
+        "_CHECKPOINTABLE_OBJECT_GRAPH",
+        ".ATTRIBUTES",
+        "VARIABLE_VALUE",
+    ]
     rng = random.Random(0)
     keys = ["/".join(p) for n in (1, 2, 3) for p in itertools.product(words[:12] + words[16:24], repeat=n)][:6000]
     keys += ["/".join(rng.choice(words) for _ in range(rng.randint(1, 6))) for _ in range(6000)]
@@ -433,7 +462,7 @@ def test_tensor_rows_written_as_the_encoder_writes_them(monkeypatch):
         {},
         dict(min=-1.5, max=2.0, mean=1e-300, std=0.1, nan=0, inf=3, in_graph=True, role="weight", object_path="w"),
         dict(min=float("nan"), max=float("inf"), mean=-float("inf"), std=None, nan=2, inf=0, in_graph=False),
-        dict(name="poids_\u00e9t\u00e9 \"quoted\" \\ \n\t\x01 \udcff", object_path="a/\u00e9"),
+        dict(name='poids_\u00e9t\u00e9 "quoted" \\ \n\t\x01 \udcff', object_path="a/\u00e9"),
         dict(name=Name("sub"), min=np.float64(0.25), max=0.5, nan=1, shape=()),
         dict(shape=(3,), size=True),
     ]
@@ -453,7 +482,8 @@ def test_tensor_rows_written_as_the_encoder_writes_them(monkeypatch):
         lines = [table.tensor_json(t) for t in rows]
         body = "[]" if not rows else "[\n    " + ",\n    ".join(lines) + "\n  ]"
         assert f'"tensors": {body},\n' in text, n
-        assert json.loads(text)["tensors"] == json.loads(json.dumps([{k: clean(v) for k, v in tensor_row(t).items()} for t in rows]))
+        expected_rows = [{k: clean(v) for k, v in tensor_row(t).items()} for t in rows]
+        assert json.loads(text)["tensors"] == json.loads(json.dumps(expected_rows))
 
 
 def vars_of(t):

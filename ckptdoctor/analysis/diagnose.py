@@ -131,7 +131,7 @@ _STEP_HINTS = ("step", "save_counter", "iter")
 
 
 def is_optimizer_slot(key: str) -> bool:
-    """Whether ``key`` names optimizer state (``OPTIMIZER_SLOT_PATTERN``), the pattern searched only when it can match."""
+    """Whether ``key`` names optimizer state (``OPTIMIZER_SLOT_PATTERN``, searched only where it can match)."""
     for hint in _OPTIMIZER_SLOT_HINTS:
         if hint in key:
             return C.OPTIMIZER_SLOT_PATTERN.search(key) is not None
