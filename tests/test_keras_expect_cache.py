@@ -174,3 +174,46 @@ def test_answers_are_those_of_the_file_for_the_installed_keras_only(broken, refe
     (other / "keras-expect-0.0.1.json").write_text(json.dumps(_poisoned(cache, "0.0.1")))
     got = _inspect(broken, other)
     assert got["keras"] and _checked(got["report"]) == _checked(report)
+
+
+_BOUNDS = """
+import json, sys, types
+from ckptdoctor.formats.keras import expect
+
+expect.MAX_REBUILDS = 3
+
+
+def dense(path, units):
+    build = {"input_shape": [None, 3]}
+    item = {"module": "keras.layers", "class_name": "Dense", "registered_name": None, "build_config": build,
+            "config": {"name": path, "units": units, "activation": "linear", "use_bias": True}}
+    return types.SimpleNamespace(path=path, class_name="Dense", item=item)
+
+
+layers = [dense("bad1", -7)] + [dense(f"d{i}", i + 1) for i in range(5)] + [dense("bad2", -7)]
+config = {"class_name": "Functional", "config": {"layers": [vars(x)["item"] for x in layers]}}
+runs = []
+for _ in range(2):  # the second time in this process: the kinds are known, the failure too
+    out = expect.expect_weights(layers, config, "3", "v3")
+    runs.append({"layers": sorted(out.layers), "unchecked": sorted(out.unchecked)})
+print(json.dumps(runs))
+"""
+
+
+def test_checked_kinds_bounded_alike_cold_and_warm_and_failures_keep_their_reason(tmp_path):
+    # MAX_REBUILDS bounds the kinds checked, whatever the cache holds: a second run, whose cache knows the first
+    # run's kinds, checks the same ones (it used to check more, and the report changed from run to run). A kind
+    # Keras failed to rebuild keeps its reason for every layer of it and on a second call in the same process
+    # (it used to read "no build_config").
+    env = _keras3_env(CKPTDOCTOR_CACHE_DIR=str(tmp_path / "cache"))
+    runs = []
+    for _ in range(2):  # cold, then warm from the first run's cache, each a fresh process
+        proc = subprocess.run([sys.executable, "-c", _BOUNDS], capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs.extend(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert len(runs) == 4 and all(run == runs[0] for run in runs)
+    assert runs[0]["layers"] == ["d0", "d1"]
+    reasons = dict(map(tuple, runs[0]["unchecked"]))
+    assert set(reasons) == {"d2", "d3", "d4", "bad1", "bad2"}
+    assert reasons["d2"] == reasons["d4"] == "not rebuilt: the config asks for more than 3 kinds of layers"
+    assert reasons["bad1"] == reasons["bad2"] and reasons["bad1"].startswith("Keras could not rebuild it")

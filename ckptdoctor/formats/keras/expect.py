@@ -39,9 +39,14 @@ _MODELS = frozenset({"Functional", "Sequential", "Model"})
 #: Config fields that do not change what a layer stores (left out of the cache key).
 _IRRELEVANT = frozenset({"name", "inbound_nodes", "shared_object_id"})
 
+#: What Keras stores for each kind of layer (cache key), asked this process or read from the expectation cache;
+#: None: Keras built nothing from the config.
 _CACHE: dict[str, tuple | None] = {}
-#: Layers (Keras 3: kinds of layers, names aside) rebuilt per file at most: about 2 ms each, and a config is
-#: cheap to fill with tens of thousands. Real models have at most a few hundred kinds.
+#: The kinds Keras failed to rebuild in this process, with why (never kept on disk: another run asks again).
+_FAILED: dict[str, str] = {}
+#: Layers (Keras 3: kinds of layers, names aside) checked per file at most: a rebuild is about 2 ms, and a config
+#: is cheap to fill with tens of thousands. Real models have at most a few hundred kinds. The bound is on the
+#: kinds checked, not on those rebuilt, so that a file's report is the same whatever the cache already holds.
 MAX_REBUILDS = 1024
 
 
@@ -199,6 +204,7 @@ def _checkable(layers: list) -> list:
     """``(layer, cache key, "")`` of each layer to rebuild, in order; ``(layer, None, why)`` for one whose config
     would run code outside Keras (never rebuilt). Computed once per file, for the cache and the rebuild alike."""
     todo: list[tuple[object, str | None, str]] = []
+    kinds: set[str] = set()
     for layer in layers:
         item = layer.item
         if layer.class_name in _MODELS or not isinstance(item, dict):
@@ -206,23 +212,32 @@ def _checkable(layers: list) -> list:
         unsafe = _unsafe_part(item)
         if unsafe:
             todo.append((layer, None, f"{unsafe} is not rebuilt (code outside Keras)"))
-        else:
-            todo.append((layer, _cache_key("keras3", item), ""))
+            continue
+        key = _cache_key("keras3", item)
+        if key not in kinds and len(kinds) >= MAX_REBUILDS:
+            todo.append((layer, None, f"not rebuilt: the config asks for more than {MAX_REBUILDS} kinds of layers"))
+            continue
+        kinds.add(key)
+        todo.append((layer, key, ""))
     return todo
 
 
 def _from_cache(todo: list, version: str, layout: str, out: Expectation) -> bool:
     """Fill ``out`` from the kept answers of Keras ``version`` (the installed one) when they cover every layer
     of ``todo`` (True); False: Keras has to be asked (``out`` untouched)."""
-    if any(key is not None and key not in _CACHE for _layer, key, _why in todo):
+
+    def unknown(key) -> bool:
+        return key is not None and key not in _CACHE and key not in _FAILED
+
+    if any(unknown(key) for _layer, key, _why in todo):
         for key, answer in expect_cache.load(version).items():
             _CACHE.setdefault(key, _weights(answer))
-        if any(key is not None and key not in _CACHE for _layer, key, _why in todo):
+        if any(unknown(key) for _layer, key, _why in todo):
             return False
     out.keras = f"Keras {version}"
     for layer, key, why in todo:
-        if key is None:
-            out.unchecked.append((layer.path, why))
+        if key is None or key in _FAILED:
+            out.unchecked.append((layer.path, why or _FAILED[key]))
         else:
             _fill(out, layer, _CACHE[key], layout)
     return True
@@ -283,31 +298,20 @@ def _rebuild_keras3(K, todo: list, layout: str, out: Expectation) -> list[str]:
         def make(self, path, metadata=None):
             return self.made.setdefault(path, {})
 
-    rebuilt = 0
     learnt: list[str] = []
     for layer, key, why in todo:
-        if key is None:
-            out.unchecked.append((layer.path, why))
-            continue
-        item = layer.item
-        if key not in _CACHE and rebuilt >= MAX_REBUILDS:
-            out.unchecked.append(
-                (layer.path, f"not rebuilt: the config asks for more than {MAX_REBUILDS} kinds of layers")
-            )
-            continue
-        if key not in _CACHE:
-            rebuilt += 1
-            _CACHE[key] = None
+        if key is not None and key not in _CACHE and key not in _FAILED:
             try:
-                _CACHE[key] = _rebuild_one(K, saving_lib, Recorder, item)
+                _CACHE[key] = _rebuild_one(K, saving_lib, Recorder, layer.item)
+                learnt.append(key)
             # Rebuilding is a best effort on behalf of the user's config: whatever Keras raises
             # (ValueError, TypeError, NotImplementedError...) means only "this layer is not checked".
             except Exception as e:  # noqa: BLE001
-                # None stays for this process, as before; it is not kept on disk (not in ``learnt``).
-                out.unchecked.append((layer.path, f"Keras could not rebuild it ({type(e).__name__}: {e})"[:300]))
-                continue
-            learnt.append(key)
-        _fill(out, layer, _CACHE[key], layout)
+                _FAILED[key] = f"Keras could not rebuild it ({type(e).__name__}: {e})"[:300]
+        if key is None or key in _FAILED:
+            out.unchecked.append((layer.path, why or _FAILED[key]))
+        else:
+            _fill(out, layer, _CACHE[key], layout)
     return learnt
 
 
