@@ -130,19 +130,21 @@ _OPTIMIZER_SLOT_HINTS = (
 _STEP_HINTS = ("step", "save_counter", "iter")
 
 
+def _hinted_search(pattern, hints: tuple[str, ...], text: str) -> bool:
+    """Whether ``pattern`` is found in ``text``, searched only when ``text`` holds one of ``hints``."""
+    for hint in hints:
+        if hint in text:
+            return pattern.search(text) is not None
+    return False
+
+
 def is_optimizer_slot(key: str) -> bool:
     """Whether ``key`` names optimizer state (``OPTIMIZER_SLOT_PATTERN``, searched only where it can match)."""
-    for hint in _OPTIMIZER_SLOT_HINTS:
-        if hint in key:
-            return C.OPTIMIZER_SLOT_PATTERN.search(key) is not None
-    return False
+    return _hinted_search(C.OPTIMIZER_SLOT_PATTERN, _OPTIMIZER_SLOT_HINTS, key)
 
 
 def _is_step(name: str) -> bool:
-    for hint in _STEP_HINTS:
-        if hint in name:
-            return C.STEP_PATTERN.search(name) is not None
-    return False
+    return _hinted_search(C.STEP_PATTERN, _STEP_HINTS, name)
 
 
 def role_from_name(key: str, trainable_hint: bool | None = None) -> str:

@@ -50,20 +50,16 @@ class TensorReport:
 
 #: TensorReport's fields, in order: the keys of a tensor's JSON row.
 TENSOR_FIELDS = tuple(f.name for f in fields(TensorReport))
-_tensor_values = attrgetter(*TENSOR_FIELDS)
+#: A TensorReport's values in ``TENSOR_FIELDS`` order (for renderers that write a row without a dict).
+tensor_values = attrgetter(*TENSOR_FIELDS)
 _SCALARS = frozenset({"checkpoint", "format", "graph", "summary"})
 
 
 def tensor_row(t: TensorReport) -> dict:
     """One tensor's row of the JSON document (``dataclasses.asdict`` without its deep copies, shape a list)."""
-    row = dict(zip(TENSOR_FIELDS, _tensor_values(t)))
+    row = dict(zip(TENSOR_FIELDS, tensor_values(t)))
     row["shape"] = list(t.shape)
     return row
-
-
-def tensor_values(t: TensorReport) -> tuple:
-    """The fields' values in ``fields(TensorReport)`` order (for renderers that write a row without a dict)."""
-    return _tensor_values(t)
 
 
 @dataclass(frozen=True)

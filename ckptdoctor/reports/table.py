@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 from collections.abc import Iterator
+from itertools import islice
 from json.encoder import encode_basestring as _quote  # the string encoder of json.dumps(ensure_ascii=False)
 
 from ckptdoctor.reports.results import TENSOR_FIELDS, TensorRows, tensor_row, tensor_values
@@ -126,18 +127,11 @@ def iter_json(items) -> Iterator[str]:
             yield head + _encode(value)
             continue
         lines = map(tensor_json, value.tensors) if isinstance(value, TensorRows) else map(_encode, value)
-        batch = [head + "["]
-        for line in lines:
-            batch.append(line)
-            if len(batch) >= _JSON_BATCH:
-                yield batch[0] + "\n    " + ",\n    ".join(batch[1:])
-                batch = [","]
-        if batch == [head + "["]:
-            yield head + "[]"
-        elif len(batch) == 1:  # the last batch was full
-            yield "\n  ]"
-        else:
-            yield batch[0] + "\n    " + ",\n    ".join(batch[1:]) + "\n  ]"
+        opening = head + "[\n    "
+        while batch := list(islice(lines, _JSON_BATCH)):
+            yield opening + ",\n    ".join(batch)
+            opening = ",\n    "
+        yield head + "[]" if opening != ",\n    " else "\n  ]"
     yield "\n}\n"
 
 

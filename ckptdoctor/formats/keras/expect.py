@@ -236,14 +236,17 @@ def _from_cache(todo: list, version: str, layout: str, out: Expectation) -> bool
             return False
     out.keras = f"Keras {version}"
     for layer, key, why in todo:
-        if key is None or key in _FAILED:
-            out.unchecked.append((layer.path, why or _FAILED[key]))
-        else:
-            _fill(out, layer, _CACHE[key], layout)
+        _fill(out, layer, key, why, layout)
     return True
 
 
-def _fill(out: Expectation, layer, found, layout: str) -> None:
+def _fill(out: Expectation, layer, key: str | None, why: str, layout: str) -> None:
+    """What ``layer`` stores (its kind ``key`` known), or why it is not checked: the same whether the answer
+    came from the cache or from Keras now."""
+    if key is None or key in _FAILED:
+        out.unchecked.append((layer.path, why or _FAILED[key]))  # type: ignore[index]
+        return
+    found = _CACHE[key]
     if found is None:
         out.unchecked.append((layer.path, "Keras did not build it from its config (no build_config)"))
     else:
@@ -308,10 +311,7 @@ def _rebuild_keras3(K, todo: list, layout: str, out: Expectation) -> list[str]:
             # (ValueError, TypeError, NotImplementedError...) means only "this layer is not checked".
             except Exception as e:  # noqa: BLE001
                 _FAILED[key] = f"Keras could not rebuild it ({type(e).__name__}: {e})"[:300]
-        if key is None or key in _FAILED:
-            out.unchecked.append((layer.path, why or _FAILED[key]))
-        else:
-            _fill(out, layer, _CACHE[key], layout)
+        _fill(out, layer, key, why, layout)
     return learnt
 
 
