@@ -98,12 +98,30 @@ def largest_gap(outputs, reference) -> float:
     return max((_gap(a, b) for a, b in zip(_flat(outputs), _flat(reference))), default=0.0)
 
 
+#: Elements per block when two large outputs are compared: the float64 difference stays in the cache.
+_GAP_BLOCK = 1 << 16
+
+
 def _gap(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest |a - b| in float64 (NaN if any difference is NaN); large arrays of one shape block by block."""
     if not a.size:
         return 0.0
-    d = np.subtract(a, b, dtype=np.float64)  # one float64 temporary, made absolute in place
-    np.abs(d, out=d)
-    return float(d.max())
+    if a.shape != b.shape or a.size <= _GAP_BLOCK:
+        d = np.subtract(a, b, dtype=np.float64)  # one float64 temporary, made absolute in place
+        np.abs(d, out=d)
+        return float(d.max())
+    a, b = a.reshape(-1), b.reshape(-1)
+    buf = np.empty(_GAP_BLOCK)
+    largest = 0.0
+    for start in range(0, a.size, _GAP_BLOCK):
+        d = buf[: min(_GAP_BLOCK, a.size - start)]
+        np.subtract(a[start : start + _GAP_BLOCK], b[start : start + _GAP_BLOCK], out=d, dtype=np.float64)
+        np.abs(d, out=d)
+        block = float(d.max())
+        if block != block:  # NaN: no later block can make the gap smaller
+            return block
+        largest = max(largest, block)
+    return largest
 
 
 def output_scale(reference) -> float:

@@ -42,14 +42,27 @@ def _layer_axis(layer) -> int:
     return int(axis)
 
 
+#: Elements per block when a batch's centred squares are summed: the float64 block stays in the cache.
+_MOMENT_BLOCK = 1 << 17
+
+
 def _moments(value, axis: int, channels: int):
-    """One batch's count, per-channel mean and centred sum of squares, in float64."""
-    x = np.array(value, np.float64)  # a copy of our own: centred and squared in place (the same values, fewer passes)
+    """One batch's count, per-channel mean and centred sum of squares, accumulated in float64.
+
+    The squares are summed block by block of rows (``_MOMENT_BLOCK`` elements) into one float64 buffer, so no
+    float64 copy of the whole batch is made."""
+    x = np.asarray(value)
     x = np.moveaxis(x, axis % x.ndim, -1).reshape(-1, channels)
-    mean = x.mean(axis=0)
-    x -= mean
-    np.square(x, out=x)
-    return x.shape[0], mean, x.sum(axis=0)
+    mean = x.mean(axis=0, dtype=np.float64)
+    rows = max(1, _MOMENT_BLOCK // channels)
+    m2 = np.zeros(channels)
+    buf = np.empty((min(rows, x.shape[0]), channels))
+    for start in range(0, x.shape[0], rows):
+        block = buf[: min(rows, x.shape[0] - start)]
+        np.subtract(x[start : start + rows], mean, out=block, dtype=np.float64)
+        np.square(block, out=block)
+        m2 += block.sum(axis=0)
+    return x.shape[0], mean, m2
 
 
 class _Stop(BaseException):
