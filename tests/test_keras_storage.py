@@ -617,3 +617,129 @@ def test_sharded_backbone_weights_inspect_and_repair(root, tmp_path):
     for row in rows[1:]:  # all samples in one batch: inference gives the BN-training reference
         assert row["gap"] < 2e-3, row["gap"]
         assert row["stats"] == rows[1]["stats"] and row["outputs"] == rows[1]["outputs"]
+
+
+# ----------------------------------------------------------------------------- the spliced copy of a stored .keras
+
+
+def new_statistics(reader) -> dict:
+    """Other values for every BN moving mean and variance of a Keras file, as a repair hands them to the writer."""
+    from ckptdoctor.formats.keras.layout import describe_keras_file
+
+    out = {}
+    for layer in describe_keras_file(reader, reader.model_config).bn_layers:
+        for role, shift in (("moving_mean", 0.25), ("moving_variance", 1.5)):
+            key = layer.weights[role]
+            value = reader.read(key)
+            out[key] = (value * 1.5 + shift).astype(value.dtype)
+    return out
+
+
+def member(path: Path, name: str = "model.weights.h5") -> bytes:
+    with zipfile.ZipFile(path) as z:
+        return z.read(name)
+
+
+def written_by_h5py(reader, source: Path, target: Path, replacements: dict, monkeypatch) -> None:
+    """The copy as h5py writes it (the member extracted, the datasets overwritten): the splice turned off."""
+    from ckptdoctor.formats.keras import store
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "_patches", lambda *args: None)
+        assert store._copy_with(reader, str(source), str(target), reader.format, replacements) is None
+
+
+@pytest.mark.parametrize("name", ["model.keras", "backbone/arch.keras"])
+def test_stored_keras_is_copied_with_the_statistics_spliced_in_as_h5py_writes_them(root, tmp_path, name, monkeypatch):
+    """A stored weights member is copied byte for byte with the statistics' bytes spliced in: the member is the
+    same, byte for byte, as h5py's own overwrite of an extracted copy; h5py reads the new values back and every
+    other dataset as it was; the other members are the input's own."""
+    from ckptdoctor.formats.keras import store
+    from ckptdoctor.formats.keras.files import open_keras_reader
+
+    source = root / name
+    reader = open_keras_reader(str(source))
+    try:
+        replacements = new_statistics(reader)
+        assert len(replacements) >= 6
+        plan = store._copy_with(reader, str(source), str(tmp_path / "spliced.keras"), reader.format, replacements)
+        assert plan is not None and len(plan[3]) == len(replacements)  # the splice ran, one patch per dataset
+        written_by_h5py(reader, source, tmp_path / "h5py.keras", replacements, monkeypatch)
+        counts = store.write_keras(reader, str(source), str(tmp_path / "out.keras"), replacements, in_place=False)
+    finally:
+        reader.close()
+    assert member(tmp_path / "spliced.keras") == member(tmp_path / "h5py.keras") == member(tmp_path / "out.keras")
+    with zipfile.ZipFile(source) as a, zipfile.ZipFile(tmp_path / "out.keras") as b:
+        assert b.testzip() is None and a.namelist() == b.namelist()
+        assert all(a.read(n) == b.read(n) for n in a.namelist() if n != "model.weights.h5")
+    before, after = h5_datasets(source), h5_datasets(tmp_path / "out.keras")
+    assert set(before) == set(after)
+    for key in before:
+        want = replacements.get(key, before[key])
+        assert after[key].dtype == want.dtype and after[key].tobytes() == want.tobytes(), key
+    assert (counts.updated, counts.untouched) == (len(replacements), len(before) - len(replacements))
+
+
+def test_deflated_or_chunked_weights_are_written_through_h5py(root, tmp_path):
+    """No splice where the bytes are not one stored run: a deflated weights member, or a statistic stored
+    chunked and compressed. The copy is then h5py's, and reads back the same."""
+    from ckptdoctor.formats.keras import store
+    from ckptdoctor.formats.keras.files import open_keras_reader
+
+    deflated = tmp_path / "deflated.keras"
+    with zipfile.ZipFile(root / "model.keras") as z, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in z.infolist():
+            out.writestr(info.filename, z.read(info), zipfile.ZIP_DEFLATED)
+    chunked = tmp_path / "chunked.keras"
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(member(root / "model.keras"))
+    reader = open_keras_reader(str(root / "model.keras"))
+    key = next(iter(new_statistics(reader)))
+    reader.close()
+    with h5py.File(weights, "r+") as f:
+        value = f[key][()]
+        del f[key]
+        f.create_dataset(key, data=value, chunks=value.shape, compression="gzip")
+    with zipfile.ZipFile(root / "model.keras") as z, zipfile.ZipFile(chunked, "w") as out:
+        for info in z.infolist():
+            out.writestr(info, weights.read_bytes() if info.filename == "model.weights.h5" else z.read(info))
+    for source in (deflated, chunked):
+        reader = open_keras_reader(str(source))
+        try:
+            replacements = new_statistics(reader)
+            assert (
+                store._copy_with(reader, str(source), str(tmp_path / "probe.keras"), reader.format, replacements)
+                is None
+            )
+            store.write_keras(reader, str(source), str(tmp_path / "out.keras"), replacements, in_place=False)
+        finally:
+            reader.close()
+        before, after = h5_datasets(source), h5_datasets(tmp_path / "out.keras")
+        assert set(before) == set(after)
+        for name in before:
+            assert after[name].tobytes() == replacements.get(name, before[name]).tobytes(), (source.name, name)
+
+
+def test_spliced_copy_that_is_not_the_intended_one_fails_verification(root, tmp_path):
+    """The verification compares the written member with the source's bytes and the patches: a member that
+    differs from the intended copy by one byte is refused (here the plan, not the file, holds the other byte)."""
+    from ckptdoctor.errors import CkptDoctorError
+    from ckptdoctor.formats.keras import store
+    from ckptdoctor.formats.keras.files import open_keras_reader
+
+    source, written = root / "model.keras", tmp_path / "spliced.keras"
+    reader = open_keras_reader(str(source))
+    try:
+        replacements = new_statistics(reader)
+        source_path, start, size, patches = store._copy_with(
+            reader, str(source), str(written), reader.format, replacements
+        )
+        assert store._verify(reader, str(written), replacements, (source_path, start, size, patches))["updated"]
+        offset, data = patches[0]
+        other = [(offset, bytes([data[0] ^ 1]) + data[1:])] + patches[1:]
+        with pytest.raises(CkptDoctorError, match="verification failed"):
+            store._verify(reader, str(written), replacements, (source_path, start, size, other))
+        with pytest.raises(CkptDoctorError, match="verification failed"):  # the source read one byte off
+            store._verify(reader, str(written), replacements, (source_path, start + 1, size, patches))
+    finally:
+        reader.close()

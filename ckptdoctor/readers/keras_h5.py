@@ -340,6 +340,25 @@ class KerasH5Reader:
                 stack.append((obj, f"{path}/{child}" if path else child))
         return groups
 
+    def contiguous_range(self, name: str) -> tuple[int, int, np.dtype, tuple[int, ...]] | None:
+        """``(offset, nbytes, dtype, shape)`` of a dataset whose values lie as one run of raw bytes in the HDF5 file
+        (contiguous layout, no filters, no external storage, a fixed-size numeric dtype), offset from the file's
+        first byte; None for any other dataset: its bytes cannot be overwritten in place."""
+        import h5py
+
+        ds = self._lookup(name)
+        try:
+            plist = ds.id.get_create_plist()
+            if plist.get_layout() != h5py.h5d.CONTIGUOUS or plist.get_nfilters() or plist.get_external_count():
+                return None
+            dtype, shape = ds.dtype, tuple(int(d) for d in ds.shape)
+            offset, nbytes = ds.id.get_offset(), int(ds.id.get_storage_size())
+        except _H5_ERRORS:
+            return None
+        if dtype.kind not in "biuf" or offset is None or nbytes != math.prod(shape) * dtype.itemsize:
+            return None
+        return int(offset), nbytes, dtype, shape
+
     def _lookup(self, name: str):
         try:
             return self._datasets[name]

@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 import zipfile
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -22,9 +23,13 @@ from ckptdoctor.errors import CkptDoctorError
 from ckptdoctor.formats.base import Written
 from ckptdoctor.formats.keras.files import open_keras_reader
 from ckptdoctor.readers.keras_archive import CONFIG_MEMBER, WEIGHTS_MEMBER
+from ckptdoctor.readers.limits import stored_member_start
 from ckptdoctor.writers.atomic import atomic_output
 
 __all__ = ["default_output", "write_keras", "write_keras_dir"]
+
+#: Bytes per read when a stored weights member is copied.
+_SPLICE_STEP = 4 << 20
 
 
 def default_output(path: str) -> str:
@@ -37,8 +42,13 @@ def default_output(path: str) -> str:
     return path + "-repaired"
 
 
-def _copy_with(source: str, target: str, fmt: str, replacements: dict) -> None:
-    """Copy ``source`` to ``target`` with the datasets in ``replacements`` overwritten."""
+def _copy_with(reader, source: str, target: str, fmt: str, replacements: dict) -> tuple | None:
+    """Copy ``source`` (``reader`` is its open reader) to ``target`` with the datasets in ``replacements``
+    overwritten.
+
+    A ``.keras`` whose weights member is stored and whose replaced datasets are runs of raw bytes is copied
+    byte for byte with those runs spliced in; the plan ``(source, start, size, patches)`` is returned for ``_verify``.
+    Anything else goes through h5py (the member extracted to a temporary file) and returns None."""
     import h5py
 
     def overwrite(h5_path):
@@ -49,26 +59,80 @@ def _copy_with(source: str, target: str, fmt: str, replacements: dict) -> None:
     if fmt != "keras-v3":
         shutil.copyfile(source, target)
         overwrite(target)
-        return
-    weights_tmp = target + ".weights-tmp.h5"
-    try:
-        with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w") as zout:
-            for info in zin.infolist():
-                if info.filename != WEIGHTS_MEMBER:
-                    zout.writestr(info, zin.read(info))
-                    continue
-                with zin.open(info) as src, open(weights_tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                overwrite(weights_tmp)
-                with open(weights_tmp, "rb") as tmp, zout.open(info, "w", force_zip64=True) as member:
-                    shutil.copyfileobj(tmp, member)
-    finally:
-        if os.path.exists(weights_tmp):
-            os.remove(weights_tmp)
+        return None
+    with zipfile.ZipFile(source) as zin:
+        info = zin.getinfo(WEIGHTS_MEMBER)
+        with open(source, "rb") as f:
+            start = stored_member_start(f, info, os.fstat(f.fileno()).st_size)
+        patches = None if start is None else _patches(reader, replacements, info.file_size)
+        plan = None if start is None or patches is None else (source, start, info.file_size, patches)
+        weights_tmp = target + ".weights-tmp.h5"
+        try:
+            with zipfile.ZipFile(target, "w") as zout:
+                for member in zin.infolist():
+                    if member.filename != WEIGHTS_MEMBER:
+                        zout.writestr(member, zin.read(member))
+                    elif plan is not None:
+                        with open(source, "rb") as f, zout.open(member, "w", force_zip64=True) as out:
+                            for block in _spliced(f.fileno(), *plan[1:]):
+                                out.write(block)
+                    else:
+                        with zin.open(member) as src, open(weights_tmp, "wb") as dst:
+                            shutil.copyfileobj(src, dst)
+                        overwrite(weights_tmp)
+                        with open(weights_tmp, "rb") as tmp, zout.open(member, "w", force_zip64=True) as out:
+                            shutil.copyfileobj(tmp, out)
+        finally:
+            if os.path.exists(weights_tmp):
+                os.remove(weights_tmp)
+    return plan
 
 
-def _verify(source_reader, written: str, replacements: dict) -> dict:
-    """Every tensor of ``written`` equals the source's bytes, or its replacement; the config is the same."""
+def _patches(reader, replacements: dict, size: int) -> list[tuple[int, bytes]] | None:
+    """``(offset, bytes)`` in the weights member for each replacement, sorted; None unless every replaced dataset
+    is one run of raw bytes that the replacement fills exactly, in the dataset's own dtype and byte order."""
+    patches = []
+    for key, value in replacements.items():
+        where = reader.contiguous_range(key)
+        if where is None:
+            return None
+        offset, nbytes, dtype, shape = where
+        data = np.ascontiguousarray(value, dtype=dtype)
+        if data.shape != shape or offset + nbytes > size:
+            return None
+        patches.append((offset, data.tobytes()))
+    patches.sort()
+    if any(a + len(d) > b for (a, d), (b, _) in zip(patches, patches[1:])):
+        return None
+    return patches
+
+
+def _spliced(fd: int, start: int, size: int, patches: list[tuple[int, bytes]]) -> Iterator[bytes]:
+    """The ``size`` bytes at ``start`` of ``fd`` in blocks, each patch's bytes in place of the source's at its
+    offset (patches sorted, not overlapping)."""
+
+    def copy(lo: int, hi: int) -> Iterator[bytes]:
+        while lo < hi:
+            block = os.pread(fd, min(_SPLICE_STEP, hi - lo), start + lo)
+            if not block:
+                raise CkptDoctorError("the input file was cut short while it was copied; nothing was kept")
+            yield block
+            lo += len(block)
+
+    at = 0
+    for offset, data in patches:
+        yield from copy(at, offset)
+        yield data
+        at = offset + len(data)
+    yield from copy(at, size)
+
+
+def _verify(source_reader, written: str, replacements: dict, plan: tuple | None = None) -> dict:
+    """Every tensor of ``written`` equals the source's bytes, or its replacement; the config is the same.
+
+    With a splice ``plan`` (``_copy_with``), the written weights member is compared byte for byte with the
+    source's with the patches in place, and only the replaced tensors are read back through h5py: every other
+    tensor, attribute and group is then the source's own bytes."""
     back = open_keras_reader(written)
     try:
         if back.model_config != source_reader.model_config:
@@ -77,8 +141,9 @@ def _verify(source_reader, written: str, replacements: dict) -> dict:
         got = {e.name: e for e in back.entries()}
         if set(src) != set(got):
             raise CkptDoctorError("verification failed: the written file holds other tensors; nothing was kept")
-        untouched = updated = 0
-        for name in sorted(src):
+        if plan is not None:
+            _same_spliced_bytes(written, plan)
+        for name in sorted(src) if plan is None else sorted(replacements):
             want = replacements[name] if name in replacements else source_reader.read(name)
             have = back.read(name)
             same = (
@@ -88,13 +153,27 @@ def _verify(source_reader, written: str, replacements: dict) -> dict:
             )
             if not same:
                 raise CkptDoctorError(f"verification failed: {name} does not read back as intended; nothing was kept")
-            if name in replacements:
-                updated += 1
-            else:
-                untouched += 1
-        return {"untouched": untouched, "updated": updated}
+        updated = sum(1 for name in src if name in replacements)
+        return {"untouched": len(src) - updated, "updated": updated}
     finally:
         back.close()
+
+
+def _same_spliced_bytes(written: str, plan: tuple) -> None:
+    """The written archive's weights member holds exactly the source member's bytes with the patches in place."""
+    source, start, size, patches = plan
+    fail = CkptDoctorError(
+        f"verification failed: the written {WEIGHTS_MEMBER} is not the copy intended; nothing was kept"
+    )
+    with zipfile.ZipFile(written) as zw, open(written, "rb") as w, open(source, "rb") as f:
+        info = zw.getinfo(WEIGHTS_MEMBER)
+        at = stored_member_start(w, info, os.fstat(w.fileno()).st_size)
+        if at is None or info.file_size != size:
+            raise fail
+        for block in _spliced(f.fileno(), start, size, patches):
+            if os.pread(w.fileno(), len(block), at) != block:
+                raise fail
+            at += len(block)
 
 
 def _same_config_bytes(source: str, written: str, fmt: str) -> None:
@@ -116,8 +195,8 @@ def write_keras(reader, path: str, out: str, replacements: dict, in_place: bool)
         raise CkptDoctorError(f"the output folder {out_dir} does not exist: create it or choose --output elsewhere")
     backup = None
     with atomic_output(out) as tmp:
-        _copy_with(path, tmp, reader.format, replacements)
-        counts = _verify(reader, tmp, replacements)
+        plan = _copy_with(reader, path, tmp, reader.format, replacements)
+        counts = _verify(reader, tmp, replacements, plan)
         _same_config_bytes(path, tmp, reader.format)
         if in_place:
             backup = f"{path}.backup-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
@@ -133,7 +212,7 @@ def write_keras_dir(reader, path: str, out: str, replacements: dict, in_place: b
     from ckptdoctor.writers.directory import write_directory_copy
 
     def build(tmp: str) -> dict:
-        _copy_with(reader.weights_file, os.path.join(tmp, WEIGHTS_H5), "keras-weights-h5", replacements)
+        _copy_with(reader, reader.weights_file, os.path.join(tmp, WEIGHTS_H5), "keras-weights-h5", replacements)
         return _verify(reader, tmp, replacements)
 
     counts, backup = write_directory_copy(path, out, {WEIGHTS_H5}, build, in_place)
