@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 
-.PHONY: demo test check zoo bench samples fuzz clean
+.PHONY: demo test test-slow check zoo bench samples fuzz clean
 
 # `make fuzz`: every harness of fuzz/ for FUZZ_SECONDS seconds each (seven harnesses: 3.5 minutes by default).
 FUZZ_SECONDS ?= 30
@@ -58,8 +58,13 @@ demo: $(VENV)/.installed
 
 # Two workers for the two cores; --dist loadfile keeps each test file on one worker, so a
 # file's module fixtures (Keras models built in subprocesses) are built once.
+# `make test`: every test but the breadth suites marked slow; `make test-slow` runs those (TF1 graph modes,
+# Keras format variants, data sources, the zoo subset). CI runs both.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 -m "not slow"
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 -m slow
 
 # Lint and format (ruff), types (mypy), the architecture's import contracts (import-linter, see
 # pyproject.toml), and no function over 120 lines. All configured in pyproject.toml.

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, cli_command, h5_datasets, tf_reader_values
 
+pytestmark = pytest.mark.slow  # make test-slow (see the README): the breadth of variants, not the core
+
 BUILDER = Path(__file__).with_name("data_source_builders.py")
 
 DATASET_MODULE = """

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from conftest import run_cli, run_in_parallel, tf_reader_values
 
+pytestmark = pytest.mark.slow  # make test-slow (see the README): the breadth of variants, not the core
+
 BUILDER = Path(__file__).with_name("graph_mode_builders.py")
 
 # (kind, control flow, fused, switch, layers)

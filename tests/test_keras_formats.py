@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, h5_datasets, run_cli
 
+pytestmark = pytest.mark.slow  # make test-slow (see the README): the breadth of variants, not the core
+
 BUILDERS = Path(__file__).with_name("keras_builders.py")
 KINDS = "dense,conv,multi,lambda"
 MAIN = {"keras3": "model.keras", "tfkeras": "model.h5"}

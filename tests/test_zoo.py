@@ -251,7 +251,7 @@ class NoBnCase(ZooCase):
 for _family, _net in CASES:
     _case = f"{_family}-{_net}"
     _name = "Test_" + "".join(ch if ch.isalnum() else "_" for ch in _case)
-    _marks = [pytest.mark.zoo] + ([pytest.mark.zoo_subset] if _case in SUBSET else [])
+    _marks = [pytest.mark.zoo] + ([pytest.mark.zoo_subset, pytest.mark.slow] if _case in SUBSET else [])
     globals()[_name] = type(
         _name, (NoBnCase if _case in NO_BN else RepairableCase,), {"case": _case, "pytestmark": _marks}
     )
