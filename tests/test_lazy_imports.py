@@ -62,3 +62,30 @@ def test_bfloat16_tensor_loads_ml_dtypes_and_reads_right(tmp_path):
     [row] = [t for t in result["report"]["tensors"] if t["dtype"] == "bfloat16"]
     assert (row["min"], row["max"]) == (-2.0, 3.25)
     assert result["ml_dtypes"] and not result["tensorflow"]
+
+
+_ALLOCATOR = (
+    "import json\n"
+    "from ckptdoctor.tfcompat import import_tensorflow\n"
+    "tf = import_tensorflow()\n"
+    "x = tf.ones((256, 256)) * 2.0\n"
+    "try:\n"
+    "    pooled = tf.config.experimental.get_memory_info('CPU:0')['peak'] >= x.numpy().nbytes\n"
+    "except ValueError:\n"  # TensorFlow's default CPU allocator keeps no statistics
+    "    pooled = False\n"
+    "print(json.dumps(pooled))\n"
+)
+
+
+def _pooled(**env) -> bool:
+    import os
+
+    environ = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"} | env
+    proc = subprocess.run([sys.executable, "-c", _ALLOCATOR], capture_output=True, text=True, timeout=300, env=environ)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_tensorflow_runs_on_the_pooling_cpu_allocator_unless_the_caller_chose():
+    assert _pooled() is True  # the BFC pool counts what it hands out
+    assert _pooled(TF_CPU_ALLOCATOR_USE_BFC="false") is False
