@@ -99,7 +99,7 @@ def _values(prefix):
         return {k.replace("|", "/"): z[k] for k in z.files}
 
 
-@pytest.mark.parametrize("description", ["keras", "factory"])
+@pytest.mark.parametrize("description", ["keras", pytest.param("factory", marks=pytest.mark.slow)])
 def test_repair_restores_matched_keeps_every_other_key_and_fixes_the_outputs(built, description, tmp_path):
     out, info = built
     graph = str(out / "arch.keras") if description == "keras" else "tf2_factory:build"
