@@ -11,12 +11,7 @@ import os
 
 from ckptdoctor.errors import MissingDependencyError
 
-__all__ = ["import_tensorflow", "tensorflow_available", "CPU_ALLOCATOR"]
-
-#: ``TF_CPU_ALLOCATOR_USE_BFC`` as ``import_tensorflow`` sets it when unset. Measured on a keras.applications
-#: ResNet50 (96 samples at 64x64, five forward passes in one process): passes 1.1-2.9 s -> 0.9-2.2 s, system
-#: time 5.3 -> 2.5 s, peak RSS 2228 -> 1945 MB. A pool's memory is not returned until the process ends.
-CPU_ALLOCATOR = "true"
+__all__ = ["import_tensorflow", "tensorflow_available"]
 
 
 @contextlib.contextmanager
@@ -62,10 +57,10 @@ def import_tensorflow():
         return sys.modules["tensorflow"]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    # TensorFlow's pooling (BFC) allocator on the CPU, unless the caller chose: the default allocator hands
-    # each large activation back to the system and page-faults it in again on the next pass, which cost a
-    # ResNet50 repair's three forward passes about a fifth of their time (see CPU_ALLOCATOR).
-    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", CPU_ALLOCATOR)
+    # TensorFlow's pooling (BFC) allocator on the CPU, unless the caller chose: the default one hands each
+    # large activation back to the system and page-faults it in again on the next forward pass (BENCHMARKS.md
+    # D7). The pool's memory is returned when the process ends.
+    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     # TensorFlow's C++ start-up prints CUDA probing lines straight to fd 2, whatever
     # the log level; they would bury our one-line messages, so they are held back
     # and shown only if the import fails.

@@ -332,7 +332,7 @@ def effnet(tmp_path_factory):
     return r
 
 
-@pytest.mark.slow  # breadth, run by make test-slow: keeps make test under 15 minutes
+@pytest.mark.slow  # breadth: make test-slow runs it, for make test's time
 def test_efficientnet_b0_gets_closer_to_the_reference(effnet):
     r = effnet
     assert r.proc.returncode == 0, r.proc.stderr

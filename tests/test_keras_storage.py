@@ -152,7 +152,7 @@ def test_model_directory_and_hub_layout_inspect_like_the_archive(root):
     assert diff.returncode == 0 and "identical" in diff.stdout, diff.stdout
 
 
-@pytest.mark.slow  # breadth, run by make test-slow: keeps make test under 15 minutes
+@pytest.mark.slow  # breadth: make test-slow runs it, for make test's time
 def test_model_directory_repairs_to_the_archive_repair_exactly(root, tmp_path):
     zipped, folder, hub = root / "model.keras", root / "model_dir", root / "hub" / "snapshot"
     before = {p: digest(p) for p in (zipped, folder, hub, root / "hub" / "blobs")}
@@ -269,7 +269,7 @@ def test_npz_weights_keras_inspects_like_the_archive(root):
         assert diff.returncode == 0 and "identical: 44 tensors" in diff.stdout, diff.stdout
 
 
-@pytest.mark.slow  # breadth, run by make test-slow: keeps make test under 15 minutes
+@pytest.mark.slow  # breadth: make test-slow runs it, for make test's time
 def test_npz_weights_keras_repairs_to_the_archive_repair_exactly(root, tmp_path):
     zipped, npz_archive = root / "model.keras", root / "model_npz.keras"
     before = {p: digest(p) for p in (zipped, npz_archive)}
@@ -576,7 +576,7 @@ def test_sharded_in_place_keeps_every_input_file_as_a_backup(root, tmp_path):
     assert proc.returncode == 0, proc.stdout
 
 
-@pytest.mark.slow  # breadth, run by make test-slow: keeps make test under 15 minutes
+@pytest.mark.slow  # breadth: make test-slow runs it, for make test's time
 def test_sharded_backbone_weights_inspect_and_repair(root, tmp_path):
     """The acceptance case: a Keras Applications backbone (MobileNetV2) nested in a model with its own head."""
     folder = root / "backbone"

@@ -1,6 +1,7 @@
 """Heavy imports happen only when needed: ml_dtypes (0.4 s) only for a tensor of one of its dtypes."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -78,8 +79,6 @@ _ALLOCATOR = (
 
 
 def _pooled(**env) -> bool:
-    import os
-
     environ = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"} | env
     proc = subprocess.run([sys.executable, "-c", _ALLOCATOR], capture_output=True, text=True, timeout=300, env=environ)
     assert proc.returncode == 0, proc.stderr[-2000:]

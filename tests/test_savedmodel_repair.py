@@ -166,7 +166,7 @@ def test_lambda_savedmodel_repaired_with_unsafe(built, tmp_path):
     assert set(bn_keys(result)) == {"bn1", "bn2"} and (tmp_path / "out" / "keras_metadata.pb").is_file()
 
 
-@pytest.mark.slow  # breadth, run by make test-slow: keeps make test under 15 minutes
+@pytest.mark.slow  # breadth: make test-slow runs it, for make test's time
 def test_two_inputs_from_one_hdf5_file(built, tmp_path):
     import h5py
 
