@@ -196,6 +196,7 @@ def test_long_tensor_tables_show_a_count_and_point_to_match(resnet_keras):
 
 
 @pytest.mark.skipif(not shutil.which("make"), reason="no make")
+@pytest.mark.slow  # breadth: make test-slow runs it, for make test's time
 def test_make_demo_reads_as_a_story(tmp_path):
     """``make demo`` with this environment: no make error noise, inspect's exit 1 said in words, the reports named."""
     venv = Path(sys.prefix)

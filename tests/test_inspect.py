@@ -28,7 +28,9 @@ def test_seed_as_written_is_healthy_with_three_bn_layers(build, cf):
     assert infos and {f.severity for f in infos} == {"info"}
 
 
-@pytest.mark.parametrize("cf", CF)
+@pytest.mark.parametrize(
+    "cf", [pytest.param("v1", marks=pytest.mark.slow), "v2"]
+)  # breadth: make test-slow runs it, for make test's time
 def test_saver_over_trainables_gives_six_bn_stats_missing(build, cf):
     b = build("seed-trainables", cf)
     r = ckptdoctor.inspect(b.prefix)

@@ -1,7 +1,8 @@
 """Keras repair puts only the BN layers in training mode: dropout and noise stay in inference mode, so the new
 statistics are each BN input's population statistics as the network computes it at inference. Repair checks the
 final output against the BN-training reference before it writes, and refuses a repair that does not bring it
-closer. BN variants: synchronized, renorm, center/scale off, axis=1, mixed_float16, virtual_batch_size (refused).
+closer. The BN variants (synchronized, renorm, center/scale off, axis=1, mixed_float16, virtual_batch_size, NCHW)
+are in ``test_keras_bn_variants.py``, built and checked the same way by ``build_repair_check``.
 
 The models are built by ``keras_bn_builders.py build`` (one subprocess per Keras, in parallel); the expected
 statistics and outputs come from ``keras_bn_builders.py check``, computed with Keras alone: a sub-model up to each
@@ -10,7 +11,6 @@ called with training=True on all samples in one batch.
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,13 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, cli_command, h5_datasets, run_cli, run_in_parallel
+from conftest import cli_command, h5_datasets, run_cli, run_in_parallel
 
 BUILDERS = Path(__file__).with_name("keras_bn_builders.py")
-KINDS = {
-    "keras3": "dropout,nested,sync,renorm,centerscale,axis1,mixed,refuse,nchw",
-    "tfkeras": "dropout,renorm,centerscale,axis1,mixed,vbs",
-}
+KINDS = {"keras3": "dropout,nested,refuse", "tfkeras": "dropout"}
 EXT = {"keras3": ".keras", "tfkeras": ".h5"}
 N_ALL = 256  # samples of every dense and axis1 model: --batch-size N_ALL puts all in one batch
 
@@ -35,18 +32,7 @@ REPAIRS = {
     "tfkeras-dropout-savedmodel": ("tfkeras", "dropout", "savedmodel", ()),
     "keras3-dropout-sequential": ("keras3", "dropout", "model.keras", ("--method", "sequential", "--batch-size", 64)),
     "keras3-nested": ("keras3", "nested", "model.keras", ()),
-    "keras3-sync": ("keras3", "sync", "model.keras", ()),
-    "keras3-renorm": ("keras3", "renorm", "model.keras", ()),
-    "tfkeras-renorm": ("tfkeras", "renorm", "model.h5", ()),
-    "keras3-centerscale": ("keras3", "centerscale", "model.keras", ()),
-    "tfkeras-centerscale": ("tfkeras", "centerscale", "model.h5", ()),
-    "keras3-axis1": ("keras3", "axis1", "model.keras", ()),
-    "tfkeras-axis1": ("tfkeras", "axis1", "model.h5", ()),
-    "keras3-mixed": ("keras3", "mixed", "model.keras", ()),
-    "tfkeras-mixed": ("tfkeras", "mixed", "model.h5", ()),
     "keras3-refuse": ("keras3", "refuse", "model.keras", ("--batch-size", 512)),
-    "tfkeras-vbs": ("tfkeras", "vbs", "model.h5", ()),
-    "tfkeras-vbs-savedmodel": ("tfkeras", "vbs", "savedmodel", ()),
 }
 
 
@@ -88,15 +74,13 @@ class Repaired:
         self.check = None
 
 
-@pytest.fixture(scope="module")
-def repaired(tmp_path_factory):
-    """name -> Repaired for every entry of REPAIRS (built, repaired and checked once)."""
-    root = tmp_path_factory.mktemp("bn_only")
-    run_in_parallel({w: [sys.executable, BUILDERS, "build", w, KINDS[w], root / w] for w in KINDS})
+def build_repair_check(root: Path, kinds: dict, repairs: dict) -> dict:
+    """name -> Repaired for every entry of ``repairs`` (``kinds``: which Keras builds which models, in ``root``)."""
+    run_in_parallel({w: [sys.executable, BUILDERS, "build", w, kinds[w], root / w] for w in kinds})
     out_dir = root / "out"
     out_dir.mkdir()
     commands, where = {}, {}
-    for name, (which, kind, source, extra) in REPAIRS.items():
+    for name, (which, kind, source, extra) in repairs.items():
         src = root / which / kind / source
         out = out_dir / (name if src.is_dir() else name + EXT[which])
         options = ("--batch-size", N_ALL) + tuple(extra) if "--batch-size" not in extra else tuple(extra)
@@ -113,17 +97,24 @@ def repaired(tmp_path_factory):
         ]
         where[name] = (which, src, out)
     done = {name: Repaired(*where[name][:3], proc) for name, proc in run_two_at_a_time(commands).items()}
-    names = {w: [n for n, r in done.items() if r.which == w and r.proc.returncode == 0] for w in KINDS}
+    names = {w: [n for n, r in done.items() if r.which == w and r.proc.returncode == 0] for w in kinds}
     procs = run_two_at_a_time(
         {
             w: check_commands(w, [(done[n].source.parent / "X.npy", done[n].source, done[n].output) for n in names[w]])
-            for w in KINDS
+            for w in kinds
+            if names[w]
         }
     )
-    for w in KINDS:  # one check process per Keras
+    for w in procs:  # one check process per Keras
         for name, result in zip(names[w], check_results(procs[w])):
             done[name].check = result
     return done
+
+
+@pytest.fixture(scope="module")
+def repaired(tmp_path_factory):
+    """name -> Repaired for every entry of REPAIRS (built, repaired and checked once)."""
+    return build_repair_check(tmp_path_factory.mktemp("bn_only"), KINDS, REPAIRS)
 
 
 def stored(path: Path) -> dict:
@@ -225,79 +216,6 @@ def test_a_refused_in_place_repair_leaves_the_file_and_makes_no_backup(repaired,
     assert proc.returncode == 1, proc.stderr
     assert "repair-not-improved" in proc.stdout and "NOT better" in proc.stdout
     assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
-
-
-# --------------------------------------------------------------------------- BN variants
-
-
-def test_synchronized_batch_normalization(repaired):
-    assert_repaired(repaired["keras3-sync"], {"bn1", "bn2"})
-
-
-@pytest.mark.parametrize("which", ["keras3", "tfkeras"])
-def test_renorm_is_measured_as_plain_batch_normalization(repaired, which):
-    r = repaired[f"{which}-renorm"]
-    assert_repaired(r, {"bn1", "bn2"})  # renorm_mean/renorm_stddev among the bit-identical tensors
-    # The renorm statistics are stored (tf-keras by name; Keras 3 as the BN group's vars 4-6).
-    renorm = ("renorm_mean", "renorm_mean:0") if which == "tfkeras" else ("/vars/5", "/vars/6")
-    assert any(k.endswith(renorm) for k in stored(r.output))
-    assert any("renorm=True: bn1" in note and "left as they are" in note for note in r.report["notes"])
-
-
-@pytest.mark.parametrize("which", ["keras3", "tfkeras"])
-def test_center_and_scale_off(repaired, which):
-    r = repaired[f"{which}-centerscale"]
-    assert_repaired(r, {"bn1", "bn2"})
-    with open(r.source.parent / "info.json") as f:  # gamma, moving mean and variance; beta, moving mean and variance
-        assert json.load(f)["bn"] == {"bn1": 3, "bn2": 3}
-
-
-@pytest.mark.parametrize("which", ["keras3", "tfkeras"])
-def test_channels_first_axis_1_and_axis_minus_1(repaired, which):
-    r = repaired[f"{which}-axis1"]
-    assert_repaired(r, {"bn_conv", "bn_dense", "bn_last"})
-    channels = {layer["layer"]: layer["channels"] for layer in r.report["layers"]}
-    assert channels == {"bn_conv": 8, "bn_dense": 8, "bn_last": 4}
-    samples = {layer["layer"]: layer["samples"] for layer in r.report["layers"]}
-    assert set(samples.values()) == {N_ALL}
-
-
-def test_channels_first_convolution_needs_onednn_on_a_cpu(repaired, tmp_path):
-    # TensorFlow's own CPU kernels have no channels-first convolution: oneDNN's have, and TensorFlow turns oneDNN on
-    # by default only on some Intel CPUs. Off, the repair cannot run the model: one line saying how to turn it on.
-    folder = repaired["keras3-dropout"].source.parent.parent / "nchw"
-    args = ["repair", folder / "model.keras", "--data", folder / "X.npy", "--format", "json", "--output"]
-    off = run_cli(*args, tmp_path / "off.keras", env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"})
-    assert_one_line_error(off, "TensorFlow cannot run the model on this CPU", "NHWC", "TF_ENABLE_ONEDNN_OPTS=1")
-    assert not list(tmp_path.iterdir())
-    on = run_cli(*args, tmp_path / "on.keras", env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1"})
-    assert on.returncode == 0, on.stderr
-    report = json.loads(on.stdout)
-    assert [layer["layer"] for layer in report["layers"]] == ["bn"] and report["output_check"]["improved"]
-    assert report["layers"][0]["channels"] == 8
-
-
-@pytest.mark.parametrize("which", ["keras3", "tfkeras"])
-def test_mixed_float16_policy(repaired, which):
-    r = repaired[f"{which}-mixed"]
-    # float16 BN inputs: the statistics are as exact as the inputs are (3 significant digits)
-    assert_repaired(r, {"bn1", "bn2"}, rtol=5e-3, out_rtol=5e-3)
-    with open(r.source.parent / "info.json") as f:
-        assert json.load(f)["dtypes"]["d1"] == "mixed_float16"
-
-
-@pytest.mark.parametrize("source", ["model.h5", "savedmodel"])
-def test_virtual_batch_size_is_a_one_line_error(repaired, source):
-    r = repaired["tfkeras-vbs" + ("-savedmodel" if source == "savedmodel" else "")]
-    assert_one_line_error(
-        r.proc,
-        "BN layer bn1",
-        "virtual_batch_size=16",
-        "cannot load it back",
-        "virtual_batch_size=None",
-        "model.load_weights",
-    )
-    assert not r.output.exists()
 
 
 # --------------------------------------------------------------------------- EfficientNetB0

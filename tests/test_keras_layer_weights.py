@@ -179,7 +179,9 @@ def test_keras3_weight_removed_is_missing_once(built, tmp_path, cls, index, weig
     assert key not in {t["name"] for t in report["tensors"]}
 
 
-@pytest.mark.parametrize("also_unlisted", [False, True], ids=["listed", "unlisted"])
+@pytest.mark.parametrize(
+    "also_unlisted", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["listed", "unlisted"]
+)  # breadth: make test-slow runs it, for make test's time
 def test_legacy_weight_removed_is_missing_once(built, tmp_path, also_unlisted):
     """Removed from the datasets only, the file still names it (weight_names); removed from both, only
     tf-keras rebuilding the layer knows it should be there."""

@@ -88,7 +88,9 @@ def repair_json(*commands) -> list[dict]:
 # --------------------------------------------------------------------------- inspect
 
 
-@pytest.mark.parametrize("which", ["keras3", "tfkeras"])
+@pytest.mark.parametrize(
+    "which", ["keras3", pytest.param("tfkeras", marks=pytest.mark.slow)]
+)  # breadth: make test-slow runs it, for make test's time
 def test_inspect_names_nested_bn_layers_by_path(nested, which):
     folder = nested[which]
     main, weights = folder / MAIN[which], folder / "model.weights.h5"
@@ -165,7 +167,9 @@ def check_repair(src: Path, out: Path, result: dict, expected: dict, batch_size:
         assert layer["gap_before"] > 1 and layer["gap_after"] < layer["gap_before"] / 4, (name, layer)
 
 
-@pytest.mark.parametrize("which", ["keras3", "tfkeras"])
+@pytest.mark.parametrize(
+    "which", ["keras3", pytest.param("tfkeras", marks=pytest.mark.slow)]
+)  # breadth: make test-slow runs it, for make test's time
 def test_repair_nested_bn_layers_fixes_inference(nested, tmp_path, which):
     folder = nested[which]
     expected = np.load(folder / "stats.npz")
@@ -207,7 +211,9 @@ def test_sequential_method_with_one_batch_closes_the_gaps(nested, tmp_path):
         assert layer["gap_after"] < 1e-3 * layer["gap_before"], layer
 
 
-@pytest.mark.parametrize("which", ["keras3", "tfkeras"])
+@pytest.mark.parametrize(
+    "which", ["keras3", pytest.param("tfkeras", marks=pytest.mark.slow)]
+)  # breadth: make test-slow runs it, for make test's time
 def test_shared_nested_model_and_all_frozen_are_refused(nested, tmp_path, which):
     folder = nested[which]
     ext = ".keras" if which == "keras3" else ".h5"

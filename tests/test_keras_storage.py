@@ -464,6 +464,7 @@ def test_sharded_weights_inspect_and_diff_like_the_unsharded_file(root):
         assert {b["layer"]: b["status"] for b in report["bn_layers"]} == {name: "ok" for name in BN}
 
 
+@pytest.mark.slow  # breadth: make test-slow runs it, for make test's time
 def test_weights_only_files_repair_with_graph_to_the_archive_repair(root, tmp_path):
     """Sharded weights with a factory, and a .weights.h5 with a model directory, as --graph (the backbone test
     gives sharded weights a .keras)."""
@@ -744,5 +745,38 @@ def test_spliced_copy_that_is_not_the_intended_one_fails_verification(root, tmp_
             store._verify(reader, str(written), replacements, (source_path, start, size, other))
         with pytest.raises(CkptDoctorError, match="verification failed"):  # the source read one byte off
             store._verify(reader, str(written), replacements, (source_path, start + 1, size, patches))
+    finally:
+        reader.close()
+
+
+def test_spliced_copy_verification_reads_the_new_statistics_back_and_checks_the_crc(root, tmp_path):
+    """With a splice plan only the replaced tensors are read back (with h5py, from the written member): a value
+    other than the one intended is refused, and so is a member whose recorded CRC-32 does not match its bytes."""
+    from ckptdoctor.errors import CkptDoctorError
+    from ckptdoctor.formats.keras import store
+    from ckptdoctor.formats.keras.files import open_keras_reader
+
+    source, written = root / "model.keras", tmp_path / "spliced.keras"
+    reader = open_keras_reader(str(source))
+    try:
+        replacements = new_statistics(reader)
+        plan = store._copy_with(reader, str(source), str(written), reader.format, replacements)
+        assert store._verify(reader, str(written), replacements, plan) == {
+            "untouched": len(reader.entries()) - len(replacements),
+            "updated": len(replacements),
+        }
+        key = sorted(replacements)[0]
+        intended = {**replacements, key: replacements[key] + 1}  # not what the file holds at that dataset
+        with pytest.raises(CkptDoctorError, match=f"verification failed: {key} does not read back"):
+            store._verify(reader, str(written), intended, plan)
+        with zipfile.ZipFile(written) as z:
+            info = z.getinfo("model.weights.h5")
+        data = bytearray(written.read_bytes())
+        recorded = info.CRC.to_bytes(4, "little")
+        assert data.count(recorded) == 2  # the local header and the central directory
+        bad = tmp_path / "bad-crc.keras"
+        bad.write_bytes(bytes(data).replace(recorded, ((info.CRC ^ 1) & 0xFFFFFFFF).to_bytes(4, "little")))
+        with pytest.raises(CkptDoctorError, match="verification failed: the written model.weights.h5"):
+            store._verify(reader, str(bad), replacements, plan)
     finally:
         reader.close()

@@ -151,7 +151,9 @@ def _output_state(folder: Path, prefix: str) -> str:
     return "whole"
 
 
-@pytest.mark.parametrize("after", [1, 3, 6, 10])
+@pytest.mark.parametrize(
+    "after", [1, 3, pytest.param(6, marks=pytest.mark.slow), pytest.param(10, marks=pytest.mark.slow)]
+)  # breadth: make test-slow runs it, for make test's time
 def test_repair_killed_at_any_moment_leaves_nothing_partial(ckpt, after):
     before = digest(ckpt)
     proc = subprocess.Popen(

@@ -199,6 +199,7 @@ def test_a_model_that_differs_in_one_layer_lists_the_differences(built, tmp_path
     assert_one_line_error(proc, "does not match", "fc/kernel has shape [", ", 16] in the checkpoint")
 
 
+@pytest.mark.slow  # breadth: make test-slow runs it, for make test's time
 def test_in_place_repair_of_a_manager_directory_keeps_its_state_file_and_a_backup(built, tmp_path):
     import shutil
 
