@@ -37,7 +37,14 @@ from ckptdoctor.readers.limits import (
     stored_member_start,
 )
 
-__all__ = ["KerasArchiveReader", "is_keras_archive", "CONFIG_MEMBER", "WEIGHTS_MEMBER", "METADATA_MEMBER"]
+__all__ = [
+    "KerasArchiveReader",
+    "is_keras_archive",
+    "stored_window",
+    "CONFIG_MEMBER",
+    "WEIGHTS_MEMBER",
+    "METADATA_MEMBER",
+]
 
 CONFIG_MEMBER = "config.json"
 METADATA_MEMBER = "metadata.json"
@@ -91,6 +98,12 @@ class _Window(io.RawIOBase):
         if not self.closed:
             self._file.close()
         super().close()
+
+
+def stored_window(path: str, start: int, size: int) -> io.RawIOBase:
+    """A read-only file object over the ``size`` bytes at ``start`` of ``path`` (a stored member), for h5py;
+    nothing is checked: the caller has checked those bytes."""
+    return _Window(path, start, size)
 
 
 def _stored_window(path: str, info: zipfile.ZipInfo, start: int) -> tuple[_Window, RawHDF5]:

@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -22,7 +23,7 @@ import numpy as np
 from ckptdoctor.errors import CkptDoctorError
 from ckptdoctor.formats.base import Written
 from ckptdoctor.formats.keras.files import open_keras_reader
-from ckptdoctor.readers.keras_archive import CONFIG_MEMBER, WEIGHTS_MEMBER
+from ckptdoctor.readers.keras_archive import CONFIG_MEMBER, WEIGHTS_MEMBER, stored_window
 from ckptdoctor.readers.limits import stored_member_start
 from ckptdoctor.writers.atomic import atomic_output
 
@@ -130,37 +131,55 @@ def _spliced(fd: int, start: int, size: int, patches: list[tuple[int, bytes]]) -
 def _verify(source_reader, written: str, replacements: dict, plan: tuple | None = None) -> dict:
     """Every tensor of ``written`` equals the source's bytes, or its replacement; the config is the same.
 
-    With a splice ``plan`` (``_copy_with``), the written weights member is compared byte for byte with the
-    source's with the patches in place, and only the replaced tensors are read back through h5py: every other
-    tensor, attribute and group is then the source's own bytes."""
+    With a splice ``plan`` (``_copy_with``) the written weights member is compared byte for byte with the
+    source's with the patches in place, its CRC-32 with the archive's, and only the replaced tensors are read
+    back, with h5py straight from the written member: every other tensor, attribute and group is the source's
+    own bytes, so the source's reader already read them. Without a plan the written file is opened with our
+    reader and every tensor read back."""
+    src = {e.name: e for e in source_reader.entries()}
+    updated = sum(1 for name in src if name in replacements)
+    counts = {"untouched": len(src) - updated, "updated": updated}
+    if plan is not None:
+        window = _same_spliced_bytes(written, plan)
+        import h5py
+
+        try:
+            with h5py.File(window, "r") as back:
+                for name in sorted(replacements):
+                    _same_tensor(name, replacements[name], back[name][()] if name in back else None)
+        finally:
+            window.close()
+        return counts
     back = open_keras_reader(written)
     try:
         if back.model_config != source_reader.model_config:
             raise CkptDoctorError("verification failed: the written model config differs; nothing was kept")
-        src = {e.name: e for e in source_reader.entries()}
-        got = {e.name: e for e in back.entries()}
-        if set(src) != set(got):
+        if set(src) != {e.name for e in back.entries()}:
             raise CkptDoctorError("verification failed: the written file holds other tensors; nothing was kept")
-        if plan is not None:
-            _same_spliced_bytes(written, plan)
-        for name in sorted(src) if plan is None else sorted(replacements):
-            want = replacements[name] if name in replacements else source_reader.read(name)
-            have = back.read(name)
-            same = (
-                want.dtype == have.dtype
-                and want.shape == have.shape
-                and (want.tobytes() == have.tobytes() if want.dtype.kind != "O" else bool(np.all(want == have)))
+        for name in sorted(src):
+            _same_tensor(
+                name, replacements[name] if name in replacements else source_reader.read(name), back.read(name)
             )
-            if not same:
-                raise CkptDoctorError(f"verification failed: {name} does not read back as intended; nothing was kept")
-        updated = sum(1 for name in src if name in replacements)
-        return {"untouched": len(src) - updated, "updated": updated}
+        return counts
     finally:
         back.close()
 
 
-def _same_spliced_bytes(written: str, plan: tuple) -> None:
-    """The written archive's weights member holds exactly the source member's bytes with the patches in place."""
+def _same_tensor(name: str, want: np.ndarray, have) -> None:
+    have = None if have is None else np.asarray(have)
+    same = (
+        have is not None
+        and want.dtype == have.dtype
+        and want.shape == have.shape
+        and (want.tobytes() == have.tobytes() if want.dtype.kind != "O" else bool(np.all(want == have)))
+    )
+    if not same:
+        raise CkptDoctorError(f"verification failed: {name} does not read back as intended; nothing was kept")
+
+
+def _same_spliced_bytes(written: str, plan: tuple):
+    """The written archive's weights member holds exactly the source member's bytes with the patches in place,
+    and their CRC-32 is the one the archive records (what Keras' zipfile checks); returns a window onto it."""
     source, start, size, patches = plan
     fail = CkptDoctorError(
         f"verification failed: the written {WEIGHTS_MEMBER} is not the copy intended; nothing was kept"
@@ -170,10 +189,16 @@ def _same_spliced_bytes(written: str, plan: tuple) -> None:
         at = stored_member_start(w, info, os.fstat(w.fileno()).st_size)
         if at is None or info.file_size != size:
             raise fail
+        first, crc = at, 0
         for block in _spliced(f.fileno(), start, size, patches):
-            if os.pread(w.fileno(), len(block), at) != block:
+            have = os.pread(w.fileno(), len(block), at)
+            if have != block:
                 raise fail
+            crc = zlib.crc32(have, crc)
             at += len(block)
+        if crc != info.CRC:
+            raise fail
+    return stored_window(written, first, size)
 
 
 def _same_config_bytes(source: str, written: str, fmt: str) -> None:
