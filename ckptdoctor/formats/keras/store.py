@@ -140,9 +140,9 @@ def _verify(source_reader, written: str, replacements: dict, plan: tuple | None 
     updated = sum(1 for name in src if name in replacements)
     counts = {"untouched": len(src) - updated, "updated": updated}
     if plan is not None:
-        window = _same_spliced_bytes(written, plan)
         import h5py
 
+        window = stored_window(written, _same_spliced_bytes(written, plan), plan[2])
         try:
             with h5py.File(window, "r") as back:
                 for name in sorted(replacements):
@@ -177,9 +177,9 @@ def _same_tensor(name: str, want: np.ndarray, have) -> None:
         raise CkptDoctorError(f"verification failed: {name} does not read back as intended; nothing was kept")
 
 
-def _same_spliced_bytes(written: str, plan: tuple):
+def _same_spliced_bytes(written: str, plan: tuple) -> int:
     """The written archive's weights member holds exactly the source member's bytes with the patches in place,
-    and their CRC-32 is the one the archive records (what Keras' zipfile checks); returns a window onto it."""
+    and their CRC-32 is the one the archive records (what Keras' zipfile checks); returns where it starts."""
     source, start, size, patches = plan
     fail = CkptDoctorError(
         f"verification failed: the written {WEIGHTS_MEMBER} is not the copy intended; nothing was kept"
@@ -198,7 +198,7 @@ def _same_spliced_bytes(written: str, plan: tuple):
             at += len(block)
         if crc != info.CRC:
             raise fail
-    return stored_window(written, first, size)
+    return first
 
 
 def _same_config_bytes(source: str, written: str, fmt: str) -> None:
