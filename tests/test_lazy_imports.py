@@ -66,15 +66,14 @@ def test_bfloat16_tensor_loads_ml_dtypes_and_reads_right(tmp_path):
 
 
 _ALLOCATOR = (
-    "import json\n"
+    "import json, os\n"
     "from ckptdoctor.tfcompat import import_tensorflow\n"
     "tf = import_tensorflow()\n"
     "x = tf.ones((256, 256)) * 2.0\n"
     "try:\n"
     "    pooled = tf.config.experimental.get_memory_info('CPU:0')['peak'] >= x.numpy().nbytes\n"
-    "except ValueError:\n"  # TensorFlow's default CPU allocator keeps no statistics
+    "except ValueError:\n"  # an allocator that keeps no statistics (TensorFlow's default, on some machines)
     "    pooled = False\n"
-    "import os\n"
     "print(json.dumps([pooled, os.environ.get('TF_CPU_ALLOCATOR_USE_BFC')]))\n"
 )
 
