@@ -25,9 +25,15 @@ __all__ = ["KerasRunner", "load_runner", "bind_runner", "TRAINING_ARGUMENT", "GA
 #: model always runs in inference mode, and each BN layer's own call is handed training=True or False.
 TRAINING_ARGUMENT = "model(x, training=False), each BN layer's call(training=True|False)"
 #: The report's explanation of the gap columns (as the graph repair's).
+#: Each BN layer's own gap is measured on this many leading samples of the first batch (the output check uses
+#: the whole batches): their reference outputs are copies, held while the inference passes run. Holding every
+#: layer's whole output instead kept ResNet50's 96 samples (about 400 MiB) in TensorFlow's pool, so each
+#: inference pass page-faulted that much fresh memory in (0.9 s of a 10 s repair, BENCHMARKS.md D7).
+LAYER_GAP_SAMPLES = 16
 GAP_NOTE = (
-    "gaps: largest |inference-mode output - reference output| of each BN layer on the first batch; the "
-    "reference runs the BN layers in training mode and every other layer in inference mode"
+    f"gaps: largest |inference-mode output - reference output| of each BN layer on the first {LAYER_GAP_SAMPLES} "
+    "samples of the first batch; the reference runs the BN layers in training mode and every other layer in "
+    "inference mode"
 )
 
 
@@ -134,10 +140,10 @@ class _Taps:
                 if self.only is not None:
                     raise _Stop
             out = original(*args, **kwargs)
-            if self.outputs is not None:
-                self.outputs[bn.name] = np.asarray(out)
+            if self.outputs is not None:  # a copy: the whole output goes back to TensorFlow's pool
+                self.outputs[bn.name] = np.array(np.asarray(out)[:LAYER_GAP_SAMPLES])
             elif self.reference is not None:  # compared at once: one set of outputs is held, not two
-                self.layer_gaps[bn.name] = largest_gap(out, self.reference[bn.name])
+                self.layer_gaps[bn.name] = largest_gap(np.asarray(out)[:LAYER_GAP_SAMPLES], self.reference[bn.name])
             return out
 
         object.__setattr__(bn.layer, "call", call)
@@ -154,9 +160,9 @@ class _Taps:
         against: dict | None = None,
     ):
         """One forward pass in inference mode (``bn_training``: the tapped BN layers in training mode); return
-        the model's outputs as numpy. ``keep``: keep each layer's output in ``outputs``; ``against``: compare
-        each layer's output with it into ``layer_gaps``; ``moments``: put each layer's input moments there
-        (``only``: this layer's, then stop and return None)."""
+        the model's outputs as numpy. ``keep``: keep each layer's output on the first ``LAYER_GAP_SAMPLES``
+        samples in ``outputs``; ``against``: compare each layer's output there with it into ``layer_gaps``;
+        ``moments``: put each layer's input moments there (``only``: this layer's, then stop and return None)."""
         self.calls, self.outputs, self.moments, self.only = [], ({} if keep else None), moments, only
         self.reference, self.layer_gaps = against, {}
         self.bn_training = bn_training
