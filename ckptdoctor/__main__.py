@@ -1,7 +1,5 @@
 """``python -m ckptdoctor`` runs the command line."""
 
-import sys
+from ckptdoctor.cli import run
 
-from ckptdoctor.cli import main
-
-sys.exit(main())
+run()

@@ -654,5 +654,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> None:
+    """Entry point of the ``ckptdoctor`` console script and of ``python -m ckptdoctor``: ``main``, then exit.
+
+    Once TensorFlow is imported, the process ends with ``os._exit`` after stdout and stderr are flushed. Python's
+    own exit would take TensorFlow's and Keras' objects down one by one, 0.4-0.6 s after a ResNet50 repair
+    (BENCHMARKS.md D7), with nothing of ours left to do: ``main`` returns only once every output was written,
+    verified and renamed, and every file closed. Without TensorFlow the exit is Python's own.
+    """
+    code = main()
+    if sys.modules.get("tensorflow") is None:
+        sys.exit(code)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (`| head`), as main answers it
+        code = code or 1
+    try:
+        sys.stderr.flush()
+    except OSError:
+        pass  # stderr closed: nothing more can be said
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
