@@ -90,3 +90,46 @@ def test_tensorflow_runs_on_the_pooling_cpu_allocator_unless_the_caller_chose():
     # The caller's choice is what TensorFlow sees. Whether its default allocator keeps statistics differs
     # between machines (it did here on 2026-12-04), so only the setting is checked.
     assert _pooled(TF_CPU_ALLOCATOR_USE_BFC="false")[1] == "false"
+
+
+# Imports TensorFlow (and Keras 3) the way repairs do, counting the collector's runs during each import.
+_COLLECTIONS = (
+    "import gc, json, sys\n"
+    "if sys.argv[1] == 'off':\n"
+    "    gc.disable()\n"
+    "runs = []\n"
+    "gc.callbacks.append(lambda phase, info: runs.append(info['generation']) if phase == 'start' else None)\n"
+    "from ckptdoctor.tfcompat import import_tensorflow\n"
+    "from ckptdoctor.runtime.keras_model import import_keras\n"
+    "start = len(runs)\n"
+    "import_tensorflow()\n"
+    "after_tf = len(runs) - start\n"
+    "import_keras(False)\n"
+    "assert 'tensorflow' in sys.modules and 'keras' in sys.modules\n"
+    "before = len(runs) - start\n"
+    "gc.collect()\n"
+    "print(json.dumps([after_tf, before, gc.isenabled(), gc.get_freeze_count(), len(gc.get_objects())]))\n"
+)
+
+
+def test_tensorflow_and_keras_imports_run_no_collection_and_leave_their_objects_frozen():
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    got = subprocess.run(
+        [sys.executable, "-c", _COLLECTIONS, "on"], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert got.returncode == 0, got.stderr[-2000:]
+    after_tf, after_keras, enabled, frozen, tracked = json.loads(got.stdout.strip().splitlines()[-1])
+    # Without the pause, these imports make dozens of collections (full ones among them, 0.5 s here).
+    assert after_tf == 0 and after_keras == 0
+    assert enabled  # the collector is on again
+    # What the imports made is frozen: a full collection walks only what came after (a few hundred objects).
+    assert frozen > 500_000 and tracked < frozen / 50
+
+
+def test_a_caller_who_disabled_the_collector_keeps_it_disabled():
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    got = subprocess.run(
+        [sys.executable, "-c", _COLLECTIONS, "off"], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert json.loads(got.stdout.strip().splitlines()[-1])[2] is False

@@ -48,14 +48,11 @@ def _first_line(e: BaseException) -> str:
 
 
 def _keras(legacy: bool):
+    from ckptdoctor.runtime.keras_model import import_keras
     from ckptdoctor.tfcompat import import_tensorflow
 
     import_tensorflow()
-    if legacy:
-        import tf_keras as K
-    else:
-        import keras as K
-    return K
+    return import_keras(legacy)
 
 
 def _from_factory(spec: str):

@@ -23,6 +23,7 @@ from ckptdoctor.runtime.base import Input, Target
 __all__ = [
     "BNLayer",
     "keras_module",
+    "import_keras",
     "load_keras_model",
     "find_bn_layers",
     "trainable_bn_layers",
@@ -47,16 +48,32 @@ def keras_module(version: str | None, fmt: str):
     if fmt == "keras-legacy-h5" and version is None:
         legacy = True
     try:
-        if legacy:
-            import tf_keras as K
-        else:
-            import keras as K
+        K = import_keras(legacy)
     except ImportError as e:
         raise UnsupportedFormatError(
             f"this file was written by Keras {version or '?'}, which needs "
             f"{'tf-keras' if legacy else 'keras>=3'} to run: pip install {'tf-keras' if legacy else 'keras'}"
         ) from e
     return K, legacy
+
+
+def import_keras(legacy: bool):
+    """``tf_keras`` (``legacy``) or ``keras``, imported as TensorFlow is (``tfcompat.long_lived_imports``: the
+    garbage collector paused, then what they created frozen).
+
+    Raises:
+        ImportError: that Keras is not installed.
+    """
+    from ckptdoctor.tfcompat import long_lived_imports
+
+    with long_lived_imports():
+        if legacy:
+            import tf_keras
+
+            return tf_keras
+        import keras
+
+        return keras
 
 
 def load_keras_model(K, legacy: bool, path: str, unsafe: bool):
