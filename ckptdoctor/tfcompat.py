@@ -9,33 +9,10 @@ from __future__ import annotations
 import contextlib
 import os
 
+from ckptdoctor.collector import long_lived_imports
 from ckptdoctor.errors import MissingDependencyError
 
-__all__ = ["import_tensorflow", "tensorflow_available", "long_lived_imports"]
-
-
-@contextlib.contextmanager
-def long_lived_imports():
-    """Imports whose objects live as long as the process: the cyclic garbage collector is off while they run,
-    and what exists once they succeeded is frozen (``gc.freeze``), so no later collection walks it again.
-
-    Importing TensorFlow and Keras creates millions of long-lived objects and hardly any garbage, yet with the
-    collector on it makes a full collection each time those objects grow by a quarter, each one slower than the
-    last: 0.5 s of the 1.8 s ``import tensorflow`` + ``import keras`` here (``gc.callbacks``). Only pausing it
-    moves that cost to the first collections after the block, which walk every new object once per generation
-    (0.55 s); freezing them removes it. The collector is enabled again after the block if it was before; a
-    frozen object that later becomes cyclic garbage is not freed (``gc.unfreeze`` hands them back).
-    """
-    import gc
-
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-        gc.freeze()
-    finally:
-        if enabled:
-            gc.enable()
+__all__ = ["import_tensorflow", "tensorflow_available"]
 
 
 @contextlib.contextmanager

@@ -1035,3 +1035,151 @@ def test_shape_of_more_than_int64_elements_is_refused_even_with_a_zero_dimension
             assert [e.shape for e in reader.entries()] == [(2**40, 2**40, 0)]  # listed, as stored
             with pytest.raises(TensorReadError, match=r"2\*\*63-1"):
                 reader.read("t")
+
+
+# ============================================================ listing 100,000 tensors: the same, in less memory
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 16383, 16384, 2**21 - 1, 2**21, 2**28 - 1, 2**28, 2**35, 2**63 - 1])
+def test_canonical_entries_decode_as_the_generic_decoder(value):
+    # The canonical path inlines varints of two to four bytes: every width, and every cut of the message, gives
+    # what the generic decoder gives (a cut inside a longer varint: read_varint's own message, as before).
+    proto = entry_proto(1, [3, value], value, value, crc=value & 0xFFFFFFFF, shard=value)
+    assert protowire.decode_bundle_entry(proto) == protowire._decode_bundle_entry_generic(proto)
+    for cut in range(len(proto)):
+        try:
+            generic = protowire._decode_bundle_entry_generic(proto[:cut])
+        except protowire.WireFormatError:
+            with pytest.raises(protowire.WireFormatError):
+                protowire.decode_bundle_entry(proto[:cut])
+        else:
+            assert protowire.decode_bundle_entry(proto[:cut]) == generic
+    width = len(varint(value))
+    if width > 2:  # a two-byte varint cut after its first byte was, and is, "message truncated"
+        offset_at = proto.index(b"\x20" + varint(value)) + 1  # the offset's varint
+        with pytest.raises(protowire.WireFormatError, match="truncated varint"):
+            protowire.decode_bundle_entry(proto[: offset_at + width - 1])
+
+
+def object_graph_proto(nodes) -> bytes:
+    """A ``TrackableObjectGraph``: each node ``(children [(id, name)], attributes [(name, key)])``."""
+    out = b""
+    for children, attributes in nodes:
+        node = b"".join(f_len(1, f_varint(1, i) + f_len(2, name.encode())) for i, name in children)
+        node += b"".join(
+            f_len(2, f_len(1, name.encode()) + f_len(2, b"full") + f_len(3, key.encode())) for name, key in attributes
+        )
+        out += f_len(1, node)
+    return out
+
+
+@pytest.mark.parametrize("node_id", [0, 1, 127, 128, 16383, 16384, 2**21 - 1, 2**21, 2**31 - 1])
+def test_object_graph_children_of_every_id_width(node_id):
+    # Child ids of one to three bytes are read inline, longer ones by read_varint: the same ids either way.
+    nodes = protowire.decode_object_graph(object_graph_proto([([(node_id, "x"), (5, "y")], [])]))
+    assert nodes[0].children == ((node_id, "x"), (5, "y"))
+
+
+def tf2_bundle(directory, names) -> str:
+    """A TF2-style bundle: the root's children ``names``, each a float32 scalar variable, and the object graph."""
+    keys = [f"{name}/.ATTRIBUTES/VARIABLE_VALUE" for name in names]
+    graph = object_graph_proto(
+        [([(i + 1, name) for i, name in enumerate(names)], [])] + [([], [("VARIABLE_VALUE", key)]) for key in keys]
+    )
+    data, crc = string_payload([graph])
+    items = [(OBJECT_GRAPH.encode(), entry_proto(7, [], 0, len(data), crc))]
+    for i, key in enumerate(keys):
+        value = struct.pack("<f", i)
+        items.append((key.encode(), entry_proto(1, [], len(data), 4, google_crc32c.value(value))))
+        data += value
+    return write_bundle(directory, items, data)
+
+
+OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
+
+
+def test_object_graph_keys_are_the_readers_names_and_let_go_once_listed(tmp_path):
+    # One string per name (the graph's keys are the reader's own), and the decoded graph is released once the
+    # listing, its last user, is built: asked again, it is decoded again, the same.
+    with BundleReader(tf2_bundle(tmp_path, ["a", "b", "c"])) as reader:
+        nodes = reader.object_graph_nodes()
+        listing = {e.name: e for e in reader.entries()}
+        keys = [key for node in nodes for _attr, key in node.attributes]
+        assert sorted(keys) == sorted(set(listing) - {OBJECT_GRAPH})
+        assert all(listing[key].name is key for key in keys)
+        assert [listing[k].object_path for k in sorted(keys)] == ["a", "b", "c"]
+        again = reader.object_graph_nodes()
+        assert again is not nodes and again == nodes
+    # Without the reader's names, the keys are equal strings of their own.
+    assert protowire.decode_object_graph(object_graph_proto([([], [("V", "k")])]))[0] == ((), (("V", "k"),), ())
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads the resident pages from /proc/self/smaps")
+def test_a_string_tensor_read_leaves_its_pages_unmapped(tmp_path):
+    # A string tensor is copied out of the data file's memory map: its pages (an object graph's 8 MB on 100,000
+    # tensors) are dropped from the resident set once read, as a streamed tensor's are.
+    blob = os.urandom(4 << 20)
+    data, crc = string_payload([blob])
+    prefix = write_bundle(tmp_path, [(b"s", entry_proto(7, [], 0, len(data), crc))], data)
+    with BundleReader(prefix) as reader:
+        assert reader.read("s")[()] == blob
+        assert mapped_kib(prefix + ".data-00000-of-00001") < 1024
+
+
+def mapped_kib(path: str) -> int:
+    """The resident KiB of this process's maps of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            first = line.split(" ", 1)[0]
+            if "-" in first and ":" not in first:  # a mapping's header line: "start-end perms offset dev inode path"
+                inside = line.rstrip("\n").endswith(os.path.realpath(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    return total
+
+
+def test_table_errors_come_before_entry_errors(tmp_path):
+    # The index is decoded as its table is read, yet the first problem reported is the one reported when the
+    # table was read whole first: the table's own (keys out of order), then the header's, then an entry's.
+    bad_entry = (b"b", b"\x12\x10")
+    prefix = os.path.join(tmp_path, "disorder")
+    write_file(prefix + ".index", build_sstable([(b"", HEADER), bad_entry, (b"a", entry_proto(1, [1], 0, 4))]))
+    write_file(prefix + ".data-00000-of-00001", bytes(4))
+    with pytest.raises(CorruptCheckpointError, match="keys out of order"):
+        BundleReader(prefix)
+    with pytest.raises(CorruptCheckpointError, match="endianness 7"):
+        BundleReader(write_bundle(tmp_path, [bad_entry], bytes(4), f_varint(1, 1) + f_varint(2, 7)))
+    write_file(prefix + ".index", build_sstable([(b"a", entry_proto(1, [1], 0, 4)), bad_entry]))
+    with pytest.raises(CorruptCheckpointError, match="no header record"):
+        BundleReader(prefix)
+    table = build_sstable([(b"", HEADER), (b"b", entry_proto(1, [1], 0, 4)), (b"a", entry_proto(1, [1], 0, 4))])
+    read = []
+    with pytest.raises(CorruptCheckpointError, match="keys out of order"):
+        for key, _value in sstable.iter_table(table, "t.index"):
+            read.append(key)
+    assert read == [b"", b"b", b"a"]  # every item first, as parse_table reads them all before it checks the order
+    with pytest.raises(CorruptCheckpointError, match=r"keys out of order \(b'a' after b'b'\)"):
+        sstable.parse_table(table, "t.index")
+
+
+def test_paused_gc_restores_the_collector_as_it_was():
+    import gc
+
+    from ckptdoctor.collector import paused_gc
+
+    assert gc.isenabled()
+    with pytest.raises(KeyError), paused_gc():
+        assert not gc.isenabled()
+        with paused_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the inner block leaves it as the outer one set it
+        raise KeyError("x")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with paused_gc():
+            pass
+        assert not gc.isenabled()  # off before, off after
+    finally:
+        gc.enable()

@@ -467,6 +467,15 @@ def test_tensor_rows_written_as_the_encoder_writes_them(monkeypatch):
         dict(name='poids_\u00e9t\u00e9 "quoted" \\ \n\t\x01 \udcff', object_path="a/\u00e9"),
         dict(name=Name("sub"), min=np.float64(0.25), max=0.5, nan=1, shape=()),
         dict(shape=(3,), size=True),
+        # Rows without statistics take a way of their own: each kind of value in it, and shapes that only look
+        # like a cached one (equal tuples of other element types, an unhashable element).
+        dict(in_graph=True, role="optimizer_slot", object_path=None),
+        dict(in_graph=False, role=Name("weight"), object_path=Name("w")),
+        dict(shape=(True, 16)),
+        dict(shape=(16.0, 16)),
+        dict(shape=([16], 16)),
+        dict(shape=(16, 16), nbytes=1024.0, dtype='f"32\u00e9'),
+        dict(shape=(2**70,), size=2**70),
     ]
     tensors = [TensorReport(**{**base, **v}) for v in variants]
     for t in tensors:

@@ -19,6 +19,7 @@ import numpy as np
 from ckptdoctor.analysis.diagnose import Finding, diagnose_bn, frozen_untrained
 from ckptdoctor.analysis.staleness import stale_findings
 from ckptdoctor.analysis.stats import STATS_DTYPES, TensorStats, compute_stats
+from ckptdoctor.collector import paused_gc
 from ckptdoctor.errors import (
     CkptDoctorError,
     GraphError,
@@ -132,15 +133,16 @@ def compile_match(match: str | None):
 def _report(model: Model, description: Description, stats: bool, pattern, jobs: int = 1) -> InspectReport:
     reader = model.reader
     entries = reader.entries()
-    present = {e.name for e in entries}
     unreadable: dict[str, TensorReadError] = {}
     specs = description.bn_layers
+    present = {e.name for e in entries} if specs else set()  # only the BN layers' keys are looked up in it
     stat_keys = {spec[k] for spec in specs for k in _STATISTICS if spec.get(k)}
     values = read_stat_values(reader, stat_keys & present, unreadable)
     diagnosed = [
         (spec, *diagnose_bn(spec, present, values, from_graph=not description.bn_from_names, advice=description.advice))
         for spec in specs
     ]
+    del present  # 100,000 names: not kept while every tensor's report is made
     diagnosed = frozen_untrained(diagnosed, description.trained)
     bn_rows = [row for _spec, row, _found in diagnosed]
     findings = [f for _spec, _row, found in diagnosed for f in found] + list(description.findings)
@@ -151,16 +153,8 @@ def _report(model: Model, description: Description, stats: bool, pattern, jobs: 
         if getattr(row, attr)
     }
 
-    tensors, listed = list_tensors(
-        reader,
-        entries,
-        stats,
-        pattern,
-        description,
-        lambda key: bn_role.get(key) or description.role(key),
-        unreadable,
-        jobs,
-    )
+    role_of = (lambda key: bn_role.get(key) or description.role(key)) if bn_role else description.role
+    tensors, listed = list_tensors(reader, entries, stats, pattern, description, role_of, unreadable, jobs)
     findings += listed + [Finding(err.code, "error", None, key, str(err)) for key, err in sorted(unreadable.items())]
     notes = list(description.notes)
     if not stats:
@@ -285,10 +279,18 @@ def list_tensors(
     a tensor whose bytes cannot be read is added to ``unreadable`` (and reported as a finding
     of its own).
     """
+    with paused_gc():  # a report per tensor: 100,000 of them are made faster without collections between
+        return _list_tensors(reader, entries, stats, pattern, description, role_of, unreadable, jobs)
+
+
+def _list_tensors(
+    reader, entries, stats: bool, pattern, description: Description, role_of, unreadable: dict, jobs: int
+) -> tuple[list[TensorReport], list[Finding]]:
     tensors, findings = [], []
-    wanted = [e for e in entries if stats and e.name not in unreadable and e.dtype in STATS_DTYPES]
+    wanted = [e for e in entries if e.name not in unreadable and e.dtype in STATS_DTYPES] if stats else []
     computed = iter_stats(reader, wanted, jobs)
     taken = 0  # wanted[:taken] have their statistics
+    object_path_of, in_graph, by_path = description.object_path, description.in_graph, description.match_object_paths
     for e in entries:
         s = None
         if taken < len(wanted) and wanted[taken] is e:
@@ -296,39 +298,32 @@ def list_tensors(
             taken += 1
             if err is not None:
                 unreadable[e.name] = err
-        role = role_of(e.name)
+        name = e.name
+        role = role_of(name)
         if s is not None and (s.nan or s.inf) and role not in ("bn_moving_mean", "bn_moving_variance"):
             findings.append(
                 Finding(
                     "non-finite",
                     "error",
                     None,
-                    e.name,
-                    f"{e.name} holds {s.nan} NaN and {s.inf} Inf values: training diverged before this was "
+                    name,
+                    f"{name} holds {s.nan} NaN and {s.inf} Inf values: training diverged before this was "
                     "saved; restore an earlier checkpoint or lower the learning rate",
                 )
             )
-        object_path = description.object_path(e)
-        if pattern is not None and not (
-            pattern.search(e.name) or (description.match_object_paths and pattern.search(object_path or ""))
-        ):
+        object_path = object_path_of(e)
+        if pattern is not None and not (pattern.search(name) or (by_path and pattern.search(object_path or ""))):
             continue
-        tensors.append(
-            TensorReport(
-                name=e.name,
-                dtype=e.dtype,
-                shape=tuple(e.shape),
-                size=e.size,
-                nbytes=e.nbytes,
-                min=s.min if s else None,
-                max=s.max if s else None,
-                mean=s.mean if s else None,
-                std=s.std if s else None,
-                nan=s.nan if s else None,
-                inf=s.inf if s else None,
-                in_graph=description.in_graph(e.name),
-                role=role,
-                object_path=object_path,
-            )
-        )
+        shape = tuple(e.shape)
+        if s is None:  # positional arguments: a third of the cost of keywords, for 14 fields
+            report = TensorReport(
+                name, e.dtype, shape, e.size, e.nbytes, None, None, None, None, None, None, in_graph(name), role,
+                object_path,
+            )  # fmt: skip
+        else:
+            report = TensorReport(
+                name, e.dtype, shape, e.size, e.nbytes, s.min, s.max, s.mean, s.std, s.nan, s.inf, in_graph(name),
+                role, object_path,
+            )  # fmt: skip
+        tensors.append(report)
     return tensors, findings

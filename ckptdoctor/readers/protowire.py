@@ -16,7 +16,8 @@ Callers turn that into a ``CorruptCheckpointError`` naming the file.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 from ckptdoctor.errors import CorruptCheckpointError
@@ -294,11 +295,17 @@ def decode_bundle_entry(buf: bytes) -> BundleEntry:
             if tag == 0x08 or tag == 0x18 or tag == 0x20 or tag == 0x28:
                 v = buf[pos]
                 pos += 1
-                if v >= 0x80:
+                if v >= 0x80:  # two to four bytes inlined (offsets below 256 MiB); longer ones, faults: read_varint
                     v2 = buf[pos]
-                    if v2 < 0x80:  # two-byte varint, inlined
+                    if v2 < 0x80:
                         v = (v & 0x7F) | (v2 << 7)
                         pos += 1
+                    elif pos + 1 < end and buf[pos + 1] < 0x80:
+                        v = (v & 0x7F) | ((v2 & 0x7F) << 7) | (buf[pos + 1] << 14)
+                        pos += 2
+                    elif pos + 2 < end and buf[pos + 2] < 0x80:  # buf[pos + 1] >= 0x80 here
+                        v = (v & 0x7F) | ((v2 & 0x7F) << 7) | ((buf[pos + 1] & 0x7F) << 14) | (buf[pos + 2] << 21)
+                        pos += 3
                     else:
                         v, pos = read_varint(buf, pos - 1, end)
                 if tag == 0x08:
@@ -444,7 +451,12 @@ def _scan(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
     value and ``b`` unused.
     """
     out: list[tuple[int, int, int, int]] = []
-    append = out.append
+    _scan_into(buf, pos, end, out.append)
+    return out
+
+
+def _scan_into(buf: bytes, pos: int, end: int, append) -> None:
+    """``_scan``, each field handed to ``append`` as it is read."""
     while pos < end:
         tag = buf[pos]
         pos += 1
@@ -473,13 +485,21 @@ def _scan(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
             raise WireFormatError(f"unsupported wire type {wtype} for field {tag >> 3}")
         if tag >> 3 == 0:
             raise WireFormatError("field number 0")
-    return out
 
 
 def _decode_child(buf: bytes, a: int, b: int) -> tuple[int, str]:
     # Canonical ObjectReference: 08 <node_id> 12 <one-byte len> <local_name>.
     if b - a >= 4 and buf[a] == 0x08:
-        node_id, p = read_varint(buf, a + 1, b)
+        node_id, p = buf[a + 1], a + 2
+        if node_id >= 0x80:  # two and three bytes inlined (ids below 2**21), as read_varint reads them
+            if buf[p] < 0x80:
+                node_id = (node_id & 0x7F) | (buf[p] << 7)
+                p += 1
+            elif p + 1 < b and buf[p + 1] < 0x80:
+                node_id = (node_id & 0x7F) | ((buf[p] & 0x7F) << 7) | (buf[p + 1] << 14)
+                p += 2
+            else:
+                node_id, p = read_varint(buf, a + 1, b)
         if p + 2 <= b and buf[p] == 0x12 and buf[p + 1] < 0x80 and p + 2 + buf[p + 1] == b and node_id < 1 << 31:
             return node_id, buf[p + 2 : b].decode("utf-8", "surrogateescape")
     d = decode_strings_and_ints(buf[a:b], {1: "i", 2: "s"})
@@ -492,14 +512,15 @@ _VALUE_ATTRIBUTE = b"\x0a\x0eVARIABLE_VALUE\x12"
 _VALUE_NAME = "VARIABLE_VALUE"
 
 
-def _decode_attribute(buf: bytes, a: int, b: int) -> tuple[str, str]:
+def _decode_attribute(buf: bytes, a: int, b: int, keys: Mapping[str, str]) -> tuple[str, str]:
     # Canonical SerializedTensor: 0a name 12 full_name 1a checkpoint_key, in order, one-byte lengths.
     if buf.startswith(_VALUE_ATTRIBUTE, a):
         p = a + len(_VALUE_ATTRIBUTE)
         if p < b and buf[p] < 0x80:
             q = p + 1 + buf[p]  # past full_name
             if q + 2 <= b and buf[q] == 0x1A and buf[q + 1] < 0x80 and q + 2 + buf[q + 1] == b:
-                return _VALUE_NAME, buf[q + 2 : b].decode("utf-8", "surrogateescape")
+                key = buf[q + 2 : b].decode("utf-8", "surrogateescape")
+                return _VALUE_NAME, keys.get(key, key)
     values = ["", "", ""]
     pos = a
     for i, expected_tag in enumerate((0x0A, 0x12, 0x1A)):
@@ -517,10 +538,10 @@ def _decode_attribute(buf: bytes, a: int, b: int) -> tuple[str, str]:
     if pos != b:  # other order, repeats or unknown fields
         d = decode_strings_and_ints(buf[a:b], {1: "s", 2: "s", 3: "s"})
         values = [d.get(1, ""), "", d.get(3, "")]  # type: ignore[list-item]
-    return (_VALUE_NAME if values[0] == _VALUE_NAME else values[0]), values[2]
+    return (_VALUE_NAME if values[0] == _VALUE_NAME else values[0]), keys.get(values[2], values[2])
 
 
-def decode_object_graph(buf: bytes) -> list[ObjectNode]:
+def decode_object_graph(buf: bytes, keys: Mapping[str, str] | None = None) -> list[ObjectNode]:
     """Decode a serialized ``TrackableObjectGraph``.
 
     Its fields: ``docs/checkpoint-format.md``, "The object-graph key and TrackableObjectGraph fields".
@@ -528,21 +549,43 @@ def decode_object_graph(buf: bytes) -> list[ObjectNode]:
     Only the fields needed to map checkpoint keys to object paths are kept;
     ``registered_saver`` and ``has_checkpoint_values`` are skipped.
 
+    Args:
+        buf: the serialized graph.
+        keys: the checkpoint's tensor names, each mapped to itself: an attribute's checkpoint key
+            equal to one of them is that very string (a bundle reader's names and its object graph's
+            keys are then one string each, not two: 9 MB on 100,000 tensors). Equal either way.
+
     Raises:
         WireFormatError: not a valid ``TrackableObjectGraph``.
     """
     try:
-        return _decode_object_graph(buf)
+        return _decode_object_graph(buf, keys if keys is not None else {})
     except IndexError:
         raise WireFormatError("object graph truncated") from None
 
 
-def _decode_object_graph(buf: bytes) -> list[ObjectNode]:
+def _node_spans(buf: bytes) -> array:
+    """``(wire type, start, end)`` of each ``nodes`` field, flat, the whole message checked first as ``_scan`` does.
+
+    In an array, not a list of tuples: for 100,000 nodes, 2.4 MB instead of 13 MB while they are decoded.
+    """
+    spans = array("q")
+
+    def keep(field: tuple[int, int, int, int]) -> None:
+        if field[0] == 1:
+            wt = field[1]
+            spans.extend((wt, field[2], field[3]) if wt == _LEN else (wt, 0, 0))
+
+    _scan_into(buf, 0, len(buf), keep)
+    return spans
+
+
+def _decode_object_graph(buf: bytes, keys: Mapping[str, str]) -> list[ObjectNode]:
     nodes = []
-    for f, wt, a, b in _scan(buf, 0, len(buf)):
-        if f != 1:
-            continue
-        _expect(wt, _LEN, "TrackableObjectGraph.nodes")
+    spans = iter(_node_spans(buf))
+    for wt, a, b in zip(spans, spans, spans):
+        if wt != _LEN:
+            _expect(wt, _LEN, "TrackableObjectGraph.nodes")
         children, attributes, slots = [], [], []
         pos = a
         while pos < b:
@@ -560,7 +603,7 @@ def _decode_object_graph(buf: bytes) -> list[ObjectNode]:
                 if tag == 0x0A:
                     children.append(_decode_child(buf, start, stop))
                 elif tag == 0x12:
-                    attributes.append(_decode_attribute(buf, start, stop))
+                    attributes.append(_decode_attribute(buf, start, stop, keys))
                 pos = stop
                 continue
             # Slot variables, registered savers, unusual encodings: generic.
@@ -570,13 +613,16 @@ def _decode_object_graph(buf: bytes) -> list[ObjectNode]:
                     children.append(_decode_child(buf, a2, b2))
                 elif f2 == 2:
                     _expect(wt2, _LEN, "TrackableObject.attributes")
-                    attributes.append(_decode_attribute(buf, a2, b2))
+                    attributes.append(_decode_attribute(buf, a2, b2, keys))
                 elif f2 == 3:
                     _expect(wt2, _LEN, "TrackableObject.slot_variables")
                     d = decode_strings_and_ints(buf[a2:b2], {1: "i", 2: "s", 3: "i"})
                     slots.append((d.get(1, 0), d.get(2, ""), d.get(3, 0)))
             break
-        nodes.append(tuple.__new__(ObjectNode, (tuple(children), tuple(attributes), tuple(slots))))
+        # Most nodes have no children or no slots: () is the empty tuple, without a call.
+        edges = tuple(children) if children else ()
+        saved = tuple(attributes) if attributes else ()
+        nodes.append(tuple.__new__(ObjectNode, (edges, saved, tuple(slots) if slots else ())))
     return nodes
 
 

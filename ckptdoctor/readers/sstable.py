@@ -48,7 +48,9 @@ __all__ = [
     "read_block",
     "iter_block",
     "read_table",
+    "read_table_file",
     "parse_table",
+    "iter_table",
     "snappy_decompress",
 ]
 
@@ -297,9 +299,23 @@ def parse_table(data: bytes, path: str) -> list[tuple[bytes, bytes]]:
         CorruptCheckpointError: anything about the table is inconsistent,
             including keys that are not strictly increasing.
     """
+    return list(iter_table(data, path))
+
+
+def iter_table(data: bytes, path: str) -> Iterator[tuple[bytes, bytes]]:
+    """``parse_table``'s items one at a time (a reader keeps its own form of them, not a list of 100,000 pairs).
+
+    Everything ``parse_table`` checks is checked, in the same order: keys out of order are
+    reported after the last block was read, as ``parse_table`` reports them, so a caller that
+    defers its own errors on the items to the end gives the same first error.
+
+    Raises:
+        CorruptCheckpointError: as ``parse_table``, the order error once the items were all yielded.
+    """
     _, index_handle = read_footer(data, path)
     index_block = read_block(data, index_handle, path, "index block")
-    items: list[tuple[bytes, bytes]] = []
+    previous: bytes | None = None
+    disorder: tuple[bytes, bytes] | None = None  # the first key not above its predecessor, and that predecessor
     key_budget = MAX_KEY_EXPANSION * len(data) + (1 << 20)
     next_free = 0  # where the next data block may start: blocks follow each other (spec 3.1)
     for i, (_sep, handle_bytes) in enumerate(iter_block(index_block, path, "index block")):
@@ -323,11 +339,12 @@ def parse_table(data: bytes, path: str) -> list[tuple[bytes, bytes]]:
                     f"its keys expand to more than {MAX_KEY_EXPANSION} times the file's size "
                     "(entries sharing ever longer prefixes): not a table TensorFlow wrote",
                 )
-            items.append((key, value))
-    for j in range(1, len(items)):
-        if items[j][0] <= items[j - 1][0]:
-            raise _corrupt(path, f"keys out of order ({items[j][0]!r} after {items[j - 1][0]!r})")
-    return items
+            if previous is not None and key <= previous and disorder is None:
+                disorder = (key, previous)
+            previous = key
+            yield key, value
+    if disorder is not None:
+        raise _corrupt(path, f"keys out of order ({disorder[0]!r} after {disorder[1]!r})")
 
 
 def read_table(path: str) -> list[tuple[bytes, bytes]]:
@@ -336,6 +353,16 @@ def read_table(path: str) -> list[tuple[bytes, bytes]]:
     Raises:
         CheckpointNotFoundError: the file does not exist or cannot be opened.
         CorruptCheckpointError: it is not a valid SSTable.
+    """
+    return parse_table(read_table_file(path), os.fspath(path))
+
+
+def read_table_file(path: str) -> bytes:
+    """The bytes of an SSTable file, after a look at its magic number (for ``parse_table``/``iter_table``).
+
+    Raises:
+        CheckpointNotFoundError: the file does not exist or cannot be opened.
+        CorruptCheckpointError: its last 8 bytes are not the magic number.
     """
     try:
         with open(path, "rb") as f:
@@ -355,4 +382,4 @@ def read_table(path: str) -> list[tuple[bytes, bytes]]:
         raise CheckpointNotFoundError(f"{path} is a directory, expected a checkpoint index file") from e
     except OSError as e:
         raise CheckpointNotFoundError(f"cannot read {path}: {e.strerror or e}") from e
-    return parse_table(data, os.fspath(path))
+    return data

@@ -58,13 +58,13 @@ def keras_module(version: str | None, fmt: str):
 
 
 def import_keras(legacy: bool):
-    """``tf_keras`` (``legacy``) or ``keras``, imported as TensorFlow is (``tfcompat.long_lived_imports``: the
+    """``tf_keras`` (``legacy``) or ``keras``, imported as TensorFlow is (``collector.long_lived_imports``: the
     garbage collector paused, then what they created frozen).
 
     Raises:
         ImportError: that Keras is not installed.
     """
-    from ckptdoctor.tfcompat import long_lived_imports
+    from ckptdoctor.collector import long_lived_imports
 
     with long_lived_imports():
         if legacy:

@@ -14,6 +14,7 @@ statistics bit-identical (optimizer slots, step counters, ``save_counter``, othe
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from ckptdoctor.analysis.diagnose import Advice, Finding, role_from_name
 from ckptdoctor.errors import CorruptCheckpointError, GraphError, UnsupportedFormatError
@@ -90,7 +91,7 @@ class TF2Checkpoint:
             return Description(
                 graph=None,
                 bn_layers=graph.bn_layers(),
-                role=lambda key: graph.role(key) or role_from_name(key),
+                role=_roles(graph, frozenset()),
                 notes=notes,
                 object_path=self._object_path({}),
                 match_object_paths=True,
@@ -109,7 +110,7 @@ class TF2Checkpoint:
 
         def object_path(entry) -> str | None:
             node = graph.node_of.get(entry.name)
-            return names.get(entry.name) or (graph.path_of.get(node) if node is not None else None) or entry.object_path
+            return names.get(entry.name) or (graph.path_of[node] if node is not None else None) or entry.object_path
 
         return object_path
 
@@ -146,7 +147,7 @@ class TF2Checkpoint:
         return Description(
             graph=f"{self._graph} (model)",
             bn_layers=specs,
-            role=lambda key: graph.role(key) or ("weight" if key in declared else role_from_name(key)),
+            role=_roles(graph, declared),
             in_graph=in_graph,
             findings=findings,
             notes=notes + _other_roots_note(others),
@@ -246,6 +247,24 @@ class TF2Checkpoint:
                 f"file still names it (left as it is), and the original is kept as {done['backup']}",
             )
         return Written(done["untouched"], done["updated"], done["backup"], notes)
+
+
+def _roles(graph: ObjectGraph, declared: set[str] | frozenset[str]) -> Callable[[str], str]:
+    """``Description.role``: the object graph's role, else ``weight`` for a ``declared`` key, else the name's.
+
+    One call a key, the graph's role asked only of keys outside the model (it has none for the others).
+    """
+    node_of, in_model = graph.node_of, graph.in_model
+
+    def role(key: str) -> str:
+        node = node_of.get(key)
+        if node is not None and not in_model[node]:  # the graph's role; a model tensor's is None
+            found = graph.role(key)
+            if found is not None:
+                return found
+        return "weight" if key in declared else role_from_name(key)
+
+    return role
 
 
 def _leaf_name(v) -> str:

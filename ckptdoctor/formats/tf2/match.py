@@ -54,8 +54,8 @@ def _pairs(tf, model, node: int, graph: ObjectGraph) -> dict[int, int]:
 def _subtree(graph: ObjectGraph, node: int) -> set[int]:
     seen, queue = {node}, deque([node])
     while queue:
-        for child, _name in graph.nodes[queue.popleft()].children:
-            if child not in seen and 0 <= child < len(graph.nodes):
+        for child, _name in graph.children[queue.popleft()]:
+            if child not in seen and 0 <= child < len(graph.children):
                 seen.add(child)
                 queue.append(child)
     return seen
@@ -78,7 +78,7 @@ def match_model(tf, model, graph: ObjectGraph) -> Match:
         if name in graph.optimizers:
             continue
         pairs = _pairs(tf, model, node, graph)
-        hits = sum(1 for v in variables if pairs.get(id(v)) in graph.key_of)
+        hits = sum(1 for v in variables if graph.key(pairs.get(id(v))) is not None)
         if best is None or hits > best[0]:
             best = (hits, name, pairs)
     if best is None or best[0] == 0:
@@ -92,12 +92,13 @@ def match_model(tf, model, graph: ObjectGraph) -> Match:
     _hits, root, pairs = best
     match = Match(root)
     for v in variables:
-        at = pairs.get(id(v))
-        if at is not None and at in graph.key_of:
-            match.key_of[id(v)] = graph.key_of[at]
+        key = graph.key(pairs.get(id(v)))
+        if key is not None:
+            match.key_of[id(v)] = key
         else:
             match.unmatched.append(v)
-    match.subtree_keys = {graph.key_of[n] for n in _subtree(graph, graph.roots[root]) if n in graph.key_of}
+    subtree_keys = (graph.key(n) for n in _subtree(graph, graph.roots[root]))
+    match.subtree_keys = {key for key in subtree_keys if key is not None}
     return match
 
 

@@ -19,8 +19,9 @@ structure, not the key, therefore says what each tensor is:
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from ckptdoctor.collector import paused_gc
 from ckptdoctor.constants import OBJECT_GRAPH_KEY
 from ckptdoctor.errors import CorruptCheckpointError, TensorReadError, UnsupportedFormatError
 from ckptdoctor.readers.protowire import WireFormatError
@@ -39,18 +40,33 @@ def has_object_graph(reader) -> bool:
 
 @dataclass
 class ObjectGraph:
-    """The decoded object graph with what ckptdoctor derives from it."""
+    """What ckptdoctor derives from the decoded object graph, indexed by node id.
 
-    nodes: list
-    roots: dict[str, int]  # root child name -> node id
+    The decoded nodes themselves are not kept: of each node only its named children are
+    (the rest, an attribute tuple and a key per tensor, was a third of the memory of
+    listing 100,000 tensors). Lists indexed by node id stand for dicts over all nodes.
+    """
+
+    children: list  # node -> its (child node, local name) edges, in stored order
     optimizers: set[str]  # names of the optimizer root children
-    key_of: dict[int, str] = field(default_factory=dict)  # node -> its VARIABLE_VALUE key
-    node_of: dict[str, int] = field(default_factory=dict)  # the reverse
-    path_of: dict[int, str] = field(default_factory=dict)  # node -> its path from its own root child
-    model_nodes: set[int] = field(default_factory=set)  # nodes reachable from a non-optimizer root child
+    key_of: list  # node -> its VARIABLE_VALUE key (None: it saves none)
+    node_of: dict[str, int]  # the reverse (the first node of a key)
+    path_of: list  # node -> its path from its own root child (None: reached from no root child)
+    in_model: bytearray  # node -> 1 when reachable from a non-optimizer root child
+
+    @property
+    def roots(self) -> dict[str, int]:
+        """Root child name -> node id (made when asked: a flat checkpoint's root has 100,000 children)."""
+        return _roots(self.children[0], len(self.children))
+
+    def key(self, node: int | None) -> str | None:
+        """The VARIABLE_VALUE key of ``node`` (None: no such node, or it saves none)."""
+        if node is None or not 0 <= node < len(self.key_of):
+            return None
+        return self.key_of[node]
 
     def child(self, node: int, name: str) -> int | None:
-        for child, local in self.nodes[node].children:
+        for child, local in self.children[node]:
             if local == name:
                 return child
         return None
@@ -58,9 +74,8 @@ class ObjectGraph:
     def bn_layers(self) -> list[dict]:
         """One ``diagnose_bn`` spec per BN layer of the model's objects, named by its path."""
         layers = []
-        for node in self.model_nodes:
-            children = self.nodes[node].children
-            if len(children) < 2:  # a variable, or an object with one child: never a BN layer
+        for node, children in enumerate(self.children):
+            if not self.in_model[node] or len(children) < 2:  # a variable, or one child: never a BN layer
                 continue
             kids: dict = dict.fromkeys(_BN_WEIGHTS)
             for child, local in reversed(children):  # the first child of a name wins, as in child()
@@ -68,7 +83,7 @@ class ObjectGraph:
                     kids[local] = child
             if kids["moving_mean"] is None or kids["moving_variance"] is None:
                 continue
-            keys = {name: self.key_of.get(c) if c is not None else None for name, c in kids.items()}
+            keys = {name: self.key(c) for name, c in kids.items()}
             if keys["moving_mean"] is None or keys["moving_variance"] is None:
                 continue
             layers.append({"layer": self.path_of[node], **keys, "channels": None, "trainable": None})
@@ -77,9 +92,9 @@ class ObjectGraph:
     def role(self, key: str) -> str | None:
         """``optimizer_slot``/``step`` for optimizer state and root counters; None: a model tensor or unknown."""
         node = self.node_of.get(key)
-        if node is None or node in self.model_nodes:
+        if node is None or self.in_model[node]:
             return None
-        path = self.path_of.get(node, "")
+        path = self.path_of[node] or ""
         head, _, leaf = path.partition("/")
         if head in self.optimizers:
             return "step" if leaf.rsplit("/", 1)[-1] in _ITERATION_NAMES else "optimizer_slot"
@@ -88,25 +103,40 @@ class ObjectGraph:
         return None
 
 
-def _walk(nodes: list, starts: list[tuple[int, str]], path_of: dict[int, str]) -> set[int]:
-    """Breadth-first from ``starts`` (node, path), first route wins; returns the nodes reached."""
-    seen = set()
-    queue = deque(starts)
+def _walk(nodes: list, starts, path_of: list) -> bytearray:
+    """Breadth-first from ``starts`` (node, path), first route wins; returns the nodes reached (1 each).
+
+    A node is visited once per walk, by its first route (a second start at a node already reached
+    would find all its children reached too); the queue holds node ids, ``route`` their paths.
+    """
+    n = len(nodes)
+    seen = bytearray(n)
+    route: list = [None] * n
+    queue: deque[int] = deque()
     for node, path in starts:
-        path_of.setdefault(node, path)
-        seen.add(node)
+        if path_of[node] is None:
+            path_of[node] = path
+        if not seen[node]:
+            seen[node] = 1
+            route[node] = path
+            queue.append(node)
     while queue:
-        node, path = queue.popleft()
-        for child, local in nodes[node].children:
-            if 0 <= child < len(nodes) and child not in seen:
-                seen.add(child)
-                path_of.setdefault(child, f"{path}/{local}")
-                queue.append((child, f"{path}/{local}"))
-        for _var, slot_name, slot in nodes[node].slot_variables:  # optimizer slots: owner's path
-            if 0 <= slot < len(nodes) and slot not in seen:
-                seen.add(slot)
-                path_of.setdefault(slot, f"{path}/{slot_name}")
-                queue.append((slot, f"{path}/{slot_name}"))
+        node = queue.popleft()
+        here, path = nodes[node], route[node]
+        for child, local in here.children:
+            if 0 <= child < n and not seen[child]:
+                seen[child] = 1
+                below = route[child] = f"{path}/{local}"
+                if path_of[child] is None:
+                    path_of[child] = below
+                queue.append(child)
+        for _var, slot_name, slot in here.slot_variables:  # optimizer slots: owner's path
+            if 0 <= slot < n and not seen[slot]:
+                seen[slot] = 1
+                below = route[slot] = f"{path}/{slot_name}"
+                if path_of[slot] is None:
+                    path_of[slot] = below
+                queue.append(slot)
     return seen
 
 
@@ -122,16 +152,32 @@ def read_object_graph(reader) -> ObjectGraph:
         raise CorruptCheckpointError(f"the checkpoint's object graph {OBJECT_GRAPH_KEY} is unusable ({e})") from e
     if not nodes:
         raise CorruptCheckpointError(f"the checkpoint's object graph {OBJECT_GRAPH_KEY} is empty")
-    roots = {name: child for child, name in nodes[0].children if 0 <= child < len(nodes)}
+    with paused_gc():  # a list and a dict entry per node, none cyclic: no collection walks them while made
+        return _derive(nodes)
+
+
+def _roots(edges, n: int) -> dict[str, int]:
+    return {name: child for child, name in edges if 0 <= child < n}
+
+
+def _derive(nodes: list) -> ObjectGraph:
+    n = len(nodes)
+    roots = _roots(nodes[0].children, n)
     optimizers = {
-        name for name, node in roots.items() if any(local in _ITERATION_NAMES for _c, local in nodes[node].children)
+        name
+        for name, node in roots.items()
+        if nodes[node].children and any(local in _ITERATION_NAMES for _c, local in nodes[node].children)
     }
-    graph = ObjectGraph(nodes, roots, optimizers)
+    key_of: list = [None] * n
+    node_of: dict[str, int] = {}
     for i, node in enumerate(nodes):
         for attr, key in node.attributes:
             if attr == _VALUE:
-                graph.key_of[i] = key
-                graph.node_of.setdefault(key, i)
-    graph.model_nodes = _walk(nodes, [(n, name) for name, n in roots.items() if name not in optimizers], graph.path_of)
-    _walk(nodes, [(n, name) for name, n in roots.items() if name in optimizers], graph.path_of)
-    return graph
+                key_of[i] = key
+                if key not in node_of:
+                    node_of[key] = i
+    path_of: list = [None] * n
+    in_model = _walk(nodes, ((node, name) for name, node in roots.items() if name not in optimizers), path_of)
+    _walk(nodes, ((node, name) for name, node in roots.items() if name in optimizers), path_of)
+    children = [node.children for node in nodes]
+    return ObjectGraph(children, optimizers, key_of, node_of, path_of, in_model)

@@ -1,0 +1,47 @@
+"""Python's cyclic garbage collector kept out of the way of work that makes many objects and no garbage.
+
+A full collection walks every tracked object, and the collector makes one each time the objects that
+survived collections grow by a quarter: building 100,000 listing rows, or importing TensorFlow and
+Keras (millions of objects), makes one after another, each slower than the last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Iterator
+
+__all__ = ["paused_gc", "long_lived_imports"]
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """The collector paused for the block, then restored as it was (enabled again only if it was).
+
+    For code that makes a listing's worth of acyclic objects (an index of 100,000 entries, its
+    object graph, the reports): each full collection while they are made walks all of them
+    again, and the collections were a fifth of the time of listing 100,000 tensors. Nothing
+    cyclic is made inside, so nothing is collected later than it would have been.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@contextlib.contextmanager
+def long_lived_imports() -> Iterator[None]:
+    """Imports whose objects live as long as the process: the collector paused while they run, and what
+    exists once they succeeded frozen (``gc.freeze``), so that no later collection walks it again.
+
+    ``import tensorflow`` + ``import keras`` made 0.57 s of full collections in a ResNet50 repair
+    (``gc.callbacks``, 1.8 s of imports). Only pausing moves that cost to the first collections after the
+    block, which walk every new object once per generation (0.55 s); freezing removes it. A frozen object
+    that later becomes cyclic garbage is not freed (``gc.unfreeze`` hands them back).
+    """
+    with paused_gc():
+        yield
+        gc.freeze()
