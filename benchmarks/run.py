@@ -976,7 +976,8 @@ def bench_scale(cfg: Config, runner: Runner, work: Path) -> dict:
     reps = max(1, cfg.reps_growth)
     res: dict = {"many": built[many], "big": built[big], "jobs": len(os.sched_getaffinity(0))}
     log("D1 listing 100,000 tensors")
-    res["many_list"] = runner.compare(list_cmds(many), reps, cfg.warmup, INSPECT_CODES, "D1 list")
+    floor = {"pure-Python floor": [PY, str(HERE / "listing_floor.py"), many]}
+    res["many_list"] = runner.compare(list_cmds(many) | floor, reps, cfg.warmup, INSPECT_CODES, "D1 list")
     log("D2 statistics of 100,000 tensors")
     res["many_stats"] = runner.compare(stats_cmds(many), reps, cfg.warmup, INSPECT_CODES, "D2 stats")
     log("D3 statistics of the big checkpoint vs the numpy pass")
@@ -1071,7 +1072,9 @@ def render_scale(cfg: Config, d: dict, header: str) -> str:
         f"({human_gib(many['bytes'])}), and {big['tensors']} tensors, {human_gib(big['bytes'])} (as in A). "
         f"`ckptdoctor` runs with its default `--jobs` ({d['jobs']} here: the cores the process may use). The numpy "
         "pass (`benchmarks/numpy_pass.py`) is one thread of min, max, sum, dot and isnan over a memory map of "
-        "each float32 tensor, no CRC check: the floor for a full statistics pass.\n"
+        "each float32 tensor, no CRC check: the floor for a full statistics pass. The pure-Python floor "
+        "(`benchmarks/listing_floor.py`) lists the same rows as D1's JSON with the least work Python can do: each "
+        "structure walked once, the index blocks' CRCs but no other check, no findings, no report objects.\n"
     )
     ml, ms, bs, bl = d["many_list"], d["many_stats"], d["big_stats"], d["big_list"]
     n = f"{many['tensors']:,}"
@@ -1081,6 +1084,18 @@ def render_scale(cfg: Config, d: dict, header: str) -> str:
             ml["ckptdoctor"],
             "`tf.train.list_variables` " + fmt_s(ml["tensorflow"]) + " s, " + fmt_mib(ml["tensorflow"]) + " MiB",
             ml["tensorflow"],
+        ),
+        *(
+            [
+                compared_row(
+                    "D1 the pure-Python floor (`benchmarks/listing_floor.py`: the same rows, nothing checked)",
+                    ml["pure-Python floor"],
+                    "`tf.train.list_variables`",
+                    ml["tensorflow"],
+                )
+            ]
+            if "pure-Python floor" in ml
+            else []
         ),
         compared_row(
             f"D2 statistics of {n} tensors",
