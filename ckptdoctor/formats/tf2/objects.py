@@ -123,20 +123,16 @@ def _walk(nodes: list, starts, path_of: list) -> bytearray:
     while queue:
         node = queue.popleft()
         here, path = nodes[node], route[node]
-        for child, local in here.children:
+        edges = here.children
+        if here.slot_variables:  # optimizer slots, after the children: below their owner's path
+            edges = edges + tuple((slot, slot_name) for _var, slot_name, slot in here.slot_variables)
+        for child, local in edges:
             if 0 <= child < n and not seen[child]:
                 seen[child] = 1
                 below = route[child] = f"{path}/{local}"
                 if path_of[child] is None:
                     path_of[child] = below
                 queue.append(child)
-        for _var, slot_name, slot in here.slot_variables:  # optimizer slots: owner's path
-            if 0 <= slot < n and not seen[slot]:
-                seen[slot] = 1
-                below = route[slot] = f"{path}/{slot_name}"
-                if path_of[slot] is None:
-                    path_of[slot] = below
-                queue.append(slot)
     return seen
 
 
