@@ -147,23 +147,13 @@ def _is_step(name: str) -> bool:
     return _hinted_search(C.STEP_PATTERN, _STEP_HINTS, name)
 
 
-_VALUE_SUFFIX, _VALUE_SUFFIX_LENGTH = C.TF2_VALUE_SUFFIX, len(C.TF2_VALUE_SUFFIX)
-
-
 def role_from_name(key: str, trainable_hint: bool | None = None) -> str:
     """A tensor's role guessed from its name (used only without a graph)."""
-    # logical_name, is_optimizer_slot and _is_step written out: this runs once per tensor listed.
-    name = key[:-_VALUE_SUFFIX_LENGTH] if key.endswith(_VALUE_SUFFIX) else key
-    for hint in _OPTIMIZER_SLOT_HINTS:
-        if hint in key:
-            if C.OPTIMIZER_SLOT_PATTERN.search(key) is not None:
-                return "optimizer_slot"
-            break
-    for hint in _STEP_HINTS:
-        if hint in name:
-            if C.STEP_PATTERN.search(name) is not None:
-                return "step"
-            break
+    name = logical_name(key)
+    if is_optimizer_slot(key):
+        return "optimizer_slot"
+    if _is_step(name):
+        return "step"
     role = _BN_ROLES.get(name.rpartition("/")[2])
     if role:
         return role

@@ -191,8 +191,7 @@ _by_name = operator.attrgetter("name")
 
 
 def _dtype_name(enum: int) -> str:
-    dt = _DTYPES.get(enum)
-    return dt.name if dt else f"unknown({enum})"
+    return _DTYPE_NAMES.get(enum) or f"unknown({enum})"
 
 
 _I64_MAX = (1 << 63) - 1
@@ -618,8 +617,9 @@ class BundleReader:
                     partitioned = True
                 else:
                     nbytes, partitioned = entry.size, False
-                dtype = _DTYPE_NAMES.get(entry.dtype) or _dtype_name(entry.dtype)
-                listing.append(TensorEntry(name, dtype, entry.shape, nbytes, partitioned, paths.get(name)))
+                listing.append(
+                    TensorEntry(name, _dtype_name(entry.dtype), entry.shape, nbytes, partitioned, paths.get(name))
+                )
             # The table is in byte order; sort anyway in case surrogate-escaped
             # (non-UTF-8) names order differently as str.
             listing.sort(key=_by_name)

@@ -250,18 +250,12 @@ class TF2Checkpoint:
 
 
 def _roles(graph: ObjectGraph, declared: set[str] | frozenset[str]) -> Callable[[str], str]:
-    """``Description.role``: the object graph's role, else ``weight`` for a ``declared`` key, else the name's.
-
-    One call a key, the graph's role asked only of keys outside the model (it has none for the others).
-    """
-    node_of, in_model = graph.node_of, graph.in_model
+    """``Description.role``: the object graph's role, else ``weight`` for a ``declared`` key, else the name's."""
 
     def role(key: str) -> str:
-        node = node_of.get(key)
-        if node is not None and not in_model[node]:  # the graph's role; a model tensor's is None
-            found = graph.role(key)
-            if found is not None:
-                return found
+        found = graph.role(key)
+        if found is not None:
+            return found
         return "weight" if key in declared else role_from_name(key)
 
     return role

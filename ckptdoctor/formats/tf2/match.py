@@ -73,8 +73,9 @@ def match_model(tf, model, graph: ObjectGraph) -> Match:
             "the model has no weights yet (a subclassed model is built by its first call): build it "
             "in the factory, e.g. from keras.Input shapes, and pass it again"
         )
+    roots = graph.roots  # derived when asked: once here
     best: tuple[int, str, dict] | None = None
-    for name, node in graph.roots.items():
+    for name, node in roots.items():
         if name in graph.optimizers:
             continue
         pairs = _pairs(tf, model, node, graph)
@@ -87,7 +88,7 @@ def match_model(tf, model, graph: ObjectGraph) -> Match:
         more = f" and {len(variables) - 4} more" if len(variables) > 4 else ""
         raise GraphError(
             f"the model does not match the checkpoint: none of its variables ({shown}{more}) is under the "
-            f"checkpoint's root objects ({', '.join(graph.roots) or 'none'}); pass the model that wrote it"
+            f"checkpoint's root objects ({', '.join(roots) or 'none'}); pass the model that wrote it"
         )
     _hits, root, pairs = best
     match = Match(root)
@@ -97,7 +98,7 @@ def match_model(tf, model, graph: ObjectGraph) -> Match:
             match.key_of[id(v)] = key
         else:
             match.unmatched.append(v)
-    subtree_keys = (graph.key(n) for n in _subtree(graph, graph.roots[root]))
+    subtree_keys = (graph.key(n) for n in _subtree(graph, roots[root]))
     match.subtree_keys = {key for key in subtree_keys if key is not None}
     return match
 
