@@ -658,8 +658,8 @@ def run() -> None:
     """Entry point of the ``ckptdoctor`` console script and of ``python -m ckptdoctor``: ``main``, then exit.
 
     Once TensorFlow is imported, the process ends with ``os._exit`` after stdout and stderr are flushed. Python's
-    own exit would take TensorFlow's and Keras' objects down one by one, 0.4-0.6 s after a ResNet50 repair
-    (BENCHMARKS.md D7), with nothing of ours left to do: ``main`` returns only once every output was written,
+    own exit would take TensorFlow's and Keras' objects down one by one (part of the repair's time in
+    BENCHMARKS.md D7), with nothing of ours left to do: ``main`` returns only once every output was written,
     verified and renamed, and every file closed. Without TensorFlow the exit is Python's own.
     """
     code = main()

@@ -20,8 +20,8 @@ def paused_gc() -> Iterator[None]:
 
     For code that makes a listing's worth of acyclic objects (an index of 100,000 entries, its
     object graph, the reports): each full collection while they are made walks all of them
-    again, and the collections were a fifth of the time of listing 100,000 tensors. Nothing
-    cyclic is made inside, so nothing is collected later than it would have been.
+    again (BENCHMARKS.md D1 lists 100,000 tensors). Nothing cyclic is made inside, so nothing
+    is collected later than it would have been.
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -37,10 +37,10 @@ def long_lived_imports() -> Iterator[None]:
     """Imports whose objects live as long as the process: the collector paused while they run, and what
     exists once they succeeded frozen (``gc.freeze``), so that no later collection walks it again.
 
-    ``import tensorflow`` + ``import keras`` made 0.57 s of full collections in a ResNet50 repair
-    (``gc.callbacks``, 1.8 s of imports). Only pausing moves that cost to the first collections after the
-    block, which walk every new object once per generation (0.55 s); freezing removes it. A frozen object
-    that later becomes cyclic garbage is not freed (``gc.unfreeze`` hands them back).
+    ``import tensorflow`` + ``import keras`` make one full collection after another (part of every repair's
+    time, BENCHMARKS.md D7). Only pausing would move that cost to the first collections after the block,
+    which walk every new object once per generation; freezing removes it. A frozen object that later becomes
+    cyclic garbage is not freed (``gc.unfreeze`` hands them back).
     """
     with paused_gc():
         yield

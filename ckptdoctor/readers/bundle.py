@@ -301,7 +301,7 @@ def _object_path_lookup(nodes: Sequence[ObjectNode], keys: Iterable[str]) -> dic
     """``object_paths_from_graph``'s paths for ``keys``, in a dict that may also hold other keys' paths.
 
     The dict is the paths of every saved attribute (rules 1 to 3), completed with those of ``keys``
-    found by rule 4: no second dict of every key is made (5 MB on 100,000 tensors).
+    found by rule 4: no second dict of every key is made.
     """
     n = len(nodes)
     if n == 0:
@@ -608,7 +608,7 @@ class BundleReader:
         with paused_gc():
             paths = self._object_paths()
             # The listing is the decoded object graph's last user here (an adapter that needs it, the TF2
-            # one, asks before it lists): on 100,000 tensors it holds 20 MB that nothing reads again.
+            # one, asks before it lists): nothing reads its nodes again.
             self._nodes = None
             listing = []
             for name, entry in self._entries.items():
@@ -650,8 +650,8 @@ class BundleReader:
     def object_graph_nodes(self) -> list:
         """The decoded ``TrackableObjectGraph`` (``protowire.decode_object_graph``), kept until the listing is built.
 
-        The listing's object paths and the TF2 adapter both need it; on 100,000 tensors one decode
-        is a third of a second of work, and the nodes 40 MB. The adapter asks first (``describe``
+        The listing's object paths and the TF2 adapter both need it, and on many tensors the decode
+        costs time and the nodes memory (BENCHMARKS.md D1). The adapter asks first (``describe``
         before ``entries``), the listing last: it lets them go, and a later call decodes again.
 
         Raises:
