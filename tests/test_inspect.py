@@ -339,6 +339,36 @@ def test_statistics_with_several_jobs_are_bit_identical_to_one_job(tmp_path, mon
     assert_one_line_error(run_cli("inspect", prefix, "--jobs", "0"), "--jobs must be 1 or more")
 
 
+def test_other_threads_go_on_while_one_thread_reads_a_tensor_ahead_of_them(monkeypatch):
+    """A big tensor first must not leave the other threads idle once a few tasks wait behind it: here the
+    first tensor's read finishes only after the 31st tensor's has begun, on the other thread."""
+    import threading
+
+    import ckptdoctor.pipelines.inspect as pipeline
+    from ckptdoctor.readers.bundle import BundleReader
+
+    later_read = threading.Event()
+    seen_in_time: list[bool] = []
+
+    class FirstWaits(BundleReader):
+        def iter_chunks(self, name, chunk_bytes=1 << 20):
+            if name == names[0]:
+                seen_in_time.append(later_read.wait(timeout=30))
+            elif name == names[30]:
+                later_read.set()
+            return super().iter_chunks(name, chunk_bytes)
+
+    monkeypatch.setattr(pipeline, "_BATCH_TENSORS", 1)
+    prefix = Path(__file__).resolve().parents[1] / "sample_ckpts" / "seed-no-update" / "model.ckpt"
+    with FirstWaits(prefix) as reader:
+        entries = [e for e in reader.entries() if e.dtype == "float32"]
+        names = [e.name for e in entries]
+        assert len(names) > 30
+        threaded = list(pipeline.iter_stats(reader, entries, jobs=2))
+        assert seen_in_time == [True]
+        assert threaded == list(pipeline.iter_stats(reader, entries, jobs=1))
+
+
 @pytest.mark.parametrize("name", ["seed", "seed-trainables"])
 def test_streamed_tensor_table_is_laid_out_as_tabulate_lays_it_out(name):
     from tabulate import tabulate

@@ -221,8 +221,10 @@ def iter_stats(reader, entries, jobs: int = 1) -> Iterator[tuple[TensorStats | N
     reductions and the CRC32C hashing release the GIL, so two tensors do use two cores). A
     reader that is not safe to read from two threads (``parallel_reads`` False: HDF5 through a
     zip member stream, say) gets one job. A task is a run of consecutive tensors (``_batches``:
-    up to 8 MiB or 256 tensors); at most ``4 * jobs`` tasks' results wait to be taken, so memory
-    does not grow with the number of tensors.
+    up to 8 MiB or 256 tensors). Tasks are submitted while fewer than ``_PENDING_TENSORS`` tensors'
+    results wait to be taken: memory does not grow with the number of tensors, and a thread that
+    finished its task is not left idle while another still reads a big tensor ahead of it (a bound
+    of a few tasks let one thread read a 1 GiB tensor alone while the other waited).
     """
     if jobs <= 1 or not getattr(reader, "parallel_reads", False) or len(entries) < 2:
         for e in entries:
@@ -233,17 +235,25 @@ def iter_stats(reader, entries, jobs: int = 1) -> Iterator[tuple[TensorStats | N
 
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="ckptdoctor-stats") as pool:
         pending: deque = deque()
+        waiting = 0  # tensors in the pending tasks
         for batch in _batches(entries):
-            pending.append(pool.submit(lambda names: [_stats_of(reader, n) for n in names], batch))
-            if len(pending) >= 4 * jobs:
-                yield from pending.popleft().result()
+            pending.append((pool.submit(lambda names: [_stats_of(reader, n) for n in names], batch), len(batch)))
+            waiting += len(batch)
+            while waiting >= _PENDING_TENSORS:
+                future, count = pending.popleft()
+                waiting -= count
+                yield from future.result()
         while pending:
-            yield from pending.popleft().result()
+            yield from pending.popleft()[0].result()
 
 
 #: A thread's task: consecutive tensors up to this many bytes or this many tensors. One future per
 #: tensor of 1 KiB would cost more than its statistics.
 _BATCH_BYTES, _BATCH_TENSORS = 8 * 1024 * 1024, 256
+
+#: Tensors whose tasks may be submitted before the first of them is taken: a bound on the results held
+#: (a few hundred bytes each), high enough that the other threads go on while one reads a big tensor.
+_PENDING_TENSORS = 16384
 
 
 def _batches(entries) -> Iterator[list[str]]:
