@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from ckptdoctor.analysis import stats
 from ckptdoctor.analysis.stats import compute_stats
 
 
@@ -12,8 +13,12 @@ def chunks(a, n):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.uint8, np.float16])
 @pytest.mark.parametrize("chunk", [1, 7, 1000, 10**6])
 @pytest.mark.parametrize("offset", [20.0, 0.5, 0.0], ids=["large-mean", "mean-near-spread", "centred"])
-def test_stats_equal_numpy_in_float64_for_any_chunking(dtype, chunk, offset):
-    # The mean, in units of the spread, decides between the one-pass and the two-pass M2.
+@pytest.mark.parametrize("block", [None, 5], ids=["one-block", "blocks-of-5"])
+def test_stats_equal_numpy_in_float64_for_any_chunking(dtype, chunk, offset, block, monkeypatch):
+    # The mean, in units of the spread, decides between the one-pass and the two-pass M2. Blocks of 5
+    # elements take a chunk's float64 sums through the reused buffer in several blocks, and a last short one.
+    if block:
+        monkeypatch.setattr(stats, "_BLOCK", block)
     rng = np.random.RandomState(0)
     if np.dtype(dtype).kind == "f":
         a = ((rng.randn(37, 29) + offset) * 50).astype(dtype)
