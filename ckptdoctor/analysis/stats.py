@@ -8,12 +8,13 @@ the result equals a one-pass numpy computation in float64 up to rounding.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["TensorStats", "compute_stats", "STATS_DTYPES"]
+__all__ = ["TensorStats", "Partial", "compute_stats", "partials", "merge", "STATS_DTYPES"]
 
 #: dtypes whose values get min/max/mean/std (complex, strings, variants do not).
 STATS_DTYPES = frozenset(
@@ -71,72 +72,106 @@ class TensorStats:
     inf: int
 
 
+class Partial(NamedTuple):
+    """One chunk's share of a tensor's statistics: its finite values' count, mean, M2 (sum of squared
+    deviations from that mean), min and max, and its NaN and Inf counts."""
+
+    n: int
+    mean: float
+    m2: float
+    lo: float
+    hi: float
+    nan: int
+    inf: int
+
+
 def compute_stats(chunks: Iterable[np.ndarray]) -> TensorStats:
     """Statistics of the concatenation of ``chunks`` (1-D arrays of one dtype).
 
     Values near the top of their dtype's range overflow the sums of squares: the std is then
     ``inf``, silently (numpy's overflow warning would be a second line on stderr).
     """
-    with np.errstate(over="ignore", invalid="ignore"):
-        return _compute_stats(chunks)
+    return merge(partials(chunks))
 
 
-def _compute_stats(chunks: Iterable[np.ndarray]) -> TensorStats:
+def partials(chunks: Iterable[np.ndarray]) -> Iterator[Partial]:
+    """Each chunk's ``Partial``, computed from that chunk alone: the chunks of one tensor may be taken
+    by several threads, and ``merge`` of their partials in the chunks' order gives, bit for bit, the
+    statistics of one thread reading them all."""
+    scratch = np.empty(0, np.float64)  # one float64 buffer, reused: fresh ones cost page faults
+    for chunk in chunks:
+        if chunk.size == 0:
+            continue
+        with np.errstate(over="ignore", invalid="ignore"):
+            partial, scratch = _partial(chunk, scratch)
+        yield partial
+
+
+def _partial(chunk: np.ndarray, scratch: np.ndarray) -> tuple[Partial, np.ndarray]:
+    nan = inf = 0
+    if chunk.dtype.kind not in "fiub":
+        # ml_dtypes (bfloat16, float8, int4) compute through float32.
+        chunk = chunk.astype(np.float32)
+    if chunk.dtype.kind == "b":
+        chunk = chunk.view(np.uint8)
+    cmin, cmax = chunk.min(), chunk.max()
+    # min/max propagate NaN and reach any Inf, so finite extremes mean a finite chunk.
+    if chunk.dtype.kind == "f" and not (np.isfinite(cmin) and np.isfinite(cmax)):
+        finite = np.isfinite(chunk)
+        isnan = np.isnan(chunk)
+        nan = int(isnan.sum())
+        inf = int(chunk.size - finite.sum() - nan)
+        chunk = chunk[finite]
+        if chunk.size == 0:
+            return Partial(0, 0.0, 0.0, math.inf, -math.inf, nan, inf), scratch
+        cmin, cmax = chunk.min(), chunk.max()
+    n = chunk.size
+    # The sum and the sum of squares, in float64, a block at a time: each block is cast into one
+    # reused float64 buffer small enough to stay in the CPU's cache, and both reductions read it
+    # there (a float32 chunk reduced with dtype=float64 is cast twice, in numpy's small buffers:
+    # about 1.8x the time). M2 = sum(x^2) - n*mean^2 cancels when the mean is large against the
+    # spread, so then the exact two-pass route (centre in float64, then square) is taken instead.
+    if scratch.size < min(n, _BLOCK):
+        scratch = np.empty(min(n, _BLOCK), np.float64)
+    s1 = s2 = 0.0
+    for first in range(0, n, _BLOCK):
+        values = scratch[: min(_BLOCK, n - first)]
+        np.copyto(values, chunk[first : first + _BLOCK], casting="unsafe")
+        s1 += float(np.add.reduce(values))
+        s2 += float(np.einsum("i,i->", values, values))  # not np.dot: multithreaded BLAS is slow on busy machines
+    cmean = s1 / n
+    cm2 = s2 - n * cmean * cmean
+    if not cm2 * _MAX_CANCELLATION >= s2:
+        cm2 = 0.0
+        for first in range(0, n, _BLOCK):
+            values = scratch[: min(_BLOCK, n - first)]
+            np.copyto(values, chunk[first : first + _BLOCK], casting="unsafe")
+            np.subtract(values, cmean, out=values)
+            cm2 += float(np.einsum("i,i->", values, values))
+    return Partial(n, cmean, cm2, float(cmin), float(cmax), nan, inf), scratch
+
+
+def merge(parts: Iterable[Partial]) -> TensorStats:
+    """The statistics of the chunks whose partials are ``parts``, in their order: Chan et al.'s pairwise
+    update of the mean and M2, one chunk after the other."""
     count = 0
     mean = 0.0
     m2 = 0.0
     lo = math.inf
     hi = -math.inf
     nan = inf = 0
-    scratch = np.empty(0, np.float64)  # one float64 buffer, reused: fresh ones cost page faults
-    for chunk in chunks:
-        if chunk.size == 0:
+    for part in parts:
+        nan += part.nan
+        inf += part.inf
+        n = part.n
+        if n == 0:
             continue
-        if chunk.dtype.kind not in "fiub":
-            # ml_dtypes (bfloat16, float8, int4) compute through float32.
-            chunk = chunk.astype(np.float32)
-        if chunk.dtype.kind == "b":
-            chunk = chunk.view(np.uint8)
-        cmin, cmax = chunk.min(), chunk.max()
-        # min/max propagate NaN and reach any Inf, so finite extremes mean a finite chunk.
-        if chunk.dtype.kind == "f" and not (np.isfinite(cmin) and np.isfinite(cmax)):
-            finite = np.isfinite(chunk)
-            isnan = np.isnan(chunk)
-            nan += int(isnan.sum())
-            inf += int(chunk.size - finite.sum() - isnan.sum())
-            chunk = chunk[finite]
-            if chunk.size == 0:
-                continue
-            cmin, cmax = chunk.min(), chunk.max()
-        n = chunk.size
-        # The sum and the sum of squares, in float64, a block at a time: each block is cast into one
-        # reused float64 buffer small enough to stay in the CPU's cache, and both reductions read it
-        # there (a float32 chunk reduced with dtype=float64 is cast twice, in numpy's small buffers:
-        # about 1.8x the time). M2 = sum(x^2) - n*mean^2 cancels when the mean is large against the
-        # spread, so then the exact two-pass route (centre in float64, then square) is taken instead.
-        if scratch.size < min(n, _BLOCK):
-            scratch = np.empty(min(n, _BLOCK), np.float64)
-        s1 = s2 = 0.0
-        for first in range(0, n, _BLOCK):
-            values = scratch[: min(_BLOCK, n - first)]
-            np.copyto(values, chunk[first : first + _BLOCK], casting="unsafe")
-            s1 += float(np.add.reduce(values))
-            s2 += float(np.einsum("i,i->", values, values))  # not np.dot: multithreaded BLAS is slow on busy machines
-        cmean = s1 / n
-        cm2 = s2 - n * cmean * cmean
-        if not cm2 * _MAX_CANCELLATION >= s2:
-            cm2 = 0.0
-            for first in range(0, n, _BLOCK):
-                values = scratch[: min(_BLOCK, n - first)]
-                np.copyto(values, chunk[first : first + _BLOCK], casting="unsafe")
-                np.subtract(values, cmean, out=values)
-                cm2 += float(np.einsum("i,i->", values, values))
-        lo = min(lo, float(cmin))
-        hi = max(hi, float(cmax))
+        lo = min(lo, part.lo)
+        hi = max(hi, part.hi)
         total = count + n
-        delta = cmean - mean
+        delta = part.mean - mean
         mean += delta * n / total
-        m2 += cm2 + delta * delta * count * n / total
+        m2 += part.m2 + delta * delta * count * n / total
         count = total
     if count == 0:
         return TensorStats(None, None, None, None, nan, inf)
