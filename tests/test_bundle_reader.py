@@ -1183,3 +1183,76 @@ def test_paused_gc_restores_the_collector_as_it_was():
         assert not gc.isenabled()  # off before, off after
     finally:
         gc.enable()
+
+
+# ============================================================ a tensor read in pieces (statistics on several threads)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=3000), st.binary(max_size=3000))
+def test_combined_crc_is_the_crc_of_the_concatenation(first, second):
+    combined = sstable.combine_crc(google_crc32c.value(first), google_crc32c.value(second), len(second))
+    assert combined == google_crc32c.value(first + second)
+
+
+def test_combined_crc_of_long_pieces():
+    a, b = os.urandom(3 << 20), os.urandom((5 << 20) + 7)
+    assert sstable.combine_crc(google_crc32c.value(a), google_crc32c.value(b), len(b)) == google_crc32c.value(a + b)
+
+
+@pytest.mark.parametrize("name", ["big", "big_bf16", "int64"])
+def test_pieces_yield_the_chunks_of_iter_chunks_and_pass_the_checksum(dtype_ckpt, name, monkeypatch):
+    import ckptdoctor.pipelines.inspect as pipeline
+    from ckptdoctor.analysis.stats import compute_stats, merge, partials
+
+    monkeypatch.setattr(pipeline, "_PIECE_BYTES", 10_000)
+    monkeypatch.setattr(pipeline, "STATS_CHUNK_BYTES", 1000)
+    with BundleReader(dtype_ckpt) as reader:
+        entry = next(e for e in reader.entries() if e.name == name)
+        whole = list(reader.iter_chunks(name, chunk_bytes=1000))
+        pieces = reader.pieces(name, 1000, 10_000)
+        if entry.nbytes <= 10_000:
+            assert pieces is None
+            return
+        assert pieces[0][0] == 0 and pieces[-1][1] == entry.nbytes and len(pieces) >= 10
+        assert all(stop == start for (_, stop), (start, _) in zip(pieces, pieces[1:]))
+        chunks, crcs = [], []
+        for start, stop in pieces:
+            read = list(reader.iter_piece(name, start, stop, 1000))
+            chunks += [values for values, _ in read]
+            crcs.append((read[-1][1], stop - start))
+        assert [c.tobytes() for c in chunks] == [c.tobytes() for c in whole]
+        reader.check_pieces(name, crcs)
+        assert merge(partials(chunks)) == compute_stats(whole)
+        # Through the threads, the pieces on three of them: statistics equal to one thread's, bit for bit.
+        one = list(pipeline.iter_stats(reader, [entry], jobs=1))
+        assert one[0][0] == compute_stats(whole) and one[0][1] is None
+        assert list(pipeline.iter_stats(reader, [entry], jobs=3)) == one
+
+
+def test_a_damaged_tensor_read_in_pieces_fails_as_when_read_in_order(dtype_ckpt, tmp_path, monkeypatch):
+    import ckptdoctor.pipelines.inspect as pipeline
+
+    monkeypatch.setattr(pipeline, "_PIECE_BYTES", 10_000)
+    monkeypatch.setattr(pipeline, "STATS_CHUNK_BYTES", 1000)
+    prefix = copy_checkpoint(dtype_ckpt, tmp_path)
+    data_file = prefix + ".data-00000-of-00001"
+    big = entry_of(prefix, "big")
+    flip_byte(data_file, big.offset + big.size // 2 + 1)
+    with BundleReader(prefix) as reader:
+        entry = next(e for e in reader.entries() if e.name == "big")
+        assert len(reader.pieces("big", 1000, 10_000)) > 2
+        (stats, one), (_, two) = (
+            list(pipeline.iter_stats(reader, [entry], jobs=1))[0],
+            list(pipeline.iter_stats(reader, [entry], jobs=2))[0],
+        )
+    assert stats is None and one.code == two.code == "checksum-mismatch" and str(one) == str(two)
+    # Cut short after the reader checked the file's size: the piece that meets the end reports it.
+    with BundleReader(prefix) as reader:
+        entry = next(e for e in reader.entries() if e.name == "big")
+        expected = list(pipeline.iter_stats(reader, [entry], jobs=1))[0][1]  # the flipped byte, before the cut
+        os.truncate(data_file, big.offset + 50_000)
+        one = list(pipeline.iter_stats(reader, [entry], jobs=1))[0][1]
+        two = list(pipeline.iter_stats(reader, [entry], jobs=2))[0][1]
+    assert expected.code == "checksum-mismatch"
+    assert one.code == two.code == "tensor-unreadable" and str(one) == str(two) and "cut short" in str(two)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ckptdoctor.analysis.diagnose import Finding, diagnose_bn, frozen_untrained
 from ckptdoctor.analysis.staleness import stale_findings
-from ckptdoctor.analysis.stats import STATS_DTYPES, TensorStats, compute_stats
+from ckptdoctor.analysis.stats import STATS_DTYPES, Partial, TensorStats, compute_stats, merge, partials
 from ckptdoctor.collector import paused_gc
 from ckptdoctor.errors import (
     CkptDoctorError,
@@ -214,19 +214,21 @@ def _stats_of(reader, name: str) -> tuple[TensorStats | None, TensorReadError | 
 
 
 def iter_stats(reader, entries, jobs: int = 1) -> Iterator[tuple[TensorStats | None, TensorReadError | None]]:
-    """``(statistics, read error)`` of each entry, in order, ``jobs`` tensors computed at once.
+    """``(statistics, read error)`` of each entry, in order, on ``jobs`` threads.
 
-    Each tensor's statistics are computed by one thread, chunk after chunk in the file's order,
-    exactly as with one job: the results are bit-identical whatever ``jobs`` is (numpy's
-    reductions and the CRC32C hashing release the GIL, so two tensors do use two cores). A
-    reader that is not safe to read from two threads (``parallel_reads`` False: HDF5 through a
-    zip member stream, say) gets one job. A task is a run of consecutive tensors (``_batches``:
-    up to 8 MiB or 256 tensors). Tasks are submitted while fewer than ``_PENDING_TENSORS`` tensors'
-    results wait to be taken: memory does not grow with the number of tensors, and a thread that
-    finished its task is not left idle while another still reads a big tensor ahead of it (a bound
-    of a few tasks let one thread read a 1 GiB tensor alone while the other waited).
+    The results are bit-identical whatever ``jobs`` is. Each chunk's share of a tensor's statistics
+    (``stats.partials``) depends on that chunk alone, and the shares are merged in the file's order
+    (``stats.merge``), exactly as one thread does. numpy's reductions and the CRC32C hashing release
+    the GIL, so two threads use two cores. A reader that is not safe to read from two threads
+    (``parallel_reads`` False: HDF5 through a zip member stream, say) gets one job.
+
+    Tasks: a run of consecutive tensors (``_batches``: up to 8 MiB or 256 tensors), or a piece of a
+    tensor of more than ``_PIECE_BYTES`` (``reader.pieces``: a bundle's), whose pieces' CRC32Cs are
+    combined and checked once all are read. Tasks are submitted while fewer than ``_PENDING_TENSORS``
+    tensors' results wait to be taken: memory does not grow with the number of tensors, and a thread
+    that finished its task is not left idle while another still reads a big tensor ahead of it.
     """
-    if jobs <= 1 or not getattr(reader, "parallel_reads", False) or len(entries) < 2:
+    if jobs <= 1 or not getattr(reader, "parallel_reads", False) or not entries:
         for e in entries:
             yield _stats_of(reader, e.name)
         return
@@ -234,26 +236,86 @@ def iter_stats(reader, entries, jobs: int = 1) -> Iterator[tuple[TensorStats | N
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="ckptdoctor-stats") as pool:
-        pending: deque = deque()
-        waiting = 0  # tensors in the pending tasks
-        for batch in _batches(entries):
-            pending.append((pool.submit(lambda names: [_stats_of(reader, n) for n in names], batch), len(batch)))
-            waiting += len(batch)
+        pending: deque = deque()  # (a batch's future, or (name, its pieces' futures); tensors in it)
+        waiting = 0
+        for task in _tasks(reader, entries):
+            if isinstance(task, list):
+                pending.append((pool.submit(lambda names: [_stats_of(reader, n) for n in names], task), len(task)))
+            else:
+                name, pieces = task
+                futures = [pool.submit(_piece_partials, reader, name, a, b) for a, b in pieces]
+                pending.append(((name, futures), 1))
+            waiting += pending[-1][1]
             while waiting >= _PENDING_TENSORS:
-                future, count = pending.popleft()
+                work, count = pending.popleft()
                 waiting -= count
-                yield from future.result()
+                yield from _results(reader, work)
         while pending:
-            yield from pending.popleft()[0].result()
+            yield from _results(reader, pending.popleft()[0])
 
 
 #: A thread's task: consecutive tensors up to this many bytes or this many tensors. One future per
 #: tensor of 1 KiB would cost more than its statistics.
 _BATCH_BYTES, _BATCH_TENSORS = 8 * 1024 * 1024, 256
 
+#: A tensor of more than this is read in pieces of about this size, on all the threads.
+_PIECE_BYTES = 32 * 1024 * 1024
+
 #: Tensors whose tasks may be submitted before the first of them is taken: a bound on the results held
 #: (a few hundred bytes each), high enough that the other threads go on while one reads a big tensor.
 _PENDING_TENSORS = 16384
+
+
+def _tasks(reader, entries) -> Iterator[list[str] | tuple[str, list[tuple[int, int]]]]:
+    """``_batches`` of the entries, but a tensor the reader splits into pieces is a task of its own."""
+    split = getattr(reader, "pieces", None)
+    run: list = []
+    for e in entries:
+        pieces = None
+        if split is not None and e.nbytes > _PIECE_BYTES:
+            try:
+                pieces = split(e.name, STATS_CHUNK_BYTES, _PIECE_BYTES)
+            except TensorReadError:
+                pieces = None  # read whole, which reports it
+        if pieces is None:
+            run.append(e)
+            continue
+        yield from _batches(run)
+        run = []
+        yield e.name, pieces
+    yield from _batches(run)
+
+
+def _piece_partials(reader, name: str, start: int, stop: int) -> tuple[list[Partial], int, int]:
+    """A piece's chunks' partial statistics, its CRC32C and its length (on a pool thread)."""
+    crc = 0
+
+    def chunks() -> Iterator[np.ndarray]:
+        nonlocal crc
+        for values, so_far in reader.iter_piece(name, start, stop, STATS_CHUNK_BYTES):
+            crc = so_far
+            yield values
+
+    return list(partials(chunks())), crc, stop - start
+
+
+def _results(reader, work) -> list[tuple[TensorStats | None, TensorReadError | None]]:
+    """The results of a task: a batch's, or a split tensor's, merged in its pieces' order once its
+    checksum is checked (the first piece that failed to read reports, as when read in order)."""
+    if not isinstance(work, tuple):
+        return work.result()
+    name, futures = work
+    parts: list[Partial] = []
+    crcs = []
+    try:
+        for future in futures:
+            piece, crc, length = future.result()
+            parts.extend(piece)
+            crcs.append((crc, length))
+        reader.check_pieces(name, crcs)
+    except TensorReadError as err:
+        return [(None, err)]
+    return [(merge(parts), None)]
 
 
 def _batches(entries) -> Iterator[list[str]]:

@@ -83,7 +83,7 @@ from ckptdoctor.readers.protowire import (
     decode_object_graph,
     read_varint,
 )
-from ckptdoctor.readers.sstable import iter_table, mask_crc, read_table_file, unmask_crc
+from ckptdoctor.readers.sstable import combine_crc, iter_table, mask_crc, read_table_file, unmask_crc
 
 __all__ = [
     "BundleReader",
@@ -894,6 +894,65 @@ class BundleReader:
             yield self._to_native(np.frombuffer(raw, dtype=np_dtype))
         self._check_crc(name, entry, label, path, crc)
 
+    def pieces(self, name: str, chunk_bytes: int, piece_bytes: int) -> list[tuple[int, int]] | None:
+        """A numeric tensor of more than ``piece_bytes`` as pieces of about ``piece_bytes`` for several
+        threads (``pipelines.inspect.iter_stats``): ``(start, stop)`` offsets into its bytes, each start a
+        multiple of ``chunk_bytes``, so that ``iter_piece`` yields exactly the chunks ``iter_chunks`` does.
+        None when it is read whole or in one piece: small, strings, partitioned, or no ``pread`` here.
+        Raises as ``iter_chunks`` does at the call."""
+        entry = self._lookup(name)
+        if entry.slices or entry.dtype == _DT_STRING or not hasattr(os, "pread") or entry.size <= piece_bytes:
+            return None
+        label = repr(name)
+        itemsize = self._numeric_dtype(name, entry, label).itemsize
+        self._locate(name, entry, label)
+        chunk = max(1, chunk_bytes // itemsize) * itemsize  # iter_chunks' step
+        per_piece = max(chunk, piece_bytes // chunk * chunk)
+        return [(a, min(a + per_piece, entry.size)) for a in range(0, entry.size, per_piece)]
+
+    def iter_piece(self, name: str, start: int, stop: int, chunk_bytes: int) -> Iterator[tuple[np.ndarray, int]]:
+        """The chunks of bytes ``start..stop`` of a tensor (one of ``pieces``), each with the CRC32C of the
+        piece's bytes so far: after the last, the piece's CRC for ``check_pieces``. May run on any thread."""
+        entry = self._lookup(name)
+        label = repr(name)
+        np_dtype = self._numeric_dtype(name, entry, label)
+        _, path = self._locate(name, entry, label)
+        step = max(1, chunk_bytes // np_dtype.itemsize) * np_dtype.itemsize
+        crc = 0
+        for raw in self._pread_chunks(name, entry, label, path, entry.offset + start, entry.offset + stop, step):
+            crc = google_crc32c.extend(crc, raw)
+            yield self._to_native(np.frombuffer(raw, dtype=np_dtype)), crc
+
+    def check_pieces(self, name: str, crcs: Sequence[tuple[int, int]]) -> None:
+        """Check the CRC32C of a tensor read in pieces: ``(crc, length)`` of each, in order.
+
+        Raises:
+            TensorReadError: the checksum of the whole does not match (the message ``iter_chunks`` gives).
+        """
+        entry = self._lookup(name)
+        crc = 0
+        for piece_crc, length in crcs:
+            crc = combine_crc(crc, piece_crc, length)
+        self._check_crc(name, entry, repr(name), self._shard_path(entry.shard_id), crc)
+
+    def _pread_chunks(
+        self, name: str, entry: BundleEntry, label: str, path: str, start: int, stop: int, step: int
+    ) -> Iterator[bytes]:
+        """File bytes ``start..stop`` read with ``pread``, ``step`` bytes at a time (see ``_iter_pread``)."""
+        with open(path, "rb", buffering=0) as f:
+            fd = f.fileno()
+            for a in range(start, stop, step):
+                want = min(step, stop - a)
+                raw = os.pread(fd, want, a)
+                if len(raw) != want:
+                    raise TensorReadError(
+                        "tensor-unreadable",
+                        name,
+                        f"tensor {label}: {path} ends at offset {a + len(raw)}, before the tensor's last byte "
+                        f"({entry.offset + entry.size}): the file was cut short while being read",
+                    )
+                yield raw
+
     def _iter_pread(
         self, name: str, entry: BundleEntry, label: str, np_dtype: np.dtype, path: str, step: int
     ) -> Iterator[np.ndarray]:
@@ -903,20 +962,9 @@ class BundleReader:
         descriptors open; it was mapped whole already (``_locate``), so its size is known to cover the bytes,
         and a file cut short since is reported as such."""
         crc = 0
-        with open(path, "rb", buffering=0) as f:
-            fd = f.fileno()
-            for a in range(entry.offset, entry.offset + entry.size, step):
-                want = min(step, entry.offset + entry.size - a)
-                raw = os.pread(fd, want, a)
-                if len(raw) != want:
-                    raise TensorReadError(
-                        "tensor-unreadable",
-                        name,
-                        f"tensor {label}: {path} ends at offset {a + len(raw)}, before the tensor's last byte "
-                        f"({entry.offset + entry.size}): the file was cut short while being read",
-                    )
-                crc = google_crc32c.extend(crc, raw)
-                yield self._to_native(np.frombuffer(raw, dtype=np_dtype))
+        for raw in self._pread_chunks(name, entry, label, path, entry.offset, entry.offset + entry.size, step):
+            crc = google_crc32c.extend(crc, raw)
+            yield self._to_native(np.frombuffer(raw, dtype=np_dtype))
         self._check_crc(name, entry, label, path, crc)
 
     @staticmethod

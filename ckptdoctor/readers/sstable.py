@@ -44,6 +44,7 @@ __all__ = [
     "BlockHandle",
     "mask_crc",
     "unmask_crc",
+    "combine_crc",
     "read_footer",
     "read_block",
     "iter_block",
@@ -79,6 +80,50 @@ def unmask_crc(masked: int) -> int:
     """Invert :func:`mask_crc`."""
     rot = (masked - _CRC_MASK_DELTA) & 0xFFFFFFFF
     return ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
+
+
+_CRC32C_POLY = 0x82F63B78  # the Castagnoli polynomial, bit-reversed (CRC-32C is computed LSB first)
+
+
+def _multiply_mod_poly(a: int, b: int) -> int:
+    """``a * b`` modulo the CRC-32C polynomial, both as bit-reversed polynomials over GF(2)."""
+    product = 0
+    bit = 1 << 31  # x^0
+    while a:
+        if a & bit:
+            product ^= b
+            a ^= bit
+        bit >>= 1
+        b = (b >> 1) ^ _CRC32C_POLY if b & 1 else b >> 1  # b * x
+    return product
+
+
+def _x_pow_2n() -> list[int]:
+    """``x^(2^n)`` modulo the polynomial, for n = 0..63."""
+    powers = [1 << 30]  # x^1
+    for _ in range(63):
+        powers.append(_multiply_mod_poly(powers[-1], powers[-1]))
+    return powers
+
+
+_X_POW_2N = _x_pow_2n()
+
+
+def combine_crc(first: int, second: int, second_length: int) -> int:
+    """The CRC32C of ``A + B`` from ``crc32c(A)``, ``crc32c(B)`` and ``len(B)``.
+
+    ``crc(A + B) = crc(A) * x^(8 len(B)) + crc(B)`` over GF(2) modulo the polynomial (the initial
+    and final inversions of the standard CRC cancel in that sum), so pieces of a tensor checksummed
+    on different threads give the CRC of the whole, with ``log2(len(B))`` multiplications.
+    """
+    shift = 1 << 31  # x^0
+    n, k = second_length, 3  # x^(8n) = product of x^(2^(k)) over the set bits of n, k from 3
+    while n:
+        if n & 1:
+            shift = _multiply_mod_poly(_X_POW_2N[k], shift)  # k < 64: lengths below 2^61 bytes
+        n >>= 1
+        k += 1
+    return _multiply_mod_poly(shift, first) ^ second
 
 
 class BlockHandle(NamedTuple):
