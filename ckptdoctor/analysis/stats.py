@@ -91,20 +91,24 @@ def compute_stats(chunks: Iterable[np.ndarray]) -> TensorStats:
     Values near the top of their dtype's range overflow the sums of squares: the std is then
     ``inf``, silently (numpy's overflow warning would be a second line on stderr).
     """
-    return merge(partials(chunks))
+    with np.errstate(over="ignore", invalid="ignore"):
+        return merge(_partials(chunks))
 
 
-def partials(chunks: Iterable[np.ndarray]) -> Iterator[Partial]:
+def partials(chunks: Iterable[np.ndarray]) -> list[Partial]:
     """Each chunk's ``Partial``, computed from that chunk alone: the chunks of one tensor may be taken
     by several threads, and ``merge`` of their partials in the chunks' order gives, bit for bit, the
     statistics of one thread reading them all."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return list(_partials(chunks))
+
+
+def _partials(chunks: Iterable[np.ndarray]) -> Iterator[Partial]:
     scratch = np.empty(0, np.float64)  # one float64 buffer, reused: fresh ones cost page faults
     for chunk in chunks:
-        if chunk.size == 0:
-            continue
-        with np.errstate(over="ignore", invalid="ignore"):
+        if chunk.size:
             partial, scratch = _partial(chunk, scratch)
-        yield partial
+            yield partial
 
 
 def _partial(chunk: np.ndarray, scratch: np.ndarray) -> tuple[Partial, np.ndarray]:

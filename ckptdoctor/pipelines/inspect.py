@@ -296,7 +296,7 @@ def _piece_partials(reader, name: str, start: int, stop: int) -> tuple[list[Part
             crc = so_far
             yield values
 
-    return list(partials(chunks())), crc, stop - start
+    return partials(chunks()), crc, stop - start
 
 
 def _results(reader, work) -> list[tuple[TensorStats | None, TensorReadError | None]]:
