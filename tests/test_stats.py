@@ -54,3 +54,28 @@ def test_bfloat16_goes_through_float32():
     s = compute_stats([a])
     assert (s.min, s.max) == (-2.25, 3.0)
     assert s.mean == pytest.approx(np.mean([1.5, -2.25, 3.0]))
+
+
+def test_stats_of_many_equal_compute_stats_bit_for_bit():
+    """Small tensors reduced together (one batch) get the very figures each gets alone, whatever its neighbours:
+    every dtype, empty ones, NaN and Inf, a mean that makes M2 cancel, sizes around the block."""
+    import ml_dtypes
+
+    from ckptdoctor.analysis.stats import stats_of_many
+
+    rng = np.random.default_rng(7)
+    dtypes = [np.float32, np.float64, np.float16, np.int32, np.int64, np.uint8, np.int8, bool, ml_dtypes.bfloat16]
+    arrays = []
+    for i in range(600):
+        n = int(rng.choice([0, 1, 2, 7, 100, 3000, 40_000, stats._BLOCK - 1, stats._BLOCK + 1]))
+        scale, offset = 10.0 ** rng.integers(-3, 5), float(rng.choice([0.0, 0.5, 1e4]))
+        with np.errstate(over="ignore", invalid="ignore"):  # float16 overflows to Inf: part of the test
+            a = (rng.standard_normal(n) * scale + offset * scale).astype(dtypes[i // 12 % len(dtypes)])  # runs of 12
+        if i % 17 == 0 and n > 3 and a.dtype.kind == "f":
+            a[: min(3, n)] = [np.nan, np.inf, -np.inf][: min(3, n)]
+        arrays.append(a)
+    together = stats_of_many(arrays)
+    assert together == [compute_stats([a]) for a in arrays]
+    # And in another grouping (every other one): the same figures again.
+    assert stats_of_many(arrays[1::2]) == together[1::2]
+    assert any(s.nan for s in together) and any(s.mean is None for s in together)

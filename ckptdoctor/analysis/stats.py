@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["TensorStats", "Partial", "compute_stats", "partials", "merge", "STATS_DTYPES"]
+__all__ = ["TensorStats", "Partial", "compute_stats", "partials", "merge", "stats_of_many", "STATS_DTYPES"]
 
 #: dtypes whose values get min/max/mean/std (complex, strings, variants do not).
 STATS_DTYPES = frozenset(
@@ -57,6 +57,9 @@ _MAX_CANCELLATION = 4.0
 _BLOCK = 1 << 18
 
 _per_thread = threading.local()
+#: ``np.add.reduceat(x, _FIRST)[0]``: the sum of ``x`` as ``reduceat`` takes it for any slice of a longer array
+#: (pairwise, as ``np.add.reduce``, but split otherwise), so a tensor summed alone or in a batch gets the same bits.
+_FIRST = np.zeros(1, np.intp)
 
 
 @dataclass(frozen=True)
@@ -150,8 +153,9 @@ def _partial(chunk: np.ndarray, scratch: np.ndarray) -> tuple[Partial, np.ndarra
     for first in range(0, n, _BLOCK):
         values = scratch[: min(_BLOCK, n - first)]
         np.copyto(values, chunk[first : first + _BLOCK], casting="unsafe")
-        s1 += float(np.add.reduce(values))
-        s2 += float(np.einsum("i,i->", values, values))  # not np.dot: multithreaded BLAS is slow on busy machines
+        s1 += float(np.add.reduceat(values, _FIRST)[0])  # pairwise, as stats_of_many sums a slice of its batch
+        np.multiply(values, values, out=values)  # not np.dot: multithreaded BLAS is slow on busy machines
+        s2 += float(np.add.reduceat(values, _FIRST)[0])
     cmean = s1 / n
     cm2 = s2 - n * cmean * cmean
     if not cm2 * _MAX_CANCELLATION >= s2:
@@ -160,7 +164,8 @@ def _partial(chunk: np.ndarray, scratch: np.ndarray) -> tuple[Partial, np.ndarra
             values = scratch[: min(_BLOCK, n - first)]
             np.copyto(values, chunk[first : first + _BLOCK], casting="unsafe")
             np.subtract(values, cmean, out=values)
-            cm2 += float(np.einsum("i,i->", values, values))
+            np.multiply(values, values, out=values)
+            cm2 += float(np.add.reduceat(values, _FIRST)[0])
     return Partial(n, cmean, cm2, float(cmin), float(cmax), nan, inf), scratch
 
 
@@ -189,3 +194,63 @@ def merge(parts: Iterable[Partial]) -> TensorStats:
     if count == 0:
         return TensorStats(None, None, None, None, nan, inf)
     return TensorStats(lo, hi, mean, math.sqrt(m2 / count), nan, inf)
+
+
+def stats_of_many(arrays: Sequence[np.ndarray]) -> list[TensorStats]:
+    """``compute_stats([a])`` of each of ``arrays`` (small flat tensors), bit for bit, computed together.
+
+    Consecutive arrays of one numeric dtype, up to ``_BLOCK`` elements in all, share their numpy calls:
+    one concatenation, one float64 copy, one squaring, and min, max and the two float64 sums by
+    ``np.ufunc.reduceat``, which sums each slice as ``compute_stats`` sums a tensor alone. A few calls
+    for tens of small tensors instead of a dozen each. An array with NaN or Inf, or whose M2
+    would cancel, and any of another kind (bool, bfloat16, ...) or size take ``compute_stats``'s route.
+    """
+    out: list[TensorStats | None] = [None] * len(arrays)
+    with np.errstate(over="ignore", invalid="ignore"):
+        group: list[int] = []
+        size = 0
+        for i, a in enumerate(arrays):
+            if a.dtype.kind not in "fiu" or a.size == 0 or a.size > _BLOCK:
+                out[i] = _single(a)
+                continue
+            if group and (a.dtype != arrays[group[0]].dtype or size + a.size > _BLOCK):
+                _reduce_group(arrays, group, out)
+                group, size = [], 0
+            group.append(i)
+            size += a.size
+        if group:
+            _reduce_group(arrays, group, out)
+    return out  # type: ignore[return-value]
+
+
+def _single(a: np.ndarray) -> TensorStats:
+    return merge(_partials([a]))
+
+
+def _reduce_group(arrays: Sequence[np.ndarray], group: list[int], out: list) -> None:
+    if len(group) == 1:
+        out[group[0]] = _single(arrays[group[0]])
+        return
+    parts = [arrays[i] for i in group]
+    values = np.concatenate(parts)
+    bounds = [0]
+    for a in parts:
+        bounds.append(bounds[-1] + a.size)
+    starts = np.array(bounds[:-1], np.intp)
+    lo, hi = np.minimum.reduceat(values, starts), np.maximum.reduceat(values, starts)
+    finite = (np.isfinite(lo) & np.isfinite(hi)).tolist()
+    lo, hi = lo.tolist(), hi.tolist()  # Python ints or floats, exactly the values
+    wide = values.astype(np.float64)
+    s1 = np.add.reduceat(wide, starts).tolist()
+    np.multiply(wide, wide, out=wide)
+    s2 = np.add.reduceat(wide, starts).tolist()
+    for k, i in enumerate(group):
+        n = parts[k].size
+        # As _partial: 0.0 + the block's sums (one block), then the same mean and M2.
+        sum1, sum2 = 0.0 + s1[k], 0.0 + s2[k]
+        cmean = sum1 / n
+        cm2 = sum2 - n * cmean * cmean
+        if finite[k] and cm2 * _MAX_CANCELLATION >= sum2:
+            out[i] = merge((Partial(n, cmean, cm2, float(lo[k]), float(hi[k]), 0, 0),))
+        else:  # NaN or Inf (min and max reach them), or an M2 that cancels: the exact route
+            out[i] = _single(parts[k])
