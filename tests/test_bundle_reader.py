@@ -1256,3 +1256,56 @@ def test_a_damaged_tensor_read_in_pieces_fails_as_when_read_in_order(dtype_ckpt,
         two = list(pipeline.iter_stats(reader, [entry], jobs=2))[0][1]
     assert expected.code == "checksum-mismatch"
     assert one.code == two.code == "tensor-unreadable" and str(one) == str(two) and "cut short" in str(two)
+
+
+# ============================================================ small tensors read together (statistics)
+
+
+def test_read_run_reads_what_read_reads(dtype_ckpt, tf1_ckpt):
+    for prefix in (dtype_ckpt, tf1_ckpt):
+        with BundleReader(prefix) as reader:
+            entries = reader.entries()
+            names = [e.name for e in entries]
+            most = 4096
+            got = reader.read_run(names, most)
+            assert len(got) == len(names)
+            read_some = 0
+            for e, value in zip(entries, got):
+                whole_path = e.partitioned or e.dtype in ("string", "variant") or e.nbytes > most
+                if whole_path:
+                    assert value is None, e.name
+                    continue
+                expected = reader.read(e.name).reshape(-1)
+                assert value.dtype == expected.dtype and value.tobytes() == expected.tobytes(), e.name
+                read_some += 1
+            assert read_some >= (10 if prefix == dtype_ckpt else 1)
+            # One at a time, or in reverse order: the same arrays.
+            again = reader.read_run(names[::-1], most)[::-1]
+            for a, b in zip(got, again):
+                assert (a is None and b is None) or a.tobytes() == b.tobytes()
+
+
+def test_read_run_reports_a_damaged_tensor_as_read_does(dtype_ckpt, tmp_path):
+    prefix = copy_checkpoint(dtype_ckpt, tmp_path)
+    data_file = prefix + ".data-00000-of-00001"
+    flip_byte(data_file, entry_of(prefix, "float64").offset + 5)
+    with BundleReader(prefix) as reader:
+        names = [e.name for e in reader.entries() if e.dtype not in ("string", "variant")]
+        got = dict(zip(names, reader.read_run(names, 1 << 20)))
+        with pytest.raises(TensorReadError) as info:
+            reader.read("float64")
+        assert isinstance(got["float64"], TensorReadError) and str(got["float64"]) == str(info.value)
+        assert got["float64"].code == "checksum-mismatch"
+        assert all(isinstance(v, np.ndarray) for n, v in got.items() if n != "float64")
+    # Cut short: the tensors past the end get read()'s message, the others their values.
+    cut = entry_of(prefix, "big").offset + 100
+    os.truncate(data_file, cut)
+    with BundleReader(prefix) as reader:
+        got = dict(zip(names, reader.read_run(names, 1 << 20)))
+        past = [n for n in names if entry_of(prefix, n).offset + entry_of(prefix, n).size > cut]
+        assert "big" in past
+        for name in past:
+            with pytest.raises(TensorReadError) as info:
+                reader.read(name)
+            assert str(got[name]) == str(info.value)
+        assert all(isinstance(got[n], np.ndarray) for n in names if n not in past and n != "float64")

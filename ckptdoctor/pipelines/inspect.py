@@ -18,7 +18,15 @@ import numpy as np
 
 from ckptdoctor.analysis.diagnose import Finding, diagnose_bn, frozen_untrained
 from ckptdoctor.analysis.staleness import stale_findings
-from ckptdoctor.analysis.stats import STATS_DTYPES, Partial, TensorStats, compute_stats, merge, partials
+from ckptdoctor.analysis.stats import (
+    STATS_DTYPES,
+    Partial,
+    TensorStats,
+    compute_stats,
+    merge,
+    partials,
+    stats_of_many,
+)
 from ckptdoctor.collector import paused_gc
 from ckptdoctor.errors import (
     CkptDoctorError,
@@ -229,8 +237,8 @@ def iter_stats(reader, entries, jobs: int = 1) -> Iterator[tuple[TensorStats | N
     that finished its task is not left idle while another still reads a big tensor ahead of it.
     """
     if jobs <= 1 or not getattr(reader, "parallel_reads", False) or not entries:
-        for e in entries:
-            yield _stats_of(reader, e.name)
+        for batch in _batches(entries):
+            yield from _batch_stats(reader, batch)
         return
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
@@ -240,7 +248,7 @@ def iter_stats(reader, entries, jobs: int = 1) -> Iterator[tuple[TensorStats | N
         waiting = 0
         for task in _tasks(reader, entries):
             if isinstance(task, list):
-                pending.append((pool.submit(lambda names: [_stats_of(reader, n) for n in names], task), len(task)))
+                pending.append((pool.submit(_batch_stats, reader, task), len(task)))
             else:
                 name, pieces = task
                 futures = [pool.submit(_piece_partials, reader, name, a, b) for a, b in pieces]
@@ -284,6 +292,27 @@ def _tasks(reader, entries) -> Iterator[list[str] | tuple[str, list[tuple[int, i
         run = []
         yield e.name, pieces
     yield from _batches(run)
+
+
+def _batch_stats(reader, names: list[str]) -> list[tuple[TensorStats | None, TensorReadError | None]]:
+    """The results of a batch of tensors. A reader with ``read_run`` (a bundle's) reads the tensors of one
+    chunk or less together, and their statistics are reduced together (``stats.stats_of_many``); bigger ones,
+    and every tensor of other readers, one at a time (``_stats_of``). The same batches whatever ``jobs`` is,
+    so the same figures."""
+    read_run = getattr(reader, "read_run", None)
+    if read_run is None or len(names) < 2:
+        return [_stats_of(reader, n) for n in names]
+    values = read_run(names, STATS_CHUNK_BYTES)
+    computed = iter(stats_of_many([v for v in values if isinstance(v, np.ndarray)]))
+    out: list[tuple[TensorStats | None, TensorReadError | None]] = []
+    for name, value in zip(names, values):
+        if value is None:
+            out.append(_stats_of(reader, name))
+        elif isinstance(value, TensorReadError):
+            out.append((None, value))
+        else:
+            out.append((next(computed), None))
+    return out
 
 
 def _piece_partials(reader, name: str, start: int, stop: int) -> tuple[list[Partial], int, int]:

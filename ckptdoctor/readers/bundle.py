@@ -434,6 +434,11 @@ def _release(buf, start: int, end: int) -> None:
             pass  # advice only
 
 
+#: ``read_run``: tensors at most this far apart are read with one ``pread`` (their gap read and dropped), up to this
+#: many bytes in all.
+_RUN_GAP, _RUN_BYTES = 64 * 1024, 16 * 1024 * 1024
+
+
 class BundleReader:
     """Reader of one TensorFlow V2 checkpoint (tensor bundle).
 
@@ -893,6 +898,73 @@ class BundleReader:
             _release(buf, a, b)
             yield self._to_native(np.frombuffer(raw, dtype=np_dtype))
         self._check_crc(name, entry, label, path, crc)
+
+    def read_run(self, names: Sequence[str], most: int) -> list[np.ndarray | TensorReadError | None]:
+        """Numeric tensors of at most ``most`` bytes each, read together: flat native arrays, in order.
+
+        The tensors of one data file are read with one ``pread`` per run of them lying close together
+        (``_RUN_GAP`` bytes apart at most, ``_RUN_BYTES`` in all), each checked against its own CRC32C:
+        one system call and one buffer for a batch of small tensors, where ``iter_chunks`` makes a call
+        and a copy each. An item is the tensor's error if it cannot be read (the message ``iter_chunks``
+        gives), or None when it is not for this path (bigger, strings, partitioned, variant, unknown):
+        read it with ``iter_chunks``. May run on any thread.
+        """
+        out: list[np.ndarray | TensorReadError | None] = [None] * len(names)
+        wanted = []  # (shard, offset, index, entry, dtype)
+        for i, name in enumerate(names):
+            entry = self._lookup(name)
+            if entry.slices or entry.dtype == _DT_STRING or entry.size > most or not hasattr(os, "pread"):
+                continue
+            dt = _DTYPES.get(entry.dtype)
+            if dt is None or dt.np_dtype is None:
+                continue  # iter_chunks says why
+            try:
+                np_dtype = self._numeric_dtype(name, entry, repr(name))
+                self._locate(name, entry, repr(name))
+            except TensorReadError as e:
+                out[i] = e
+                continue
+            wanted.append((entry.shard_id, entry.offset, i, entry, np_dtype))
+        wanted.sort(key=operator.itemgetter(0, 1))
+        run: list = []
+        for item in wanted:
+            if run and (
+                item[0] != run[0][0]
+                or item[1] > run[-1][1] + run[-1][3].size + _RUN_GAP
+                or item[1] + item[3].size - run[0][1] > _RUN_BYTES
+            ):
+                self._read_together(names, run, out)
+                run = []
+            run.append(item)
+        if run:
+            self._read_together(names, run, out)
+        return out
+
+    def _read_together(self, names: Sequence[str], run: list, out: list) -> None:
+        shard, start = run[0][0], run[0][1]
+        stop = max(offset + entry.size for _, offset, _, entry, _ in run)
+        path = self._shard_path(shard)
+        with open(path, "rb", buffering=0) as f:
+            raw = os.pread(f.fileno(), stop - start, start)
+        data = np.frombuffer(raw, np.uint8)
+        for _, offset, i, entry, np_dtype in run:
+            name, label = names[i], repr(names[i])
+            a, b = offset - start, offset - start + entry.size
+            if b > len(raw):
+                out[i] = TensorReadError(
+                    "tensor-unreadable",
+                    name,
+                    f"tensor {label}: {path} ends at offset {start + len(raw)}, before the tensor's last byte "
+                    f"({offset + entry.size}): the file was cut short while being read",
+                )
+                continue
+            try:
+                self._check_crc(name, entry, label, path, google_crc32c.value(data[a:b]))
+            except TensorReadError as e:
+                out[i] = e
+                continue
+            count = _num_elements(entry.shape)
+            out[i] = self._to_native(np.frombuffer(raw, np_dtype, count, a) if count else np.empty(0, np_dtype))
 
     def pieces(self, name: str, chunk_bytes: int, piece_bytes: int) -> list[tuple[int, int]] | None:
         """A numeric tensor of more than ``piece_bytes`` as pieces of about ``piece_bytes`` for several
