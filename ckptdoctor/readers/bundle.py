@@ -418,6 +418,16 @@ class _Piece(NamedTuple):
     label: str  # "[0:6, :]" for messages
 
 
+def _cut_short(name: str, label: str, path: str, at: int, last: int) -> TensorReadError:
+    """A data file that ended at ``at`` while a tensor ending at ``last`` was read (checked long enough before)."""
+    return TensorReadError(
+        "tensor-unreadable",
+        name,
+        f"tensor {label}: {path} ends at offset {at}, before the tensor's last byte ({last}): "
+        "the file was cut short while being read",
+    )
+
+
 def _release(buf, start: int, end: int) -> None:
     """Drop the mapped pages of ``[start, end)`` from this process's resident set.
 
@@ -951,12 +961,7 @@ class BundleReader:
             name, label = names[i], repr(names[i])
             a, b = offset - start, offset - start + entry.size
             if b > len(raw):
-                out[i] = TensorReadError(
-                    "tensor-unreadable",
-                    name,
-                    f"tensor {label}: {path} ends at offset {start + len(raw)}, before the tensor's last byte "
-                    f"({offset + entry.size}): the file was cut short while being read",
-                )
+                out[i] = _cut_short(name, label, path, start + len(raw), offset + entry.size)
                 continue
             try:
                 self._check_crc(name, entry, label, path, google_crc32c.value(data[a:b]))
@@ -1017,12 +1022,7 @@ class BundleReader:
                 want = min(step, stop - a)
                 raw = os.pread(fd, want, a)
                 if len(raw) != want:
-                    raise TensorReadError(
-                        "tensor-unreadable",
-                        name,
-                        f"tensor {label}: {path} ends at offset {a + len(raw)}, before the tensor's last byte "
-                        f"({entry.offset + entry.size}): the file was cut short while being read",
-                    )
+                    raise _cut_short(name, label, path, a + len(raw), entry.offset + entry.size)
                 yield raw
 
     def _iter_pread(
