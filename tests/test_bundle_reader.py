@@ -784,6 +784,10 @@ def test_big_endian_bundle(tmp_path):
             got = reader.read(name)
             assert got.dtype == arr.dtype and got.tobytes() == arr.tobytes(), name
             assert np.concatenate(list(reader.iter_chunks(name, 2))).tobytes() == arr.tobytes()
+        together = reader.read_run(list(values) + ["s"], 1 << 20)  # read with one pread, swapped each
+        for (name, (_, arr, _)), got in zip(values.items(), together):
+            assert got.dtype == arr.dtype and got.tobytes() == arr.tobytes(), name
+        assert together[-1] is None
         assert reader.read("s").tolist() == strings
 
 
