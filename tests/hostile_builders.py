@@ -198,6 +198,23 @@ def vlen_length_h5(path, length: int = 0x50000000) -> Path:
     return Path(path)
 
 
+def vlen_kind_h5(path) -> Path:
+    """A Keras 3 ``.weights.h5`` whose ``keras_version`` attribute (a variable-length string) has its datatype's
+    kind set to 14, which does not exist (fuzz/regressions/keras_h5/vlen-datatype-of-unknown-kind.h5): libhdf5
+    reading it crashed the process (a segmentation fault in h5py's ``attrs[...]``)."""
+    import h5py
+
+    keras_weights_h5(path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["keras_version"] = "3.15.1"
+    data = bytearray(Path(path).read_bytes())
+    name = data.index(b"keras_version\x00")
+    at = data.index(b"\x19\x01\x01\x00\x10\x00\x00\x00", name)  # class 9 version 1, a UTF-8 string, 16 bytes
+    data[at + 1] = 0xDE  # kind 14, padding 13
+    Path(path).write_bytes(bytes(data))
+    return Path(path)
+
+
 def vlen_dataset_h5(path, chunked: bool, length: int = 0x50000000) -> Path:
     """A Keras 3 ``.weights.h5`` with a string dataset (``layers/vocab/vars/0``, a vocabulary) whose value
     ``"alpha"``'s descriptor declares ``length`` bytes; ``chunked``: stored in chunks, else contiguously."""

@@ -218,6 +218,12 @@ def test_variable_length_value_declaring_gigabytes_is_refused(tmp_path):
     refused(["inspect", path], "declares 1342177280 bytes but its global heap object holds 5")
 
 
+def test_variable_length_datatype_of_unknown_kind_is_refused(tmp_path):
+    # h5py's attrs[...] crashed the process (segmentation fault) reading this attribute; now refused before.
+    path = hb.vlen_kind_h5(tmp_path / "kind.weights.h5")
+    refused(["inspect", path], "keras_version", "variable-length datatype of unknown kind 14")
+
+
 @pytest.mark.parametrize("chunked", [False, True], ids=["contiguous", "chunked"])
 def test_string_dataset_declaring_gigabytes_is_not_read(tmp_path, chunked):
     # diff reads every tensor: the vocabulary's descriptors are checked first (libhdf5 would allocate 1.25 GiB).

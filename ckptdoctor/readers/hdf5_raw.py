@@ -352,6 +352,9 @@ class RawHDF5:
         if cls == 5:  # opaque: an ASCII tag
             return size, 8 + (bits & 0xFF), []
         if cls == 9:  # variable-length: its base type follows
+            kind, padding, charset = bits & 0x0F, (bits >> 4) & 0x0F, (bits >> 8) & 0x0F
+            if kind > 1 or padding > 2 or charset > 1:  # libhdf5 reads such values through memory it never set up
+                raise _Bad(f"a variable-length datatype of unknown kind {kind}, padding {padding} or charset {charset}")
             base_size, length, inner = self._datatype(p, z, depth + 1)
             if inner:
                 raise _Bad("variable-length values of variable-length values")
