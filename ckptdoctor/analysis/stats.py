@@ -150,23 +150,34 @@ def _partial(chunk: np.ndarray, scratch: np.ndarray) -> tuple[Partial, np.ndarra
     if scratch.size < min(n, _BLOCK):
         scratch = np.empty(min(n, _BLOCK), np.float64)
     s1 = s2 = 0.0
-    for first in range(0, n, _BLOCK):
-        values = scratch[: min(_BLOCK, n - first)]
-        np.copyto(values, chunk[first : first + _BLOCK], casting="unsafe")
+    for values in _float64_blocks(chunk, scratch):
         s1 += float(np.add.reduceat(values, _FIRST)[0])  # pairwise, as stats_of_many sums a slice of its batch
         np.multiply(values, values, out=values)  # not np.dot: multithreaded BLAS is slow on busy machines
         s2 += float(np.add.reduceat(values, _FIRST)[0])
-    cmean = s1 / n
-    cm2 = s2 - n * cmean * cmean
-    if not cm2 * _MAX_CANCELLATION >= s2:
+    cmean, cm2, kept = _one_pass(n, s1, s2)
+    if not kept:
         cm2 = 0.0
-        for first in range(0, n, _BLOCK):
-            values = scratch[: min(_BLOCK, n - first)]
-            np.copyto(values, chunk[first : first + _BLOCK], casting="unsafe")
+        for values in _float64_blocks(chunk, scratch):
             np.subtract(values, cmean, out=values)
             np.multiply(values, values, out=values)
             cm2 += float(np.add.reduceat(values, _FIRST)[0])
     return Partial(n, cmean, cm2, float(cmin), float(cmax), nan, inf), scratch
+
+
+def _float64_blocks(chunk: np.ndarray, scratch: np.ndarray) -> Iterator[np.ndarray]:
+    """``chunk`` cast to float64 into ``scratch``, ``_BLOCK`` elements at a time (the buffer is reused)."""
+    for first in range(0, chunk.size, _BLOCK):
+        values = scratch[: min(_BLOCK, chunk.size - first)]
+        np.copyto(values, chunk[first : first + _BLOCK], casting="unsafe")
+        yield values
+
+
+def _one_pass(n: int, s1: float, s2: float) -> tuple[float, float, bool]:
+    """The mean and the one-pass M2 of ``n`` values from their sum and sum of squares, and whether that M2
+    is kept (False: it cancels, and the two-pass route must give it)."""
+    cmean = s1 / n
+    cm2 = s2 - n * cmean * cmean
+    return cmean, cm2, cm2 * _MAX_CANCELLATION >= s2
 
 
 def merge(parts: Iterable[Partial]) -> TensorStats:
@@ -246,11 +257,8 @@ def _reduce_group(arrays: Sequence[np.ndarray], group: list[int], out: list) -> 
     s2 = np.add.reduceat(wide, starts).tolist()
     for k, i in enumerate(group):
         n = parts[k].size
-        # As _partial: 0.0 + the block's sums (one block), then the same mean and M2.
-        sum1, sum2 = 0.0 + s1[k], 0.0 + s2[k]
-        cmean = sum1 / n
-        cm2 = sum2 - n * cmean * cmean
-        if finite[k] and cm2 * _MAX_CANCELLATION >= sum2:
+        cmean, cm2, kept = _one_pass(n, 0.0 + s1[k], 0.0 + s2[k])  # as _partial: 0.0 + its one block's sums
+        if finite[k] and kept:
             out[i] = merge((Partial(n, cmean, cm2, float(lo[k]), float(hi[k]), 0, 0),))
         else:  # NaN or Inf (min and max reach them), or an M2 that cancels: the exact route
             out[i] = _single(parts[k])
