@@ -428,6 +428,17 @@ def _cut_short(name: str, label: str, path: str, at: int, last: int) -> TensorRe
     )
 
 
+def _chunk_step(chunk_bytes: int, itemsize: int) -> int:
+    """A numeric tensor's chunk in bytes (``iter_chunks``, ``pieces``, ``iter_piece``): one or more whole elements."""
+    return max(1, chunk_bytes // itemsize) * itemsize
+
+
+def _preadable(entry: BundleEntry) -> bool:
+    """Whether the entry's bytes are one stored numeric tensor that ``pread`` can read here (not partitioned, not
+    strings: ``read_run`` and ``pieces`` leave those to ``iter_chunks``)."""
+    return not entry.slices and entry.dtype != _DT_STRING and hasattr(os, "pread")
+
+
 def _release(buf, start: int, end: int) -> None:
     """Drop the mapped pages of ``[start, end)`` from this process's resident set.
 
@@ -895,7 +906,7 @@ class BundleReader:
     ) -> Iterator[np.ndarray]:
         itemsize = np_dtype.itemsize
         count = _num_elements(entry.shape)
-        step = max(1, chunk_bytes // itemsize)
+        step = _chunk_step(chunk_bytes, itemsize) // itemsize
         if count > step and hasattr(os, "pread"):
             yield from self._iter_pread(name, entry, label, np_dtype, path, step * itemsize)
             return
@@ -923,7 +934,7 @@ class BundleReader:
         wanted = []  # (shard, offset, index, entry, dtype)
         for i, name in enumerate(names):
             entry = self._lookup(name)
-            if entry.slices or entry.dtype == _DT_STRING or entry.size > most or not hasattr(os, "pread"):
+            if not _preadable(entry) or entry.size > most:
                 continue
             dt = _DTYPES.get(entry.dtype)
             if dt is None or dt.np_dtype is None:
@@ -978,12 +989,12 @@ class BundleReader:
         None when it is read whole or in one piece: small, strings, partitioned, or no ``pread`` here.
         Raises as ``iter_chunks`` does at the call."""
         entry = self._lookup(name)
-        if entry.slices or entry.dtype == _DT_STRING or not hasattr(os, "pread") or entry.size <= piece_bytes:
+        if not _preadable(entry) or entry.size <= piece_bytes:
             return None
         label = repr(name)
         itemsize = self._numeric_dtype(name, entry, label).itemsize
         self._locate(name, entry, label)
-        chunk = max(1, chunk_bytes // itemsize) * itemsize  # iter_chunks' step
+        chunk = _chunk_step(chunk_bytes, itemsize)
         per_piece = max(chunk, piece_bytes // chunk * chunk)
         return [(a, min(a + per_piece, entry.size)) for a in range(0, entry.size, per_piece)]
 
@@ -994,7 +1005,7 @@ class BundleReader:
         label = repr(name)
         np_dtype = self._numeric_dtype(name, entry, label)
         _, path = self._locate(name, entry, label)
-        step = max(1, chunk_bytes // np_dtype.itemsize) * np_dtype.itemsize
+        step = _chunk_step(chunk_bytes, np_dtype.itemsize)
         crc = 0
         for raw in self._pread_chunks(name, entry, label, path, entry.offset + start, entry.offset + stop, step):
             crc = google_crc32c.extend(crc, raw)
