@@ -27,6 +27,7 @@ entry could otherwise rebuild quadratically many).
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Iterator
@@ -98,15 +99,13 @@ def _multiply_mod_poly(a: int, b: int) -> int:
     return product
 
 
-def _x_pow_2n() -> list[int]:
-    """``x^(2^n)`` modulo the polynomial, for n = 0..63."""
+@functools.cache
+def _x_pow_2n() -> tuple[int, ...]:
+    """``x^(2^n)`` modulo the polynomial, for n = 0..63 (made on first use, not at every start)."""
     powers = [1 << 30]  # x^1
     for _ in range(63):
         powers.append(_multiply_mod_poly(powers[-1], powers[-1]))
-    return powers
-
-
-_X_POW_2N = _x_pow_2n()
+    return tuple(powers)
 
 
 def combine_crc(first: int, second: int, second_length: int) -> int:
@@ -116,11 +115,12 @@ def combine_crc(first: int, second: int, second_length: int) -> int:
     and final inversions of the standard CRC cancel in that sum), so pieces of a tensor checksummed
     on different threads give the CRC of the whole, with ``log2(len(B))`` multiplications.
     """
+    powers = _x_pow_2n()
     shift = 1 << 31  # x^0
     n, k = second_length, 3  # x^(8n) = product of x^(2^(k)) over the set bits of n, k from 3
     while n:
         if n & 1:
-            shift = _multiply_mod_poly(_X_POW_2N[k], shift)  # k < 64: lengths below 2^61 bytes
+            shift = _multiply_mod_poly(powers[k], shift)  # k < 64: lengths below 2^61 bytes
         n >>= 1
         k += 1
     return _multiply_mod_poly(shift, first) ^ second
