@@ -987,37 +987,31 @@ def bench_scale(cfg: Config, runner: Runner, work: Path) -> dict:
     log("D2 statistics of 100,000 tensors")
     res["many_stats"] = runner.compare(stats_cmds(many), reps, cfg.warmup, INSPECT_CODES, "D2 stats")
     log("D3 statistics of the big checkpoint vs the numpy pass")
-    stats = stats_cmds(big)["ckptdoctor"]
-    res["big_stats"] = runner.compare(
-        {
-            "ckptdoctor": stats,
-            "ckptdoctor --jobs 1": stats + ["--jobs", "1"],
-            "numpy pass": [PY, str(HERE / "numpy_pass.py"), big],
-        },
-        reps,
-        cfg.warmup,
-        INSPECT_CODES,
-        "D3 stats",
-    )
+    res["big_stats"] = stats_vs_numpy(cfg, runner, big, reps, "D3 stats")
     log("D3 statistics of one big tensor vs the numpy pass")
     one = specs["one"]["prefix"]
     res["one"] = built[one]
-    stats = stats_cmds(one)["ckptdoctor"]
-    res["one_stats"] = runner.compare(
-        {
-            "ckptdoctor": stats,
-            "ckptdoctor --jobs 1": stats + ["--jobs", "1"],
-            "numpy pass": [PY, str(HERE / "numpy_pass.py"), one],
-        },
-        reps,
-        cfg.warmup,
-        INSPECT_CODES,
-        "D3 one tensor",
-    )
+    res["one_stats"] = stats_vs_numpy(cfg, runner, one, reps, "D3 one tensor")
     log("D4 listing the big checkpoint")
     res["big_list"] = runner.compare(list_cmds(big), cfg.reps_list, cfg.warmup, INSPECT_CODES, "D4 list")
     res["apps"] = bench_apps(cfg, runner, work, reps)
     return res
+
+
+def stats_vs_numpy(cfg: Config, runner: Runner, prefix: str, reps: int, label: str) -> dict:
+    """D3: a checkpoint's statistics (the default ``--jobs`` and ``--jobs 1``) vs the numpy pass, interleaved."""
+    stats = stats_cmds(prefix)["ckptdoctor"]
+    return runner.compare(
+        {
+            "ckptdoctor": stats,
+            "ckptdoctor --jobs 1": stats + ["--jobs", "1"],
+            "numpy pass": [PY, str(HERE / "numpy_pass.py"), prefix],
+        },
+        reps,
+        cfg.warmup,
+        INSPECT_CODES,
+        label,
+    )
 
 
 def bench_apps(cfg: Config, runner: Runner, work: Path, reps: int) -> list:
@@ -1082,6 +1076,16 @@ def compared_row(work: str, ours: Series, alternative: str, theirs: Series) -> l
     return [work, fmt_s(ours) + " s", fmt_mib(ours) + " MiB", alternative, fmt_ratio(theirs, ours)]
 
 
+def numpy_rows(work: str, compared: dict, alternative: str) -> list:
+    """D3's two rows for one checkpoint: ckptdoctor's statistics, then with ``--jobs 1``, vs the numpy pass."""
+    return [
+        compared_row(work, compared["ckptdoctor"], alternative, compared["numpy pass"]),
+        compared_row(
+            "D3 the same with `--jobs 1`", compared["ckptdoctor --jobs 1"], "numpy pass", compared["numpy pass"]
+        ),
+    ]
+
+
 def render_scale(cfg: Config, d: dict, header: str) -> str:
     out: list = []
     w = out.append
@@ -1125,28 +1129,17 @@ def render_scale(cfg: Config, d: dict, header: str) -> str:
             "`tf_stats.py` " + fmt_s(ms["tensorflow"]) + " s, " + fmt_mib(ms["tensorflow"]) + " MiB",
             ms["tensorflow"],
         ),
-        compared_row(
+        *numpy_rows(
             f"D3 statistics of {human_gib(big['bytes'])} (CRCs checked)",
-            bs["ckptdoctor"],
+            bs,
             "numpy pass " + fmt_s(bs["numpy pass"]) + " s, " + fmt_mib(bs["numpy pass"]) + " MiB",
-            bs["numpy pass"],
         ),
-        compared_row("D3 the same with `--jobs 1`", bs["ckptdoctor --jobs 1"], "numpy pass", bs["numpy pass"]),
         *(
-            [
-                compared_row(
-                    f"D3 statistics of one tensor of {human_gib(d['one']['bytes'])} (in pieces on the threads)",
-                    d["one_stats"]["ckptdoctor"],
-                    "numpy pass " + fmt_s(d["one_stats"]["numpy pass"]) + " s",
-                    d["one_stats"]["numpy pass"],
-                ),
-                compared_row(
-                    "D3 the same with `--jobs 1`",
-                    d["one_stats"]["ckptdoctor --jobs 1"],
-                    "numpy pass",
-                    d["one_stats"]["numpy pass"],
-                ),
-            ]
+            numpy_rows(
+                f"D3 statistics of one tensor of {human_gib(d['one']['bytes'])} (in pieces on the threads)",
+                d["one_stats"],
+                "numpy pass " + fmt_s(d["one_stats"]["numpy pass"]) + " s",
+            )
             if "one_stats" in d
             else []
         ),
