@@ -205,3 +205,40 @@ def test_output_folder_missing_or_not_writable(ckpt, tmp_path):
     assert_one_line_error(
         run_cli("repair", ckpt / "model.ckpt", "--data", ckpt / "X.npy", "--output", ro / "x"), "not writable"
     )
+
+
+def test_a_run_never_removes_the_temporary_folder_another_run_just_made(tmp_path):
+    # Two runs writing beside each other (CI's parallel repairs of a Keras directory and a Hub snapshot): one's
+    # cleaning of killed runs' folders saw the other's folder between its creation and its owner file, took it
+    # for a killed run's and removed it ("No such file or directory"). Here a thread cleans without pause while
+    # folders are made: each must still be there, owner file and all.
+    import threading
+
+    from ckptdoctor.writers.bundle import OWNER_FILE, clean_stale_temporaries, temporary_folder
+
+    stop = threading.Event()
+    removed: list[str] = []
+
+    def clean() -> None:
+        while not stop.is_set():
+            removed.extend(clean_stale_temporaries(str(tmp_path)))
+
+    cleaner = threading.Thread(target=clean)
+    cleaner.start()
+    try:
+        made = [temporary_folder(str(tmp_path)) for _ in range(300)]
+    finally:
+        stop.set()
+        cleaner.join()
+    assert removed == []
+    assert all((Path(p) / OWNER_FILE).read_text() == str(os.getpid()) for p in made)
+    # A killed run's folder is still cleared: its owner gone, or no owner file a minute after it was made.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    killed, ownerless = tmp_path / ".ckptdoctor-tmp-killed", tmp_path / ".ckptdoctor-tmp-ownerless"
+    killed.mkdir()
+    (killed / OWNER_FILE).write_text(str(dead.pid))
+    ownerless.mkdir()
+    os.utime(ownerless, (time.time() - 120, time.time() - 120))
+    assert sorted(clean_stale_temporaries(str(tmp_path))) == sorted([str(killed), str(ownerless)])
+    assert all(Path(p).is_dir() for p in made)

@@ -78,12 +78,20 @@ def ensure_writable(prefix: str, force: bool) -> None:
 OWNER_FILE = "owner.pid"
 
 
+#: A temporary folder without a readable owner file is a killed run's only once it is this old: its maker writes
+#: the file just after making the folder, and another run cleaning beside it may look in between.
+_OWNERLESS_GRACE_S = 60.0
+
+
 def _owner_alive(path: str) -> bool:
     try:
         with open(os.path.join(path, OWNER_FILE)) as f:
             pid = int(f.read().strip())
     except (OSError, ValueError):
-        return False
+        try:
+            return time.time() - os.stat(path).st_mtime < _OWNERLESS_GRACE_S
+        except OSError:
+            return False  # gone already
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
