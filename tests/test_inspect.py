@@ -460,6 +460,8 @@ def test_role_from_name_equals_the_patterns_searched_on_every_key():
         "gamma",
         "x\n",
         "Adam\n",
+        "step\n",
+        "beta1_power\n",
         "_CHECKPOINTABLE_OBJECT_GRAPH",
         ".ATTRIBUTES",
         "VARIABLE_VALUE",
