@@ -643,8 +643,10 @@ class BundleReader:
                     partitioned = True
                 else:
                     nbytes, partitioned = entry.size, False
-                listing.append(
-                    TensorEntry(name, _dtype_name(entry.dtype), entry.shape, nbytes, partitioned, paths.get(name))
+                listing.append(  # tuple.__new__: without the named tuple's Python-level __new__
+                    tuple.__new__(
+                        TensorEntry, (name, _dtype_name(entry.dtype), entry.shape, nbytes, partitioned, paths.get(name))
+                    )
                 )
             # The table is in byte order; sort anyway in case surrogate-escaped
             # (non-UTF-8) names order differently as str.
