@@ -1313,3 +1313,23 @@ def test_read_run_reports_a_damaged_tensor_as_read_does(dtype_ckpt, tmp_path):
                 reader.read(name)
             assert str(got[name]) == str(info.value)
         assert all(isinstance(got[n], np.ndarray) for n in names if n not in past and n != "float64")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 40), st.sampled_from([0, 1, 2, 5, 10, 2**62])),
+        max_size=12,
+    )
+)
+def test_may_overlap_is_true_exactly_when_two_stored_ranges_intersect(spans):
+    # _find_overlaps skips its sweep when _may_overlap says no: that must be certain. Reference: every pair of
+    # non-empty byte ranges in one data file, compared (ties, empty entries, three shards, offsets + sizes near 2**63).
+    from ckptdoctor.readers.bundle import _may_overlap
+
+    entries = [protowire.BundleEntry(1, (), shard, offset, size, 0, ()) for shard, offset, size in spans]
+    pairs = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1 :]]
+    intersect = any(
+        sa == sb and na > 0 and nb > 0 and oa < ob + nb and ob < oa + na for (sa, oa, na), (sb, ob, nb) in pairs
+    )
+    assert _may_overlap(entries) == intersect
