@@ -483,7 +483,7 @@ def test_tensor_rows_written_as_the_encoder_writes_them(monkeypatch):
     import numpy as np
 
     import ckptdoctor.reports.table as table
-    from ckptdoctor.reports.results import InspectReport, TensorReport, tensor_row
+    from ckptdoctor.reports.results import InspectReport, TensorReport, TensorTable, tensor_row
 
     class Name(str):
         pass
@@ -522,11 +522,39 @@ def test_tensor_rows_written_as_the_encoder_writes_them(monkeypatch):
         rows = (plain * 3)[:n]
         report = InspectReport("c", "f", None, tuple(rows), (), (), summary={"tensors": n})
         text = "".join(table.iter_json(report.json_items()))
+        # inspect's reports hold a TensorTable, whose rows are written from its columns: the same text.
+        columnar = InspectReport("c", "f", None, TensorTable.of(rows), (), (), summary={"tensors": n})
+        assert "".join(table.iter_json(columnar.json_items())) == text
         lines = [table.tensor_json(t) for t in rows]
         body = "[]" if not rows else "[\n    " + ",\n    ".join(lines) + "\n  ]"
         assert f'"tensors": {body},\n' in text, n
         expected_rows = [{k: clean(v) for k, v in tensor_row(t).items()} for t in rows]
         assert json.loads(text)["tensors"] == json.loads(json.dumps(expected_rows))
+
+
+def test_tensor_table_is_the_sequence_of_its_rows():
+    # inspect keeps its rows as columns: the table must behave as the tuple of TensorReport it stands for
+    # (indexing, slices, iteration, equality and hash both ways), and refuse columns that do not make rows.
+    from ckptdoctor.reports.results import TENSOR_FIELDS, TensorReport, TensorTable
+
+    rows = tuple(
+        TensorReport(f"t{i}", "float32", (i,), i, 4 * i, mean=0.5 * i if i % 2 else None, role="weight")
+        for i in range(5)
+    )
+    table = TensorTable.of(rows)
+    assert len(table) == 5 and tuple(table) == rows and list(table) == list(rows)
+    assert table == rows and rows == table and hash(table) == hash(rows) and table != rows[:4]
+    assert table[0] == rows[0] and table[-1] == rows[-1] and table[1:4] == rows[1:4] and table[::-2] == rows[::-2]
+    assert isinstance(table[1:4], TensorTable) and table[1:4] == TensorTable.of(rows[1:4])
+    assert table.column("mean") == tuple(r.mean for r in rows) and table.column("name")[2] == "t2"
+    assert TensorTable.of(()) == () and len(TensorTable.of(())) == 0 and list(TensorTable.of(())) == []
+    assert table != TensorTable.of(rows[:4] + (TensorReport("t4", "float32", (4,), 4, 17),))
+    with pytest.raises(IndexError):
+        table[5]
+    with pytest.raises(ValueError, match="columns of one length"):
+        TensorTable([("a",)] * (len(TENSOR_FIELDS) - 1))
+    with pytest.raises(ValueError, match="columns of one length"):
+        TensorTable([("a",)] * (len(TENSOR_FIELDS) - 1) + [()])
 
 
 def vars_of(t):
