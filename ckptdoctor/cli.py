@@ -11,6 +11,7 @@ from its docstring), ``--version``, an unknown command or option, a missing argu
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import sys
@@ -173,7 +174,9 @@ class Commands:
         format = _fmt(format)
         _refuse_existing(report, force)
         extra: dict = {}
-        if data is not None:
+        if data is None:
+            _collector_not_needed()
+        else:
             extra = dict(
                 data=str(data),
                 input=None if input is None else str(input),
@@ -211,6 +214,7 @@ class Commands:
         """
         from ckptdoctor.reports.hdf5 import read_report
 
+        _collector_not_needed()
         return _render_inspect(read_report(str(path)), _fmt(format))
 
     def diff(self, a: str, b: str, format: str = "table"):
@@ -231,6 +235,7 @@ class Commands:
         from ckptdoctor.reports.table import render_diff, to_json
 
         format = _fmt(format)
+        _collector_not_needed()
         result = diff(str(a), str(b))
         text = to_json(result.to_dict()) if format == "json" else render_diff(result)
         return Outcome(text, result.exit_code)
@@ -609,8 +614,31 @@ def _import_fire():
     return fire
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``ckptdoctor`` console script."""
+#: Set by ``main(owns_process=True)``: the process ends once the command's output is written.
+_owns_process = False
+
+
+def _collector_not_needed() -> None:
+    """Turn the garbage collector off for the rest of the process, when ``main`` owns it (``run``).
+
+    For commands that read checkpoints and write reports, without TensorFlow's work: they make an
+    object or more per tensor (the index, the object graph, the rows) and no cyclic garbage worth
+    collecting, and each collection walks every one made so far (on 100,000 tensors, 0.06 s of a 0.6 s
+    listing, by hand). The statistics pass of 100,000 tensors peaked at the same memory with it off.
+    Not with ``--data``: the dry-run repair's TensorFlow and Keras objects need it.
+    """
+    if _owns_process:
+        gc.disable()
+
+
+def main(argv: list[str] | None = None, owns_process: bool = False) -> int:
+    """Entry point of the ``ckptdoctor`` console script.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+        owns_process: the process ends when ``main`` returns (``run``): commands that need no garbage
+            collection turn it off (``_collector_not_needed``), and it is not turned on again.
+    """
     fire = _import_fire()
 
     from ckptdoctor.errors import CkptDoctorError
@@ -624,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
             print(answer)
             return 0
         argv = _check_options(argv)
+        global _owns_process
+        _owns_process = owns_process
         result = fire.Fire(Commands, command=argv, name="ckptdoctor", serialize=_serialize)
     except fire.core.FireExit as e:
         return int(e.code or 0)
@@ -662,7 +692,7 @@ def run() -> None:
     BENCHMARKS.md D7), with nothing of ours left to do: ``main`` returns only once every output was written,
     verified and renamed, and every file closed. Without TensorFlow the exit is Python's own.
     """
-    code = main()
+    code = main(owns_process=True)
     if sys.modules.get("tensorflow") is None:
         sys.exit(code)
     try:

@@ -75,3 +75,45 @@ def test_error_after_tensorflow_keeps_code_2_and_its_one_line(tmp_path):
     assert "shape" in proc.stderr
     assert not python_exit, "TensorFlow was loaded: the process should end with os._exit"
     assert not list(tmp_path.glob("repaired*"))
+
+
+def _collector_at_exit(tmp_path, *args) -> tuple[subprocess.CompletedProcess, str]:
+    """The CLI's finished process, and whether its garbage collector was on when Python's exit ran."""
+    site = tmp_path / "gcsite"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        "import atexit, gc, os\n"
+        "atexit.register(lambda: open(os.environ['GC_MARKER'], 'w').write(str(gc.isenabled())))\n"
+    )
+    marker = tmp_path / "gc-marker"
+    marker.unlink(missing_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    env["GC_MARKER"] = str(marker)
+    proc = subprocess.run(cli_command() + list(args), capture_output=True, text=True, timeout=600, env=env)
+    return proc, marker.read_text()
+
+
+def test_reading_commands_run_without_the_collector_and_others_keep_it(tmp_path):
+    # A listing makes objects per tensor and no cyclic garbage: the console script turns the collector off for
+    # inspect, diff and report. inspect --data runs a dry-run repair (TensorFlow): it keeps it, as repair does.
+    seed = str(SAMPLES / "seed-trainables")
+    proc, enabled = _collector_at_exit(tmp_path, "inspect", seed, "--graph=False", "--format", "json")
+    assert proc.returncode == 1 and json.loads(proc.stdout)["tensors"] and enabled == "False", proc.stderr
+    proc, enabled = _collector_at_exit(tmp_path, "diff", seed, seed)
+    assert proc.returncode == 0 and enabled == "False", proc.stderr
+    missing = str(tmp_path / "missing.npy")
+    proc, enabled = _collector_at_exit(tmp_path, "inspect", seed, "--graph=False", "--data", missing)
+    assert proc.returncode == 2 and "missing.npy" in proc.stderr and enabled == "True"
+    proc, enabled = _collector_at_exit(tmp_path, "inspect", seed, "--graph=False", "-d", missing)
+    assert proc.returncode == 2 and "missing.npy" in proc.stderr and enabled == "True"
+    proc, enabled = _collector_at_exit(tmp_path, "repair", seed, "--data", missing)
+    assert proc.returncode == 2 and enabled == "True"
+
+
+def test_main_in_a_process_it_does_not_own_leaves_the_collector_on(tmp_path, capsys):
+    import gc
+
+    from ckptdoctor.cli import main
+
+    assert main(["inspect", str(SAMPLES / "seed-trainables"), "--graph=False", "--stats=False"]) == 1
+    assert gc.isenabled() and "moving" in capsys.readouterr().out
