@@ -530,6 +530,26 @@ def test_tensor_rows_written_as_the_encoder_writes_them(monkeypatch):
         assert f'"tensors": {body},\n' in text, n
         expected_rows = [{k: clean(v) for k, v in tensor_row(t).items()} for t in rows]
         assert json.loads(text)["tensors"] == json.loads(json.dumps(expected_rows))
+    # A table of rows without statistics is written a column at a time (table._listed_rows), in blocks: the same
+    # text as row by row, for every kind of row (a shape of other than ints, written row by row), and a table
+    # holding a value of another type (a str subclass, a float nbytes) is written row by row.
+    monkeypatch.setattr(table, "_LISTED_BLOCK", 4)
+    listed = [t for t in tensors if t.min is None and t.nan is None and t.mean is None]
+    exact = [
+        t
+        for t in listed
+        if all(type(v) is c for v, c in zip(vars_of(t), (str, str, tuple, int, int)))
+        and type(t.role) is str
+        and type(t.object_path) in (str, type(None))
+    ]
+    extra = [
+        TensorReport(f"n{i}", "int64", (i % 3,), i % 3, 8 * (i % 3), in_graph=(None, True, False)[i % 3])
+        for i in range(9)
+    ]
+    assert all(shape in [t.shape for t in exact] for shape in [(True, 16), (16.0, 16), ([16], 16), (2**70,)])
+    for rows, columnar in ((exact, True), (extra, True), (extra + exact, True), (listed, False), ([], True)):
+        assert table._listed(TensorTable.of(rows).columns) == columnar
+        assert "".join(table._json_rows(TensorTable.of(rows))) == "".join(map(table.tensor_json, rows))
 
 
 def test_tensor_table_is_the_sequence_of_its_rows():
