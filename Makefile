@@ -9,7 +9,8 @@ BIN    := $(VENV)/bin
 # `make fuzz`: every harness of fuzz/ for FUZZ_SECONDS seconds each (seven harnesses: 3.5 minutes by default).
 FUZZ_SECONDS ?= 30
 
-$(VENV)/.installed: pyproject.toml
+# _wire.c: the optional C decoders (ckptdoctor/readers/_wire.c), built in place by the editable install.
+$(VENV)/.installed: pyproject.toml ckptdoctor/readers/_wire.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[tf,test]"
@@ -87,7 +88,7 @@ samples: $(VENV)/.installed
 	$(PY) sample_ckpts/make_samples.py
 
 # The harnesses need neither TensorFlow nor Keras: a fresh clone gets the package and atheris only.
-$(VENV)/.fuzz-installed: pyproject.toml
+$(VENV)/.fuzz-installed: pyproject.toml ckptdoctor/readers/_wire.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[fuzz]"

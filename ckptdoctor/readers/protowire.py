@@ -15,10 +15,11 @@ Callers turn that into a ``CorruptCheckpointError`` naming the file.
 
 from __future__ import annotations
 
+import os
 import struct
 from array import array
 from collections.abc import Iterator, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ckptdoctor.errors import CorruptCheckpointError
 
@@ -37,6 +38,25 @@ __all__ = [
     "signed64",
     "text",
 ]
+
+
+def _native_decoders() -> Any:
+    """The optional C decoders (``readers/_wire.c``), or None: not built, or ``CKPTDOCTOR_PURE_PYTHON=1``.
+
+    They decode the canonical encodings TensorFlow writes and return None for anything else, which the
+    Python code below then decodes (raising its own errors): the results are the same either way.
+    """
+    if os.environ.get("CKPTDOCTOR_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from ckptdoctor.readers import _wire  # type: ignore[attr-defined]  # a C extension, no stub
+    except ImportError:
+        return None
+    return _wire
+
+
+#: ``ckptdoctor.readers._wire`` when built and not turned off (read once, at import), else None.
+_wire = _native_decoders()
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 _U64 = (1 << 64) - 1
@@ -281,6 +301,15 @@ def decode_bundle_entry(buf: bytes) -> BundleEntry:
     Raises:
         WireFormatError: not a valid ``BundleEntryProto``.
     """
+    if _wire is not None:  # the canonical encoding in C; None for anything else
+        entry = _wire.bundle_entry(buf, BundleEntry, _SHAPE_CACHE, _SHAPE_CACHE_LIMIT)
+        if entry is not None:
+            return entry
+    return _decode_bundle_entry_py(buf)
+
+
+def _decode_bundle_entry_py(buf: bytes) -> BundleEntry:
+    """``decode_bundle_entry`` in Python: every encoding, every error."""
     # This runs once per tensor at open time and listing speed matters, so the
     # canonical encoding TensorFlow writes (one-byte tags in field order) takes
     # an inlined path; anything else falls back to the generic decoder.
@@ -581,49 +610,67 @@ def _node_spans(buf: bytes) -> array:
 
 
 def _decode_object_graph(buf: bytes, keys: Mapping[str, str]) -> list[ObjectNode]:
+    if _wire is not None:
+        # A graph of nodes only, in C: each canonical node decoded, the others left as the (start, end) of
+        # their bytes for _decode_node, in order (the first bad one raises, as below).
+        nodes = _wire.object_graph(buf, keys, ObjectNode, _VALUE_NAME)
+        if nodes is not None:
+            for i, node in enumerate(nodes):
+                if type(node) is tuple:
+                    nodes[i] = _decode_node(buf, node[0], node[1], keys)
+            return nodes
+    return _decode_object_graph_py(buf, keys)
+
+
+def _decode_object_graph_py(buf: bytes, keys: Mapping[str, str]) -> list[ObjectNode]:
     nodes = []
     spans = iter(_node_spans(buf))
     for wt, a, b in zip(spans, spans, spans):
         if wt != _LEN:
             _expect(wt, _LEN, "TrackableObjectGraph.nodes")
-        children, attributes, slots = [], [], []
-        pos = a
-        while pos < b:
-            tag = buf[pos]
-            if tag == 0x0A or tag == 0x12 or tag == 0x2A:
-                # Fast path: children, attributes and has_checkpoint_values in
-                # their canonical one-byte-tag encoding.
-                length = buf[pos + 1] if pos + 1 < b else 0x80
-                start = pos + 2
-                if length >= 0x80:
-                    length, start = read_varint(buf, pos + 1, b)
-                stop = start + length
-                if stop > b:
-                    raise WireFormatError(f"TrackableObject field claims {length} bytes, only {b - start} left")
-                if tag == 0x0A:
-                    children.append(_decode_child(buf, start, stop))
-                elif tag == 0x12:
-                    attributes.append(_decode_attribute(buf, start, stop, keys))
-                pos = stop
-                continue
-            # Slot variables, registered savers, unusual encodings: generic.
-            for f2, wt2, a2, b2 in _scan(buf, pos, b):
-                if f2 == 1:
-                    _expect(wt2, _LEN, "TrackableObject.children")
-                    children.append(_decode_child(buf, a2, b2))
-                elif f2 == 2:
-                    _expect(wt2, _LEN, "TrackableObject.attributes")
-                    attributes.append(_decode_attribute(buf, a2, b2, keys))
-                elif f2 == 3:
-                    _expect(wt2, _LEN, "TrackableObject.slot_variables")
-                    d = decode_strings_and_ints(buf[a2:b2], {1: "i", 2: "s", 3: "i"})
-                    slots.append((d.get(1, 0), d.get(2, ""), d.get(3, 0)))
-            break
-        # Most nodes have no children or no slots: () is the empty tuple, without a call.
-        edges = tuple(children) if children else ()
-        saved = tuple(attributes) if attributes else ()
-        nodes.append(tuple.__new__(ObjectNode, (edges, saved, tuple(slots) if slots else ())))
+        nodes.append(_decode_node(buf, a, b, keys))
     return nodes
+
+
+def _decode_node(buf: bytes, a: int, b: int, keys: Mapping[str, str]) -> ObjectNode:
+    """The ``TrackableObject`` at ``buf[a:b]``."""
+    children, attributes, slots = [], [], []
+    pos = a
+    while pos < b:
+        tag = buf[pos]
+        if tag == 0x0A or tag == 0x12 or tag == 0x2A:
+            # Fast path: children, attributes and has_checkpoint_values in
+            # their canonical one-byte-tag encoding.
+            length = buf[pos + 1] if pos + 1 < b else 0x80
+            start = pos + 2
+            if length >= 0x80:
+                length, start = read_varint(buf, pos + 1, b)
+            stop = start + length
+            if stop > b:
+                raise WireFormatError(f"TrackableObject field claims {length} bytes, only {b - start} left")
+            if tag == 0x0A:
+                children.append(_decode_child(buf, start, stop))
+            elif tag == 0x12:
+                attributes.append(_decode_attribute(buf, start, stop, keys))
+            pos = stop
+            continue
+        # Slot variables, registered savers, unusual encodings: generic.
+        for f2, wt2, a2, b2 in _scan(buf, pos, b):
+            if f2 == 1:
+                _expect(wt2, _LEN, "TrackableObject.children")
+                children.append(_decode_child(buf, a2, b2))
+            elif f2 == 2:
+                _expect(wt2, _LEN, "TrackableObject.attributes")
+                attributes.append(_decode_attribute(buf, a2, b2, keys))
+            elif f2 == 3:
+                _expect(wt2, _LEN, "TrackableObject.slot_variables")
+                d = decode_strings_and_ints(buf[a2:b2], {1: "i", 2: "s", 3: "i"})
+                slots.append((d.get(1, 0), d.get(2, ""), d.get(3, 0)))
+        break
+    # Most nodes have no children or no slots: () is the empty tuple, without a call.
+    edges = tuple(children) if children else ()
+    saved = tuple(attributes) if attributes else ()
+    return tuple.__new__(ObjectNode, (edges, saved, tuple(slots) if slots else ()))
 
 
 #: Public names of the field helpers, for the other readers of TensorFlow protos (``saved_model_pb``).

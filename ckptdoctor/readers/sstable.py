@@ -30,13 +30,13 @@ from __future__ import annotations
 import functools
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import google_crc32c
 
 from ckptdoctor.errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedFormatError
-from ckptdoctor.readers.protowire import WireFormatError, read_varint
+from ckptdoctor.readers.protowire import WireFormatError, _wire, read_varint
 
 __all__ = [
     "TABLE_MAGIC",
@@ -333,6 +333,19 @@ def iter_block(block: bytes, path: str, what: str) -> Iterator[tuple[bytes, byte
         raise _corrupt(path, f"{what}: bad entry header at offset {pos} ({e})") from e
 
 
+def _block_items(block: bytes, path: str, what: str, key_budget: int) -> Iterable[tuple[bytes, bytes]]:
+    """``iter_block``'s items: a list from the C decoder (``readers/_wire.c``) when the block passes every check
+    and its keys total at most ``key_budget`` bytes, else ``iter_block`` itself (which raises where it must).
+
+    The budget bounds what the list holds at once: the generator makes one key at a time.
+    """
+    if _wire is not None:
+        items = _wire.block_entries(block, key_budget)
+        if items is not None:
+            return items
+    return iter_block(block, path, what)
+
+
 def parse_table(data: bytes, path: str) -> list[tuple[bytes, bytes]]:
     """Every ``(key, value)`` of an SSTable held in memory, in key order.
 
@@ -363,7 +376,8 @@ def iter_table(data: bytes, path: str) -> Iterator[tuple[bytes, bytes]]:
     disorder: tuple[bytes, bytes] | None = None  # the first key not above its predecessor, and that predecessor
     key_budget = MAX_KEY_EXPANSION * len(data) + (1 << 20)
     next_free = 0  # where the next data block may start: blocks follow each other (spec 3.1)
-    for i, (_sep, handle_bytes) in enumerate(iter_block(index_block, path, "index block")):
+    index_items = _block_items(index_block, path, "index block", 16 * len(index_block) + (1 << 20))
+    for i, (_sep, handle_bytes) in enumerate(index_items):
         what = f"data block {i}"
         try:
             handle, _ = _decode_handle(handle_bytes, 0, len(handle_bytes))
@@ -376,7 +390,7 @@ def iter_table(data: bytes, path: str) -> Iterator[tuple[bytes, bytes]]:
         # Data blocks precede the index block (spec 3.1).
         block = read_block(data, handle, path, what, limit=index_handle.offset)
         next_free = handle.offset + handle.size + BLOCK_TRAILER_SIZE
-        for key, value in iter_block(block, path, what):
+        for key, value in _block_items(block, path, what, key_budget):
             key_budget -= len(key)
             if key_budget < 0:
                 raise _corrupt(
