@@ -252,10 +252,14 @@ class TF2Checkpoint:
 def _roles(graph: ObjectGraph, declared: set[str] | frozenset[str]) -> Callable[[str], str]:
     """``Description.role``: the object graph's role, else ``weight`` for a ``declared`` key, else the name's."""
 
+    node_of, in_model = graph.node_of, graph.in_model
+
     def role(key: str) -> str:
-        found = graph.role(key)
-        if found is not None:
-            return found
+        node = node_of.get(key)
+        if node is not None and not in_model[node]:  # else graph.role is None (one call less a key)
+            found = graph.role(key)
+            if found is not None:
+                return found
         return "weight" if key in declared else role_from_name(key)
 
     return role
