@@ -1333,3 +1333,54 @@ def test_may_overlap_is_true_exactly_when_two_stored_ranges_intersect(spans):
         sa == sb and na > 0 and nb > 0 and oa < ob + nb and ob < oa + na for (sa, oa, na), (sb, ob, nb) in pairs
     )
     assert _may_overlap(entries) == intersect
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(min_size=1, max_size=6), min_size=1, max_size=60), st.sampled_from([16, 64, 4096]))
+def test_table_order_checked_a_block_at_a_time_reports_the_first_disorder(keys, block_size):
+    # iter_table_blocks checks each block's keys at once (and the first against the last block's): the items and
+    # the error must be those of a check key by key, whichever block the first key not above its predecessor is in.
+    items = [(k, bytes([i % 256])) for i, k in enumerate(keys)]
+    table = build_sstable(items, block_size=block_size)
+    first = next(((keys[i], keys[i - 1]) for i in range(1, len(keys)) if keys[i] <= keys[i - 1]), None)
+    read = []
+    if first is None:
+        assert list(sstable.iter_table(table, "t.index")) == items
+        assert [i for b in sstable.iter_table_blocks(table, "t.index") for i in b] == items
+        return
+    with pytest.raises(CorruptCheckpointError, match="keys out of order") as e:
+        for item in sstable.iter_table(table, "t.index"):
+            read.append(item)
+    assert read == items and f"({first[0]!r} after {first[1]!r})" in str(e.value)
+
+
+@pytest.mark.parametrize("block_size", [24, 64, 4096])
+def test_pieces_and_tensors_told_apart_in_every_block(tmp_path, block_size):
+    # The reader stores a block's entries at once, the pieces of partitioned tensors (keys from b"\x00") apart from
+    # the tensors: with blocks of one or two entries, some hold both kinds, and the listing and values must not
+    # depend on where the blocks end.
+    full = np.arange(12, dtype=np.float32).reshape(3, 4)
+    rows = [((i, 1), (0, None)) for i in range(3)]
+    data, items = b"", []
+    for extents in rows:
+        raw = full[extents[0][0]].tobytes()
+        items.append(
+            (encode_slice_key("p", extents), entry_proto(1, [1, 4], len(data), len(raw), google_crc32c.value(raw)))
+        )
+        data += raw
+    items.append((b"p", entry_proto(1, [3, 4], slices=rows)))
+    for name in (b"\x01low", b"a", b"b/c", b"z"):
+        items.append((name, entry_proto(1, [4], len(data), 16, google_crc32c.value(full[0].tobytes()))))
+        data += full[0].tobytes()
+    prefix = os.path.join(tmp_path, "blocks")
+    write_file(prefix + ".index", build_sstable([(b"", HEADER)] + sorted(items), block_size=block_size))
+    write_file(prefix + ".data-00000-of-00001", data)
+    with BundleReader(prefix) as reader:
+        assert [(e.name, e.partitioned, e.nbytes) for e in reader.entries()] == [
+            ("\x01low", False, 16),
+            ("a", False, 16),
+            ("b/c", False, 16),
+            ("p", True, 48),
+            ("z", False, 16),
+        ]
+        assert reader.read("p").tobytes() == full.tobytes() and reader.read("\x01low").tobytes() == full[0].tobytes()

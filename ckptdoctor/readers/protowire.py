@@ -19,6 +19,7 @@ import os
 import struct
 from array import array
 from collections.abc import Iterator, Mapping
+from itertools import repeat
 from typing import Any, NamedTuple
 
 from ckptdoctor.errors import CorruptCheckpointError
@@ -32,6 +33,7 @@ __all__ = [
     "ObjectNode",
     "decode_bundle_header",
     "decode_bundle_entry",
+    "decode_bundle_entries",
     "decode_object_graph",
     "decode_strings_and_ints",
     "expect_wire_type",
@@ -306,6 +308,21 @@ def decode_bundle_entry(buf: bytes) -> BundleEntry:
         if entry is not None:
             return entry
     return _decode_bundle_entry_py(buf)
+
+
+def decode_bundle_entries(values: list[bytes]) -> list[BundleEntry]:
+    """``decode_bundle_entry`` of each value, in order: the C decoder over all of them first, without a call per
+    value from Python, then the Python decoder for those it left.
+
+    Raises:
+        WireFormatError: one is not a valid ``BundleEntryProto`` (the first of those the C decoder left).
+    """
+    if _wire is None:
+        return [_decode_bundle_entry_py(v) for v in values]
+    out = list(map(_wire.bundle_entry, values, repeat(BundleEntry), repeat(_SHAPE_CACHE), repeat(_SHAPE_CACHE_LIMIT)))
+    if None in out:
+        out = [_decode_bundle_entry_py(v) if e is None else e for v, e in zip(values, out)]
+    return out
 
 
 def _decode_bundle_entry_py(buf: bytes) -> BundleEntry:

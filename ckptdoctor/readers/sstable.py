@@ -28,6 +28,7 @@ entry could otherwise rebuild quadratically many).
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import struct
 from collections.abc import Iterable, Iterator
@@ -370,6 +371,20 @@ def iter_table(data: bytes, path: str) -> Iterator[tuple[bytes, bytes]]:
     Raises:
         CorruptCheckpointError: as ``parse_table``, the order error once the items were all yielded.
     """
+    for items in iter_table_blocks(data, path):
+        yield from items
+
+
+def iter_table_blocks(data: bytes, path: str) -> Iterator[list[tuple[bytes, bytes]]]:
+    """``iter_table``'s items a data block at a time, each block's a list, checked as a whole.
+
+    The checks of ``iter_table``, in the same order, made a block at a time: its keys' total against
+    the key budget, their order by one comparison of neighbours in C (``map(bytes.__lt__, ...)``). A block
+    that fails a check raises before any of its items is yielded.
+
+    Raises:
+        CorruptCheckpointError: as ``iter_table``.
+    """
     _, index_handle = read_footer(data, path)
     index_block = read_block(data, index_handle, path, "index block")
     previous: bytes | None = None
@@ -390,20 +405,46 @@ def iter_table(data: bytes, path: str) -> Iterator[tuple[bytes, bytes]]:
         # Data blocks precede the index block (spec 3.1).
         block = read_block(data, handle, path, what, limit=index_handle.offset)
         next_free = handle.offset + handle.size + BLOCK_TRAILER_SIZE
-        for key, value in _block_items(block, path, what, key_budget):
-            key_budget -= len(key)
-            if key_budget < 0:
-                raise _corrupt(
-                    path,
-                    f"its keys expand to more than {MAX_KEY_EXPANSION} times the file's size "
-                    "(entries sharing ever longer prefixes): not a table TensorFlow wrote",
-                )
-            if previous is not None and key <= previous and disorder is None:
-                disorder = (key, previous)
-            previous = key
-            yield key, value
+        items = _block_items(block, path, what, key_budget)
+        if items.__class__ is not list:  # iter_block's: its keys counted as they come (they may not fit)
+            items = _within_budget(items, key_budget, path)
+        keys = list(map(_KEY, items))
+        key_budget -= sum(map(len, keys))
+        if key_budget < 0:
+            raise _over_budget(path)
+        if keys and disorder is None:
+            if previous is not None and keys[0] <= previous:
+                disorder = (keys[0], previous)
+            elif not all(map(bytes.__lt__, keys, keys[1:])):
+                j = next(j for j in range(len(keys) - 1) if keys[j + 1] <= keys[j])
+                disorder = (keys[j + 1], keys[j])
+        if keys:
+            previous = keys[-1]
+        yield items
     if disorder is not None:
         raise _corrupt(path, f"keys out of order ({disorder[0]!r} after {disorder[1]!r})")
+
+
+_KEY = operator.itemgetter(0)
+
+
+def _within_budget(items: Iterable[tuple[bytes, bytes]], budget: int, path: str) -> list[tuple[bytes, bytes]]:
+    """The items, in a list that stops growing once their keys exceed ``budget`` bytes (then raises)."""
+    out = []
+    for key, value in items:
+        budget -= len(key)
+        if budget < 0:
+            raise _over_budget(path)
+        out.append((key, value))
+    return out
+
+
+def _over_budget(path: str) -> CorruptCheckpointError:
+    return _corrupt(
+        path,
+        f"its keys expand to more than {MAX_KEY_EXPANSION} times the file's size "
+        "(entries sharing ever longer prefixes): not a table TensorFlow wrote",
+    )
 
 
 def read_table(path: str) -> list[tuple[bytes, bytes]]:
