@@ -14,6 +14,12 @@
  *   bundle_entry(buf, entry_type, shape_cache, shape_cache_limit)  ~ protowire.decode_bundle_entry
  *   block_entries(block, key_budget)                               ~ list(sstable.iter_block(block, ...))
  *   object_graph(buf, keys, node_type, value_name)                 ~ protowire._decode_object_graph
+ *
+ * and two walks of a decoded object graph, which answer only when every part they read is of the form the
+ * decoders give it (exact tuples, ints and strs) and return None otherwise, having changed nothing:
+ *
+ *   object_walk(nodes, node_type, starts, path_of)                 ~ formats.tf2.objects._walk_py
+ *   object_paths(nodes, node_type, value_name, slot_segment)       ~ readers.bundle._attribute_paths
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -589,19 +595,408 @@ wire_object_graph(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return nodes;
 }
 
+/* ------------------------------------------------------------------------------------- object paths */
+
+/*
+ * Two walks of a decoded object graph (a list of ObjectNode): formats.tf2.objects._walk_py and the attribute
+ * paths of readers.bundle._object_path_lookup_py. They answer only when every part they read has the type the
+ * decoders give it: each node read exactly of node_type with 3 items, its children, attributes and slot
+ * variables exact tuples of exact tuples, ids exact ints, names and paths exact strs. On anything else they
+ * return None having changed nothing, and the Python code runs (and raises what it raises).
+ *
+ * Nothing in them runs Python code: exact str, int and tuple have no user-defined comparison or hash, and the
+ * only object that the garbage collector tracks (object_paths' dict) is made before `nodes` is first read, so
+ * borrowed references into `nodes` stay valid throughout.
+ */
+
+/* 1 for an exact str (made ready: 3.10 and 3.11 may hold legacy strings); 0 for anything else, and 0 with an
+ * exception set when making it ready fails. */
+static inline int
+is_text(PyObject *o)
+{
+    if (!PyUnicode_CheckExact(o))
+        return 0;
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(o) < 0)
+        return 0;
+#endif
+    return 1;
+}
+
+/* A node id as `0 <= i < n` takes it: 1 and *out for an exact int in range, 0 for one out of range (huge and
+ * negative ones too), -1 for anything that is not an exact int. */
+static inline int
+node_index(PyObject *o, Py_ssize_t n, Py_ssize_t *out)
+{
+    if (!PyLong_CheckExact(o))
+        return -1;
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow); /* no error for an exact int */
+    if (overflow != 0 || v < 0 || v >= (long long)n)
+        return 0;
+    *out = (Py_ssize_t)v;
+    return 1;
+}
+
+/* An edge (id, name) at item id_at and name_at of an exact tuple of `size` items: node_index's answer for the id
+ * and the name (borrowed) in *name; -1 when the tuple or the name is of another form. */
+static inline int
+edge_of(PyObject *t, Py_ssize_t size, Py_ssize_t id_at, Py_ssize_t name_at, Py_ssize_t n, Py_ssize_t *id,
+        PyObject **name)
+{
+    if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != size)
+        return -1;
+    PyObject *s = PyTuple_GET_ITEM(t, name_at);
+    if (!is_text(s))
+        return -1;
+    *name = s;
+    return node_index(PyTuple_GET_ITEM(t, id_at), n, id);
+}
+
+/* Item `part` (0 children, 1 attributes, 2 slot variables) of node k when the node is exactly of node_type with
+ * 3 items and that item is an exact tuple; NULL otherwise. Borrowed. */
+static inline PyObject *
+node_part(PyObject *const *nodes, Py_ssize_t k, PyTypeObject *node_type, Py_ssize_t part)
+{
+    PyObject *node = nodes[k];
+    if (Py_TYPE(node) != node_type || PyTuple_GET_SIZE(node) != 3)
+        return NULL;
+    PyObject *item = PyTuple_GET_ITEM(node, part);
+    return PyTuple_CheckExact(item) ? item : NULL;
+}
+
+/* The exact strs parts[0..count) joined by "/", the empty ones left out when skip_empty (as
+ * "/".join(p for p in parts if p)), else all kept (as f"{a}/{b}"). New reference; NULL on allocation failure. */
+static PyObject *
+join_path(PyObject *const *parts, int count, int skip_empty)
+{
+    Py_ssize_t total = 0;
+    Py_UCS4 maxchar = '/';
+    int used = 0;
+    for (int i = 0; i < count; i++) {
+        Py_ssize_t len = PyUnicode_GET_LENGTH(parts[i]);
+        if (skip_empty && len == 0)
+            continue;
+        if (len > PY_SSIZE_T_MAX - 1 - total)
+            return PyErr_NoMemory();
+        total += len + (used ? 1 : 0);
+        used++;
+        Py_UCS4 m = PyUnicode_MAX_CHAR_VALUE(parts[i]);
+        if (m > maxchar)
+            maxchar = m;
+    }
+    PyObject *out = PyUnicode_New(total, maxchar);
+    if (out == NULL)
+        return NULL;
+    int kind = PyUnicode_KIND(out);
+    void *data = PyUnicode_DATA(out);
+    Py_ssize_t pos = 0;
+    used = 0;
+    for (int i = 0; i < count; i++) {
+        Py_ssize_t len = PyUnicode_GET_LENGTH(parts[i]);
+        if (skip_empty && len == 0)
+            continue;
+        if (used++)
+            PyUnicode_WRITE(kind, data, pos++, '/');
+        if (len != 0 && PyUnicode_CopyCharacters(out, pos, parts[i], 0, len) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        pos += len;
+    }
+    return out;
+}
+
+/* The new references of paths[0..n), and the arrays. */
+static void
+free_paths(PyObject **paths, Py_ssize_t n, Py_ssize_t *queue)
+{
+    if (paths != NULL) {
+        for (Py_ssize_t k = 0; k < n; k++)
+            Py_XDECREF(paths[k]);
+    }
+    PyMem_Free(paths);
+    PyMem_Free(queue);
+}
+
+/* The result of a walk that stopped: NULL if an exception is set (allocation failure), else None. */
+static PyObject *
+deferred(void)
+{
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* objects._walk_py's breadth-first walk from the starts already queued (queue[0..tail), route set): each node's
+ * children, then its slot variables' (slot, slot_name), first route wins. 0 when a part is of another form or
+ * on allocation failure. */
+static int
+walk_from(PyObject *const *nodes, Py_ssize_t n, PyTypeObject *node_type, char *seen, PyObject **route,
+          Py_ssize_t *queue, Py_ssize_t tail)
+{
+    for (Py_ssize_t head = 0; head < tail; head++) {
+        Py_ssize_t u = queue[head];
+        PyObject *children = node_part(nodes, u, node_type, 0), *slots = node_part(nodes, u, node_type, 2);
+        if (children == NULL || slots == NULL)
+            return 0;
+        Py_ssize_t nc = PyTuple_GET_SIZE(children), ns = PyTuple_GET_SIZE(slots);
+        for (Py_ssize_t j = 0; j < nc + ns; j++) {
+            Py_ssize_t v = 0;
+            PyObject *name = NULL;
+            int r = j < nc ? edge_of(PyTuple_GET_ITEM(children, j), 2, 0, 1, n, &v, &name)
+                           : edge_of(PyTuple_GET_ITEM(slots, j - nc), 3, 2, 1, n, &v, &name);
+            if (r < 0)
+                return 0;
+            if (r == 0 || seen[v])
+                continue;
+            PyObject *parts[2] = {route[u], name};
+            PyObject *below = join_path(parts, 2, 0);
+            if (below == NULL)
+                return 0;
+            seen[v] = 1;
+            route[v] = below;
+            queue[tail++] = v; /* each node is queued once: tail < n */
+        }
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(object_walk_doc,
+             "object_walk(nodes, node_type, starts, path_of) -> bytearray | None\n\n"
+             "formats.tf2.objects._walk_py(nodes, starts, path_of) for a list of node_type nodes, a list of\n"
+             "(node, path) starts and a list path_of as long as nodes: the nodes reached, path_of completed.\n"
+             "None, path_of unchanged, when a part it reads is of another form or a start is out of range.");
+
+static PyObject *
+wire_object_walk(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "object_walk() takes 4 arguments");
+        return NULL;
+    }
+    PyObject *nodes = args[0], *node_type = args[1], *starts = args[2], *path_of = args[3];
+    if (!PyList_CheckExact(nodes) || !is_tuple_type(node_type) || !PyList_CheckExact(starts)
+        || !PyList_CheckExact(path_of) || PyList_GET_SIZE(path_of) != PyList_GET_SIZE(nodes))
+        Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(nodes), tail = 0;
+    PyObject *seen_obj = PyByteArray_FromStringAndSize(NULL, n); /* not tracked by the collector */
+    PyObject **route = PyMem_Calloc((size_t)n + 1, sizeof(PyObject *));
+    Py_ssize_t *queue = PyMem_Malloc(((size_t)n + 1) * sizeof(Py_ssize_t));
+    if (seen_obj == NULL || route == NULL || queue == NULL) {
+        if (seen_obj != NULL)
+            PyErr_NoMemory();
+        goto stop;
+    }
+    char *seen = PyByteArray_AS_STRING(seen_obj);
+    memset(seen, 0, (size_t)n);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(starts); i++) {
+        PyObject *start = PyList_GET_ITEM(starts, i), *path;
+        Py_ssize_t node = 0;
+        /* A start out of range: Python indexes from the end or raises; it decides. */
+        if (edge_of(start, 2, 0, 1, n, &node, &path) != 1)
+            goto stop;
+        if (!seen[node]) {
+            seen[node] = 1;
+            Py_INCREF(path);
+            route[node] = path;
+            queue[tail++] = node;
+        }
+    }
+    if (!walk_from(PySequence_Fast_ITEMS(nodes), n, (PyTypeObject *)node_type, seen, route, queue, tail))
+        goto stop;
+    /* path_of[k] is set where it is None, by the first route to k (the first start naming k, or the edge that
+     * reached it): the route kept for k. Nothing else reads path_of, so setting it at the end is the same. */
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (route[k] != NULL && PyList_GET_ITEM(path_of, k) == Py_None) {
+            PyList_SET_ITEM(path_of, k, route[k]);
+            route[k] = NULL;
+            Py_DECREF(Py_None);
+        }
+    }
+    free_paths(route, n, queue);
+    return seen_obj;
+stop:
+    free_paths(route, n, queue);
+    Py_XDECREF(seen_obj);
+    return deferred();
+}
+
+/* Rule 1 of object_paths_from_graph: each node's path from the root over children edges, breadth first, first
+ * route wins (paths[0] = "" set, queued). 0 when a part is of another form or on allocation failure. */
+static int
+root_paths(PyObject *const *nodes, Py_ssize_t n, PyTypeObject *node_type, PyObject **paths, Py_ssize_t *queue)
+{
+    Py_ssize_t tail = 1;
+    queue[0] = 0;
+    for (Py_ssize_t head = 0; head < tail; head++) {
+        Py_ssize_t u = queue[head];
+        PyObject *here = paths[u], *children = node_part(nodes, u, node_type, 0);
+        if (children == NULL)
+            return 0;
+        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(children); j++) {
+            Py_ssize_t v = 0;
+            PyObject *name = NULL;
+            int r = edge_of(PyTuple_GET_ITEM(children, j), 2, 0, 1, n, &v, &name);
+            if (r < 0)
+                return 0;
+            if (r == 0 || paths[v] != NULL)
+                continue;
+            if (PyUnicode_GET_LENGTH(here) != 0) {
+                PyObject *parts[2] = {here, name};
+                paths[v] = join_path(parts, 2, 0);
+                if (paths[v] == NULL)
+                    return 0;
+            } else {
+                Py_INCREF(name);
+                paths[v] = name;
+            }
+            queue[tail++] = v;
+        }
+    }
+    return 1;
+}
+
+/* Rule 2: <variable path>/<segment>/<optimizer path>/<slot name>, empty parts left out, for each slot variable
+ * without a path whose variable has one, owners in node order. 0 as root_paths. */
+static int
+slot_paths(PyObject *const *nodes, Py_ssize_t n, PyTypeObject *node_type, PyObject **paths, PyObject *segment)
+{
+    for (Py_ssize_t owner = 0; owner < n; owner++) {
+        PyObject *owner_path = paths[owner]; /* set once: never replaced below */
+        if (owner_path == NULL)
+            continue;
+        PyObject *slots = node_part(nodes, owner, node_type, 2);
+        if (slots == NULL)
+            return 0;
+        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(slots); j++) {
+            PyObject *slot = PyTuple_GET_ITEM(slots, j), *name = NULL;
+            Py_ssize_t var = 0, target = 0;
+            int r = edge_of(slot, 3, 2, 1, n, &target, &name);
+            if (r < 0)
+                return 0;
+            int rv = node_index(PyTuple_GET_ITEM(slot, 0), n, &var);
+            if (rv < 0)
+                return 0;
+            if (r == 0 || rv == 0 || paths[var] == NULL || paths[target] != NULL)
+                continue;
+            PyObject *parts[4] = {paths[var], segment, owner_path, name};
+            paths[target] = join_path(parts, 4, 1);
+            if (paths[target] == NULL)
+                return 0;
+        }
+    }
+    return 1;
+}
+
+/* Rule 3 into by_key: for each node with a path, in order, each attribute's key -> the path (VARIABLE_VALUE of
+ * a node other than the root) or <path>/<attribute name> (the name alone at the root). 0 as root_paths. */
+static int
+key_paths(PyObject *const *nodes, Py_ssize_t n, PyTypeObject *node_type, PyObject **paths, PyObject *value_name,
+          PyObject *by_key)
+{
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *path = paths[k];
+        if (path == NULL)
+            continue;
+        PyObject *attributes = node_part(nodes, k, node_type, 1);
+        if (attributes == NULL)
+            return 0;
+        int rooted = PyUnicode_GET_LENGTH(path) == 0;
+        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(attributes); j++) {
+            PyObject *pair = PyTuple_GET_ITEM(attributes, j);
+            if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2)
+                return 0;
+            PyObject *name = PyTuple_GET_ITEM(pair, 0), *key = PyTuple_GET_ITEM(pair, 1), *value;
+            if (!is_text(name) || !is_text(key))
+                return 0;
+            if (rooted) {
+                Py_INCREF(name);
+                value = name;
+            } else {
+                int is_value = PyObject_RichCompareBool(name, value_name, Py_EQ); /* two exact strs: no error */
+                if (is_value < 0)
+                    return 0;
+                if (is_value) {
+                    Py_INCREF(path);
+                    value = path;
+                } else {
+                    PyObject *parts[2] = {path, name};
+                    value = join_path(parts, 2, 0);
+                    if (value == NULL)
+                        return 0;
+                }
+            }
+            int r = PyDict_SetItem(by_key, key, value);
+            Py_DECREF(value);
+            if (r < 0)
+                return 0;
+        }
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(object_paths_doc,
+             "object_paths(nodes, node_type, value_name, slot_segment) -> dict | None\n\n"
+             "readers.bundle._attribute_paths(nodes): each saved attribute's key -> its object path (rules 1\n"
+             "to 3 of object_paths_from_graph), for a list or tuple of node_type nodes; None when a part it\n"
+             "reads is of another form.");
+
+static PyObject *
+wire_object_paths(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "object_paths() takes 4 arguments");
+        return NULL;
+    }
+    PyObject *nodes = args[0], *node_type = args[1], *value_name = args[2], *segment = args[3];
+    if (!(PyList_CheckExact(nodes) || PyTuple_CheckExact(nodes)) || !is_tuple_type(node_type)
+        || !is_text(value_name) || !is_text(segment))
+        return deferred();
+    PyObject *by_key = PyDict_New(); /* first: the one allocation the collector tracks */
+    if (by_key == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(nodes);
+    if (n == 0)
+        return by_key;
+    PyObject *const *items = PySequence_Fast_ITEMS(nodes);
+    PyTypeObject *type = (PyTypeObject *)node_type;
+    PyObject **paths = PyMem_Calloc((size_t)n, sizeof(PyObject *));
+    Py_ssize_t *queue = PyMem_Malloc((size_t)n * sizeof(Py_ssize_t));
+    if (paths == NULL || queue == NULL) {
+        PyErr_NoMemory();
+        goto stop;
+    }
+    paths[0] = PyUnicode_New(0, 0);
+    if (paths[0] == NULL || !root_paths(items, n, type, paths, queue) || !slot_paths(items, n, type, paths, segment)
+        || !key_paths(items, n, type, paths, value_name, by_key))
+        goto stop;
+    free_paths(paths, n, queue);
+    return by_key;
+stop:
+    free_paths(paths, n, queue);
+    Py_DECREF(by_key);
+    return deferred();
+}
+
 /* ------------------------------------------------------------------------------------------- module */
 
 static PyMethodDef wire_methods[] = {
     {"bundle_entry", (PyCFunction)(void (*)(void))wire_bundle_entry, METH_FASTCALL, bundle_entry_doc},
     {"block_entries", (PyCFunction)(void (*)(void))wire_block_entries, METH_FASTCALL, block_entries_doc},
     {"object_graph", (PyCFunction)(void (*)(void))wire_object_graph, METH_FASTCALL, object_graph_doc},
+    {"object_walk", (PyCFunction)(void (*)(void))wire_object_walk, METH_FASTCALL, object_walk_doc},
+    {"object_paths", (PyCFunction)(void (*)(void))wire_object_paths, METH_FASTCALL, object_paths_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef wire_module = {
     PyModuleDef_HEAD_INIT,
     "ckptdoctor.readers._wire",
-    "C versions of the canonical cases of protowire's and sstable's hot decoders (see _wire.c).",
+    "C versions of the canonical cases of protowire's and sstable's hot decoders, and of two object-graph walks\n"
+    "(see _wire.c).",
     0,
     wire_methods,
     NULL,

@@ -79,6 +79,7 @@ from ckptdoctor.readers.protowire import (
     BundleEntry,
     ObjectNode,
     WireFormatError,
+    _wire,
     decode_bundle_entries,
     decode_bundle_entry,
     decode_bundle_header,
@@ -317,11 +318,30 @@ def _object_path_lookup(nodes: Sequence[ObjectNode], keys: Iterable[str]) -> dic
     """``object_paths_from_graph``'s paths for ``keys``, in a dict that may also hold other keys' paths.
 
     The dict is the paths of every saved attribute (rules 1 to 3), completed with those of ``keys``
-    found by rule 4: no second dict of every key is made.
+    found by rule 4: no second dict of every key is made. Rules 1 to 3 are computed in C
+    (``readers/_wire.c``) when it is built and every part of the graph they read is of the decoded form
+    (exact tuples, ints and strs); else in Python. The same dict either way (``_object_path_lookup_py``).
     """
-    n = len(nodes)
-    if n == 0:
+    if len(nodes) == 0:
         return {}
+    by_key = None
+    if _wire is not None:
+        by_key = _wire.object_paths(nodes, ObjectNode, VARIABLE_VALUE_ATTRIBUTE, OPTIMIZER_SLOT_SEGMENT)
+    if by_key is None:
+        by_key = _attribute_paths(nodes)
+    return _add_extended_keys(by_key, keys)
+
+
+def _object_path_lookup_py(nodes: Sequence[ObjectNode], keys: Iterable[str]) -> dict[str, str]:
+    """``_object_path_lookup`` in Python only."""
+    if len(nodes) == 0:
+        return {}
+    return _add_extended_keys(_attribute_paths(nodes), keys)
+
+
+def _attribute_paths(nodes: Sequence[ObjectNode]) -> dict[str, str]:
+    """Rules 1 to 3 of ``object_paths_from_graph``: the path of every saved attribute's key (``nodes`` not empty)."""
+    n = len(nodes)
     # Paths are kept as joined strings ("" for the root): cheaper than tuples.
     paths: list[str | None] = [None] * n
     paths[0] = ""
@@ -353,7 +373,12 @@ def _object_path_lookup(nodes: Sequence[ObjectNode], keys: Iterable[str]) -> dic
                 by_key[key] = path
             else:
                 by_key[key] = f"{path}/{attr_name}" if path else attr_name
+    return by_key
 
+
+def _add_extended_keys(by_key: dict[str, str], keys: Iterable[str]) -> dict[str, str]:
+    """``by_key`` (the attributes' paths) completed by rule 4 with the paths of ``keys`` that extend an attribute's
+    key past ``/.ATTRIBUTES/``; returned."""
     with_marker: list[str] | None = None
     found: dict[str, str] = {}
     for key in keys:

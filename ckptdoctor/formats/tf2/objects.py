@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from ckptdoctor.collector import paused_gc
 from ckptdoctor.constants import OBJECT_GRAPH_KEY
 from ckptdoctor.errors import CorruptCheckpointError, TensorReadError, UnsupportedFormatError
-from ckptdoctor.readers.protowire import WireFormatError
+from ckptdoctor.readers.protowire import ObjectNode, WireFormatError, _wire
 
 __all__ = ["ObjectGraph", "read_object_graph", "has_object_graph"]
 
@@ -104,6 +104,17 @@ class ObjectGraph:
 
 
 def _walk(nodes: list, starts, path_of: list) -> bytearray:
+    """``_walk_py``, in C (``readers/_wire.c``) when it is built and every part of the graph it reads is of the
+    decoded form (exact tuples, ints and strs); else, ``path_of`` unchanged by C, in Python."""
+    starts = list(starts)
+    if _wire is not None:
+        seen = _wire.object_walk(nodes, ObjectNode, starts, path_of)
+        if seen is not None:
+            return seen
+    return _walk_py(nodes, starts, path_of)
+
+
+def _walk_py(nodes: list, starts, path_of: list) -> bytearray:
     """Breadth-first from ``starts`` (node, path), first route wins; returns the nodes reached (1 each).
 
     A node is visited once per walk, by its first route (a second start at a node already reached
