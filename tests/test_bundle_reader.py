@@ -1333,6 +1333,8 @@ def test_may_overlap_is_true_exactly_when_two_stored_ranges_intersect(spans):
         sa == sb and na > 0 and nb > 0 and oa < ob + nb and ob < oa + na for (sa, oa, na), (sb, ob, nb) in pairs
     )
     assert _may_overlap(entries) == intersect
+    # In the order TensorFlow writes them (by file and offset), where no sort is made when none overlaps.
+    assert _may_overlap(sorted(entries, key=lambda e: (e.shard_id, e.offset))) == intersect
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -420,7 +420,13 @@ def test_role_from_name_equals_the_patterns_searched_on_every_key():
     import random
 
     from ckptdoctor import constants as C
-    from ckptdoctor.analysis.diagnose import _BN_ROLES, is_optimizer_slot, logical_name, role_from_name
+    from ckptdoctor.analysis.diagnose import (
+        _BN_ROLES,
+        is_optimizer_slot,
+        logical_name,
+        role_from_name,
+        roles_from_names,
+    )
 
     def oracle(key):
         name = logical_name(key)
@@ -473,6 +479,14 @@ def test_role_from_name_equals_the_patterns_searched_on_every_key():
     for key in keys:
         assert is_optimizer_slot(key) == bool(C.OPTIMIZER_SLOT_PATTERN.search(key)), key
         assert role_from_name(key) == oracle(key), key
+    # A list at a time: the whole list, and short lists, most of which hold no special word (each test of all
+    # keys at once then passes), some a word spanning two keys ("a/optimizer" + "/x").
+    assert roles_from_names(keys) == [oracle(k) for k in keys]
+    for i in range(0, len(keys), 7):
+        part = keys[i : i + 7]
+        assert roles_from_names(part) == [oracle(k) for k in part], part
+    for part in (["a/optimizer", "/x"], ["x/.OPTIMIZER_", "SLOT/y"], ["Ad", "am"], ["step", "\n"], []):
+        assert roles_from_names(part) == [oracle(k) for k in part], part
     assert {oracle(k) for k in keys} >= {"optimizer_slot", "step", "bn_moving_mean", "bn_gamma", "weight", "other"}
 
 

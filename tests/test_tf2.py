@@ -74,6 +74,39 @@ def test_inspect_with_the_model_names_exactly_its_bn_layers(built, description):
     assert all(t["in_graph"] for t in doc["tensors"] if t["role"].startswith("bn_"))
 
 
+_ROLES = r"""
+import json, sys
+from ckptdoctor.formats import open_model
+
+model = open_model(sys.argv[1], graph=json.loads(sys.argv[2]))
+description = model.describe()
+names = [e.name for e in model.reader.entries()]
+print(json.dumps([description.roles(names), [description.role(key) for key in names]]))
+"""
+
+
+@pytest.mark.parametrize("description", ["none", "keras"])
+def test_the_roles_of_all_keys_at_once_are_each_keys_role(built, description):
+    # Description.roles (a list at a time) stands for role asked key by key: the same list, with and
+    # without the model (declared keys are weights), optimizer slots and the step counter among them.
+    out, _info = built
+    graph = json.dumps(False if description == "none" else str(out / "arch.keras"))
+    proc = subprocess.run(
+        [sys.executable, "-c", _ROLES, str(out / "ckpts"), graph],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(),
+        cwd=out,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    at_once, one_by_one = json.loads(proc.stdout.splitlines()[-1])
+    assert at_once == one_by_one
+    if description == "none":  # the model's keys by their names: BN statistics among them
+        assert "bn_moving_mean" in at_once
+    assert {"step", "optimizer_slot", "weight"} <= set(at_once)
+
+
 def _check(out, prefix, tmp_path):
     outputs = tmp_path / "outputs.npy"
     proc = subprocess.run(

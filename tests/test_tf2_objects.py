@@ -146,7 +146,7 @@ def test_derived_as_the_dict_based_derivation_did(nodes):
             for name in ("net", "m", "gamma", "absent"):
                 assert graph.child(node, name) == reference.child(node, name)
     ours, theirs = graph.bn_layers(), reference.bn_layers()
-    assert sorted(map(sorted_items, ours)) == sorted(map(sorted_items, theirs))
+    assert sorted(map(sorted_items, ours), key=repr) == sorted(map(sorted_items, theirs), key=repr)
     if len({layer["layer"] for layer in theirs}) == len(theirs):  # no two layers of one path: one order
         assert ours == theirs
 

@@ -6,7 +6,10 @@ concerns, and a message saying what to do. Codes never change meaning.
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 
@@ -20,6 +23,7 @@ __all__ = [
     "CODES",
     "bn_layers_from_names",
     "role_from_name",
+    "roles_from_names",
     "diagnose_bn",
     "diagnose_graph",
     "logical_name",
@@ -179,6 +183,41 @@ def role_from_name(key: str, trainable_hint: bool | None = None) -> str:
     if key == C.OBJECT_GRAPH_KEY:
         return "other"
     return "weight"
+
+
+def roles_from_names(keys: Sequence[str]) -> list[str]:
+    """``[role_from_name(key) for key in keys]``, a list at a time (100,000 keys: about half the time).
+
+    A key is asked of ``role_from_name`` itself only when one of its tests can hold: its leaf is one of
+    ``_SPECIAL_LEAVES`` (or the object graph's key) or starts with a slot prefix, or the key holds a newline,
+    ``.OPTIMIZER_SLOT/`` or ``optimizer/``. Each test is first made of all keys at once (a set or a substring
+    of the keys joined), and key by key only when it holds somewhere. The others are a BN role or ``weight``.
+    """
+    keys = list(keys)
+    cut = len(C.TF2_VALUE_SUFFIX)
+    names = [key[:-cut] if key.endswith(C.TF2_VALUE_SUFFIX) else key for key in keys]
+    leaves = [name[name.rfind("/") + 1 :] for name in names]
+    roles = list(map(_BN_ROLES.get, leaves, repeat("weight")))
+    asked: set[int] = set()
+    if not _ASKED_LEAVES.isdisjoint(leaves):
+        asked.update(i for i, leaf in enumerate(leaves) if leaf in _ASKED_LEAVES)
+    heads = list(map(_HEAD, leaves))
+    if not _SLOT_PREFIXES.isdisjoint(heads):
+        asked.update(i for i, head in enumerate(heads) if head in _SLOT_PREFIXES)
+    joined = "".join(keys)  # a word found here may span two keys: then each key is tested
+    for word in ("\n", ".OPTIMIZER_SLOT/"):
+        if word in joined:
+            asked.update(i for i, key in enumerate(keys) if word in key)
+    if "optimizer/" in joined:
+        asked.update(i for i, key in enumerate(keys) if key.startswith("optimizer/"))
+    for i in asked:
+        roles[i] = role_from_name(keys[i])
+    return roles
+
+
+#: Leaves whose key ``roles_from_names`` asks ``role_from_name`` about, and the first three letters of a leaf.
+_ASKED_LEAVES = _SPECIAL_LEAVES | {C.OBJECT_GRAPH_KEY}
+_HEAD = operator.itemgetter(slice(None, 3))
 
 
 def bn_layers_from_names(keys: list[str]) -> list[dict]:

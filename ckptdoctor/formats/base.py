@@ -23,11 +23,16 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from ckptdoctor.analysis.diagnose import Advice, Finding, bn_layers_from_names, role_from_name
+from ckptdoctor.analysis.diagnose import Advice, Finding, bn_layers_from_names, role_from_name, roles_from_names
 from ckptdoctor.readers.base import CheckpointReader, TensorEntry
 from ckptdoctor.runtime.base import Runner
 
 __all__ = ["Description", "RepairOptions", "Written", "Model"]
+
+
+def not_checked(key: str) -> None:
+    """``Description.in_graph`` when nothing was checked: None for every key."""
+    return None
 
 
 @dataclass
@@ -49,12 +54,14 @@ class Description:
         object_path: entry -> the object path the report shows beside its key.
         match_object_paths: ``--match`` also sees the object paths.
         bn_from_names: the BN layers were guessed from tensor names, not declared.
+        roles: the roles of many keys at once, the same as ``role`` of each (a list, in order); None: ``role``
+            is asked key by key.
     """
 
     graph: str | None
     bn_layers: list[dict]
     role: Callable[[str], str]
-    in_graph: Callable[[str], bool | None] = lambda key: None
+    in_graph: Callable[[str], bool | None] = not_checked
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     trained: bool | None = None
@@ -62,6 +69,7 @@ class Description:
     object_path: Callable[[TensorEntry], str | None] = lambda entry: entry.object_path
     match_object_paths: bool = False
     bn_from_names: bool = False
+    roles: Callable[[list[str]], list[str]] | None = None
 
     @classmethod
     def from_names(cls, keys: list[str], notes: list[str], advice: Advice | None = None) -> Description:
@@ -70,6 +78,7 @@ class Description:
             graph=None,
             bn_layers=bn_layers_from_names(keys),
             role=role_from_name,
+            roles=roles_from_names,
             notes=notes,
             bn_from_names=True,
             advice=advice or Advice(),

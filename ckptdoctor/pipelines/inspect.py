@@ -38,7 +38,7 @@ from ckptdoctor.errors import (
     UnsupportedFormatError,
 )
 from ckptdoctor.formats import open_model
-from ckptdoctor.formats.base import Description, Model
+from ckptdoctor.formats.base import Description, Model, not_checked
 from ckptdoctor.reports.results import (
     TENSOR_FIELDS,
     InspectReport,
@@ -171,8 +171,7 @@ def _report(model: Model, description: Description, stats: bool, pattern, jobs: 
         if getattr(row, attr)
     }
 
-    role_of = (lambda key: bn_role.get(key) or description.role(key)) if bn_role else description.role
-    tensors, listed = list_tensors(reader, entries, stats, pattern, description, role_of, unreadable, jobs)
+    tensors, listed = list_tensors(reader, entries, stats, pattern, description, bn_role, unreadable, jobs)
     findings += listed + [Finding(err.code, "error", None, key, str(err)) for key, err in sorted(unreadable.items())]
     notes = list(description.notes)
     if not stats:
@@ -382,9 +381,11 @@ def read_stat_values(reader, keys, unreadable: dict) -> dict:
 
 
 def list_tensors(
-    reader, entries, stats: bool, pattern, description: Description, role_of, unreadable: dict, jobs: int = 1
+    reader, entries, stats: bool, pattern, description: Description, bn_role: dict, unreadable: dict, jobs: int = 1
 ) -> tuple[TensorTable, list[Finding]]:
     """The ``TensorReport`` of each entry (matching ``pattern``), as a ``TensorTable``, and the ``non-finite`` findings.
+
+    A key's role is its role in ``bn_role`` (the diagnosed BN layers' tensors), else the description's.
 
     Statistics are streamed one tensor at a time (``jobs`` tensors at once, see ``iter_stats``);
     a tensor whose bytes cannot be read is added to ``unreadable`` (and reported as a finding
@@ -392,18 +393,20 @@ def list_tensors(
     report object or a Python-level loop over all fields per tensor.
     """
     with paused_gc():  # 100,000 tensors are listed faster without collections between
-        return _list_tensors(reader, entries, stats, pattern, description, role_of, unreadable, jobs)
+        return _list_tensors(reader, entries, stats, pattern, description, bn_role, unreadable, jobs)
 
 
 _NO_STATISTICS = ("min", "max", "mean", "std", "nan", "inf")
 
 
 def _list_tensors(
-    reader, entries, stats: bool, pattern, description: Description, role_of, unreadable: dict, jobs: int
+    reader, entries, stats: bool, pattern, description: Description, bn_role: dict, unreadable: dict, jobs: int
 ) -> tuple[TensorTable, list[Finding]]:
     found = _statistics(reader, entries, jobs, unreadable) if stats else None
     names = [e.name for e in entries]
-    roles = list(map(role_of, names))
+    roles = list(map(description.role, names)) if description.roles is None else description.roles(names)
+    if bn_role:
+        roles = [bn_role.get(key) or role for key, role in zip(names, roles)]
     findings = []
     if found is not None:
         for name, s, role in zip(names, found, roles):
@@ -427,7 +430,9 @@ def _list_tensors(
         "shape": shapes,
         "size": [sizes[s] if s in sizes else sizes.setdefault(s, prod(s)) for s in shapes],
         "nbytes": [e.nbytes for e in entries],
-        "in_graph": list(map(description.in_graph, names)),
+        "in_graph": [None] * len(names)
+        if description.in_graph is not_checked
+        else list(map(description.in_graph, names)),
         "role": roles,
         "object_path": paths,
     }

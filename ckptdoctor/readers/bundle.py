@@ -500,6 +500,8 @@ def _may_overlap(entries: list[BundleEntry]) -> bool:
     shard = np.fromiter(map(_SHARD_ID, entries), np.uint64, n)[stored]
     start = np.fromiter(map(_OFFSET, entries), np.uint64, n)[stored]
     end = start + size[stored]
+    if np.all((shard[1:] > shard[:-1]) | ((shard[1:] == shard[:-1]) & (start[1:] >= end[:-1]))):
+        return False  # in order already (as TensorFlow writes them, in key order), and none overlaps
     order = np.lexsort((start, shard))
     shard, start, end = shard[order], start[order], end[order]
     return bool(np.any((shard[1:] == shard[:-1]) & (start[1:] < end[:-1])))

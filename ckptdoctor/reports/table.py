@@ -7,7 +7,7 @@ import math
 import os
 import shutil
 from collections.abc import Iterator
-from itertools import islice
+from itertools import islice, repeat
 from json.encoder import encode_basestring as _quote  # the string encoder of json.dumps(ensure_ascii=False)
 
 from ckptdoctor.reports.results import TENSOR_FIELDS, TensorRows, TensorTable, tensor_values
@@ -221,7 +221,7 @@ def _listed(columns: tuple) -> bool:
     each other value exactly of the type the template writes (the encoder writes the rest)."""
     name, dtype, shape, size, nbytes, lo, hi, mean, std, nan, inf, in_graph, role, path = columns
     return (
-        all(_only(c, _NONE) for c in (lo, hi, mean, std, nan, inf))
+        all(c.count(None) == len(c) for c in (lo, hi, mean, std, nan, inf))  # identity first: no set of types
         and _only(name, str)
         and _only(dtype, str)
         and _only(shape, tuple)
@@ -255,13 +255,17 @@ def _listed_rows(columns: tuple) -> Iterator[str]:
                 else _MIDDLE % (_quote(d), shape_text, int.__repr__(n), int.__repr__(nb), _FLAGS[flag], _quote(r))
             )
         paths = ["null" if p is None else _quote(p) for p in path[a:b]]
-        for i, (quoted, middle, quoted_path) in enumerate(
-            zip(map(_quote, name[a:b]), map(middles.__getitem__, keys), paths)
-        ):
+        middles_of = list(map(middles.__getitem__, keys))
+        if None not in middles_of:  # every row by the template: joined by map, no Python-level loop
+            yield from map(
+                "".join, zip(repeat(_NAME_HEAD), map(_quote, name[a:b]), middles_of, paths, repeat(_ROW_END))
+            )
+            continue
+        for i, middle in enumerate(middles_of):
             yield (
                 _values_json(tuple(c[a + i] for c in columns))
                 if middle is None
-                else _NAME_HEAD + quoted + middle + quoted_path + _ROW_END
+                else _NAME_HEAD + _quote(name[a + i]) + middle + paths[i] + _ROW_END
             )
 
 

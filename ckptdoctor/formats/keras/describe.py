@@ -15,7 +15,7 @@ import numpy as np
 
 from ckptdoctor.analysis.diagnose import Advice, Finding
 from ckptdoctor.errors import TensorReadError
-from ckptdoctor.formats.base import Description
+from ckptdoctor.formats.base import Description, not_checked
 from ckptdoctor.formats.keras.files import config_from
 from ckptdoctor.formats.keras.layout import describe_keras_file
 from ckptdoctor.readers.keras_config import lambda_layers
@@ -171,7 +171,7 @@ def describe_keras(path: str, reader, graph=None) -> Description:
         graph=label,
         bn_layers=specs,
         role=lambda key: layout.roles.get(key, "weight"),
-        in_graph=in_graph if config else (lambda key: None),
+        in_graph=in_graph if config else not_checked,
         findings=damaged + _cross_reference(layout),
         notes=notes,
         trained=_trained(reader, layout),

@@ -22,7 +22,7 @@ from ckptdoctor.analysis.diagnose import (
     role_from_name,
 )
 from ckptdoctor.errors import TensorReadError
-from ckptdoctor.formats.base import Description
+from ckptdoctor.formats.base import Description, not_checked
 from ckptdoctor.formats.savedmodel.layout import (
     BN_WEIGHTS,
     KERAS_METADATA_PB,
@@ -138,7 +138,7 @@ def describe_saved_model_dir(directory: str, reader) -> Description:
         graph=graph_label,
         bn_layers=specs,
         role=lambda key: roles.get(key, "other"),
-        in_graph=in_graph if layout.variables else (lambda key: None),
+        in_graph=in_graph if layout.variables else not_checked,
         findings=findings,
         notes=notes,
         trained=_trained(reader, layout.variables, by_key),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from ckptdoctor.analysis.diagnose import Advice, Finding, role_from_name
+from ckptdoctor.analysis.diagnose import Advice, Finding, role_from_name, roles_from_names
 from ckptdoctor.errors import CorruptCheckpointError, GraphError, UnsupportedFormatError
 from ckptdoctor.formats.base import Description, RepairOptions, Written
 from ckptdoctor.formats.tf2.objects import ObjectGraph, read_object_graph
@@ -88,10 +88,12 @@ class TF2Checkpoint:
                 f"BN layers found from the checkpoint's object graph (objects with moving_mean and moving_variance "
                 f"children), named by object path; {_NEEDS_MODEL} to name them by layer and check the model"
             ]
+            role, roles = _roles(graph, frozenset())
             return Description(
                 graph=None,
                 bn_layers=graph.bn_layers(),
-                role=_roles(graph, frozenset()),
+                role=role,
+                roles=roles,
                 notes=notes,
                 object_path=self._object_path({}),
                 match_object_paths=True,
@@ -144,10 +146,12 @@ class TF2Checkpoint:
                 return True
             return False if key in match.subtree_keys else None
 
+        role, roles = _roles(graph, declared)
         return Description(
             graph=f"{self._graph} (model)",
             bn_layers=specs,
-            role=_roles(graph, declared),
+            role=role,
+            roles=roles,
             in_graph=in_graph,
             findings=findings,
             notes=notes + _other_roots_note(others),
@@ -249,8 +253,9 @@ class TF2Checkpoint:
         return Written(done["untouched"], done["updated"], done["backup"], notes)
 
 
-def _roles(graph: ObjectGraph, declared: set[str] | frozenset[str]) -> Callable[[str], str]:
-    """``Description.role``: the object graph's role, else ``weight`` for a ``declared`` key, else the name's."""
+def _roles(graph: ObjectGraph, declared: set[str] | frozenset[str]) -> tuple[Callable[[str], str], Callable]:
+    """``Description.role`` and ``roles``: the object graph's role, else ``weight`` for a ``declared`` key, else
+    the name's."""
 
     node_of, in_model = graph.node_of, graph.in_model
 
@@ -262,7 +267,19 @@ def _roles(graph: ObjectGraph, declared: set[str] | frozenset[str]) -> Callable[
                 return found
         return "weight" if key in declared else role_from_name(key)
 
-    return role
+    def roles(keys: list[str]) -> list[str]:
+        out = roles_from_names(keys)
+        if declared:
+            out = ["weight" if key in declared else found for key, found in zip(keys, out)]
+        nodes = list(map(node_of.get, keys))
+        outside = [i for i, node in enumerate(nodes) if node is not None and not in_model[node]]
+        for i in outside:  # optimizer state and root counters: few keys
+            found = graph.role(keys[i])
+            if found is not None:
+                out[i] = found
+        return out
+
+    return role, roles
 
 
 def _leaf_name(v) -> str:

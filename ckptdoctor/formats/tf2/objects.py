@@ -169,7 +169,8 @@ def _roots(edges, n: int) -> dict[str, int]:
 
 def _derive(nodes: list) -> ObjectGraph:
     n = len(nodes)
-    roots = _roots(nodes[0].children, n)
+    edges = nodes[0].children
+    roots = _roots(edges, n)
     optimizers = {
         name
         for name, node in roots.items()
@@ -184,7 +185,12 @@ def _derive(nodes: list) -> ObjectGraph:
                 if key not in node_of:
                     node_of[key] = i
     path_of: list = [None] * n
-    in_model = _walk(nodes, ((node, name) for name, node in roots.items() if name not in optimizers), path_of)
-    _walk(nodes, ((node, name) for name, node in roots.items() if name in optimizers), path_of)
+    if not optimizers and len(roots) == len(edges):
+        # Each edge names a node of its own (no name repeated, none out of range): the starts are the root's
+        # edges themselves, in the same order (a flat checkpoint's 100,000 pairs are not made again).
+        in_model = _walk(nodes, edges, path_of)
+    else:
+        in_model = _walk(nodes, [(node, name) for name, node in roots.items() if name not in optimizers], path_of)
+        _walk(nodes, [(node, name) for name, node in roots.items() if name in optimizers], path_of)
     children = [node.children for node in nodes]
     return ObjectGraph(children, optimizers, key_of, node_of, path_of, in_model)
