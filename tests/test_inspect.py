@@ -485,7 +485,8 @@ def test_role_from_name_equals_the_patterns_searched_on_every_key():
     for i in range(0, len(keys), 7):
         part = keys[i : i + 7]
         assert roles_from_names(part) == [oracle(k) for k in part], part
-    for part in (["a/optimizer", "/x"], ["x/.OPTIMIZER_", "SLOT/y"], ["Ad", "am"], ["step", "\n"], []):
+    zero = ["a\0b/gamma", "c/moving_mean" + C.TF2_VALUE_SUFFIX, "\0", C.TF2_VALUE_SUFFIX + "\0x", "iter\0"]
+    for part in (["a/optimizer", "/x"], ["x/.OPTIMIZER_", "SLOT/y"], ["Ad", "am"], ["step", "\n"], [], zero):
         assert roles_from_names(part) == [oracle(k) for k in part], part
     assert {oracle(k) for k in keys} >= {"optimizer_slot", "step", "bn_moving_mean", "bn_gamma", "weight", "other"}
 

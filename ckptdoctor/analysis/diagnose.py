@@ -7,7 +7,7 @@ concerns, and a message saying what to do. Codes never change meaning.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 
@@ -194,17 +194,15 @@ def roles_from_names(keys: Sequence[str]) -> list[str]:
     of the keys joined), and key by key only when it holds somewhere. The others are a BN role or ``weight``.
     """
     keys = list(keys)
-    cut = len(C.TF2_VALUE_SUFFIX)
-    names = [key[:-cut] if key.endswith(C.TF2_VALUE_SUFFIX) else key for key in keys]
-    leaves = [name[name.rfind("/") + 1 :] for name in names]
+    joined = "".join(keys)  # a word found here may span two keys: then each key is tested
+    leaves = _leaves(keys, "\0" not in joined)
     roles = list(map(_BN_ROLES.get, leaves, repeat("weight")))
     asked: set[int] = set()
-    if not _ASKED_LEAVES.isdisjoint(leaves):
-        asked.update(i for i, leaf in enumerate(leaves) if leaf in _ASKED_LEAVES)
+    for leaf in _ASKED_LEAVES.intersection(leaves):  # a TF2 checkpoint's object graph key, its step counter...
+        asked.update(_positions(leaves, leaf))
     heads = list(map(_HEAD, leaves))
-    if not _SLOT_PREFIXES.isdisjoint(heads):
-        asked.update(i for i, head in enumerate(heads) if head in _SLOT_PREFIXES)
-    joined = "".join(keys)  # a word found here may span two keys: then each key is tested
+    for head in _SLOT_PREFIXES.intersection(heads):
+        asked.update(_positions(heads, head))
     for word in ("\n", ".OPTIMIZER_SLOT/"):
         if word in joined:
             asked.update(i for i, key in enumerate(keys) if word in key)
@@ -215,9 +213,35 @@ def roles_from_names(keys: Sequence[str]) -> list[str]:
     return roles
 
 
+def _leaves(keys: list[str], separable: bool) -> list[str]:
+    """Each key's last name (``/.ATTRIBUTES/VARIABLE_VALUE`` dropped), as ``role_from_name`` takes it.
+
+    ``separable`` (no key holds a zero character): the suffixes are dropped from the keys joined by zeros, in one
+    ``str.replace`` (the suffix and a zero can only be found at a key's end), and split again.
+    """
+    if separable and keys:
+        names = ("\0".join(keys) + "\0").replace(C.TF2_VALUE_SUFFIX + "\0", "\0").split("\0")[:-1]
+    else:
+        cut = len(C.TF2_VALUE_SUFFIX)
+        names = [key[:-cut] if key.endswith(C.TF2_VALUE_SUFFIX) else key for key in keys]
+    return list(map(_LAST, map(str.rpartition, names, repeat("/"))))
+
+
+def _positions(items: list, value) -> Iterator[int]:
+    """The positions of ``value`` in ``items``, each found by ``list.index`` (a scan in C, not a loop in Python)."""
+    at = -1
+    while True:
+        try:
+            at = items.index(value, at + 1)
+        except ValueError:
+            return
+        yield at
+
+
 #: Leaves whose key ``roles_from_names`` asks ``role_from_name`` about, and the first three letters of a leaf.
 _ASKED_LEAVES = _SPECIAL_LEAVES | {C.OBJECT_GRAPH_KEY}
 _HEAD = operator.itemgetter(slice(None, 3))
+_LAST = operator.itemgetter(2)
 
 
 def bn_layers_from_names(keys: list[str]) -> list[dict]:

@@ -17,7 +17,7 @@ writing a TensorFlow bundle) lives below them, in ``runtime`` and ``writers``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -69,7 +69,7 @@ class Description:
     object_path: Callable[[TensorEntry], str | None] = lambda entry: entry.object_path
     match_object_paths: bool = False
     bn_from_names: bool = False
-    roles: Callable[[list[str]], list[str]] | None = None
+    roles: Callable[[Sequence[str]], list[str]] | None = None
 
     @classmethod
     def from_names(cls, keys: list[str], notes: list[str], advice: Advice | None = None) -> Description:

@@ -10,6 +10,7 @@ statistics (streamed one tensor at a time), and the findings sorted.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 import re
 from collections.abc import Iterator
@@ -52,6 +53,7 @@ from ckptdoctor.reports.results import (
 __all__ = ["inspect", "InspectReport", "TensorReport", "iter_stats", "default_jobs"]
 
 _STATISTICS = ("moving_mean", "moving_variance")
+_NBYTES = operator.attrgetter("nbytes")
 
 
 def inspect(
@@ -177,7 +179,7 @@ def _report(model: Model, description: Description, stats: bool, pattern, jobs: 
     if not stats:
         notes.append("statistics not computed (--stats=False): NaN/Inf in weights not checked")
     findings = sort_findings(findings)
-    total_bytes = sum(e.nbytes for e in entries)
+    total_bytes = sum(map(_NBYTES, entries))
     return InspectReport(
         checkpoint=model.path,
         format=model.format,
@@ -403,7 +405,9 @@ def _list_tensors(
     reader, entries, stats: bool, pattern, description: Description, bn_role: dict, unreadable: dict, jobs: int
 ) -> tuple[TensorTable, list[Finding]]:
     found = _statistics(reader, entries, jobs, unreadable) if stats else None
-    names = [e.name for e in entries]
+    # The entries' fields as columns (tuples, kept by TensorTable as they are), in one transposition: TensorEntry
+    # is a tuple.
+    names, dtypes, shapes, nbytes, _partitioned, _paths = tuple(zip(*entries)) if entries else ((),) * 6
     roles = list(map(description.role, names)) if description.roles is None else description.roles(names)
     if bn_role:
         roles = [bn_role.get(key) or role for key, role in zip(names, roles)]
@@ -422,15 +426,16 @@ def _list_tensors(
                     )
                 )
     paths = list(map(description.object_path, entries))
-    shapes = [e.shape if e.shape.__class__ is tuple else tuple(e.shape) for e in entries]
-    sizes: dict = {}  # shape -> elements: a checkpoint has few distinct shapes
+    if set(map(type, shapes)) != {tuple}:
+        shapes = tuple(s if s.__class__ is tuple else tuple(s) for s in shapes)
+    sizes = {s: prod(s) for s in dict.fromkeys(shapes)}  # shape -> elements: a checkpoint has few distinct shapes
     columns = {
         "name": names,
-        "dtype": [e.dtype for e in entries],
+        "dtype": dtypes,
         "shape": shapes,
-        "size": [sizes[s] if s in sizes else sizes.setdefault(s, prod(s)) for s in shapes],
-        "nbytes": [e.nbytes for e in entries],
-        "in_graph": [None] * len(names)
+        "size": list(map(sizes.__getitem__, shapes)),
+        "nbytes": nbytes,
+        "in_graph": (None,) * len(names)
         if description.in_graph is not_checked
         else list(map(description.in_graph, names)),
         "role": roles,
@@ -438,7 +443,7 @@ def _list_tensors(
     }
     for field in _NO_STATISTICS:
         columns[field] = (
-            [None] * len(entries) if found is None else [None if s is None else getattr(s, field) for s in found]
+            (None,) * len(entries) if found is None else [None if s is None else getattr(s, field) for s in found]
         )
     if pattern is not None:
         by_path = description.match_object_paths

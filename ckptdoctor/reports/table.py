@@ -243,12 +243,17 @@ def _listed_rows(columns: tuple) -> Iterator[str]:
     """
     name, dtype, shape, size, nbytes, _lo, _hi, _mean, _std, _nan, _inf, in_graph, role, path = columns
     middles: dict = {}
+    # Readers share one tuple per distinct shape: when each distinct one is of ints, the shapes themselves go in
+    # the middles' keys (equal ones have one text) and are written once per distinct middle, not once per row.
+    by_shape = all(_shape_json(s) is not None for s in dict(zip(map(id, shape), shape)).values())
     for a in range(0, len(name), _LISTED_BLOCK):
         b = a + _LISTED_BLOCK
-        shapes = list(map(_shape_json, shape[a:b]))
+        shapes = shape[a:b] if by_shape else list(map(_shape_json, shape[a:b]))
         keys = list(zip(dtype[a:b], shapes, size[a:b], nbytes[a:b], in_graph[a:b], role[a:b]))
         for key in set(keys).difference(middles):
             d, shape_text, n, nb, flag, r = key
+            if by_shape:
+                shape_text = _shape_json(shape_text)
             middles[key] = (
                 None
                 if shape_text is None

@@ -14,7 +14,7 @@ statistics bit-identical (optimizer slots, step counters, ``save_counter``, othe
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ckptdoctor.analysis.diagnose import Advice, Finding, role_from_name, roles_from_names
 from ckptdoctor.errors import CorruptCheckpointError, GraphError, UnsupportedFormatError
@@ -109,10 +109,16 @@ class TF2Checkpoint:
 
     def _object_path(self, names: dict[str, str]):
         graph = self.objects()
+        node_of, path_of = graph.node_of, graph.path_of
 
         def object_path(entry) -> str | None:
-            node = graph.node_of.get(entry.name)
-            return names.get(entry.name) or (graph.path_of[node] if node is not None else None) or entry.object_path
+            name = entry[0]  # TensorEntry.name
+            if names:
+                found = names.get(name)
+                if found:
+                    return found
+            node = node_of.get(name)
+            return (path_of[node] if node is not None else None) or entry.object_path
 
         return object_path
 
@@ -267,7 +273,7 @@ def _roles(graph: ObjectGraph, declared: set[str] | frozenset[str]) -> tuple[Cal
                 return found
         return "weight" if key in declared else role_from_name(key)
 
-    def roles(keys: list[str]) -> list[str]:
+    def roles(keys: Sequence[str]) -> list[str]:
         out = roles_from_names(keys)
         if declared:
             out = ["weight" if key in declared else found for key, found in zip(keys, out)]

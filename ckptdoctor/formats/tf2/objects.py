@@ -18,8 +18,10 @@ structure, not the key, therefore says what each tensor is:
 
 from __future__ import annotations
 
+import operator
 from collections import deque
 from dataclasses import dataclass
+from itertools import compress, repeat
 
 from ckptdoctor.collector import paused_gc
 from ckptdoctor.constants import OBJECT_GRAPH_KEY
@@ -74,8 +76,12 @@ class ObjectGraph:
     def bn_layers(self) -> list[dict]:
         """One ``diagnose_bn`` spec per BN layer of the model's objects, named by its path."""
         layers = []
-        for node, children in enumerate(self.children):
-            if not self.in_model[node] or len(children) < 2:  # a variable, or one child: never a BN layer
+        # A variable, or an object of one child, is never a BN layer: only the others are looked at (found by
+        # map and compress, not a loop over 100,000 variables).
+        candidates = compress(range(len(self.children)), map(operator.lt, repeat(1), map(len, self.children)))
+        for node in candidates:
+            children = self.children[node]
+            if not self.in_model[node]:
                 continue
             kids: dict = dict.fromkeys(_BN_WEIGHTS)
             for child, local in reversed(children):  # the first child of a name wins, as in child()
