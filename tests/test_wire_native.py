@@ -688,3 +688,116 @@ def test_whole_indexes_agree_with_the_pure_python_process(tmp_path):
     assert all(native[p][0][0] == "ok" for p in paths)
     assert native[paths[0]][1][0] == "ok" and native[paths[0]][2][0] == "ok"
     assert sum(native[p][1][0] == "error" for p in paths) > 10  # the changes reached the entry decoder
+
+
+# ------------------------------------------------------------------------------------------- byte ranges
+
+
+def numpy_may_overlap(entries) -> bool:
+    """``bundle._may_overlap`` without the C part (its numpy sort)."""
+    from ckptdoctor.readers import bundle
+
+    saved, bundle._wire = bundle._wire, None
+    try:
+        return bundle._may_overlap(entries)
+    finally:
+        bundle._wire = saved
+
+
+def pairwise_overlap(entries) -> bool:
+    return any(
+        a.shard_id == b.shard_id and a.size and b.size and a.offset < b.offset + b.size and b.offset < a.offset + a.size
+        for i, a in enumerate(entries)
+        for b in entries[i + 1 :]
+    )
+
+
+spans = st.lists(
+    st.tuples(
+        st.integers(0, 2),
+        st.integers(0, 40) | st.sampled_from([2**62, 2**63 - 1]),
+        st.sampled_from([0, 1, 2, 5, 10, 2**62]),
+    ),
+    max_size=14,
+)
+
+
+@FUZZ
+@given(spans, st.booleans())
+def test_byte_ranges_overlap_as_the_pairwise_test_says(spans, in_file_order):
+    """``may_overlap`` (C) against every pair and against the numpy sort; in the writer's file order as well."""
+    entries = [BundleEntry(1, (), shard, offset, size, 0, ()) for shard, offset, size in spans]
+    if in_file_order:
+        entries.sort(key=lambda e: (e.shard_id, e.offset))
+    expected = pairwise_overlap(entries)
+    assert wire.may_overlap(entries, BundleEntry) is expected
+    assert numpy_may_overlap(entries) is expected
+
+
+class Int(int):
+    pass
+
+
+def test_byte_ranges_of_another_form_are_left_to_numpy():
+    good = [BundleEntry(1, (), 0, 0, 4, 0, ()), BundleEntry(1, (), 0, 2, 4, 0, ())]
+    assert wire.may_overlap(good, BundleEntry) is True and wire.may_overlap(good[:1], BundleEntry) is False
+    assert wire.may_overlap([], BundleEntry) is False
+    odd_values = [True, Int(2), 2.0, -1, 2**63, 2**64, None, "2"]
+    for field in ("shard_id", "offset", "size"):
+        for value in odd_values:
+            entries = [good[0], good[1]._replace(**{field: value})]
+            assert wire.may_overlap(entries, BundleEntry) is None, (field, value)
+    assert wire.may_overlap(tuple(good), BundleEntry) is None
+    assert wire.may_overlap([tuple(good[0]), good[1]], BundleEntry) is None
+    assert wire.may_overlap(good, tuple) is None and wire.may_overlap(good, None) is None
+    with pytest.raises(TypeError):
+        wire.may_overlap(good)
+
+
+_NO_NUMPY = r"""
+import json, sys
+import ckptdoctor
+report = ckptdoctor.inspect(sys.argv[1], graph=False, stats=False)
+print(json.dumps(["numpy" in sys.modules, len(report.tensors), [t.object_path for t in report.tensors]]))
+"""
+
+_TF2_WITHOUT_BN = r"""
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tensorflow as tf
+step = tf.Variable(7, dtype=tf.int64)
+net = tf.Module()
+net.dense = tf.Module()
+net.dense.kernel = tf.Variable(tf.ones([3, 2]))
+net.dense.bias = tf.Variable(tf.zeros([2]))
+net.names = tf.Variable([b"a", b"bc"])
+tf.train.Checkpoint(net=net, step=step).write(sys.argv[1])
+"""
+
+
+def test_a_listing_without_bn_layers_imports_no_numpy(tmp_path):
+    """Listing a checkpoint whose BN statistics need not be read (none), a TF2 one's object graph read, needs no
+    numpy: its import is a tenth of a listing of 100,000 tensors. Without the C part (CKPTDOCTOR_PURE_PYTHON=1)
+    the byte ranges of a TF2 checkpoint are checked with numpy; the listing is the same."""
+    prefix = tmp_path / "tf2" / "ckpt"
+    env = dict(os.environ)
+    env.pop("TF_USE_LEGACY_KERAS", None)
+    subprocess.run([sys.executable, "-c", _TF2_WITHOUT_BN, str(prefix)], check=True, env=env, timeout=300)
+    for path in (prefix, SAMPLES / "nobn" / "model.ckpt"):
+        listings = []
+        for pure in ("0", "1"):
+            env = dict(os.environ, CKPTDOCTOR_PURE_PYTHON=pure)
+            proc = subprocess.run(
+                [sys.executable, "-c", _NO_NUMPY, str(path)], capture_output=True, text=True, env=env, timeout=300
+            )
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            imported, listed, paths = json.loads(proc.stdout)
+            # (a TF1 listing reads no tensor; a TF2 one reads its object graph, after checking the byte ranges)
+            assert imported is (pure == "1" and path == prefix), (path, pure)
+            listings.append((listed, paths))
+        assert listings[0] == listings[1] and listings[0][0] >= 4
+    assert "net/dense/kernel" in listings_of_tf2(prefix)
+
+
+def listings_of_tf2(prefix) -> list:
+    return [e.object_path for e in BundleReader(str(prefix)).entries()]

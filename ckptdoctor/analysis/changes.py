@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ckptdoctor.analysis.diagnose import diagnose_bn
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["LayerRepair", "layer_change"]
 
@@ -42,6 +44,8 @@ def layer_change(
     target, mean: np.ndarray, variance: np.ndarray, samples: int, gap_before: float | None, gap_after: float | None
 ) -> LayerRepair:
     """The row of one layer (a ``formats.base.Target``) given its new float64 mean and variance."""
+    import numpy as np
+
     mean_b = target.stored.get(target.moving_mean)
     var_b = target.stored.get(target.moving_variance)
     shift = ratio_min = ratio_max = None

@@ -10,10 +10,12 @@ import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ckptdoctor import constants as C
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "Finding",
@@ -283,6 +285,8 @@ def diagnose_bn(
         from_graph: whether the layer came from the graph (affects messages only).
         advice: the format's wording of what to do.
     """
+    import numpy as np
+
     name = layer["layer"]
     findings: list[Finding] = []
     stats = [(kind, layer.get(kind)) for kind in ("moving_mean", "moving_variance")]
@@ -396,6 +400,8 @@ def frozen_untrained(
 
 
 def _at_init(mean: np.ndarray, var: np.ndarray) -> bool:
+    import numpy as np
+
     return mean.size > 0 and bool(np.all(mean == 0)) and bool(np.all(var == 1))
 
 

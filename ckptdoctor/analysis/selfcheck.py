@@ -26,10 +26,12 @@ the outputs they computed; ``checked_batches`` says how many batches they compar
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ckptdoctor.analysis.diagnose import Finding
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "NOT_IMPROVED",
@@ -86,6 +88,8 @@ def checked_batches(n: int, batch_size: int) -> int:
 
 
 def _flat(values) -> list[np.ndarray]:
+    import numpy as np
+
     if isinstance(values, dict):
         return [np.asarray(values[k]) for k in sorted(values)]
     if isinstance(values, (list, tuple)):
@@ -104,6 +108,8 @@ _GAP_BLOCK = 1 << 16
 
 def _gap(a: np.ndarray, b: np.ndarray) -> float:
     """Largest |a - b| in float64 (NaN if any difference is NaN); large arrays of one shape block by block."""
+    import numpy as np
+
     if not a.size:
         return 0.0
     if a.shape != b.shape or a.size <= _GAP_BLOCK:
@@ -126,6 +132,8 @@ def _gap(a: np.ndarray, b: np.ndarray) -> float:
 
 def output_scale(reference) -> float:
     """Largest |reference output| (1.0 for an all-zero output, so gaps stay absolute there)."""
+    import numpy as np
+
     scale = max((float(np.max(np.abs(a.astype(np.float64)))) for a in _flat(reference) if a.size), default=0.0)
     return scale if scale > 0 and np.isfinite(scale) else 1.0
 
@@ -140,6 +148,8 @@ def judge(
     layer_gaps_after: dict,
 ) -> OutputCheck:
     """The verdict on one repair from its absolute output gaps and its per-layer gaps."""
+    import numpy as np
+
     before, after = gap_before / scale, gap_after / scale
     grown = tuple(
         name
@@ -169,6 +179,8 @@ def verdict(check: OutputCheck | None, held: tuple[str, ...] = ()) -> tuple[bool
 
 def refusal(check: OutputCheck, held: tuple[str, ...] = ()) -> Finding:
     """The ``repair-not-improved`` finding of a refused repair: both numbers and the likely cause."""
+    import numpy as np
+
     grown = (
         f"; layers whose own gap grew: {', '.join(check.grown[:6])}{' ...' if len(check.grown) > 6 else ''}"
         if check.grown

@@ -11,9 +11,11 @@ import math
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
 
 __all__ = ["TensorStats", "Partial", "compute_stats", "partials", "merge", "stats_of_many", "STATS_DTYPES"]
 
@@ -59,7 +61,7 @@ _BLOCK = 1 << 18
 _per_thread = threading.local()
 #: ``np.add.reduceat(x, _FIRST)[0]``: the sum of ``x`` as ``reduceat`` takes it for any slice of a longer array
 #: (pairwise, as ``np.add.reduce``, but split otherwise), so a tensor summed alone or in a batch gets the same bits.
-_FIRST = np.zeros(1, np.intp)
+_FIRST = (0,)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ def compute_stats(chunks: Iterable[np.ndarray]) -> TensorStats:
     Values near the top of their dtype's range overflow the sums of squares: the std is then
     ``inf``, silently (numpy's overflow warning would be a second line on stderr).
     """
+    import numpy as np
+
     with np.errstate(over="ignore", invalid="ignore"):
         return merge(_partials(chunks))
 
@@ -105,6 +109,8 @@ def partials(chunks: Iterable[np.ndarray]) -> list[Partial]:
     """Each chunk's ``Partial``, computed from that chunk alone: the chunks of one tensor may be taken
     by several threads, and ``merge`` of their partials in the chunks' order gives, bit for bit, the
     statistics of one thread reading them all."""
+    import numpy as np
+
     with np.errstate(over="ignore", invalid="ignore"):
         return list(_partials(chunks))
 
@@ -112,6 +118,8 @@ def partials(chunks: Iterable[np.ndarray]) -> list[Partial]:
 def _partials(chunks: Iterable[np.ndarray]) -> Iterator[Partial]:
     # One float64 buffer per thread, kept from tensor to tensor: a fresh one per tensor costs a page
     # fault per 4 KiB of it (system time equal to the reductions' over the 2 GiB checkpoint).
+    import numpy as np
+
     scratch = getattr(_per_thread, "scratch", None)
     if scratch is None:
         scratch = _per_thread.scratch = np.empty(0, np.float64)
@@ -124,6 +132,8 @@ def _partials(chunks: Iterable[np.ndarray]) -> Iterator[Partial]:
 
 
 def _partial(chunk: np.ndarray, scratch: np.ndarray) -> tuple[Partial, np.ndarray]:
+    import numpy as np
+
     nan = inf = 0
     if chunk.dtype.kind not in "fiub":
         # ml_dtypes (bfloat16, float8, int4) compute through float32.
@@ -166,6 +176,8 @@ def _partial(chunk: np.ndarray, scratch: np.ndarray) -> tuple[Partial, np.ndarra
 
 def _float64_blocks(chunk: np.ndarray, scratch: np.ndarray) -> Iterator[np.ndarray]:
     """``chunk`` cast to float64 into ``scratch``, ``_BLOCK`` elements at a time (the buffer is reused)."""
+    import numpy as np
+
     for first in range(0, chunk.size, _BLOCK):
         values = scratch[: min(_BLOCK, chunk.size - first)]
         np.copyto(values, chunk[first : first + _BLOCK], casting="unsafe")
@@ -216,6 +228,8 @@ def stats_of_many(arrays: Sequence[np.ndarray]) -> list[TensorStats]:
     for tens of small tensors instead of a dozen each. An array with NaN or Inf, or whose M2
     would cancel, and any of another kind (bool, bfloat16, ...) or size take ``compute_stats``'s route.
     """
+    import numpy as np
+
     out: list[TensorStats | None] = [None] * len(arrays)
     with np.errstate(over="ignore", invalid="ignore"):
         group: list[int] = []
@@ -239,6 +253,8 @@ def _single(a: np.ndarray) -> TensorStats:
 
 
 def _reduce_group(arrays: Sequence[np.ndarray], group: list[int], out: list) -> None:
+    import numpy as np
+
     if len(group) == 1:
         out[group[0]] = _single(arrays[group[0]])
         return

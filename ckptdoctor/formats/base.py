@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from ckptdoctor.analysis.diagnose import Advice, Finding, bn_layers_from_names, role_from_name, roles_from_names
 from ckptdoctor.readers.base import CheckpointReader, TensorEntry
 from ckptdoctor.runtime.base import Runner
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["Description", "RepairOptions", "Written", "Model"]
 

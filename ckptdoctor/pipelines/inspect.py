@@ -16,8 +16,7 @@ import re
 from collections.abc import Iterator
 from itertools import compress
 from math import prod
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ckptdoctor.analysis.diagnose import Finding, diagnose_bn, frozen_untrained
 from ckptdoctor.analysis.staleness import stale_findings
@@ -49,6 +48,9 @@ from ckptdoctor.reports.results import (
     sort_findings,
     summary,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["inspect", "InspectReport", "TensorReport", "iter_stats", "default_jobs"]
 
@@ -203,6 +205,8 @@ def _report(model: Model, description: Description, stats: bool, pattern, jobs: 
 
 def _per_channel(value) -> tuple[float, ...] | None:
     """A stored statistic's values as floats (None: not stored, unreadable, or not a number type)."""
+    import numpy as np
+
     if value is None:
         return None
     try:
@@ -310,6 +314,8 @@ def _batch_stats(reader, names: list[str]) -> list[tuple[TensorStats | None, Ten
     chunk or less together, and their statistics are reduced together (``stats.stats_of_many``); bigger ones,
     and every tensor of other readers, one at a time (``_stats_of``). The same batches whatever ``jobs`` is,
     so the same figures."""
+    import numpy as np
+
     read_run = getattr(reader, "read_run", None)
     if read_run is None or len(names) < 2:
         return [_stats_of(reader, n) for n in names]

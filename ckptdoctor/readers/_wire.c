@@ -20,6 +20,10 @@
  *
  *   object_walk(nodes, node_type, starts, path_of)                 ~ formats.tf2.objects._walk_py
  *   object_paths(nodes, node_type, value_name, slot_segment)       ~ readers.bundle._attribute_paths
+ *
+ * and a check of the entries' byte ranges (None for an entry of another form):
+ *
+ *   may_overlap(entries, entry_type)                                ~ readers.bundle._may_overlap
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -981,6 +985,86 @@ stop:
     return deferred();
 }
 
+/* -------------------------------------------------------------------------------------- byte ranges */
+
+/* One non-empty entry's bytes: [start, end) of data file `shard`. */
+typedef struct {
+    uint64_t shard, start, end;
+} span;
+
+static int
+span_order(const void *a, const void *b)
+{
+    const span *x = a, *y = b;
+    if (x->shard != y->shard)
+        return x->shard < y->shard ? -1 : 1;
+    if (x->start != y->start)
+        return x->start < y->start ? -1 : 1;
+    return 0;
+}
+
+/* 1 and *out for an exact int in [0, 2**63) (what decode_bundle_entry gives); 0 for anything else. */
+static inline int
+below_2_63(PyObject *o, uint64_t *out)
+{
+    if (!PyLong_CheckExact(o))
+        return 0;
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow); /* no error for an exact int */
+    if (overflow != 0 || v < 0)
+        return 0;
+    *out = (uint64_t)v;
+    return 1;
+}
+
+PyDoc_STRVAR(may_overlap_doc,
+             "may_overlap(entries, entry_type) -> bool | None\n\n"
+             "readers.bundle._may_overlap(entries) for a list of entry_type entries whose shard_id, offset and\n"
+             "size (items 2, 3, 4) are exact ints below 2**63: whether the bytes of two non-empty ones overlap in\n"
+             "one data file. None when an entry is of another form.");
+
+static PyObject *
+wire_may_overlap(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "may_overlap() takes 2 arguments");
+        return NULL;
+    }
+    PyObject *entries = args[0], *entry_type = args[1];
+    if (!PyList_CheckExact(entries) || !is_tuple_type(entry_type))
+        Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(entries), kept = 0;
+    span *spans = PyMem_Malloc(((size_t)n + 1) * sizeof(span));
+    if (spans == NULL)
+        return PyErr_NoMemory();
+    int in_order = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *e = PyList_GET_ITEM(entries, i);
+        uint64_t shard = 0, start = 0, size = 0;
+        if (Py_TYPE(e) != (PyTypeObject *)entry_type || PyTuple_GET_SIZE(e) < 5
+            || !below_2_63(PyTuple_GET_ITEM(e, 2), &shard) || !below_2_63(PyTuple_GET_ITEM(e, 3), &start)
+            || !below_2_63(PyTuple_GET_ITEM(e, 4), &size)) {
+            PyMem_Free(spans);
+            Py_RETURN_NONE;
+        }
+        if (size == 0)
+            continue;
+        span s = {shard, start, start + size}; /* both below 2**63: no overflow */
+        if (kept > 0 && span_order(&spans[kept - 1], &s) > 0)
+            in_order = 0;
+        spans[kept++] = s;
+    }
+    if (!in_order)
+        qsort(spans, (size_t)kept, sizeof(span), span_order);
+    /* In (shard, start) order, two ranges overlap only if one starts before its predecessor in its file ends. */
+    int found = 0;
+    for (Py_ssize_t k = 1; k < kept && !found; k++)
+        found = spans[k].shard == spans[k - 1].shard && spans[k].start < spans[k - 1].end;
+    PyMem_Free(spans);
+    return PyBool_FromLong(found);
+}
+
 /* ------------------------------------------------------------------------------------------- module */
 
 static PyMethodDef wire_methods[] = {
@@ -989,6 +1073,7 @@ static PyMethodDef wire_methods[] = {
     {"object_graph", (PyCFunction)(void (*)(void))wire_object_graph, METH_FASTCALL, object_graph_doc},
     {"object_walk", (PyCFunction)(void (*)(void))wire_object_walk, METH_FASTCALL, object_walk_doc},
     {"object_paths", (PyCFunction)(void (*)(void))wire_object_paths, METH_FASTCALL, object_paths_doc},
+    {"may_overlap", (PyCFunction)(void (*)(void))wire_may_overlap, METH_FASTCALL, may_overlap_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -7,9 +7,11 @@ dtype and shape, and give me its values (whole, or in chunks for statistics).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
 
 __all__ = ["TensorEntry", "CheckpointReader", "DEFAULT_CHUNK_BYTES"]
 

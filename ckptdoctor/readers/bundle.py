@@ -61,10 +61,9 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import google_crc32c
-import numpy as np
 
 from ckptdoctor.collector import paused_gc
 from ckptdoctor.errors import (
@@ -87,6 +86,9 @@ from ckptdoctor.readers.protowire import (
     read_varint,
 )
 from ckptdoctor.readers.sstable import combine_crc, iter_table_blocks, mask_crc, read_table_file, unmask_crc
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "BundleReader",
@@ -135,6 +137,8 @@ class _DType(NamedTuple):
 @functools.cache
 def _np_dtype(layout: str | None) -> np.dtype | None:
     """The numpy dtype of a layout; ml_dtypes (0.4 s to import) is imported only when such a tensor is read."""
+    import numpy as np
+
     if layout is None:
         return None
     if layout.startswith("ml_dtypes."):
@@ -491,17 +495,24 @@ def _may_overlap(entries: list[BundleEntry]) -> bool:
     overlap only if one starts before its predecessor in the same shard ends. When none does, the sweep
     finds nothing (each entry keeps its bytes), and 100,000 entries need not be swept in Python (0.04 s).
     Offsets and sizes are below 2**63 (``decode_bundle_entry``), so their sums fit in uint64.
+
+    In C (``_wire.may_overlap``) when it is built and the entries are of the decoded form: a listing then imports
+    no numpy.
     """
     n = len(entries)
     if n < 2:
         return False
+    if _wire is not None:
+        found = _wire.may_overlap(entries, BundleEntry)
+        if found is not None:
+            return found
+    import numpy as np
+
     size = np.fromiter(map(_SIZE, entries), np.uint64, n)
     stored = size > 0
     shard = np.fromiter(map(_SHARD_ID, entries), np.uint64, n)[stored]
     start = np.fromiter(map(_OFFSET, entries), np.uint64, n)[stored]
     end = start + size[stored]
-    if np.all((shard[1:] > shard[:-1]) | ((shard[1:] == shard[:-1]) & (start[1:] >= end[:-1]))):
-        return False  # in order already (as TensorFlow writes them, in key order), and none overlaps
     order = np.lexsort((start, shard))
     shard, start, end = shard[order], start[order], end[order]
     return bool(np.any((shard[1:] == shard[:-1]) & (start[1:] < end[:-1])))
@@ -758,7 +769,7 @@ class BundleReader:
             raise UnsupportedFormatError(
                 f"it is {_dtype_name(entry.dtype)} of shape {list(entry.shape)}, expected a string scalar"
             )
-        return self.read(OBJECT_GRAPH_KEY).reshape(-1)[0]
+        return self._read_string_values(OBJECT_GRAPH_KEY, entry, repr(OBJECT_GRAPH_KEY))[0]
 
     def has_tensor(self, name: str) -> bool:
         """Whether the bundle stores a tensor of that name (the index only: no listing built, nothing read)."""
@@ -971,6 +982,8 @@ class BundleReader:
 
     def _read_stored(self, name: str, entry: BundleEntry, label: str) -> np.ndarray:
         """Read one stored (non-partitioned) entry: a tensor or a piece of one."""
+        import numpy as np
+
         if entry.dtype == _DT_STRING:
             return self._read_strings(name, entry, label)
         np_dtype = self._numeric_dtype(name, entry, label)
@@ -997,6 +1010,8 @@ class BundleReader:
         path: str,
         chunk_bytes: int,
     ) -> Iterator[np.ndarray]:
+        import numpy as np
+
         itemsize = np_dtype.itemsize
         count = _num_elements(entry.shape)
         step = _chunk_step(chunk_bytes, itemsize) // itemsize
@@ -1055,6 +1070,8 @@ class BundleReader:
         return out
 
     def _read_together(self, names: Sequence[str], run: list, out: list) -> None:
+        import numpy as np
+
         shard, start = run[0][0], run[0][1]
         stop = max(offset + entry.size for _, offset, _, entry, _ in run)
         path = self._shard_path(shard)
@@ -1094,6 +1111,8 @@ class BundleReader:
     def iter_piece(self, name: str, start: int, stop: int, chunk_bytes: int) -> Iterator[tuple[np.ndarray, int]]:
         """The chunks of bytes ``start..stop`` of a tensor (one of ``pieces``), each with the CRC32C of the
         piece's bytes so far: after the last, the piece's CRC for ``check_pieces``. May run on any thread."""
+        import numpy as np
+
         entry = self._lookup(name)
         label = repr(name)
         np_dtype = self._numeric_dtype(name, entry, label)
@@ -1137,6 +1156,8 @@ class BundleReader:
         statistics pass). The file is opened per tensor, so a checkpoint of thousands of shards holds no
         descriptors open; it was mapped whole already (``_locate``), so its size is known to cover the bytes,
         and a file cut short since is reported as such."""
+        import numpy as np
+
         crc = 0
         for raw in self._pread_chunks(name, entry, label, path, entry.offset, entry.offset + entry.size, step):
             crc = google_crc32c.extend(crc, raw)
@@ -1163,6 +1184,16 @@ class BundleReader:
     # ------------------------------------------------------------------ strings ("String tensors")
 
     def _read_strings(self, name: str, entry: BundleEntry, label: str) -> np.ndarray:
+        import numpy as np
+
+        values = self._read_string_values(name, entry, label)  # the count is checked against the bytes first
+        out = np.empty(len(values), dtype=object)
+        out[:] = values
+        return out.reshape(entry.shape)
+
+    def _read_string_values(self, name: str, entry: BundleEntry, label: str) -> list[bytes]:
+        """The elements of a stored string tensor, in order, after its checksums are checked (numpy is imported
+        only for many strings: the object graph is read without it)."""
         buf, path = self._locate(name, entry, label)
         count = _num_elements(entry.shape)
         start, end = entry.offset, entry.offset + entry.size
@@ -1179,7 +1210,7 @@ class BundleReader:
         except ValueError as e:
             raise unreadable(f"bad string lengths ({e})") from e
         data_start = lengths_end + 4
-        total = sum(lengths) if isinstance(lengths, list) else int(lengths.sum(dtype=np.uint64))
+        total = sum(lengths) if isinstance(lengths, list) else int(lengths.sum(dtype=lengths.dtype))
         if data_start + total != end:
             raise unreadable(
                 f"the string lengths add up to {total} bytes but the entry holds {end - data_start} after them"
@@ -1207,9 +1238,7 @@ class BundleReader:
         for i, n in enumerate(lengths if isinstance(lengths, list) else lengths.tolist()):
             acc += n
             bounds[i + 1] = acc
-        out = np.empty(count, dtype=object)
-        out[:] = [data[bounds[i] : bounds[i + 1]] for i in range(count)]
-        return out.reshape(entry.shape)
+        return [data[bounds[i] : bounds[i + 1]] for i in range(count)]
 
     # ------------------------------------------------------------------ partitioned ("Partitioned tensors")
 
@@ -1276,6 +1305,8 @@ class BundleReader:
         return pieces
 
     def _read_partitioned(self, name: str, entry: BundleEntry) -> np.ndarray:
+        import numpy as np
+
         pieces = self._pieces(name, entry)
         if entry.dtype == _DT_STRING:
             full = np.full(entry.shape, b"", dtype=object)
@@ -1322,6 +1353,8 @@ def _no_overlap(pieces: Sequence[_Piece], shape: tuple[int, ...]) -> bool:
     Pairwise for a few pieces; sorted along the one partitioned axis, as TensorFlow's partitioners cut;
     otherwise against a mask of the elements (as many as the pieces store, whose bytes are their own).
     """
+    import numpy as np
+
     if len(pieces) <= _PAIRWISE_PIECES:
         return not _any_overlap(pieces)
     varying = {ax for p in pieces for ax, (r, d) in enumerate(zip(p.region, shape)) if (r.start, r.stop) != (0, d)}
@@ -1372,6 +1405,8 @@ def _decode_lengths(buf: mmap.mmap | bytes, start: int, limit: int, count: int) 
         if any(v > limit - start for v in out):
             raise ValueError("a string length exceeds the tensor's size")
         return out, pos
+    import numpy as np
+
     # Vectorised: a varint ends at each byte below 0x80.
     window = np.frombuffer(buf, dtype=np.uint8, count=min(limit - start, 10 * count), offset=start)
     ends = np.flatnonzero(window < 0x80)
@@ -1396,7 +1431,7 @@ def _decode_lengths(buf: mmap.mmap | bytes, start: int, limit: int, count: int) 
 
 def _fixed_width_lengths(lengths: list[int] | np.ndarray, byte_order: str) -> bytes:
     """The lengths as the writer checksummed them: u32 each, u64 if above 4 GiB."""
-    if isinstance(lengths, np.ndarray):
+    if not isinstance(lengths, list):  # a uint64 array (many strings)
         if lengths.size == 0 or int(lengths.max()) <= 0xFFFFFFFF:
             return lengths.astype(byte_order + "u4").tobytes()
         lengths = lengths.tolist()
