@@ -6,9 +6,10 @@ decoded as each of them; an object graph is then mapped to object paths for its 
 extending them (rule 4 of ``object_paths_from_graph``).
 
 When the C decoders (``readers/_wire.c``) are built, each input is also decoded by them and by the pure-Python
-code, as a bundle entry, as an object graph, as one node of a graph, as a shape and as an SSTable block: where C
-answers, its answer must equal Python's; where C defers, the public function must give exactly what the pure
-Python gives, errors included (``check_native``). A difference is an ``AssertionError``: a crash to atheris.
+code, as a bundle entry, as an object graph, as one node of a graph, as a shape and as an SSTable block, and a
+decoded graph is walked by both: where C answers, its answer must equal Python's; where C defers, the public
+function must give exactly what the pure Python gives, errors included (``check_native``). A difference is an
+``AssertionError``: a crash to atheris.
 
     python -m fuzz.protowire -max_total_time=60
 """
@@ -19,7 +20,8 @@ from fuzz.common import fuzz, instrumented
 
 with instrumented(__name__):
     from ckptdoctor.errors import CkptDoctorError
-    from ckptdoctor.readers import protowire, sstable
+    from ckptdoctor.formats.tf2 import objects
+    from ckptdoctor.readers import bundle, protowire, sstable
     from ckptdoctor.readers.bundle import object_paths_from_graph
     from ckptdoctor.readers.protowire import decode_bundle_entry, decode_bundle_header, decode_object_graph
 
@@ -113,6 +115,27 @@ def _check_block(block: bytes, budget: int) -> None:
         assert not over and _same(("ok", c), pure), (block, c, pure)
 
 
+def _check_walks(buf: bytes, keys: dict) -> None:
+    """The C walks of a decoded graph (every part of the decoded form: C must answer) against the Python ones."""
+    try:
+        nodes = decode_object_graph(buf, keys)
+    except CkptDoctorError:
+        return
+    paths = _native.object_paths(
+        nodes, protowire.ObjectNode, bundle.VARIABLE_VALUE_ATTRIBUTE, bundle.OPTIMIZER_SLOT_SEGMENT
+    )
+    expected = bundle._attribute_paths(nodes) if nodes else {}
+    assert paths is not None and list(paths.items()) == list(expected.items()), (buf, paths, expected)
+    n = len(nodes)
+    for starts in ([(0, "")], [(i, f"s{i}") for i in range(n - 1, -1, -1)][:16]):
+        if not n:
+            break
+        c_paths, py_paths = [None] * n, [None] * n
+        seen = _native.object_walk(nodes, protowire.ObjectNode, starts, c_paths)
+        assert seen is not None and seen == objects._walk_py(nodes, starts, py_paths), buf
+        assert c_paths == py_paths, (buf, c_paths, py_paths)
+
+
 def check_native(data: bytes) -> None:
     """The C decoders against the pure-Python ones on ``data`` (nothing without the extension)."""
     if _native is None:
@@ -121,6 +144,7 @@ def check_native(data: bytes) -> None:
     _check_entry(b"\x12" + _varint(len(data)) + data)  # data as a TensorShapeProto
     _check_graph(data, _KEYS)
     _check_graph(b"\x0a" + _varint(len(data)) + data, _KEYS)  # data as one TrackableObject
+    _check_walks(data, _KEYS)
     _check_block(data, 64 * len(data) + 1024)
     _check_block(data, len(data) // 2)
 
