@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_bundle_reader import varint
 
 from ckptdoctor.readers import protowire, sstable
 from ckptdoctor.readers.bundle import BundleReader
@@ -55,18 +56,6 @@ wire = importlib.import_module("ckptdoctor.readers._wire")
 
 
 # ------------------------------------------------------------------------------------------- helpers
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 def field(tag: int, payload: bytes) -> bytes:
