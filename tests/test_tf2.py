@@ -107,6 +107,47 @@ def test_the_roles_of_all_keys_at_once_are_each_keys_role(built, description):
     assert {"step", "optimizer_slot", "weight"} <= set(at_once)
 
 
+_CANONICAL = r"""
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import tensorflow as tf
+
+layers = [keras.layers.Dense(4), keras.layers.BatchNormalization(), keras.layers.Dense(2)]
+model = keras.Sequential([keras.Input((6,)), *layers])
+optimizer = keras.optimizers.Adam()
+x = np.random.RandomState(0).rand(8, 6).astype("float32")
+with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(model(x, training=True))
+optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+tf.train.Checkpoint(model=model, optimizer=optimizer).write(sys.argv[1])
+"""
+
+
+def test_model_weights_saved_under_the_optimizers_route_are_weights(tmp_path):
+    # tf.train.Checkpoint(model=..., optimizer=...), TensorFlow's own example: the saver's first route to a Keras 3
+    # model's kernel is optimizer/_trainable_variables/N, a key that reads as optimizer state. The object graph
+    # says it is the model's: listed without the model, it is a weight (a BN one by its layer), not a slot.
+    prefix = tmp_path / "ckpt"
+    subprocess.run([sys.executable, "-c", _CANONICAL, str(prefix)], check=True, timeout=600, env=_env())
+    doc = _json("inspect", prefix, "--stats=False", "--graph=False")
+    rows = {t["name"]: t for t in doc["tensors"]}
+    routed = [t for name, t in rows.items() if name.startswith("optimizer/_trainable_variables/")]
+    assert len(routed) == 6  # two kernels, two biases, gamma and beta
+    assert all(t["object_path"].startswith("model/") for t in routed)
+    assert sorted(t["role"] for t in routed) == ["bn_beta", "bn_gamma", "weight", "weight", "weight", "weight"]
+    slots = [t for t in rows.values() if t["object_path"] and t["object_path"].startswith("optimizer/_variables/")]
+    assert len(slots) == 12 and all(t["role"] == "optimizer_slot" for t in slots)
+    assert rows["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]["role"] == "step"
+    proc = subprocess.run(
+        [sys.executable, "-c", _ROLES, str(prefix), "false"], capture_output=True, text=True, timeout=600, env=_env()
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    at_once, one_by_one = json.loads(proc.stdout.splitlines()[-1])
+    assert at_once == one_by_one
+
+
 def _check(out, prefix, tmp_path):
     outputs = tmp_path / "outputs.npy"
     proc = subprocess.run(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from ckptdoctor.analysis.diagnose import Advice, Finding, role_from_name, roles_from_names
 from ckptdoctor.errors import CorruptCheckpointError, GraphError, UnsupportedFormatError
@@ -261,9 +262,11 @@ class TF2Checkpoint:
 
 def _roles(graph: ObjectGraph, declared: set[str] | frozenset[str]) -> tuple[Callable[[str], str], Callable]:
     """``Description.role`` and ``roles``: the object graph's role, else ``weight`` for a ``declared`` key, else
-    the name's."""
+    the role its name says: for a model object, the name of its path, not of its key. A key follows the saver's
+    first route, and with ``tf.train.Checkpoint(model=..., optimizer=...)`` a Keras 3 model's kernel is saved as
+    ``optimizer/_trainable_variables/0/...``, which names optimizer state."""
 
-    node_of, in_model = graph.node_of, graph.in_model
+    node_of, in_model, path_of = graph.node_of, graph.in_model, graph.path_of
 
     def role(key: str) -> str:
         node = node_of.get(key)
@@ -271,19 +274,27 @@ def _roles(graph: ObjectGraph, declared: set[str] | frozenset[str]) -> tuple[Cal
             found = graph.role(key)
             if found is not None:
                 return found
-        return "weight" if key in declared else role_from_name(key)
+        if key in declared:
+            return "weight"
+        return role_from_name((node is not None and in_model[node] and path_of[node]) or key)
 
     def roles(keys: Sequence[str]) -> list[str]:
-        out = roles_from_names(keys)
-        if declared:
-            out = ["weight" if key in declared else found for key, found in zip(keys, out)]
+        # The graph's roles first (optimizer state, root counters: outside the model), then "weight" for the
+        # declared keys, then the names' roles for the rest only (an optimizer's 66,000 slots are not also
+        # matched against the name patterns).
         nodes = list(map(node_of.get, keys))
         outside = [i for i, node in enumerate(nodes) if node is not None and not in_model[node]]
-        for i in outside:  # optimizer state and root counters: few keys
-            found = graph.role(keys[i])
-            if found is not None:
-                out[i] = found
-        return out
+        out: list[str | None] = [None] * len(keys)
+        for i, found in zip(outside, graph.outside_roles(cast("list[int]", [nodes[i] for i in outside]))):
+            out[i] = found
+        if declared:
+            out = ["weight" if found is None and key in declared else found for key, found in zip(keys, out)]
+        rest = [i for i, found in enumerate(out) if found is None] if outside or declared else range(len(keys))
+        pairs = zip(map(keys.__getitem__, rest), map(nodes.__getitem__, rest))
+        names = [(node is not None and in_model[node] and path_of[node]) or key for key, node in pairs]
+        for i, found in zip(rest, roles_from_names(names)):
+            out[i] = found
+        return out  # type: ignore[return-value]  # every item set above
 
     return role, roles
 

@@ -100,7 +100,14 @@ class ObjectGraph:
         node = self.node_of.get(key)
         if node is None or self.in_model[node]:
             return None
-        path = self.path_of[node] or ""
+        return self._path_role(self.path_of[node] or "")
+
+    def outside_roles(self, nodes: list[int]) -> list[str | None]:
+        """``role`` of a key of each of ``nodes``, nodes outside the model (a key's node is ``node_of[key]``)."""
+        path_of = self.path_of
+        return list(map(self._path_role, [path_of[node] or "" for node in nodes]))
+
+    def _path_role(self, path: str) -> str | None:
         head, _, leaf = path.partition("/")
         if head in self.optimizers:
             return "step" if leaf.rsplit("/", 1)[-1] in _ITERATION_NAMES else "optimizer_slot"
