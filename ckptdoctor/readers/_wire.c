@@ -90,6 +90,16 @@ fail:
     return NULL;
 }
 
+/* 1 when the function `name` was given `want` arguments; else 0, with a TypeError set. */
+static int
+takes(const char *name, Py_ssize_t nargs, Py_ssize_t want)
+{
+    if (nargs == want)
+        return 1;
+    PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments", name, want);
+    return 0;
+}
+
 static int
 is_tuple_type(PyObject *t)
 {
@@ -182,10 +192,8 @@ static PyObject *
 wire_bundle_entry(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "bundle_entry() takes 4 arguments");
+    if (!takes("bundle_entry", nargs, 4))
         return NULL;
-    }
     PyObject *bufobj = args[0], *entry_type = args[1], *cache = args[2];
     if (!PyBytes_CheckExact(bufobj) || !is_tuple_type(entry_type) || !PyDict_CheckExact(cache)
         || !PyLong_Check(args[3]))
@@ -276,10 +284,8 @@ static PyObject *
 wire_block_entries(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "block_entries() takes 2 arguments");
+    if (!takes("block_entries", nargs, 2))
         return NULL;
-    }
     PyObject *blockobj = args[0];
     if (!PyBytes_CheckExact(blockobj) || !PyLong_Check(args[1]))
         Py_RETURN_NONE;
@@ -561,10 +567,8 @@ static PyObject *
 wire_object_graph(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "object_graph() takes 4 arguments");
+    if (!takes("object_graph", nargs, 4))
         return NULL;
-    }
     PyObject *bufobj = args[0], *keys = args[1], *node_type = args[2], *value_name = args[3];
     if (!PyBytes_CheckExact(bufobj) || !PyDict_CheckExact(keys) || !is_tuple_type(node_type))
         Py_RETURN_NONE;
@@ -776,10 +780,8 @@ static PyObject *
 wire_object_walk(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "object_walk() takes 4 arguments");
+    if (!takes("object_walk", nargs, 4))
         return NULL;
-    }
     PyObject *nodes = args[0], *node_type = args[1], *starts = args[2], *path_of = args[3];
     if (!PyList_CheckExact(nodes) || !is_tuple_type(node_type) || !PyList_CheckExact(starts)
         || !PyList_CheckExact(path_of) || PyList_GET_SIZE(path_of) != PyList_GET_SIZE(nodes))
@@ -951,10 +953,8 @@ static PyObject *
 wire_object_paths(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "object_paths() takes 4 arguments");
+    if (!takes("object_paths", nargs, 4))
         return NULL;
-    }
     PyObject *nodes = args[0], *node_type = args[1], *value_name = args[2], *segment = args[3];
     if (!(PyList_CheckExact(nodes) || PyTuple_CheckExact(nodes)) || !is_tuple_type(node_type)
         || !is_text(value_name) || !is_text(segment))
@@ -1027,10 +1027,8 @@ static PyObject *
 wire_may_overlap(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "may_overlap() takes 2 arguments");
+    if (!takes("may_overlap", nargs, 2))
         return NULL;
-    }
     PyObject *entries = args[0], *entry_type = args[1];
     if (!PyList_CheckExact(entries) || !is_tuple_type(entry_type))
         Py_RETURN_NONE;
