@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import cast
 
-from ckptdoctor.analysis.diagnose import Advice, Finding, role_from_name, roles_from_names
+from ckptdoctor.analysis.diagnose import Advice, Finding, roles_from_names
 from ckptdoctor.errors import CorruptCheckpointError, GraphError, UnsupportedFormatError
 from ckptdoctor.formats.base import Description, RepairOptions, Written
 from ckptdoctor.formats.tf2.objects import ObjectGraph, read_object_graph
@@ -269,14 +269,7 @@ def _roles(graph: ObjectGraph, declared: set[str] | frozenset[str]) -> tuple[Cal
     node_of, in_model, path_of = graph.node_of, graph.in_model, graph.path_of
 
     def role(key: str) -> str:
-        node = node_of.get(key)
-        if node is not None and not in_model[node]:  # else graph.role is None (one call less a key)
-            found = graph.role(key)
-            if found is not None:
-                return found
-        if key in declared:
-            return "weight"
-        return role_from_name((node is not None and in_model[node] and path_of[node]) or key)
+        return roles((key,))[0]
 
     def roles(keys: Sequence[str]) -> list[str]:
         # The graph's roles first (optimizer state, root counters: outside the model), then "weight" for the
