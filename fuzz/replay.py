@@ -4,18 +4,24 @@
     python -m fuzz.replay --all                 # every harness over its corpus and fuzz/regressions/<harness>
 
 TensorFlow and Keras are made unimportable first, as when fuzzing. A file passes when the harness
-returns (ckptdoctor's own errors are caught inside it); anything else it raises is a failure.
+returns (ckptdoctor's own errors are caught inside it) and the process's peak RSS stays within libFuzzer's
+limit (``-rss_limit_mb``); anything else it raises, or a peak over the limit, is a failure.
 """
 
 from __future__ import annotations
 
 import importlib
+import resource
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from fuzz.common import CORPUS, HARNESSES, REGRESSIONS, without_tensorflow
+from fuzz.common import CORPUS, HARNESSES, REGRESSIONS, RSS_LIMIT_MB, without_tensorflow
+
+
+def _peak_mb() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # KiB on Linux
 
 
 def replay(name: str, files: list[Path]) -> int:
@@ -23,10 +29,13 @@ def replay(name: str, files: list[Path]) -> int:
     harness = importlib.import_module(f"fuzz.{name}")
     failures = 0
     for path in files:
-        start = time.monotonic()
+        start, before = time.monotonic(), _peak_mb()
         try:
             harness.test_one_input(path.read_bytes())
-            outcome = "ok"
+            peak = _peak_mb()  # the process's peak only grows: the file that takes it over the limit fails
+            over = peak > RSS_LIMIT_MB >= before
+            outcome = f"FAILED: peak RSS {peak} MiB, over {RSS_LIMIT_MB} MiB" if over else "ok"
+            failures += outcome != "ok"
         except Exception:  # noqa: BLE001  (the point: anything escaping the harness is reported)
             failures += 1
             outcome = "FAILED\n" + traceback.format_exc()

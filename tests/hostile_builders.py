@@ -454,6 +454,27 @@ def unstored_data_h5(path, rows: int = 1 << 38, width: int = 2) -> Path:
     return Path(path)
 
 
+def driver_info_h5(path, declared: int = 0x60000000, data: bool = False) -> Path:
+    """A Keras 3 ``.weights.h5`` (or, with ``data``, data with a dataset ``x``) whose superblock points at a driver
+    information block, appended after the file, declaring ``declared`` bytes: libhdf5 1.14.6 allocates them
+    (1.5 GiB by default) before it finds that the block runs past the end of the file."""
+    import h5py
+
+    if data:
+        with h5py.File(path, "w") as f:
+            f["x"] = np.ones((4, 2), "float32")
+    else:
+        keras_weights_h5(path)
+    raw = bytearray(Path(path).read_bytes())
+    assert raw[8] == 0 and raw[13] == 8, "h5py writes a version 0 superblock with 8-byte addresses"
+    at = len(raw)
+    raw += struct.pack("<B3xI8s", 0, declared, b"NCSAmult")  # version, reserved, size, driver id
+    raw[40:48] = struct.pack("<Q", len(raw))  # the end-of-file address, after the base and free-space ones
+    raw[48:56] = struct.pack("<Q", at)  # the driver information block's address
+    Path(path).write_bytes(bytes(raw))
+    return Path(path)
+
+
 def nested_message(depth: int, field: int = 2) -> bytes:
     """A protobuf message nesting ``depth`` length-delimited fields ``field`` inside each other."""
     tag = bytes([(field << 3) | 2])
@@ -504,6 +525,7 @@ CASES = {
     "bomb.npz": npz_bomb,
     "unstored-data.h5": unstored_data_h5,
     "heap-loop.weights.h5": heap_loop_h5,
+    "driver-info.weights.h5": driver_info_h5,
     "big-layer.keras": big_layer_archive,
     "big-layer-tfkeras.h5": lambda p: big_layer_legacy_h5(p, FUZZ_CORPUS / "keras_h5" / "tfkeras-full.h5"),
     "many-layers.keras": lambda p: many_layers_archive(p, 50_000),

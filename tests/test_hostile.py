@@ -188,6 +188,12 @@ def test_libhdf5_heap_loop_is_refused(tmp_path):
     refused(["inspect", path], "holds a free-space object of size 0 (libhdf5 would loop forever")
 
 
+def test_driver_information_block_declaring_gigabytes_is_refused(tmp_path):
+    # libhdf5 1.14.6 allocates the 1.5 GiB the block declares (1.57 GB of RSS) before it reads past the file's end.
+    path = hb.driver_info_h5(tmp_path / "model.weights.h5")
+    refused(["inspect", path], "a damaged HDF5 file", "driver information block of 1610612736 bytes", "past the end")
+
+
 def test_heap_signatures_are_found_where_bytes_find_finds_them():
     # The heap scan searches with a compiled pattern: each next match in [pos, stop) must be bytes.find's,
     # overlapping signatures, ones cut by the window's ends and a window ending inside one included.
@@ -245,8 +251,10 @@ def test_report_file_with_a_hostile_heap_is_refused(tmp_path):
         (hb.npy_header_bomb, "{}", "its header declares shape [1099511627776, 2] of float32 (8 TiB)"),
         (hb.npz_bomb, "{}", "member inp.npy inflates 3.04 MiB to 3 GiB"),
         (hb.unstored_data_h5, "{}:x", "dataset x declares 2 TiB (shape [274877906944, 2]) but stores none"),
+        (lambda p: hb.driver_info_h5(p, data=True), "{}:x", "driver information block of 1610612736 bytes"),
+        (lambda p: hb.driver_info_h5(p, data=True), "{}", "driver information block of 1610612736 bytes"),
     ],
-    ids=["npy-2^40-rows", "npz-3GiB", "h5-2^38-rows-unstored"],
+    ids=["npy-2^40-rows", "npz-3GiB", "h5-2^38-rows-unstored", "h5-driver-info-1.5GiB", "h5-all-driver-info-1.5GiB"],
 )
 def test_hostile_data_are_refused_before_any_work(tmp_path, build, spec, fragment):
     path = build(tmp_path / ("data" + {"npy_header_bomb": ".npy", "npz_bomb": ".npz"}.get(build.__name__, ".h5")))

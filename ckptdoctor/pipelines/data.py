@@ -150,7 +150,7 @@ def _load_npz(path: str) -> dict:
 
 
 def _h5_error(path: str, e: Exception) -> BadDataError:
-    return BadDataError(f"{path} is not a readable HDF5 file ({e})")
+    return BadDataError(f"{path} is not a readable HDF5 file ({e}): save the data again (h5py, or np.save)")
 
 
 def _checked_dataset(path: str, name: str, ds):
