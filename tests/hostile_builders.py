@@ -475,6 +475,20 @@ def driver_info_h5(path, declared: int = 0x60000000, data: bool = False) -> Path
     return Path(path)
 
 
+def sharded_weights(folder, shard_builder) -> Path:
+    """Keras 3 sharded weights in ``folder``: ``w.weights.json`` naming one shard, ``w_00000.weights.h5``, built by
+    ``shard_builder(path)`` (a ``keras_weights_h5`` or one of its hostile variants); the manifest puts every layer's
+    group in that shard, as Keras does for weights below ``max_shard_size``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shard = "w_00000.weights.h5"
+    shard_builder(folder / shard)
+    groups = ["/layers/dense/vars", "/layers/batch_normalization/vars", "/optimizer/vars"]
+    manifest = {"metadata": {"total_size": 0}, "weight_map": {g: [shard] for g in groups}}
+    (folder / "w.weights.json").write_text(json.dumps(manifest))
+    return folder / "w.weights.json"
+
+
 def nested_message(depth: int, field: int = 2) -> bytes:
     """A protobuf message nesting ``depth`` length-delimited fields ``field`` inside each other."""
     tag = bytes([(field << 3) | 2])

@@ -194,6 +194,40 @@ def test_driver_information_block_declaring_gigabytes_is_refused(tmp_path):
     refused(["inspect", path], "a damaged HDF5 file", "driver information block of 1610612736 bytes", "past the end")
 
 
+@pytest.mark.parametrize(
+    "build,code,fragments",
+    [
+        (hb.keras_weights_h5, None, ()),
+        (hb.unstored_weights_h5, "tensor-not-stored", ("declares 4 TiB", "(shard w_00000.weights.h5)")),
+        (hb.heap_loop_h5, "shard-unreadable", ("a damaged HDF5 file", "free-space object of size 0")),
+        (hb.driver_info_h5, "shard-unreadable", ("a damaged HDF5 file", "driver information block")),
+    ],
+    ids=["genuine", "unstored-4TiB", "heap-loop", "driver-info-1.5GiB"],
+)
+def test_shards_of_sharded_weights_get_the_checks_of_one_weights_file(tmp_path, build, code, fragments):
+    # Each shard is read as a .weights.h5 is: the reader once read every dataset unchecked (4 TiB of fill values
+    # for the unstored kernel), read layer names from a hostile heap and opened shards without the superblock check.
+    report = inspected(hb.sharded_weights(tmp_path / "sharded", build))
+    found = [f for f in report["findings"] if f["code"] == code]
+    assert len(found) == (code is not None)
+    for fragment in fragments:
+        assert fragment in found[0]["message"]
+    if code != "shard-unreadable":  # every dataset is listed, with the shapes h5py reads from the shard
+        import h5py
+
+        with h5py.File(tmp_path / "sharded" / "w_00000.weights.h5") as f:
+            shapes = {}
+            f.visititems(lambda n, o: shapes.update({n: list(o.shape)}) if isinstance(o, h5py.Dataset) else None)
+        assert {t["name"]: t["shape"] for t in report["tensors"]} == shapes
+
+
+def test_a_manifest_above_the_json_limit_is_not_read(tmp_path):
+    manifest = tmp_path / "w.weights.json"
+    with open(manifest, "wb") as f:
+        f.truncate((64 << 20) + 1)  # a sparse file: 64 MiB of zeros and one byte
+    refused(["inspect", manifest], "w.weights.json is not a readable JSON manifest", "above the 64 MiB limit")
+
+
 def test_heap_signatures_are_found_where_bytes_find_finds_them():
     # The heap scan searches with a compiled pattern: each next match in [pos, stop) must be bytes.find's,
     # overlapping signatures, ones cut by the window's ends and a window ending inside one included.

@@ -88,11 +88,17 @@ class KerasH5Reader:
         keras_version: the ``keras_version`` attribute when the file has one.
     """
 
-    def __init__(self, path: str, fileobj=None, label: str | None = None, raw: RawHDF5 | None = None):
-        """Open ``path``, or ``fileobj`` with ``raw``, the ``RawHDF5`` of its bytes (a ``.keras`` member)."""
+    def __init__(
+        self, path: str, fileobj=None, label: str | None = None, raw: RawHDF5 | None = None, shard: bool = False
+    ):
+        """Open ``path``, or ``fileobj`` with ``raw``, the ``RawHDF5`` of its bytes (a ``.keras`` member).
+
+        ``shard``: one shard of sharded weights (``keras_sharded``), in the Keras 3 layout whatever groups it holds.
+        """
         import h5py
 
         self.prefix = label or path
+        self._shard = shard
         self._fileobj = fileobj
         self._datasets: dict[str, Any] = {}  # h5py.Dataset
         self._problems: dict[str, str | None] = {}
@@ -125,7 +131,9 @@ class KerasH5Reader:
         weights = _hard_group(f, "model_weights")
         try:
             legacy = weights is not None or "layer_names" in f.attrs
-            v3 = not legacy and (_hard_group(f, "layers") is not None or _hard_group(f, "vars") is not None)
+            v3 = not legacy and (
+                self._shard or _hard_group(f, "layers") is not None or _hard_group(f, "vars") is not None
+            )
         except _H5_ERRORS as e:
             raise CorruptCheckpointError(f"{self.prefix} is a damaged HDF5 file ({e})") from e
         if legacy:
@@ -358,6 +366,15 @@ class KerasH5Reader:
         if dtype.kind not in "biuf" or offset is None or nbytes != math.prod(shape) * dtype.itemsize:
             return None
         return int(offset), nbytes, dtype, shape
+
+    def has_group(self, path: str) -> bool:
+        """Whether the group ``path`` (``/layers/dense/vars``) is in the file, reached by hard links."""
+        group = self._file
+        for part in path.strip("/").split("/"):
+            group = _hard_group(group, part) if part else group
+            if group is None:
+                return False
+        return True
 
     def _lookup(self, name: str):
         try:

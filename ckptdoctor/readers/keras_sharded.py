@@ -20,17 +20,17 @@ since a comparison or a repair needs every tensor.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from ckptdoctor.errors import CorruptCheckpointError, TensorReadError
+from ckptdoctor.errors import CkptDoctorError, CorruptCheckpointError, TensorReadError
 from ckptdoctor.readers.base import DEFAULT_CHUNK_BYTES, TensorEntry
 from ckptdoctor.readers.keras_dir import not_weights_reason
-from ckptdoctor.readers.keras_h5 import _dtype_name, _text
+from ckptdoctor.readers.keras_h5 import HDF5_SIGNATURE, KerasH5Reader
+from ckptdoctor.readers.limits import MAX_JSON_BYTES, load_json
 
 __all__ = ["KerasShardedReader", "ShardProblem", "is_sharded_manifest", "MANIFEST_SUFFIX"]
 
@@ -60,10 +60,11 @@ class ShardProblem(NamedTuple):
 
 def _read_manifest(path: str) -> tuple[dict, str]:
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        manifest = json.loads(text)
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_JSON_BYTES + 1)  # one byte over the limit is enough for load_json to refuse it
+        manifest = load_json(raw, "the manifest")
+        text = raw.decode("utf-8")
+    except (OSError, ValueError) as e:  # limits.LimitExceeded and UnicodeDecodeError are ValueErrors
         raise CorruptCheckpointError(
             f"{path} is not a readable JSON manifest ({e}): Keras sharded weights are saved by "
             "model.save_weights('w.weights.json', max_shard_size=...)"
@@ -104,16 +105,14 @@ class KerasShardedReader:
     keras_version = None
 
     def __init__(self, path: str):
-        import h5py
-
         self.prefix = path
         self.manifest, self.manifest_text = _read_manifest(path)
         self.shards, groups = _shard_names(path, self.manifest["weight_map"])
         self.groups = groups
         self.problems: list[ShardProblem] = []
         self._strict = True
-        self._files: dict[str, Any] = {}
-        self._datasets: dict[str, tuple[str, Any]] = {}
+        self._readers: dict[str, KerasH5Reader] = {}
+        self._entries: dict[str, tuple[str, TensorEntry]] = {}
         folder = os.path.dirname(path)
         try:
             for shard in self.shards:
@@ -122,12 +121,9 @@ class KerasShardedReader:
                     self.problems.append(ShardProblem(shard, "is missing", tuple(groups[shard])))
                     continue
                 try:
-                    self._files[shard] = h5py.File(file, "r")
-                except (OSError, ValueError) as e:
-                    reason = not_weights_reason(file)
-                    if reason.startswith("is not an HDF5 file"):
-                        reason = f"is not a readable HDF5 file ({str(e).splitlines()[0][:120]})"
-                    self.problems.append(ShardProblem(shard, reason, tuple(groups[shard])))
+                    self._readers[shard] = KerasH5Reader(file, label=shard, shard=True)
+                except CkptDoctorError as e:
+                    self.problems.append(ShardProblem(shard, _unreadable(file, shard, e), tuple(groups[shard])))
                     continue
                 self._collect(shard)
         except BaseException:
@@ -135,23 +131,20 @@ class KerasShardedReader:
             raise
 
     def _collect(self, shard: str) -> None:
-        import h5py
-
-        f = self._files[shard]
-        found: list[str] = []
-        f.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) else None)
-        for name in found:
-            if name in self._datasets:
+        reader = self._readers[shard]
+        found = reader.entries()
+        for entry in found:
+            if entry.name in self._entries:
                 raise CorruptCheckpointError(
-                    f"{self.prefix}: {name} is stored in two shards, {self._datasets[name][0]} and {shard}: "
-                    "a damaged set of shards; save the weights again"
+                    f"{self.prefix}: {entry.name} is stored in two shards, {self._entries[entry.name][0]} and "
+                    f"{shard}: a damaged set of shards; save the weights again"
                 )
-            self._datasets[name] = (shard, f[name])
+            self._entries[entry.name] = (shard, entry)
         mapped = set(self.groups[shard])
-        absent = [g for g in self.groups[shard] if g.strip("/") not in f]
+        absent = [g for g in self.groups[shard] if not reader.has_group(g)]
         if absent:
             self.problems.append(ShardProblem(shard, f"does not hold {absent[0]}, which the manifest puts there", ()))
-        unmapped = sorted({"/" + n.rsplit("/", 1)[0] for n in found} - mapped)
+        unmapped = sorted({"/" + e.name.rsplit("/", 1)[0] for e in found} - mapped)
         if unmapped:
             self.problems.append(
                 ShardProblem(shard, f"holds data of {unmapped[0]}, which the manifest does not put there", ())
@@ -175,50 +168,42 @@ class KerasShardedReader:
     def entries(self) -> list[TensorEntry]:
         """Every dataset of every shard, sorted by HDF5 path."""
         self._check()
-        out = []
-        for name in sorted(self._datasets):
-            ds = self._datasets[name][1]
-            shape = tuple(int(d) for d in ds.shape)
-            out.append(
-                TensorEntry(name=name, dtype=_dtype_name(ds.dtype), shape=shape, nbytes=int(ds.id.get_storage_size()))
-            )
-        return out
+        return [self._entries[name][1] for name in sorted(self._entries)]
 
     def shard_of(self, name: str) -> str:
         """The shard file name holding the tensor ``name``."""
         return self._lookup(name)[0]
 
+    def storage_problem(self, name: str) -> str | None:
+        """Why the dataset's values are not stored in its shard (``KerasH5Reader.storage_problem``), or None."""
+        shard, reader = self._lookup(name)
+        return reader.storage_problem(name)
+
     def read(self, name: str) -> np.ndarray:
-        """The dataset's values with their stored dtype and shape."""
-        shard, ds = self._lookup(name)
+        """The dataset's values with their stored dtype and shape, once its shard's reader has checked them.
+
+        Raises:
+            TensorReadError: as ``KerasH5Reader.read``, naming the shard.
+        """
+        shard, reader = self._lookup(name)
         try:
-            return np.asarray(ds[()])
-        except (OSError, ValueError, KeyError) as e:
-            raise TensorReadError(
-                "tensor-unreadable", name, f"{name} (shard {shard}): its bytes cannot be read ({e})"
-            ) from e
+            return reader.read(name)
+        except TensorReadError as e:
+            raise TensorReadError(e.code, name, f"{e} (shard {shard})") from e
 
     def iter_chunks(self, name: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[np.ndarray]:
-        """Flat chunks of about ``chunk_bytes``, read row-block by row-block."""
-        shard, ds = self._lookup(name)
-        if ds.ndim == 0 or ds.shape[0] == 0:
-            yield self.read(name).ravel()
-            return
-        row_bytes = max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64)))
-        rows = max(1, chunk_bytes // row_bytes)
-        for start in range(0, ds.shape[0], rows):
-            try:
-                yield np.asarray(ds[start : start + rows]).ravel()
-            except (OSError, ValueError) as e:
-                raise TensorReadError(
-                    "tensor-unreadable", name, f"{name} (shard {shard}): its bytes cannot be read ({e})"
-                ) from e
+        """Flat chunks of about ``chunk_bytes`` in C order (``KerasH5Reader.iter_chunks``)."""
+        shard, reader = self._lookup(name)
+        try:
+            yield from reader.iter_chunks(name, chunk_bytes)
+        except TensorReadError as e:
+            raise TensorReadError(e.code, name, f"{e} (shard {shard})") from e
 
     def close(self) -> None:
         """Close every shard."""
-        files, self._files = getattr(self, "_files", {}), {}
-        for f in files.values():
-            f.close()
+        readers, self._readers = getattr(self, "_readers", {}), {}
+        for reader in readers.values():
+            reader.close()
 
     def __enter__(self) -> KerasShardedReader:
         return self
@@ -226,41 +211,45 @@ class KerasShardedReader:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def _lookup(self, name: str):
+    def _lookup(self, name: str) -> tuple[str, KerasH5Reader]:
         try:
-            return self._datasets[name]
+            shard = self._entries[name][0]
         except KeyError:
             raise KeyError(f"{self.prefix} has no tensor {name!r}") from None
+        return shard, self._readers[shard]
 
     # ------------------------------------------------------------------ Keras structure
 
     def layer_groups(self) -> list[dict]:
         """The layers the shards store weights for, as ``KerasH5Reader.layer_groups`` gives them for one file: a
         layer split over two shards is one group (its name from whichever shard records it)."""
-        import h5py
-
         merged: dict[str, dict[str, Any]] = {}
-
-        def walk(group, path: str) -> None:
-            if "vars" in group and isinstance(group["vars"], h5py.Group):
-                v = group["vars"]
-                g = merged.setdefault(path, {"path": path, "name": None, "keys": []})
-                if g["name"] is None and "name" in v.attrs:
-                    g["name"] = _text(v.attrs["name"])
-                g["keys"].extend(
-                    f"{path}/vars/{k}" if path else f"vars/{k}" for k in v if isinstance(v[k], h5py.Dataset)
-                )
-            for child in group:
-                if child != "vars" and isinstance(group[child], h5py.Group):
-                    walk(group[child], f"{path}/{child}" if path else child)
-
         for shard in self.shards:
-            if shard in self._files:
-                walk(self._files[shard], "")
+            if shard not in self._readers:
+                continue
+            for group in self._readers[shard].layer_groups():
+                g = merged.setdefault(group["path"], {"path": group["path"], "name": None, "keys": []})
+                g["name"] = g["name"] if g["name"] is not None else group["name"]
+                g["keys"].extend(group["keys"])
         for g in merged.values():
             g["keys"].sort(key=_variable_order)
         # The order one file's walk gives: depth first, each group's children by name.
         return sorted(merged.values(), key=lambda g: tuple(g["path"].split("/")) if g["path"] else ())
+
+
+def _unreadable(file: str, shard: str, error: CkptDoctorError) -> str:
+    """Why a shard that ``KerasH5Reader`` refused cannot be used, for a ``ShardProblem``."""
+    try:
+        with open(file, "rb") as f:
+            hdf5 = f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+    except OSError:
+        hdf5 = False
+    if hdf5:  # damaged, or hostile: the reader's own words, after the shard's name
+        return str(error).removeprefix(f"{shard} ")
+    reason = not_weights_reason(file)
+    if reason.startswith("is not an HDF5 file"):
+        reason = f"is not a readable HDF5 file ({str(error.__cause__ or error).splitlines()[0][:120]})"
+    return reason
 
 
 def _variable_order(key: str) -> tuple:
