@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ckptdoctor.readers.hdf5_raw import HDF5_SIGNATURE
+
 GiB = 1 << 30
 TiB = 1 << 40
 
@@ -472,6 +474,18 @@ def driver_info_h5(path, declared: int = 0x60000000, data: bool = False) -> Path
     raw[40:48] = struct.pack("<Q", len(raw))  # the end-of-file address, after the base and free-space ones
     raw[48:56] = struct.pack("<Q", at)  # the driver information block's address
     Path(path).write_bytes(bytes(raw))
+    return Path(path)
+
+
+def cut_superblock_h5(path) -> Path:
+    """41 bytes that libhdf5 1.14.6 opens with 4 GB of RSS (found by fuzzing): a version 1 superblock with 4-byte
+    addresses, the base and end-of-file addresses undefined, cut after the first byte of the driver information
+    block's address. libhdf5 reads the missing bytes as zeros (address 10), and the block's size field there is
+    the superblock's own group node sizes: 4 GiB."""
+    head = HDF5_SIGNATURE + bytes([1, 0, 0, 0, 0, 4, 4, 0])  # versions, 4-byte offsets and lengths
+    head += struct.pack("<HHIHH", 0xFCEE, 0xFFFA, 0, 0xB800, 0xFF0A)  # node sizes (K), flags, K, reserved
+    head += struct.pack("<III", 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF) + b"\x0a"  # base, free space, EOF, cut
+    Path(path).write_bytes(head)
     return Path(path)
 
 

@@ -192,6 +192,10 @@ def test_driver_information_block_declaring_gigabytes_is_refused(tmp_path):
     # libhdf5 1.14.6 allocates the 1.5 GiB the block declares (1.57 GB of RSS) before it reads past the file's end.
     path = hb.driver_info_h5(tmp_path / "model.weights.h5")
     refused(["inspect", path], "a damaged HDF5 file", "driver information block of 1610612736 bytes", "past the end")
+    # The same block where the file is cut: libhdf5 reads the missing bytes as zeros (4 GB of RSS before).
+    cut = hb.cut_superblock_h5(tmp_path / "cut.h5")
+    assert cut.stat().st_size == 41
+    refused(["inspect", cut], "driver information block of 4243456004 bytes at offset 10")
 
 
 @pytest.mark.parametrize(

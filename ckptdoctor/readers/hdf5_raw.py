@@ -112,24 +112,27 @@ class RawHDF5:
     def _driver_info_problem(self) -> str | None:
         """Why the driver information block of a version 0 or 1 superblock would make libhdf5 allocate what the
         file does not hold, or None. libhdf5 reads the block's 4-byte size, allocates that much and only then
-        finds that the block runs past the end of the file: a few bytes of file claim up to 4 GiB."""
+        finds that the block runs past the end of the file: a few bytes of file claim up to 4 GiB. It reads
+        what lies past the end as zeros (a 41-byte file's driver address ran past its end: 4 GB), and so does this.
+        """
         b, s, width = self.buf, self.start, self.offsets
         if self.base is None or b[s + 8] not in (0, 1):
             return None
         field = s + (24 if b[s + 8] == 0 else 28) + 3 * width  # after the base, free-space and end-of-file addresses
-        try:
-            address = self._u(field, width)
-            if address == (1 << 8 * width) - 1:
-                return None  # undefined: the file has no driver information block (what h5py writes)
-            size = self._u(s + address + 4, 4)  # libhdf5 reads the block where the superblock starts counting
-        except _Bad:
-            return None  # a block past the end of the file reads as zeros: nothing is allocated for it
-        if s + address + 16 + size > self.end:
+        address = self._padded(field, width)
+        if address == (1 << 8 * width) - 1:
+            return None  # undefined: the file has no driver information block (what h5py writes)
+        size = self._padded(s + address + 4, 4)  # the block, where the superblock starts counting
+        if size and s + address + 16 + size > self.end:
             return (
                 f"its superblock declares a driver information block of {size} bytes at offset {address}, past the "
                 "end of the file: libhdf5 would allocate them before reading"
             )
         return None
+
+    def _padded(self, pos: int, size: int) -> int:
+        """The little-endian integer at ``pos``, the bytes past the end read as zeros (as libhdf5 reads them)."""
+        return int.from_bytes(bytes(self.buf[pos : min(pos + size, self.end)]).ljust(size, b"\0"), "little")
 
     def _scan_heaps(self) -> str | None:
         b, length = self.buf, self.lengths
