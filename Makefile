@@ -8,6 +8,8 @@ BIN    := $(VENV)/bin
 
 # `make fuzz`: every harness of fuzz/ for FUZZ_SECONDS seconds each (seven harnesses: 3.5 minutes by default).
 FUZZ_SECONDS ?= 30
+# FUZZ_SEED=N fixes the fuzzers' random seed (CI: the same inputs in the same order on every run); empty: random.
+FUZZ_SEED ?=
 
 # _wire.c: the optional C decoders (ckptdoctor/readers/_wire.c), built in place by the editable install.
 $(VENV)/.installed: pyproject.toml ckptdoctor/readers/_wire.c
@@ -97,7 +99,7 @@ $(VENV)/.fuzz-installed: pyproject.toml ckptdoctor/readers/_wire.c
 # Prints each harness's executions and coverage; exits 1 if one found a crash, a hang (an input over
 # 5 s) or a memory overrun (over 512 MiB): the input is then in fuzz/work/<harness>/artifacts/.
 fuzz: $(VENV)/.fuzz-installed
-	$(PY) -m fuzz.run_all --seconds $(FUZZ_SECONDS)
+	FUZZ_SEED=$(FUZZ_SEED) $(PY) -m fuzz.run_all --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,6 +1,6 @@
 """Run every harness for a bounded time and print what each did: ``make fuzz`` calls this.
 
-    python -m fuzz.run_all [--seconds 30] [HARNESS ...]
+    python -m fuzz.run_all [--seconds 30] [--seed N] [HARNESS ...]
 
 Each harness runs as its own process (``python -m fuzz.<name>``) for ``--seconds`` seconds, with
 ``-timeout=5`` and ``-rss_limit_mb=512``, growing its corpus in ``fuzz/work/<name>/corpus`` from the
@@ -8,6 +8,11 @@ seeds in ``fuzz/corpus/<name>``; its log is ``fuzz/work/<name>/fuzz.log``. One l
 executions, coverage (libFuzzer's ``cov``: instrumented edges reached; ``ft``: features), corpus size,
 and the outcome. Exit code 1 when any harness found a crash, a timeout or a memory overrun; the
 input that did it is in ``fuzz/work/<name>/artifacts/`` (replay it with ``python -m fuzz.replay``).
+
+``--seed N`` (``FUZZ_SEED``) fixes libFuzzer's random seed and Python's hash seed: from the same corpus
+the harnesses then try the same inputs in the same order, so a run that found something finds it again,
+however long it ran (CI uses it; without it each run explores elsewhere, which is what ``make fuzz`` is
+for).
 """
 
 from __future__ import annotations
@@ -28,13 +33,16 @@ _SUMMARY = re.compile(r"SUMMARY: libFuzzer: (.+)|ERROR: libFuzzer: (.+)|=== (Unc
 _RUNS = re.compile(r"^#(\d+)\s", re.M)
 
 
-def run(name: str, seconds: int) -> dict:
-    """Fuzz one harness; its figures and outcome."""
+def run(name: str, seconds: int, seed: int | None = None) -> dict:
+    """Fuzz one harness (with libFuzzer's ``-seed``, if given); its figures and outcome."""
     work = WORK / name
     (work / "corpus").mkdir(parents=True, exist_ok=True)
     log = work / "fuzz.log"
     cmd = [sys.executable, "-m", f"fuzz.{name}", f"-max_total_time={seconds}", str(work / "corpus"), str(CORPUS / name)]
     env = dict(os.environ, PYTHONPATH=str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if seed is not None:
+        cmd.insert(3, f"-seed={seed}")
+        env["PYTHONHASHSEED"] = str(seed)
     start = time.monotonic()
     with open(log, "w") as out:
         code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=HERE.parent).returncode
@@ -61,6 +69,8 @@ def run(name: str, seconds: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=int(os.environ.get("FUZZ_SECONDS", "30")))
+    seed = os.environ.get("FUZZ_SEED") or None
+    ap.add_argument("--seed", type=int, default=int(seed) if seed else None, help="libFuzzer's -seed (default: random)")
     ap.add_argument("harnesses", nargs="*", metavar="HARNESS", help=f"some of {', '.join(HARNESSES)} (default: all)")
     args = ap.parse_args()
     unknown = set(args.harnesses) - set(HARNESSES)
@@ -69,7 +79,7 @@ def main() -> int:
     print(f"{'harness':14} {'seconds':>7} {'executions':>10} {'cov':>6} {'ft':>6} {'corpus':>6}  outcome", flush=True)
     failed = False
     for name in args.harnesses or HARNESSES:
-        r = run(name, args.seconds)
+        r = run(name, args.seconds, args.seed)
         failed |= r["code"] != 0
         line = (
             f"{r['name']:14} {r['seconds']:7.0f} {r['execs']:10d} {r['cov']:6d} {r['ft']:6d} {r['corpus']:6d}  "
