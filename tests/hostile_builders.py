@@ -477,6 +477,26 @@ def driver_info_h5(path, declared: int = 0x60000000, data: bool = False) -> Path
     return Path(path)
 
 
+def free_list_loop_h5(path, data: bool = False) -> Path:
+    """A Keras 3 ``.weights.h5`` (or, with ``data``, data with a dataset ``x``) whose root group's local heap has a
+    free block naming itself as the next one: libhdf5 1.14.6 decodes the list (to look up a name) allocating a
+    node per block, without end (found by fuzzing)."""
+    import h5py
+
+    if data:
+        with h5py.File(path, "w") as f:
+            f["x"] = np.ones((4, 2), "float32")
+    else:
+        keras_weights_h5(path)
+    raw = bytearray(Path(path).read_bytes())
+    at = raw.index(b"HEAP")
+    free, segment = struct.unpack_from("<QQ", raw, at + 16)  # (after the data segment's size) free list, data
+    assert free != 1, "h5py leaves free space in a group's heap"
+    raw[segment + free : segment + free + 8] = struct.pack("<Q", free)  # the block's next: itself
+    Path(path).write_bytes(bytes(raw))
+    return Path(path)
+
+
 def cut_superblock_h5(path) -> Path:
     """41 bytes that libhdf5 1.14.6 opens with 4 GB of RSS (found by fuzzing): a version 1 superblock with 4-byte
     addresses, the base and end-of-file addresses undefined, cut after the first byte of the driver information
@@ -554,6 +574,7 @@ CASES = {
     "unstored-data.h5": unstored_data_h5,
     "heap-loop.weights.h5": heap_loop_h5,
     "driver-info.weights.h5": driver_info_h5,
+    "free-list-loop.weights.h5": free_list_loop_h5,
     "big-layer.keras": big_layer_archive,
     "big-layer-tfkeras.h5": lambda p: big_layer_legacy_h5(p, FUZZ_CORPUS / "keras_h5" / "tfkeras-full.h5"),
     "many-layers.keras": lambda p: many_layers_archive(p, 50_000),

@@ -232,28 +232,37 @@ def test_a_manifest_above_the_json_limit_is_not_read(tmp_path):
     refused(["inspect", manifest], "w.weights.json is not a readable JSON manifest", "above the 64 MiB limit")
 
 
+def test_a_local_heap_free_list_that_loops_is_refused(tmp_path):
+    # libhdf5 1.14.6 allocates a node per free block while decoding the list: one naming itself never ends.
+    path = hb.free_list_loop_h5(tmp_path / "model.weights.h5")
+    refused(["inspect", path], "a damaged HDF5 file", "has a free list that returns to offset")
+
+
 def test_heap_signatures_are_found_where_bytes_find_finds_them():
     # The heap scan searches with a compiled pattern: each next match in [pos, stop) must be bytes.find's,
     # overlapping signatures, ones cut by the window's ends and a window ending inside one included.
-    from ckptdoctor.readers.hdf5_raw import _HEAP_SEARCH, _HEAP_SIGNATURE
+    # Both signatures, of global (GCOL) and local (HEAP) heaps.
+    from ckptdoctor.readers.hdf5_raw import _HEAP_SEARCH, _HEAP_SIGNATURE, _LOCAL_HEAP_SEARCH, _LOCAL_HEAP_SIGNATURE
 
     rng = np.random.default_rng(3)
     for _ in range(300):
         buf = bytearray(rng.integers(0x40, 0x50, int(rng.integers(0, 200)), dtype=np.uint8).tobytes())
         for at in rng.integers(0, len(buf) + 1, int(rng.integers(0, 6))):
-            buf[at : at + 4] = _HEAP_SIGNATURE + b"COL"[: max(0, 4 - len(buf[at : at + 4]))]
-        data = bytes(buf) + b"GCOLGCOL"[: int(rng.integers(0, 9))]
+            signature = (_HEAP_SIGNATURE, _LOCAL_HEAP_SIGNATURE)[int(rng.integers(0, 2))]
+            buf[at : at + 4] = signature
+        data = bytes(buf) + (b"GCOLGCOL", b"HEAPGCOL")[int(rng.integers(0, 2))][: int(rng.integers(0, 9))]
         pos, stop = sorted(int(x) for x in rng.integers(0, len(data) + 1, 2))
-        found, want = [], []
-        m = _HEAP_SEARCH(data, pos, stop)
-        while m is not None:
-            found.append(m.start())
-            m = _HEAP_SEARCH(data, m.start() + 1, stop)
-        p = data.find(_HEAP_SIGNATURE, pos, stop)
-        while p >= 0:
-            want.append(p)
-            p = data.find(_HEAP_SIGNATURE, p + 1, stop)
-        assert found == want
+        for search, signature in ((_HEAP_SEARCH, _HEAP_SIGNATURE), (_LOCAL_HEAP_SEARCH, _LOCAL_HEAP_SIGNATURE)):
+            found, want = [], []
+            m = search(data, pos, stop)
+            while m is not None:
+                found.append(m.start())
+                m = search(data, m.start() + 1, stop)
+            p = data.find(signature, pos, stop)
+            while p >= 0:
+                want.append(p)
+                p = data.find(signature, p + 1, stop)
+            assert found == want
 
 
 def test_variable_length_value_declaring_gigabytes_is_refused(tmp_path):
@@ -291,8 +300,16 @@ def test_report_file_with_a_hostile_heap_is_refused(tmp_path):
         (hb.unstored_data_h5, "{}:x", "dataset x declares 2 TiB (shape [274877906944, 2]) but stores none"),
         (lambda p: hb.driver_info_h5(p, data=True), "{}:x", "driver information block of 1610612736 bytes"),
         (lambda p: hb.driver_info_h5(p, data=True), "{}", "driver information block of 1610612736 bytes"),
+        (lambda p: hb.free_list_loop_h5(p, data=True), "{}:x", "local heap at offset 680 has a free list that returns"),
     ],
-    ids=["npy-2^40-rows", "npz-3GiB", "h5-2^38-rows-unstored", "h5-driver-info-1.5GiB", "h5-all-driver-info-1.5GiB"],
+    ids=[
+        "npy-2^40-rows",
+        "npz-3GiB",
+        "h5-2^38-rows-unstored",
+        "h5-driver-info-1.5GiB",
+        "h5-all-driver-info-1.5GiB",
+        "h5-free-list-loop",
+    ],
 )
 def test_hostile_data_are_refused_before_any_work(tmp_path, build, spec, fragment):
     path = build(tmp_path / ("data" + {"npy_header_bomb": ".npy", "npz_bomb": ".npz"}.get(build.__name__, ".h5")))

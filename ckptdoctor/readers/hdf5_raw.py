@@ -1,15 +1,20 @@
 """The few HDF5 structures ckptdoctor reads with its own code before libhdf5 trusts them.
 
-libhdf5 (1.14.6, as h5py ships it) trusts two things a file declares more than is safe:
+libhdf5 (1.14.6, as h5py ships it) trusts four things a file declares more than is safe:
 
 * a global heap collection (``GCOL``, where variable-length values live): it walks the
   collection's objects by their stored sizes, so a free-space object of size 0 makes it loop
   forever, and an object larger than what is left makes it read past the collection;
 * the length of each variable-length value (a 32-bit count in the value's descriptor): it
   allocates and zeroes that many elements for the value before it looks at the heap, so a few
-  bytes of file make it claim gigabytes.
+  bytes of file make it claim gigabytes;
+* the free list of a local heap (``HEAP``, where an old-style group keeps its names): it follows
+  the list allocating a node per block, so a block naming itself next takes memory without end;
+* the size of the superblock's driver information block: it allocates it before it reads the
+  block, up to 4 GiB, even where the block runs past the end of the file.
 
-``RawHDF5`` walks every collection as libhdf5 would (``problem``, computed when it is made), and
+(The last two were found by fuzzing.) ``RawHDF5`` checks the driver block, walks every collection
+and every local heap's free list as libhdf5 would (``problem``, computed when it is made), and
 before a variable-length attribute or dataset is read (``attribute_problem``, ``dataset_problem``)
 finds its descriptors in the file, in the attribute message of the object header or in the
 dataset's storage, and requires each to name an existing heap object of exactly its size (what
@@ -18,7 +23,8 @@ shared datatypes, filtered variable-length data) is refused, not read: Keras nev
 
 The layouts are the HDF5 file format specification's: superblock versions 0-3, object headers
 versions 1 and 2 with their continuation chunks, attribute, datatype, dataspace and layout
-messages, global heap collections, descriptors ``length(4) collection address(offsets) index(4)``.
+messages, global heap collections, local heaps, descriptors ``length(4) collection address(offsets)
+index(4)``.
 Every offset read from the file is checked against the buffer; chunks are followed at most once
 each, datatypes nest at most 16 deep, and descriptors are counted against the file's size.
 """
@@ -35,9 +41,13 @@ __all__ = ["RawHDF5", "HDF5_SIGNATURE"]
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _HEAP_SIGNATURE = b"GCOL"
+_LOCAL_HEAP_SIGNATURE = b"HEAP\0"  # with version 0, the only one libhdf5 decodes
 #: The signature searched with ``re``, which scans a large weights file faster than ``mmap.find`` (the
 #: listing of BENCHMARKS.md D5 reads one); the two find the same places.
 _HEAP_SEARCH = re.compile(re.escape(_HEAP_SIGNATURE)).search
+#: One search per signature: a pattern of both alternatives scans 15 times slower than a literal.
+_LOCAL_HEAP_SEARCH = re.compile(re.escape(_LOCAL_HEAP_SIGNATURE)).search
+_FREE_NULL = 1  # the end of a local heap's free list
 _SCAN_STEP = 16 << 20
 _MAX_CHUNKS = 4096  # object header chunks followed per object
 _MAX_TYPE_DEPTH = 16
@@ -142,6 +152,12 @@ class RawHDF5:
         self._steps = (self.end - self.start) // 8 + 65536
         for block in range(self.start, self.end, _SCAN_STEP):
             stop = min(self.end, block + _SCAN_STEP + len(_HEAP_SIGNATURE) - 1)
+            found = _LOCAL_HEAP_SEARCH(b, block, stop)
+            while found is not None:
+                problem = self._walk_free_list(found.start())
+                if problem:
+                    return f"its local heap at offset {found.start() - self.start} {problem}"
+                found = _LOCAL_HEAP_SEARCH(b, found.start() + 1, stop)
             found = _HEAP_SEARCH(b, block, stop)
             while found is not None:
                 pos = found.start()
@@ -155,6 +171,28 @@ class RawHDF5:
                         self.heaps[pos - self.start - (self.base or 0)] = objects
                 found = _HEAP_SEARCH(b, pos + 1, stop)
             _let_go(b, block, min(self.end, block + _SCAN_STEP))
+        return None
+
+    def _walk_free_list(self, pos: int) -> str | None:
+        """Why libhdf5 would never finish decoding the free list of the local heap (a group's names) at ``pos``, or
+        None. It follows the list (each block: the next block's offset, its own size) until the end marker,
+        allocating a node per block and checking only that each lies inside the heap, so a list returning to a
+        block it passed (a block naming itself next, found by fuzzing) takes memory until the process dies."""
+        length = self.lengths
+        size, free = self._padded(pos + 8, length), self._padded(pos + 8 + length, length)
+        data = self.start + self._padded(pos + 8 + 2 * length, self.offsets)  # from the superblock, as libhdf5 counts
+        seen: set[int] = set()
+        while free != _FREE_NULL and free < size:  # past the heap's end, libhdf5 stops with an error
+            if free in seen:
+                return f"has a free list that returns to offset {free} (libhdf5 would allocate without end decoding it)"
+            seen.add(free)
+            self._steps -= 1
+            if self._steps < 0:
+                return "has a free list longer than the file can hold"
+            following = self._padded(data + free, length)
+            if following == 0 or free + self._padded(data + free + length, length) > size:
+                return None  # libhdf5 stops with an error
+            free = following
         return None
 
     def _walk_heap(self, first: int, last: int, objects: dict[int, int]) -> str | None:
