@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 
 # `make fuzz`: every harness of fuzz/ for FUZZ_SECONDS seconds each (seven harnesses: 3.5 minutes by default).
 FUZZ_SECONDS ?= 30
-# FUZZ_SEED=N fixes the fuzzers' random seed (CI: the same inputs in the same order on every run); empty: random.
+# FUZZ_SEED=N fixes the fuzzers' random seed (CI: runs start with the same inputs, then diverge); empty: random.
 FUZZ_SEED ?=
 
 # _wire.c: the optional C decoders (ckptdoctor/readers/_wire.c), built in place by the editable install.

@@ -456,10 +456,9 @@ def unstored_data_h5(path, rows: int = 1 << 38, width: int = 2) -> Path:
     return Path(path)
 
 
-def driver_info_h5(path, declared: int = 0x60000000, data: bool = False) -> Path:
-    """A Keras 3 ``.weights.h5`` (or, with ``data``, data with a dataset ``x``) whose superblock points at a driver
-    information block, appended after the file, declaring ``declared`` bytes: libhdf5 1.14.6 allocates them
-    (1.5 GiB by default) before it finds that the block runs past the end of the file."""
+def _small_h5(path, data: bool) -> bytearray:
+    """The bytes of a genuine ``keras_weights_h5`` at ``path`` or, with ``data``, of data with a dataset ``x``
+    (written with h5py), for a builder to damage."""
     import h5py
 
     if data:
@@ -467,7 +466,14 @@ def driver_info_h5(path, declared: int = 0x60000000, data: bool = False) -> Path
             f["x"] = np.ones((4, 2), "float32")
     else:
         keras_weights_h5(path)
-    raw = bytearray(Path(path).read_bytes())
+    return bytearray(Path(path).read_bytes())
+
+
+def driver_info_h5(path, declared: int = 0x60000000, data: bool = False) -> Path:
+    """A Keras 3 ``.weights.h5`` (or, with ``data``, data with a dataset ``x``) whose superblock points at a driver
+    information block, appended after the file, declaring ``declared`` bytes: libhdf5 1.14.6 allocates them
+    (1.5 GiB by default) before it finds that the block runs past the end of the file."""
+    raw = _small_h5(path, data)
     assert raw[8] == 0 and raw[13] == 8, "h5py writes a version 0 superblock with 8-byte addresses"
     at = len(raw)
     raw += struct.pack("<B3xI8s", 0, declared, b"NCSAmult")  # version, reserved, size, driver id
@@ -481,14 +487,7 @@ def free_list_loop_h5(path, data: bool = False) -> Path:
     """A Keras 3 ``.weights.h5`` (or, with ``data``, data with a dataset ``x``) whose root group's local heap has a
     free block naming itself as the next one: libhdf5 1.14.6 decodes the list (to look up a name) allocating a
     node per block, without end (found by fuzzing)."""
-    import h5py
-
-    if data:
-        with h5py.File(path, "w") as f:
-            f["x"] = np.ones((4, 2), "float32")
-    else:
-        keras_weights_h5(path)
-    raw = bytearray(Path(path).read_bytes())
+    raw = _small_h5(path, data)
     at = raw.index(b"HEAP")
     free, segment = struct.unpack_from("<QQ", raw, at + 16)  # (after the data segment's size) free list, data
     assert free != 1, "h5py leaves free space in a group's heap"

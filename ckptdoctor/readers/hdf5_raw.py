@@ -48,6 +48,7 @@ _HEAP_SEARCH = re.compile(re.escape(_HEAP_SIGNATURE)).search
 #: One search per signature: a pattern of both alternatives scans 15 times slower than a literal.
 _LOCAL_HEAP_SEARCH = re.compile(re.escape(_LOCAL_HEAP_SIGNATURE)).search
 _FREE_NULL = 1  # the end of a local heap's free list
+_ADDRESSES_AT = {0: 24, 1: 28}  # where a version 0 or 1 superblock's addresses start (the base address first)
 _SCAN_STEP = 16 << 20
 _MAX_CHUNKS = 4096  # object header chunks followed per object
 _MAX_TYPE_DEPTH = 16
@@ -109,7 +110,7 @@ class RawHDF5:
             return 8, 8, None
         version = b[s + 8]
         if version in (0, 1):
-            offsets, lengths, at = b[s + 13], b[s + 14], s + (24 if version == 0 else 28)
+            offsets, lengths, at = b[s + 13], b[s + 14], s + _ADDRESSES_AT[version]
         else:
             offsets, lengths, at = b[s + 9], b[s + 10], s + 12
         if offsets not in (2, 4, 8) or lengths not in (2, 4, 8):
@@ -128,7 +129,7 @@ class RawHDF5:
         b, s, width = self.buf, self.start, self.offsets
         if self.base is None or b[s + 8] not in (0, 1):
             return None
-        field = s + (24 if b[s + 8] == 0 else 28) + 3 * width  # after the base, free-space and end-of-file addresses
+        field = s + _ADDRESSES_AT[b[s + 8]] + 3 * width  # after the base, free-space and end-of-file addresses
         address = self._padded(field, width)
         if address == (1 << 8 * width) - 1:
             return None  # undefined: the file has no driver information block (what h5py writes)

@@ -174,11 +174,6 @@ class KerasShardedReader:
         """The shard file name holding the tensor ``name``."""
         return self._lookup(name)[0]
 
-    def storage_problem(self, name: str) -> str | None:
-        """Why the dataset's values are not stored in its shard (``KerasH5Reader.storage_problem``), or None."""
-        shard, reader = self._lookup(name)
-        return reader.storage_problem(name)
-
     def read(self, name: str) -> np.ndarray:
         """The dataset's values with their stored dtype and shape, once its shard's reader has checked them.
 
